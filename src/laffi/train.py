@@ -1,0 +1,207 @@
+"""Stage 4: LoRA fine-tuning on a prompt/completion set, loss on the completion tokens only.
+
+    laffi train runs/demo --set laffi [train.steps=32 train.lr=3e-4]
+    laffi train runs/demo --set sft
+
+Writes adapters/SET/: the adapter in PEFT's format (PeftModel.from_pretrained loads it),
+train_log.jsonl (loss, lr, tokens/s per step), summary.json and train_config.yaml. Every
+`train.checkpoint_every` steps it saves a checkpoint (adapter, optimizer, scheduler, RNG);
+run the same command after a crash and training continues from there on the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+from transformers import get_scheduler, set_seed
+
+from laffi.config import ModelConfig, TrainConfig, check_resume
+from laffi.layout import RunLayout
+from laffi.models import load_model
+from laffi.prompts import prompt_completion_ids
+from laffi.records import TrainingExample, TrainLogEntry, read_records, write_records
+
+IGNORE = -100  # label value that cross-entropy skips
+
+
+def tokenize(tokenizer, examples: list[TrainingExample], max_seq_len: int) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per example; prompt positions are masked by count, not by text search.
+
+    Too-long examples lose prompt tokens from the left, so the completion is always trained on.
+    """
+    rows = []
+    for example in examples:
+        prompt, completion = prompt_completion_ids(tokenizer, example.prompt, example.completion)
+        completion = completion[:max_seq_len]
+        prompt = prompt[len(prompt) - (max_seq_len - len(completion)):] if len(prompt) + len(completion) > max_seq_len else prompt
+        rows.append((prompt + completion, [IGNORE] * len(prompt) + completion))
+    return rows
+
+
+def batch_order(lengths: list[int], batch_size: int, num_batches: int, seed: int) -> list[list[int]]:
+    """A fixed sequence of batches: shuffled each epoch, grouped by length to avoid padding waste.
+
+    It depends only on the data and the seed, so a resumed run sees the same batches.
+    """
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < num_batches:
+        rng = random.Random(seed * 1_000_003 + epoch)
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        group = batch_size * 16  # sort within groups: similar lengths, still random across groups
+        epoch_batches = []
+        for start in range(0, len(order), group):
+            chunk = sorted(order[start:start + group], key=lambda i: lengths[i])
+            epoch_batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+        rng.shuffle(epoch_batches)
+        batches += epoch_batches
+        epoch += 1
+    return batches[:num_batches]
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    return {
+        "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows], device=device),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows], device=device),
+        "labels": torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in rows], device=device),
+    }
+
+
+def completion_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy of the next-token predictions on completion tokens."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def save_checkpoint(directory: Path, model, optimizer, scheduler, step: int) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(get_peft_model_state_dict(model), tmp / "adapter.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               tmp / "state.pt")
+    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+
+
+def load_checkpoint(directory: Path, model, optimizer, scheduler) -> int:
+    set_peft_model_state_dict(model, load_file(directory / "adapter.safetensors"))
+    state = torch.load(directory / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return json.loads((directory / "step.json").read_text())["step"]
+
+
+def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config: TrainConfig) -> Path:
+    layout = RunLayout(run_dir)
+    out = layout.adapter(set_name)
+    examples = read_records(layout.training_set(set_name), TrainingExample)
+    check_resume(out / "train_config.yaml", {"model": model_config, "train": config})
+    if (out / "adapter_model.safetensors").exists():
+        return out  # finished earlier
+
+    set_seed(config.seed)
+    model, tokenizer = load_model(model_config)
+    rows = tokenize(tokenizer, examples, config.max_seq_len)
+    target = config.target_modules[0] if config.target_modules == ["all-linear"] else config.target_modules
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=target, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                              num_training_steps=config.steps)
+    accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    checkpoint = out / "checkpoint"
+    start = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint.exists() else 0
+    log_path = out / "train_log.jsonl"
+    log = [e for e in read_records(log_path, TrainLogEntry) if e.step <= start] if log_path.exists() else []
+    batches = batch_order([len(ids) for ids, _ in rows], config.batch_size, config.steps * config.grad_accum,
+                          config.seed)
+    pad_id = tokenizer.pad_token_id
+    began, tokens_seen, completion_seen = time.perf_counter(), 0, 0
+    bar = tqdm(total=config.steps, initial=start, desc=f"train {set_name}", unit="step")
+    for step in range(start + 1, config.steps + 1):
+        window = batches[(step - 1) * config.grad_accum: step * config.grad_accum]
+        # normalise by the completion tokens of the whole step, so accumulation equals one big batch
+        window_tokens = sum(sum(l != IGNORE for l in rows[i][1][1:]) for batch in window for i in batch)
+        step_loss = 0.0
+        for k, indices in enumerate(window):
+            batch = collate([rows[i] for i in indices], pad_id, accelerator.device)
+            sync = accelerator.no_sync(model) if k < len(window) - 1 else _nullcontext()
+            with sync:
+                loss = completion_loss_sum(model, batch) / max(window_tokens, 1)
+                accelerator.backward(loss)
+            step_loss += loss.item()
+            tokens_seen += int(batch["attention_mask"].sum())
+            completion_seen += int((batch["labels"] != IGNORE).sum())
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - began
+        entry = TrainLogEntry(step, round(step_loss, 5), scheduler.get_last_lr()[0],
+                              round(tokens_seen / elapsed, 1), round(completion_seen / elapsed, 1), round(elapsed, 2))
+        log.append(entry)
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{entry.tokens_per_s:.0f}")
+        bar.update()
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+            write_records(log_path, log)
+            save_checkpoint(checkpoint, model, optimizer, scheduler, step)
+    bar.close()
+
+    write_records(log_path, log)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(out)
+    summary = {"set": set_name, "examples": len(rows), "steps": config.steps, "resumed_from_step": start,
+               "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,
+               "seconds_this_process": round(time.perf_counter() - began, 2),
+               "tokens_per_s": log[-1].tokens_per_s if log else None,
+               "completion_tokens_per_s": log[-1].completion_tokens_per_s if log else None,
+               "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
+               "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return out
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

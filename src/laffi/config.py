@@ -158,8 +158,11 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 
 
 def _coerce(value: Any, hint: Any, option: str) -> Any:
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads "5e-3" as a string
+            return float(value)
+        except ValueError:
+            pass
     if typing.get_origin(hint) is list:
         if isinstance(value, str):  # key=value overrides write lists as a,b,c
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from laffi.config import PRESETS, ConfigError, RunConfig, check_resume, load_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_defaults_need_no_configuration():
+    config = load_config()
+    assert config.model.name == "embedded"
+    assert config.data.source == "embedded"
+    assert config.data.eval_size >= 200
+
+
+def test_overrides_are_typed_and_nested():
+    config = load_config(overrides=["train.steps=7", "train.lr=1e-3", "train.target_modules=q_proj,v_proj",
+                                    "model.name=Qwen/Qwen2.5-7B-Instruct"])
+    assert config.train.steps == 7 and config.train.lr == 1e-3
+    assert config.train.target_modules == ["q_proj", "v_proj"]
+    assert config.model.name == "Qwen/Qwen2.5-7B-Instruct"
+
+
+@pytest.mark.parametrize("override, option", [
+    ("train.steps=0", "train.steps"),
+    ("train.stepz=3", "train.stepz"),
+    ("train.lr=fast", "train.lr"),
+    ("model.dtype=int3", "model.dtype"),
+    ("data.eval_size=0", "data.eval_size"),
+    ("annotate.annotator=oracle", "annotate.annotator"),
+    ("nonsense", "nonsense"),
+])
+def test_bad_options_are_named(override, option):
+    with pytest.raises(ConfigError, match=option.replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="preset"):
+        load_config(preset="huge")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_build(preset):
+    assert isinstance(load_config(preset=preset), RunConfig)
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    path = tmp_path / "stage.yaml"
+    check_resume(path, {"train": load_config().train})
+    check_resume(path, {"train": load_config().train})  # same settings: fine
+    with pytest.raises(ConfigError, match="train.steps"):
+        check_resume(path, {"train": load_config(overrides=["train.steps=99"]).train})
+
+
+def test_shipped_configs_exist():
+    assert CONFIGS, "configs/ should ship example configs"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_parses_and_says_how_to_run_it(path):
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("# laffi run") and path.name in first_line
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
+    load_config(path)

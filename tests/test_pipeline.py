@@ -1,0 +1,113 @@
+"""The stages on a tiny model: resume after a crash, and `laffi run` end to end."""
+
+import json
+
+import pytest
+
+import laffi.generate as generate_module
+from laffi.cli import main
+from laffi.config import load_config
+from laffi.generate import generate
+from laffi.layout import RunLayout
+from laffi.prepare import prepare
+from laffi.records import (Answer, Feedback, Prediction, QAExample, RecordError, RecordWriter, TrainingExample,
+                           read_records)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_generate_resumes_after_a_crash_without_losing_or_repeating(tiny_overrides, tmp_path, monkeypatch):
+    config = load_config(overrides=tiny_overrides)
+    prepare(tmp_path, config.data)
+    layout = RunLayout(tmp_path)
+    real = generate_module.greedy_generate
+
+    def one_batch_then_crash(*args, **kwargs):
+        batches = real(*args, **kwargs)
+        yield next(batches)
+        raise Crash("killed after the first batch")
+
+    monkeypatch.setattr(generate_module, "greedy_generate", one_batch_then_crash)
+    with pytest.raises(Crash):
+        generate(tmp_path, config.model, config.data, config.generate)
+    first = read_records(layout.answers, Answer)
+    assert len(first) == config.generate.batch_size
+    with layout.answers.open("a") as handle:  # and the crash tore the line being written
+        handle.write('{"id": "half a rec')
+
+    monkeypatch.setattr(generate_module, "greedy_generate", real)
+    answers = generate(tmp_path, config.model, config.data, config.generate)
+    ids = [a.id for a in answers]
+    assert sorted(ids) == sorted(e.id for e in read_records(layout.train_examples, QAExample))
+    assert len(ids) == len(set(ids))
+    assert answers[: len(first)] == first  # the records from before the crash were kept as they were
+
+
+def test_record_writer_refuses_duplicates(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    with RecordWriter(path, Answer) as writer:
+        writer.write([Answer("q1", "Paris", "Paris.", "m")])
+    with RecordWriter(path, Answer) as writer:
+        assert writer.done_ids == {"q1"}
+        with pytest.raises(RecordError, match="q1"):
+            writer.write([Answer("q1", "Paris", "Paris.", "m")])
+
+
+def test_malformed_data_is_refused_before_anything_is_written(tmp_path, capsys):
+    bad = tmp_path / "qa.jsonl"
+    good = {"id": "a", "title": "T", "context": "c", "question": "q?", "answers": ["c"]}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "b", "answers": "c"}) + "\n")
+    run_dir = tmp_path / "run"
+    assert main(["prepare", str(run_dir), f"data.source={bad}", "data.eval_size=1"]) == 2
+    assert f"{bad}:2" in capsys.readouterr().err
+    assert not RunLayout(run_dir).data.exists() or not any(RunLayout(run_dir).data.glob("*.jsonl"))
+
+
+def test_laffi_run_end_to_end_on_a_tiny_model(tiny_overrides, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--out", str(out), *tiny_overrides]) == 0
+    layout = RunLayout(out)
+    printed = capsys.readouterr().out
+    assert "| base |" in printed and "| laffi |" in printed
+
+    results = json.loads(layout.results_json.read_text())
+    assert list(results) == ["base", "sft", "laffi"]
+    for metrics in results.values():
+        assert metrics["total"] == 8
+        assert metrics["exact_ci95"][0] <= metrics["exact"] <= metrics["exact_ci95"][1]
+        assert metrics["f1_ci95"][0] <= metrics["f1"] <= metrics["f1_ci95"][1]
+
+    train_ids = [e.id for e in read_records(layout.train_examples, QAExample)]
+    eval_examples = read_records(layout.eval_examples, QAExample)
+    assert not {e.title for e in eval_examples} & {e.title for e in read_records(layout.train_examples, QAExample)}
+    assert [a.id for a in read_records(layout.answers, Answer)] != []
+    feedback = read_records(layout.feedback, Feedback)
+    assert sorted(f.id for f in feedback) == sorted(train_ids)
+    assert {f.source for f in feedback} == {"ai"}
+    laffi_set = read_records(layout.training_set("laffi"), TrainingExample)
+    sft_set = read_records(layout.training_set("sft"), TrainingExample)
+    assert [e.id for e in laffi_set] == [e.id for e in sft_set]  # same questions for both objectives
+    assert laffi_set[0].completion[0]["content"] == next(f.text for f in feedback if f.id == laffi_set[0].id)
+    for system in ("sft", "laffi"):
+        assert (layout.adapter(system) / "adapter_model.safetensors").exists()
+    for system in ("base", "sft", "laffi"):
+        assert len(read_records(layout.evaluation(system) / "predictions.jsonl", Prediction)) == 8
+    assert (out / "config.yaml").exists() and layout.results_md.read_text().count("| base |") == 2
+
+    # a second run finds everything done and gives the same numbers
+    assert main(["run", "--preset", "smoke", "--out", str(out), *tiny_overrides]) == 0
+    assert json.loads(layout.results_json.read_text()) == results
+
+
+def test_training_sets_load_with_datasets(tiny_overrides, tmp_path):
+    from datasets import load_dataset
+
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--out", str(out), *tiny_overrides, "train.steps=1",
+                 "train.warmup_steps=0", "train.checkpoint_every=0"]) == 0
+    dataset = load_dataset("json", data_files=str(RunLayout(out).training_set("laffi")), split="train")
+    assert dataset.column_names == ["id", "prompt", "completion"]
+    assert dataset[0]["prompt"][-1]["role"] == "user" and dataset[0]["completion"][0]["role"] == "assistant"
+

@@ -1,0 +1,133 @@
+"""LoRA training on a tiny model: the loss mask, learning, the PEFT format, and resume."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from laffi.config import load_config
+from laffi.layout import RunLayout
+from laffi.models import load_tokenizer
+from laffi.prompts import prompt_ids
+from laffi.records import TrainingExample, TrainLogEntry, read_records, write_records
+from laffi.train import IGNORE, batch_order, tokenize, train
+
+QUESTIONS = [("Who wrote Hamlet?", "William Shakespeare"), ("What is the capital of France?", "Paris"),
+             ("How many legs has a spider?", "eight"), ("What colour is the sky?", "blue")]
+
+
+def make_set(run_dir, name="sft"):
+    examples = [TrainingExample(f"q{i}", [{"role": "system", "content": "Answer briefly."},
+                                          {"role": "user", "content": q}],
+                                [{"role": "assistant", "content": a}])
+                for i, (q, a) in enumerate(QUESTIONS)]
+    write_records(RunLayout(run_dir).training_set(name), examples)
+    return examples
+
+
+def test_loss_mask_covers_exactly_the_prompt(tiny_model_dir, tmp_path):
+    config = load_config(overrides=[f"model.name={tiny_model_dir}"])
+    tokenizer = load_tokenizer(config.model)
+    examples = make_set(tmp_path)
+    for example, (ids, labels) in zip(examples, tokenize(tokenizer, examples, max_seq_len=512)):
+        prompt = prompt_ids(tokenizer, example.prompt)
+        assert ids[: len(prompt)] == prompt  # the model sees the same prompt as at generation time
+        assert labels[: len(prompt)] == [IGNORE] * len(prompt)
+        assert all(label != IGNORE for label in labels[len(prompt):])
+        completion = tokenizer.decode(ids[len(prompt):])
+        assert completion.startswith(example.completion[0]["content"])
+        assert tokenizer.eos_token in completion  # the model learns to stop
+
+
+def test_truncation_keeps_the_completion(tiny_model_dir, tmp_path):
+    tokenizer = load_tokenizer(load_config(overrides=[f"model.name={tiny_model_dir}"]).model)
+    (ids, labels), = tokenize(tokenizer, make_set(tmp_path)[:1], max_seq_len=12)
+    assert len(ids) == 12 and labels[-1] != IGNORE
+    assert sum(label != IGNORE for label in labels) < 12  # some prompt is kept, masked
+
+
+def test_batch_order_is_deterministic_and_covers_every_example():
+    lengths = [5, 50, 7, 48, 6, 49, 8, 47, 9, 46]
+    batches = batch_order(lengths, batch_size=2, num_batches=5, seed=3)
+    assert batches == batch_order(lengths, batch_size=2, num_batches=5, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(10))  # one epoch: each example once
+    assert batches != batch_order(lengths, batch_size=2, num_batches=5, seed=4)
+    assert len(batch_order(lengths, batch_size=2, num_batches=12, seed=3)) == 12  # more than one epoch
+
+
+def overrides(tiny_model_dir, *extra):
+    return [f"model.name={tiny_model_dir}", "train.steps=6", "train.batch_size=4", "train.lr=5e-3",
+            "train.warmup_steps=0", "train.schedule=constant", "train.lora_dropout=0.1",
+            "train.checkpoint_every=3", *extra]
+
+
+def test_lora_training_learns_and_saves_a_peft_adapter(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    make_set(tmp_path)
+    config = load_config(overrides=overrides(tiny_model_dir))
+    out = train(tmp_path, "sft", config.model, config.train)
+
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "summary.json",
+        "train_config.yaml", "train_log.jsonl"]
+    log = read_records(out / "train_log.jsonl", TrainLogEntry)
+    assert [e.step for e in log] == [1, 2, 3, 4, 5, 6]
+    assert log[-1].loss < log[0].loss  # the same 4 examples every step: the loss must fall
+    assert all(e.tokens_per_s > 0 for e in log)
+    weights = load_file(out / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and all(w.abs().sum() > 0 for w in lora_b)  # B starts at zero; training moved it
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    reloaded = PeftModel.from_pretrained(base, out)
+    assert reloaded.peft_config["default"].r == config.train.lora_r
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["final_loss"] == log[-1].loss
+
+
+class Crash(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    import laffi.train as train_module
+
+    config = load_config(overrides=overrides(tiny_model_dir))
+    make_set(tmp_path / "straight")
+    straight = load_file(train(tmp_path / "straight", "sft", config.model, config.train) / "adapter_model.safetensors")
+
+    make_set(tmp_path / "crashed")
+    real_save = train_module.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Crash("killed right after the step-3 checkpoint")
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        train(tmp_path / "crashed", "sft", config.model, config.train)
+    out = RunLayout(tmp_path / "crashed").adapter("sft")
+    assert (out / "checkpoint").exists() and not (out / "adapter_model.safetensors").exists()
+
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    resumed = load_file(train(tmp_path / "crashed", "sft", config.model, config.train) / "adapter_model.safetensors")
+    assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 3
+    assert [e.step for e in read_records(out / "train_log.jsonl", TrainLogEntry)] == [1, 2, 3, 4, 5, 6]
+    assert not (out / "checkpoint").exists()
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=1e-4, atol=1e-6)
+
+
+def test_changed_settings_do_not_mix_with_a_finished_adapter(tiny_model_dir, tmp_path):
+    from laffi.config import ConfigError
+
+    make_set(tmp_path)
+    config = load_config(overrides=overrides(tiny_model_dir, "train.steps=2"))
+    train(tmp_path, "sft", config.model, config.train)
+    changed = load_config(overrides=overrides(tiny_model_dir, "train.steps=3"))
+    with pytest.raises(ConfigError, match="train.steps"):
+        train(tmp_path, "sft", changed.model, changed.train)

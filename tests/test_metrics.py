@@ -259,10 +259,10 @@ def test_score_official_malformed_prediction_file_names_it(tmp_path, v2_files):
 def test_score_official_malformed_data_file_names_it(tmp_path, v2_files):
     _, preds, _ = v2_files
     no_data = write_json(tmp_path / "flat.json", [{"id": "q1"}])
-    with pytest.raises(ValueError, match=r"flat\.json: expected an official SQuAD JSON"):
+    with pytest.raises(ValueError, match=r"flat\.json: top level: expected a JSON object"):
         score_official(no_data, preds)
     bad_answers = write_json(tmp_path / "bad.json", squad("v2.0", [{"id": "q1", "answers": "Normans"}]))
-    with pytest.raises(ValueError, match=r"bad\.json: data\[0\]\.paragraphs\[0\]\.qas\[0\] \(q1\): 'answers'"):
+    with pytest.raises(ValueError, match=r"bad\.json: data\[0\]\.paragraphs\[0\]\.qas\[0\] \(id 'q1'\): 'answers' must be a list"):
         score_official(bad_answers, preds)
 
 

@@ -14,15 +14,9 @@ from pathlib import Path
 
 from laffi.config import DataConfig, check_resume
 from laffi.layout import RunLayout
+from laffi.metrics import majority_answer
 from laffi.prompts import choose_shots, feedback_messages, qa_messages
 from laffi.records import Feedback, QAExample, TrainingExample, read_records, write_records
-
-
-def gold_answer(example: QAExample) -> str:
-    """The majority gold answer (SQuAD lists one per annotator); first on ties; "" if impossible."""
-    if example.is_impossible or not example.answers:
-        return ""
-    return max(example.answers, key=lambda a: (example.answers.count(a), -example.answers.index(a)))
 
 
 def build(run_dir: str | Path, data: DataConfig) -> dict[str, list[TrainingExample]]:
@@ -38,7 +32,7 @@ def build(run_dir: str | Path, data: DataConfig) -> dict[str, list[TrainingExamp
         note = feedback[example.id]
         example_shots = choose_shots(example, shots, data.num_shots, data.seed)
         sft.append(TrainingExample(example.id, qa_messages(example, example_shots),
-                                   [{"role": "assistant", "content": gold_answer(example)}]))
+                                   [{"role": "assistant", "content": majority_answer(example.answers)}]))
         laffi.append(TrainingExample(example.id, feedback_messages(example, example_shots, note.answer),
                                      [{"role": "assistant", "content": note.text}]))
     if not laffi:

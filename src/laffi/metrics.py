@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from laffi.data import load_examples
 from laffi.records import QAExample
 
 _PUNCTUATION = set(string.punctuation)
@@ -47,6 +48,16 @@ def _f1(gold: str, prediction: str) -> float:
         return 0.0
     precision, recall = same / len(pred_tokens), same / len(gold_tokens)
     return 2 * precision * recall / (precision + recall)
+
+
+def majority_answer(golds: Sequence[str]) -> str:
+    """The gold most annotators gave; spellings that normalise alike ("the Broncos", "Broncos") count
+    as one answer, reported in the first spelling given. Ties go to the first given; "" if none."""
+    if not golds:
+        return ""
+    keys = [normalize_answer(g) for g in golds]
+    best = max(dict.fromkeys(k for k in keys if k), key=keys.count, default=keys[0])  # first of equals
+    return golds[keys.index(best)].strip()
 
 
 def exact_match(prediction: str, golds: Sequence[str]) -> float:
@@ -135,39 +146,6 @@ def _load_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from error
 
 
-def _read_squad(path: Path) -> dict[str, list[str]]:
-    """Question id -> gold answer texts, in file order."""
-    data = _load_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise ValueError(
-            f'{path}: expected an official SQuAD JSON object {{"version": ..., "data": [...]}}'
-        )
-    questions: dict[str, list[str]] = {}
-    for a, article in enumerate(data["data"]):
-        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
-            raise ValueError(f"{path}: data[{a}] has no 'paragraphs' list")
-        for p, paragraph in enumerate(article["paragraphs"]):
-            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("qas"), list):
-                raise ValueError(f"{path}: data[{a}].paragraphs[{p}] has no 'qas' list")
-            for q, qa in enumerate(paragraph["qas"]):
-                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
-                if not isinstance(qa, dict) or not isinstance(qa.get("id"), str):
-                    raise ValueError(f"{where} has no string 'id'")
-                answers = qa.get("answers")
-                if not isinstance(answers, list) or not all(
-                    isinstance(x, dict) and isinstance(x.get("text"), str) for x in answers
-                ):
-                    raise ValueError(
-                        f"{where} ({qa['id']}): 'answers' must be a list of {{\"text\": ...}} objects"
-                    )
-                if qa["id"] in questions:
-                    raise ValueError(f"{where}: question id {qa['id']!r} appears twice")
-                questions[qa["id"]] = [x["text"] for x in answers]
-    if not questions:
-        raise ValueError(f"{path}: no questions")
-    return questions
-
-
 def _read_mapping(path: Path, what: str, ok: Any) -> dict[str, Any]:
     data = _load_json(path)
     if not isinstance(data, dict) or not all(ok(v) for v in data.values()):
@@ -208,7 +186,7 @@ def score_official(
     without a prediction scores 0 and is reported on stderr.
     """
     data_file, pred_file = Path(data_file), Path(pred_file)
-    questions = _read_squad(data_file)
+    questions = {e.id: e.answers for e in load_examples(str(data_file))}  # file order kept
     preds = _read_mapping(pred_file, "answer text", lambda v: isinstance(v, str))
     na_probs: dict[str, float] = {}
     if na_prob_file is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 
-from laffi.metrics import normalize_answer
+from laffi.metrics import majority_answer, normalize_answer
 from laffi.records import Answer, Feedback, QAExample
 
 VERDICTS = {
@@ -90,14 +90,6 @@ def _display(text: str) -> str:
     """Text as quoted in feedback: no wrapping quotes or final period, unless it ends an abbreviation."""
     text = " ".join(text.split()).strip(_WRAPPING)
     return text if _ABBREVIATION.search(text) else text.rstrip(".")
-
-
-def _majority(golds: list[str]) -> str:
-    """The gold most annotators gave; spellings that normalise alike ("the Broncos", "Broncos") count
-    as one answer, reported in the first spelling given. Ties go to the first given."""
-    keys = [normalize_answer(g) for g in golds]
-    best = max(dict.fromkeys(k for k in keys if k), key=keys.count, default=keys[0])  # first of equals
-    return golds[keys.index(best)].strip()
 
 
 def _sentences(context: str) -> list[tuple[int, int]]:
@@ -187,7 +179,7 @@ class ReferenceAnnotator:
             verdict, kind = ("incorrect", "unanswerable") if pred else ("correct", "blank")
         else:
             golds = [g for g in example.answers if _tokens(g)] or example.answers
-            gold = quote_gold = _majority(golds)
+            gold = quote_gold = majority_answer(golds)
             exact = next((g for g in golds if _tokens(g) == pred), None)
             # Diagnose against the majority gold if the prediction relates to it, else the first that does.
             related = [(g, r) for g in (gold, *golds) if (r := _relation(pred, _tokens(g), prediction, g))]

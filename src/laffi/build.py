@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from laffi.config import DataConfig, check_resume
+from laffi.hybrid import mix_metadata, write_metadata
 from laffi.layout import RunLayout
 from laffi.metrics import majority_answer
 from laffi.prompts import choose_shots, feedback_messages, qa_messages
@@ -39,4 +40,6 @@ def build(run_dir: str | Path, data: DataConfig) -> dict[str, list[TrainingExamp
         raise ValueError(f"{layout.feedback}: no feedback on any train question; run `laffi annotate` first")
     write_records(layout.training_set("laffi"), laffi)
     write_records(layout.training_set("sft"), sft)
+    # sets/laffi.meta.json: what the set is made of (a hybrid build writes its mix there too)
+    write_metadata(run_dir, mix_metadata([feedback[t.id] for t in laffi], None, None))
     return {"laffi": laffi, "sft": sft}

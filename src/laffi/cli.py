@@ -17,6 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+from laffi.annotators.human.commands import COMMANDS as HUMAN_COMMANDS
+from laffi.annotators.human.commands import register as register_human_commands
+from laffi.annotators.human.commands import run as run_human_command
 from laffi.config import ConfigError, RunConfig, load_config
 from laffi.layout import RunLayout
 from laffi.records import RecordError
@@ -50,12 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "prepare", "split the QA data into train pool, held-out set and few-shot pool")
     _stage_parser(sub, "generate", "let the model answer the train questions")
     _stage_parser(sub, "annotate", "write feedback on the model's answers")
-    _stage_parser(sub, "build", "build the LaFFi and SFT training sets")
+    build = _stage_parser(sub, "build", "build the LaFFi and SFT training sets")
+    build.add_argument("--human-ratio", type=float, help="hybrid set: share R of examples with human feedback")
+    build.add_argument("--size", type=int, help="hybrid set: N examples (with --human-ratio)")
     train = _stage_parser(sub, "train", "LoRA fine-tuning on a training set")
     train.add_argument("--set", required=True, dest="set_name", help="which set: laffi or sft")
     evaluate = _stage_parser(sub, "evaluate", "answer and score the held-out questions")
     evaluate.add_argument("--system", required=True, help="name of the results folder, e.g. base")
     evaluate.add_argument("--adapter", help="a PEFT adapter directory to evaluate")
+
+    register_human_commands(sub)  # serve, annotators, export-feedback, import-feedback
 
     score = sub.add_parser("score", help="drop-in for the official SQuAD v1.1/v2.0 evaluation script")
     score.add_argument("data_file")
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in HUMAN_COMMANDS:
+        return run_human_command(args)
     if args.command == "score":
         from laffi.metrics import score_official
 
@@ -118,7 +127,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "build":
         from laffi.build import build
 
-        sets = build(args.run_dir, config.data)
+        if args.human_ratio is not None or args.size is not None:
+            from laffi.hybrid import HybridConfig, build_hybrid
+
+            if args.human_ratio is None or args.size is None:
+                raise ConfigError("--human-ratio and --size go together: a hybrid set of N examples, share R human")
+            sets = build_hybrid(args.run_dir, config.data, HybridConfig(args.human_ratio, args.size))
+        else:
+            sets = build(args.run_dir, config.data)
         for name, examples in sets.items():
             print(f"{len(examples)} examples in {RunLayout(args.run_dir).training_set(name)}")
     elif args.command == "train":

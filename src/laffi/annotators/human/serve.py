@@ -1,0 +1,39 @@
+"""Run the annotation app on waitress, a production WSGI server (threads, no reloader, no debugger).
+
+    laffi serve runs/demo [--db postgresql://me@localhost/laffi] [--host 127.0.0.1] [--port 8000] [--per-item 2]
+
+Opens (creating or upgrading) the database, loads RUN/answers.jsonl as the items to annotate,
+prints the address, and serves until interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from waitress import create_server
+
+from laffi.annotators.human.app import create_app
+from laffi.annotators.human.config import ServeConfig
+from laffi.annotators.human.db import open_engine
+from laffi.annotators.human.exchange import sync_run_items
+
+
+def serve(config: ServeConfig) -> None:
+    engine = open_engine(config.db, pool_size=config.threads)
+    added, updated = sync_run_items(engine, config.run_dir)
+    app = create_app(config, engine)
+    server = create_server(app, host=config.host, port=config.port, threads=config.threads,
+                           # a backstop only: the app refuses bodies over max_body_bytes with a clear 413
+                           max_request_body_size=4 * config.max_body_bytes, ident="laffi")
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"laffi serve: {added} new item(s), {updated} updated; database {engine.url.render_as_string()}",
+          file=sys.stderr)
+    # Tests read this line to find a port chosen with --port 0.
+    print(f"laffi serve: http://{host}:{server.effective_port}/", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        engine.dispose()

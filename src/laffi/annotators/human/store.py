@@ -1,0 +1,354 @@
+"""Every read and write of the annotation app, one short transaction each.
+
+    engine = open_engine(url)
+    token = add_annotator(engine, "alice")
+    person = authenticate(engine, token)
+    item_id = claim(engine, person.id, per_item=2)
+    submit(engine, person.id, item_id, "incorrect", "The answer is the year, not the place.")
+
+Assignment. `items.claims` counts the annotations that hold a slot on an item (assigned or done).
+A claim is the conditional update `claims = claims + 1 WHERE claims < K`, which both databases
+apply atomically, so concurrent annotators never push an item past K; the unique
+(item, annotator) pair keeps one person from getting an item twice. A person holds at most one
+open item at a time and gets it back on return, so nothing needs to expire; skipping or being
+revoked gives the slot back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select, update
+
+from laffi.annotators.human.db import annotations, annotators, items, meta, read, write
+from laffi.records import VERDICTS, Answer, QAExample
+
+NAME = re.compile(r"^[\w.@-]{1,64}$")
+
+
+class StoreError(Exception):
+    """A request the store refuses; `status` is the HTTP status the app answers with."""
+
+    status = 400
+
+
+class NotFound(StoreError):
+    status = 404
+
+
+class Forbidden(StoreError):
+    status = 403
+
+
+class Conflict(StoreError):
+    status = 409
+
+
+@dataclass(frozen=True)
+class Person:
+    id: int
+    name: str
+    is_admin: bool
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    position: int
+    title: str
+    context: str
+    question: str
+    gold: list[str]
+    answer: str
+
+
+@dataclass(frozen=True)
+class Annotation:
+    item_id: str
+    annotator: str
+    status: str  # assigned | done | skipped
+    answer: str
+    verdict: str | None
+    text: str | None
+    corrected_answer: str | None
+    submitted_at: float | None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def secret(engine: Engine) -> str:
+    """The per-database key that signs CSRF tokens."""
+    with read(engine) as conn:
+        return conn.execute(select(meta.c.value).where(meta.c.key == "secret")).scalar_one()
+
+
+# --- annotators ---------------------------------------------------------------------------------
+
+
+def add_annotator(engine: Engine, name: str, admin: bool = False) -> str:
+    """Create a person (or give a revoked or imported one a new token); returns the token, shown once."""
+    if not NAME.match(name):
+        raise StoreError(f"annotator name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-'")
+    token = "laffi_" + secrets.token_urlsafe(32)
+    with write(engine) as conn:
+        row = conn.execute(select(annotators).where(annotators.c.name == name)).first()
+        if row is None:
+            conn.execute(insert(annotators).values(name=name, token_hash=hash_token(token), is_admin=admin,
+                                                   created_at=time.time()))
+        elif row.token_hash is not None and row.revoked_at is None:
+            raise Conflict(f"annotator {name!r} already exists; revoke the old token first to issue a new one")
+        else:
+            conn.execute(update(annotators).where(annotators.c.id == row.id)
+                         .values(token_hash=hash_token(token), is_admin=admin, revoked_at=None))
+    return token
+
+
+def revoke_annotator(engine: Engine, name: str) -> None:
+    """The token stops working at once; the person's open item goes back to the pool, their work stays."""
+    with write(engine) as conn:
+        row = conn.execute(select(annotators).where(annotators.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"no annotator named {name!r}")
+        conn.execute(update(annotators).where(annotators.c.id == row.id).values(revoked_at=time.time()))
+        _release_open(conn, row.id)
+
+
+def _release_open(conn: Connection, person_id: int) -> None:
+    open_items = conn.execute(select(annotations.c.item_id).where(
+        annotations.c.annotator_id == person_id, annotations.c.status == "assigned")).scalars().all()
+    for item_id in open_items:
+        conn.execute(update(items).where(items.c.id == item_id).values(claims=items.c.claims - 1))
+    conn.execute(delete(annotations).where(annotations.c.annotator_id == person_id,
+                                           annotations.c.status == "assigned"))
+
+
+def list_annotators(engine: Engine) -> list[dict]:
+    """Every person with their counts of done, skipped and open items."""
+    counts = {}
+    with read(engine) as conn:
+        for person_id, status, n in conn.execute(select(annotations.c.annotator_id, annotations.c.status,
+                                                        func.count()).group_by(annotations.c.annotator_id,
+                                                                               annotations.c.status)):
+            counts[(person_id, status)] = n
+        rows = conn.execute(select(annotators).order_by(annotators.c.name)).all()
+    return [{"name": r.name, "admin": r.is_admin,
+             "state": "revoked" if r.revoked_at else ("no token" if r.token_hash is None else "active"),
+             "done": counts.get((r.id, "done"), 0), "skipped": counts.get((r.id, "skipped"), 0),
+             "open": counts.get((r.id, "assigned"), 0)} for r in rows]
+
+
+def authenticate(engine: Engine, token: str) -> tuple[Person | None, str]:
+    """The person a token belongs to, or None and why not (shown to the user)."""
+    if not token:
+        return None, "Sign in with your annotator token."
+    with read(engine) as conn:
+        row = conn.execute(select(annotators).where(annotators.c.token_hash == hash_token(token))).first()
+    if row is None:
+        return None, "Unknown token."
+    if row.revoked_at is not None:
+        return None, "This token was revoked."
+    return Person(row.id, row.name, row.is_admin), ""
+
+
+# --- items ----------------------------------------------------------------------------------------
+
+
+def sync_items(engine: Engine, examples: Iterable[QAExample], answers: Iterable[Answer]) -> tuple[int, int]:
+    """Load the answers to annotate (in train-pool order); returns (added, updated)."""
+    by_id = {e.id: (position, e) for position, e in enumerate(examples)}
+    added = updated = 0
+    with write(engine) as conn:
+        known = {r.id: r for r in conn.execute(select(items.c.id, items.c.answer, items.c.position))}
+        for answer in answers:
+            if answer.id not in by_id:
+                raise StoreError(f"answer to unknown question {answer.id!r}")
+            position, example = by_id[answer.id]
+            values = dict(position=position, title=example.title, context=example.context,
+                          question=example.question, gold=json.dumps(example.answers), answer=answer.prediction)
+            if answer.id not in known:
+                conn.execute(insert(items).values(id=answer.id, claims=0, **values))
+                added += 1
+            elif (known[answer.id].answer, known[answer.id].position) != (answer.prediction, position):
+                # Annotations keep the answer they were written about (annotations.answer).
+                conn.execute(update(items).where(items.c.id == answer.id).values(**values))
+                updated += 1
+    return added, updated
+
+
+def _item(row) -> Item:
+    return Item(row.id, row.position, row.title, row.context, row.question, json.loads(row.gold), row.answer)
+
+
+def get_item(engine: Engine, item_id: str) -> Item:
+    with read(engine) as conn:
+        row = conn.execute(select(items).where(items.c.id == item_id)).first()
+    if row is None:
+        raise NotFound(f"no item {item_id!r}")
+    return _item(row)
+
+
+# --- assignment and submissions -------------------------------------------------------------------
+
+
+def claim(engine: Engine, person_id: int, per_item: int) -> str | None:
+    """The item this person should work on next: their open one, else a fresh claim; None when done."""
+    with write(engine) as conn:
+        # Serialises one person's concurrent claims (two tabs) on PostgreSQL; SQLite's
+        # BEGIN IMMEDIATE already serialises every writer.
+        conn.execute(select(annotators.c.id).where(annotators.c.id == person_id).with_for_update())
+        held = conn.execute(select(annotations.c.item_id).where(
+            annotations.c.annotator_id == person_id, annotations.c.status == "assigned")
+            .order_by(annotations.c.id).limit(1)).scalar()
+        if held is not None:
+            return held
+        mine = exists().where(annotations.c.item_id == items.c.id, annotations.c.annotator_id == person_id)
+        while True:
+            candidates = conn.execute(select(items.c.id).where(items.c.claims < per_item, ~mine)
+                                      .order_by(items.c.position).limit(16)
+                                      .with_for_update(skip_locked=True)).scalars().all()
+            if not candidates:
+                return None
+            for item_id in candidates:
+                taken = conn.execute(update(items).where(items.c.id == item_id, items.c.claims < per_item)
+                                     .values(claims=items.c.claims + 1))
+                if taken.rowcount == 1:
+                    answer = conn.execute(select(items.c.answer).where(items.c.id == item_id)).scalar_one()
+                    conn.execute(insert(annotations).values(item_id=item_id, annotator_id=person_id,
+                                                            status="assigned", answer=answer,
+                                                            assigned_at=time.time()))
+                    return item_id
+
+
+def _own(conn: Connection, person_id: int, item_id: str):
+    row = conn.execute(select(annotations).where(annotations.c.item_id == item_id,
+                                                 annotations.c.annotator_id == person_id)).first()
+    if row is None:
+        if conn.execute(select(items.c.id).where(items.c.id == item_id)).first() is None:
+            raise NotFound(f"no item {item_id!r}")
+        raise Forbidden("This item is not assigned to you.")
+    return row
+
+
+def get_annotation(engine: Engine, person_id: int, item_id: str) -> Annotation:
+    """This person's annotation of the item; Forbidden if the item is not theirs."""
+    with read(engine) as conn:
+        row = _own(conn, person_id, item_id)
+        name = conn.execute(select(annotators.c.name).where(annotators.c.id == person_id)).scalar_one()
+    return Annotation(item_id, name, row.status, row.answer, row.verdict, row.text, row.corrected_answer,
+                      row.submitted_at)
+
+
+def submit(engine: Engine, person_id: int, item_id: str, verdict: str, text: str,
+           corrected_answer: str | None) -> None:
+    """Record (or revise) this person's feedback on their item; committed when this returns."""
+    if verdict not in VERDICTS:
+        raise StoreError(f"verdict must be one of {', '.join(VERDICTS)}")
+    if not text.strip():
+        raise StoreError("Feedback text is required.")
+    with write(engine) as conn:
+        row = _own(conn, person_id, item_id)
+        if row.status == "skipped":
+            raise Conflict("You skipped this item; it has gone back to the pool.")
+        conn.execute(update(annotations).where(annotations.c.id == row.id).values(
+            status="done", verdict=verdict, text=text, corrected_answer=corrected_answer or None,
+            submitted_at=time.time()))
+
+
+def skip(engine: Engine, person_id: int, item_id: str) -> None:
+    """Give an open item back to the pool; this person will not be offered it again."""
+    with write(engine) as conn:
+        row = _own(conn, person_id, item_id)
+        if row.status == "done":
+            raise Conflict("You already submitted feedback on this item; edit it instead.")
+        if row.status == "assigned":
+            conn.execute(update(annotations).where(annotations.c.id == row.id).values(status="skipped"))
+            conn.execute(update(items).where(items.c.id == item_id).values(claims=items.c.claims - 1))
+
+
+def my_annotations(engine: Engine, person_id: int) -> list[tuple[Item, Annotation]]:
+    """This person's submitted feedback, newest first."""
+    with read(engine) as conn:
+        rows = conn.execute(select(items, annotations.c.status, annotations.c.answer.label("seen"),
+                                   annotations.c.verdict, annotations.c.text, annotations.c.corrected_answer,
+                                   annotations.c.submitted_at, annotators.c.name.label("who"))
+                            .join(annotations, annotations.c.item_id == items.c.id)
+                            .join(annotators, annotators.c.id == annotations.c.annotator_id)
+                            .where(annotations.c.annotator_id == person_id, annotations.c.status == "done")
+                            .order_by(annotations.c.submitted_at.desc())).all()
+    return [(_item(r), Annotation(r.id, r.who, r.status, r.seen, r.verdict, r.text, r.corrected_answer,
+                                  r.submitted_at)) for r in rows]
+
+
+def progress(engine: Engine, person_id: int, per_item: int) -> dict[str, int]:
+    """What one person has done, and how far the whole team is."""
+    with read(engine) as conn:
+        mine = dict(conn.execute(select(annotations.c.status, func.count()).where(
+            annotations.c.annotator_id == person_id).group_by(annotations.c.status)).all())
+        total = conn.execute(select(func.count()).select_from(items)).scalar_one()
+        done = select(annotations.c.item_id).where(annotations.c.status == "done").group_by(
+            annotations.c.item_id).having(func.count() >= per_item).subquery()
+        complete = conn.execute(select(func.count()).select_from(done)).scalar_one()
+        taken = exists().where(annotations.c.item_id == items.c.id, annotations.c.annotator_id == person_id)
+        available = conn.execute(select(func.count()).select_from(items).where(
+            items.c.claims < per_item, ~taken)).scalar_one()
+    return {"done": mine.get("done", 0), "skipped": mine.get("skipped", 0), "open": mine.get("assigned", 0),
+            "available": available, "total": total, "complete": complete}
+
+
+def done_annotations(engine: Engine) -> list[Annotation]:
+    """All submitted feedback, in train-pool order, then by person."""
+    with read(engine) as conn:
+        rows = conn.execute(select(annotations, annotators.c.name)
+                            .join(annotators, annotators.c.id == annotations.c.annotator_id)
+                            .join(items, items.c.id == annotations.c.item_id)
+                            .where(annotations.c.status == "done")
+                            .order_by(items.c.position, annotators.c.name)).all()
+    return [Annotation(r.item_id, r.name, r.status, r.answer, r.verdict, r.text, r.corrected_answer,
+                       r.submitted_at) for r in rows]
+
+
+def import_annotations(engine: Engine, records: list[Annotation]) -> tuple[int, int]:
+    """Add submitted feedback made elsewhere, all or nothing; returns (added, already there).
+
+    People unknown here are created without a token (`laffi annotators add` gives them one).
+    Imports may take an item past K: they record work already done, they do not assign.
+    """
+    added = same = 0
+    with write(engine) as conn:
+        people = {r.name: r.id for r in conn.execute(select(annotators.c.name, annotators.c.id))}
+        for record in records:
+            if not NAME.match(record.annotator):
+                raise StoreError(f"{record.item_id}: annotator name {record.annotator!r} is not a valid name")
+            if conn.execute(select(items.c.id).where(items.c.id == record.item_id)).first() is None:
+                raise NotFound(f"{record.item_id}: no such item in this run's answers")
+            if record.annotator not in people:
+                people[record.annotator] = conn.execute(insert(annotators).values(
+                    name=record.annotator, is_admin=False, created_at=time.time())).inserted_primary_key[0]
+            person_id = people[record.annotator]
+            row = conn.execute(select(annotations).where(and_(annotations.c.item_id == record.item_id,
+                                                              annotations.c.annotator_id == person_id))).first()
+            values = dict(status="done", answer=record.answer, verdict=record.verdict, text=record.text,
+                          corrected_answer=record.corrected_answer, submitted_at=record.submitted_at or time.time())
+            if row is not None and row.status == "done":
+                if (row.answer, row.verdict, row.text, row.corrected_answer) != (
+                        record.answer, record.verdict, record.text, record.corrected_answer):
+                    raise Conflict(f"{record.item_id}: {record.annotator} already has different feedback here")
+                same += 1
+                continue
+            if row is None:
+                conn.execute(insert(annotations).values(item_id=record.item_id, annotator_id=person_id,
+                                                        assigned_at=time.time(), **values))
+            else:
+                conn.execute(update(annotations).where(annotations.c.id == row.id).values(**values))
+            if row is None or row.status == "skipped":  # an open (assigned) one already holds its slot
+                conn.execute(update(items).where(items.c.id == record.item_id).values(claims=items.c.claims + 1))
+            added += 1
+    return added, same

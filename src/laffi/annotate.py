@@ -1,43 +1,82 @@
 """Stage 2: feedback on the model's answers from an AI annotator.
 
     laffi annotate runs/demo [annotate.annotator=reference] [annotate.seed=0]
+    laffi annotate runs/demo annotate.annotator=llm annotate.model=gpt-4o [--out feedback-gpt4o.jsonl]
 
 Writes feedback.jsonl (one Feedback per answer, source "ai", annotator = the annotator's name)
 and feedback.config.yaml. Resumable: answers that already have feedback are skipped.
+An annotator that can fail (the LLM annotator) also writes feedback.failed.jsonl, the answers that
+got no feedback and why (rerunning retries them), and feedback.summary.json (requests, cache hits,
+failures, tokens). `--out NAME.jsonl` writes a second annotator's feedback beside the first, e.g.
+for `laffi stats`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tqdm import tqdm
 
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import AnnotateConfig, check_resume
-from laffi.layout import RunLayout, sidecar_config
-from laffi.records import Answer, Feedback, QAExample, RecordWriter, read_records
+from laffi.layout import RunLayout, failures_file, sidecar_config, summary_file
+from laffi.records import AnnotationFailure, Answer, Feedback, QAExample, RecordWriter, read_records, write_records
 
 BATCH = 32
 
 
-def make_annotator(config: AnnotateConfig) -> ReferenceAnnotator:
+def make_annotator(config: AnnotateConfig):
+    if config.annotator == "llm":
+        from laffi.annotators.llm import LLMAnnotator
+
+        return LLMAnnotator(config)
     return ReferenceAnnotator(seed=config.seed)
 
 
-def annotate(run_dir: str | Path, config: AnnotateConfig) -> list[Feedback]:
+def annotator_settings(config: AnnotateConfig) -> dict:
+    """The options that decide the feedback: saved beside it, and checked when a run resumes."""
+    if config.annotator == "llm":
+        from laffi.annotators.llm import settings
+
+        return settings(config)
+    return {"annotator": config.annotator, "seed": config.seed}
+
+
+def annotate(run_dir: str | Path, config: AnnotateConfig, out: str | Path | None = None) -> list[Feedback]:
+    """Feedback on every answer into `out` (default RUN/feedback.jsonl; a relative path is in the run dir)."""
     layout = RunLayout(run_dir)
+    out = layout.root / out if out else layout.feedback
     examples = {e.id: e for e in read_records(layout.train_examples, QAExample)}
     answers = read_records(layout.answers, Answer)
     unknown = [a.id for a in answers if a.id not in examples]
     if unknown:
         raise ValueError(f"{layout.answers}: answer to unknown question {unknown[0]!r}")
-    check_resume(sidecar_config(layout.feedback), {"annotate": config})
+    check_resume(sidecar_config(out), {"annotate": annotator_settings(config)})
     annotator = make_annotator(config)
-    with RecordWriter(layout.feedback, Feedback) as writer:
+    size = getattr(annotator, "batch_size", BATCH)
+    failures: list[AnnotationFailure] = []
+    with RecordWriter(out, Feedback) as writer:
         todo = [a for a in answers if a.id not in writer.done_ids]
         with tqdm(total=len(answers), initial=len(answers) - len(todo), desc="annotate", unit="answer") as bar:
-            for start in range(0, len(todo), BATCH):
-                batch = todo[start:start + BATCH]
-                writer.write(annotator.annotate([(examples[a.id], a) for a in batch]))
+            for start in range(0, len(todo), size):
+                batch = todo[start:start + size]
+                results = annotator.annotate([(examples[a.id], a) for a in batch])
+                writer.write(r for r in results if isinstance(r, Feedback))
+                failures += [r for r in results if isinstance(r, AnnotationFailure)]
                 bar.update(len(batch))
-    return read_records(layout.feedback, Feedback)
+                if failures:
+                    bar.set_postfix(failed=len(failures))
+    # Rewritten each run: the answers still without feedback after this run's attempts.
+    if failures or failures_file(out).exists():
+        write_records(failures_file(out), failures)
+    if hasattr(annotator, "summary"):
+        summary = annotator.summary()
+        summary_file(out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        print(f"annotate: {summary['feedback']} feedback, {len(failures)} failed, {summary['cache_hits']} from "
+              f"the cache, {summary['requests']} requests ({summary['retries']} retries), "
+              f"{summary['prompt_tokens'] + summary['completion_tokens']} tokens; {summary_file(out)}")
+    if failures:
+        print(f"annotate: {len(failures)} answers got no feedback; they are listed in {failures_file(out)} "
+              "and later stages skip them; rerun `laffi annotate` to retry them")
+    return read_records(out, Feedback)

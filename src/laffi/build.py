@@ -14,10 +14,10 @@ from pathlib import Path
 
 from laffi.config import DataConfig, check_resume
 from laffi.hybrid import mix_metadata, write_metadata
-from laffi.layout import RunLayout
+from laffi.layout import RunLayout, failures_file
 from laffi.metrics import majority_answer
 from laffi.prompts import choose_shots, feedback_messages, qa_messages
-from laffi.records import Feedback, QAExample, TrainingExample, read_records, write_records
+from laffi.records import AnnotationFailure, Feedback, QAExample, TrainingExample, read_records, write_records
 
 
 def build(run_dir: str | Path, data: DataConfig) -> dict[str, list[TrainingExample]]:
@@ -25,6 +25,10 @@ def build(run_dir: str | Path, data: DataConfig) -> dict[str, list[TrainingExamp
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
     feedback = {f.id: f for f in read_records(layout.feedback, Feedback)}
+    failed = failures_file(layout.feedback)  # answers the annotator could not give feedback on
+    if failed.exists() and (skipped := len(read_records(failed, AnnotationFailure))):
+        print(f"build: {skipped} answers have no feedback because their annotation failed ({failed}); "
+              "both sets leave them out")
     check_resume(layout.root / "sets" / "config.yaml", {"data": data})
     laffi, sft = [], []
     for example in examples:

@@ -5,6 +5,7 @@
     laffi train RUN_DIR --set laffi|sft [key=value ...]
     laffi evaluate RUN_DIR --system NAME [--adapter DIR] [key=value ...]
     laffi score DATA.json PREDICTIONS.json [--na-prob-file F]
+    laffi stats RUN_DIR [--files feedback.jsonl feedback-llm.jsonl]
 
 A stage's settings come from --config, else the run directory's config.yaml (written by
 `laffi run`), else the preset; key=value overrides go last (`train.steps=20`).
@@ -20,16 +21,26 @@ from pathlib import Path
 from laffi.annotators.human.commands import COMMANDS as HUMAN_COMMANDS
 from laffi.annotators.human.commands import register as register_human_commands
 from laffi.annotators.human.commands import run as run_human_command
+from laffi.backends.chat import RequestFailed
 from laffi.config import ConfigError, RunConfig, load_config
 from laffi.layout import RunLayout
 from laffi.records import RecordError
+
+
+# Flags that are shorthands for config overrides (`--base-url X` is `annotate.base_url=X` on annotate).
+SHORTHANDS = {"annotate": {"annotator": "annotate.annotator", "base_url": "annotate.base_url",
+                           "model": "annotate.model"},
+              "generate": {"backend": "generate.backend", "base_url": "generate.base_url"},
+              "evaluate": {"backend": "generate.backend", "base_url": "generate.base_url"}}
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
     path = args.config
     if path is None and getattr(args, "run_dir", None) and RunLayout(args.run_dir).config.exists():
         path = RunLayout(args.run_dir).config
-    return load_config(path, args.preset, args.overrides)
+    flags = SHORTHANDS.get(args.command, {})
+    shorthands = [f"{key}={getattr(args, flag)}" for flag, key in flags.items() if getattr(args, flag) is not None]
+    return load_config(path, args.preset, shorthands + args.overrides)
 
 
 def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -51,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/PRESET)")
 
     _stage_parser(sub, "prepare", "split the QA data into train pool, held-out set and few-shot pool")
-    _stage_parser(sub, "generate", "let the model answer the train questions")
-    _stage_parser(sub, "annotate", "write feedback on the model's answers")
+    generate = _stage_parser(sub, "generate", "let the model answer the train questions")
+    annotate = _stage_parser(sub, "annotate", "write feedback on the model's answers")
+    annotate.add_argument("--annotator", help="reference or llm (annotate.annotator)")
+    annotate.add_argument("--base-url", help="the LLM annotator's OpenAI-compatible server (annotate.base_url)")
+    annotate.add_argument("--model", help="the LLM annotator's model (annotate.model)")
+    annotate.add_argument("--out", help="feedback file in the run directory (default feedback.jsonl)")
     build = _stage_parser(sub, "build", "build the LaFFi and SFT training sets")
     build.add_argument("--human-ratio", type=float, help="hybrid set: share R of examples with human feedback")
     build.add_argument("--size", type=int, help="hybrid set: N examples (with --human-ratio)")
@@ -61,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = _stage_parser(sub, "evaluate", "answer and score the held-out questions")
     evaluate.add_argument("--system", required=True, help="name of the results folder, e.g. base")
     evaluate.add_argument("--adapter", help="a PEFT adapter directory to evaluate")
+    for stage in (generate, evaluate):
+        stage.add_argument("--backend", help="transformers (in-process) or openai (generate.backend)")
+        stage.add_argument("--base-url", help="the OpenAI-compatible server for --backend openai (generate.base_url)")
+
+    stats = sub.add_parser("stats", help="verdict agreement between annotators on the same answers")
+    stats.add_argument("run_dir", help="the run directory")
+    stats.add_argument("--files", nargs="+", help="feedback files in the run directory (default: feedback*.jsonl)")
 
     register_human_commands(sub)  # serve, annotators, export-feedback, import-feedback
 
@@ -77,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, RecordError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, RecordError, FileNotFoundError, ValueError, RequestFailed) as error:
         print(f"laffi {args.command}: error: {error}", file=sys.stderr)
         return 2
 
@@ -93,6 +115,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.out_file:
             Path(args.out_file).write_text(text, encoding="utf-8")
         print(text)
+        return 0
+    if args.command == "stats":
+        from laffi.stats import markdown, stats
+
+        print(markdown(stats(args.run_dir, args.files)))
         return 0
     if args.command == "run":
         from laffi.results import markdown_table
@@ -122,8 +149,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "annotate":
         from laffi.annotate import annotate
 
-        feedback = annotate(args.run_dir, config.annotate)
-        print(f"{len(feedback)} feedback records in {RunLayout(args.run_dir).feedback}")
+        feedback = annotate(args.run_dir, config.annotate, out=args.out)
+        out = RunLayout(args.run_dir).root / args.out if args.out else RunLayout(args.run_dir).feedback
+        print(f"{len(feedback)} feedback records in {out}")
     elif args.command == "build":
         from laffi.build import build
 

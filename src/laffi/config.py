@@ -68,20 +68,66 @@ class GenerateConfig:
     batch_size: int = 8
     max_new_tokens: int = 24
     stop_at_newline: bool = True  # answers are one line; stop decoding there
+    # transformers: in-process; openai: an OpenAI-compatible server (vLLM, llama.cpp) gets the same
+    # prompt tokens on its completions endpoint, generate.batch_size requests at a time
+    backend: str = "transformers"
+    base_url: str = ""  # the server for backend=openai, e.g. http://localhost:8000/v1
+    served_model: str = ""  # the model's name on that server; empty: model.name
+    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the server's key, if it wants one
+    timeout: float = 120.0  # seconds per request (backend=openai)
+    retries: int = 5  # retries per request on 429, 5xx, timeouts and connection errors (backend=openai)
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")
         _require(self.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1")
+        _require(self.backend in ("transformers", "openai"), "generate.backend",
+                 f"must be transformers or openai, got {self.backend!r}")
+        _require(self.backend != "openai" or bool(self.base_url), "generate.base_url",
+                 "required with generate.backend=openai (e.g. http://localhost:8000/v1)")
+        _require(self.timeout > 0, "generate.timeout", "must be > 0")
+        _require(self.retries >= 0, "generate.retries", "must be >= 0")
 
 
 @dataclass
 class AnnotateConfig:
-    annotator: str = "reference"
+    annotator: str = "reference"  # reference: rule-based on the golds; llm: an LLM writes the feedback
     seed: int = 0
+    # The llm annotator (see laffi.annotators.llm). backend openai: any OpenAI-compatible chat endpoint
+    # (OpenAI, vLLM, llama.cpp, Ollama); transformers: a local model, model = a model.name-style spec.
+    backend: str = "openai"
+    base_url: str = ""  # empty: the openai client's default (OPENAI_BASE_URL, else api.openai.com)
+    model: str = ""  # e.g. gpt-4o, Qwen/Qwen2.5-72B-Instruct, embedded
+    api_key_env: str = "OPENAI_API_KEY"
+    template: str = "feedback-v1"  # a packaged prompt template, or the path of your own .yaml
+    reference_free: bool = False  # leave the gold answers out of the prompt
+    temperature: float = 0.0
+    max_tokens: int = 256
+    parse_retries: int = 2  # re-asks (sampled, so the reply differs) when a reply cannot be parsed
+    concurrency: int = 4  # requests in flight (openai) or batch size (transformers)
+    timeout: float = 60.0  # seconds per request
+    retries: int = 5  # retries per request on 429, 5xx, timeouts and connection errors, with backoff
+    backoff: float = 1.0  # seconds before the first retry, doubled for each next one (Retry-After wins)
+    cache_dir: str = ""  # replies already paid for; empty: $LAFFI_CACHE/llm (~/.cache/laffi/llm)
 
     def __post_init__(self) -> None:
-        _require(self.annotator in ("reference",), "annotate.annotator",
-                 f"unknown annotator {self.annotator!r}; available: reference")
+        _require(self.annotator in ("reference", "llm"), "annotate.annotator",
+                 f"unknown annotator {self.annotator!r}; available: reference, llm")
+        if self.annotator != "llm":
+            return
+        _require(self.backend in ("openai", "transformers"), "annotate.backend",
+                 f"must be openai or transformers, got {self.backend!r}")
+        _require(bool(self.model), "annotate.model", "required with annotate.annotator=llm (e.g. gpt-4o)")
+        from laffi.annotators.template import template_path
+
+        _require(template_path(self.template).is_file(), "annotate.template",
+                 f"{self.template!r} is neither a packaged template nor a file")
+        _require(0 <= self.temperature <= 2, "annotate.temperature", "must be in [0, 2]")
+        _require(self.max_tokens >= 1, "annotate.max_tokens", "must be >= 1")
+        _require(self.parse_retries >= 0, "annotate.parse_retries", "must be >= 0")
+        _require(self.concurrency >= 1, "annotate.concurrency", "must be >= 1")
+        _require(self.timeout > 0, "annotate.timeout", "must be > 0")
+        _require(self.retries >= 0, "annotate.retries", "must be >= 0")
+        _require(self.backoff >= 0, "annotate.backoff", "must be >= 0")
 
 
 @dataclass
@@ -247,8 +293,10 @@ def check_resume(path: str | Path, sections: dict[str, Any]) -> None:
         return
     before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     now = _plain(sections)
+    # An option added in a later version is missing from older files; at its default it changes nothing.
+    defaults = {name: dataclasses.asdict(type(s)()) for name, s in sections.items() if dataclasses.is_dataclass(s)}
     changed = [f"{name}.{key}" for name in now for key in now[name]
-               if before.get(name, {}).get(key) != now[name][key]]
+               if (before.get(name) or {}).get(key, defaults.get(name, {}).get(key)) != now[name][key]]
     if changed:
         raise ConfigError(
             f"{path} was written with different settings ({', '.join(changed)}); "

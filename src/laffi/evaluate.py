@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 
 from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, check_resume
-from laffi.generate import answer_questions
+from laffi.generate import answer_questions, load_backend
 from laffi.layout import RunLayout
 from laffi.metrics import bootstrap_interval, score_example, summarize
-from laffi.models import load_model
 from laffi.prompts import extract_answer
 from laffi.records import Prediction, QAExample, RecordWriter, read_records
 
@@ -55,7 +54,7 @@ def evaluate(run_dir: str | Path, system: str, model: ModelConfig, data: DataCon
     speed = None
     with RecordWriter(out / "predictions.jsonl", Prediction) as writer:
         if len(writer.done_ids) < len(examples):
-            lm, tokenizer = load_model(model, adapter=adapter_path)
+            lm, tokenizer = load_backend(model, generate, adapter=adapter_path)
             speed = answer_questions(lm, tokenizer, examples, shots, data, generate, writer, score,
                                      desc=f"evaluate {system}")
     metrics = metrics_for(examples, read_records(out / "predictions.jsonl", Prediction), config)

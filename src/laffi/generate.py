@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from laffi.config import DataConfig, GenerateConfig, ModelConfig, check_resume
 from laffi.layout import RunLayout, sidecar_config
-from laffi.models import load_model
+from laffi.models import load_model, load_tokenizer
 from laffi.prompts import choose_shots, extract_answer, prompt_ids, qa_messages
 from laffi.records import Answer, QAExample, RecordWriter, read_records
 
@@ -64,6 +64,16 @@ def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         yield batch
 
 
+def load_backend(model: ModelConfig, config: GenerateConfig, adapter: str | Path | None = None):
+    """The in-process model (generate.backend=transformers), or a client of an OpenAI-compatible server
+    that gets the same prompt tokens (generate.backend=openai); with the tokenizer that renders them."""
+    if config.backend == "openai":
+        from laffi.backends.openai_backend import OpenAIGenerator
+
+        return OpenAIGenerator.from_config(model, config, adapter), load_tokenizer(model)
+    return load_model(model, adapter=adapter)
+
+
 def build_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[QAExample],
                   shots: list[QAExample], data: DataConfig) -> dict[str, list[int]]:
     return {e.id: prompt_ids(tokenizer, qa_messages(e, choose_shots(e, shots, data.num_shots, data.seed)))
@@ -82,8 +92,10 @@ def answer_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     started = time.perf_counter()
     with tqdm(total=len(examples), initial=len(examples) - len(todo), desc=desc, unit="q") as bar:
         stop_strings = ["\n"] if config.stop_at_newline else None
-        for batch in greedy_generate(model, tokenizer, prompts, config.batch_size, config.max_new_tokens,
-                                     stop_strings):
+        server = getattr(model, "greedy_batches", None)  # generate.backend=openai
+        batches = (server(prompts, config.batch_size, config.max_new_tokens, stop_strings) if server else
+                   greedy_generate(model, tokenizer, prompts, config.batch_size, config.max_new_tokens, stop_strings))
+        for batch in batches:
             writer.write(make_record(by_id[g.id], g) for g in batch)
             new_tokens += sum(g.new_tokens for g in batch)
             prompt_tokens += sum(len(prompts[g.id]) for g in batch)
@@ -102,7 +114,7 @@ def generate(run_dir: str | Path, model: ModelConfig, data: DataConfig, config: 
     check_resume(sidecar_config(layout.answers), {"model": model, "data": data, "generate": config})
     with RecordWriter(layout.answers, Answer) as writer:
         if len(writer.done_ids) < len(examples):
-            lm, tokenizer = load_model(model)
+            lm, tokenizer = load_backend(model, config)
             answer_questions(lm, tokenizer, examples, shots, data, config, writer,
                              lambda e, g: Answer(e.id, extract_answer(g.text), g.text, model.name),
                              desc="generate")

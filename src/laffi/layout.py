@@ -72,3 +72,13 @@ class RunLayout:
 def sidecar_config(artifact: Path) -> Path:
     """`answers.jsonl` -> `answers.config.yaml`: the config saved next to a file artifact."""
     return artifact.with_name(artifact.stem + ".config.yaml")
+
+
+def failures_file(artifact: Path) -> Path:
+    """`feedback.jsonl` -> `feedback.failed.jsonl`: the answers an annotator could not give feedback on."""
+    return artifact.with_name(artifact.stem + ".failed.jsonl")
+
+
+def summary_file(artifact: Path) -> Path:
+    """`feedback.jsonl` -> `feedback.summary.json`: requests, cache hits, failures and tokens of the last run."""
+    return artifact.with_name(artifact.stem + ".summary.json")

@@ -67,6 +67,19 @@ class Feedback:
 
 
 @dataclass(frozen=True)
+class AnnotationFailure:
+    """An answer an annotator could not give feedback on (feedback.failed.jsonl): it has no Feedback,
+    later stages skip it and say how many they skipped, and rerunning `laffi annotate` retries it."""
+
+    id: str  # the question id
+    answer: str
+    annotator: str
+    reason: Literal["unparseable", "request"]  # no usable reply, or the request itself failed
+    error: str  # what went wrong, with the last reply for "unparseable"
+    attempts: int
+
+
+@dataclass(frozen=True)
 class TrainingExample:
     """A conversational prompt/completion pair, the format TRL and `datasets` read as is."""
 

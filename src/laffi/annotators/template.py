@@ -1,0 +1,103 @@
+"""The LLM annotator's prompt: a versioned YAML template file, rendered into chat messages, and the
+parser that reads the reply back into a verdict and a feedback text.
+
+    from laffi.annotators.template import load_template
+    template = load_template("feedback-v1")          # packaged, or a path to your own .yaml
+    messages = template.render(example, answer, reference_free=False)
+    verdict, text = template.parse(reply)            # ReplyError when the reply does not fit
+
+The packaged templates live in `laffi/annotators/templates/`; the file itself documents the format.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from laffi.records import VERDICTS, Answer, QAExample
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class TemplateError(ValueError):
+    """A template file that cannot be used; the message names the file."""
+
+
+class ReplyError(ValueError):
+    """A reply that the template's parser cannot read."""
+
+
+def template_path(name: str) -> Path:
+    """A packaged template by name ("feedback-v1"), else the path of a user's file."""
+    packaged = TEMPLATES / f"{name}.yaml"
+    return packaged if "/" not in name and packaged.is_file() else Path(name).expanduser()
+
+
+@dataclass(frozen=True)
+class Template:
+    version: str
+    system: str
+    user: str
+    verdict_pattern: str
+    feedback_pattern: str
+    path: Path
+
+    def render(self, example: QAExample, answer: Answer, reference_free: bool) -> list[dict[str, str]]:
+        golds = [] if reference_free else list(dict.fromkeys(g.strip() for g in example.answers if g.strip()))
+        values = {"passage": example.context, "question": example.question, "title": example.title,
+                  "answer": answer.prediction.strip(), "golds": golds}
+        messages = [{"role": "system", "content": _render(self.system, values, self.path, "system")}]
+        messages.append({"role": "user", "content": _render(self.user, values, self.path, "user")})
+        return [m for m in messages if m["content"]]
+
+    def parse(self, reply: str) -> tuple[str, str]:
+        verdict = re.search(self.verdict_pattern, reply, re.I)
+        feedback = re.search(self.feedback_pattern, reply, re.I | re.S)
+        if not verdict or verdict.group(1).lower() not in VERDICTS:
+            raise ReplyError("no verdict (correct, partially correct or incorrect) in the reply")
+        text = " ".join(feedback.group(1).split()) if feedback else ""
+        if not text:
+            raise ReplyError("no feedback text in the reply")
+        return verdict.group(1).lower(), text
+
+
+def _render(source: str, values: dict, path: Path, part: str) -> str:
+    # StrictUndefined: a misspelt placeholder is an error, not a silently empty prompt
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    try:
+        text = env.from_string(source).render(**values)
+    except jinja2.TemplateError as error:
+        raise TemplateError(f"{path}: {part}: {error}") from error
+    # the YAML block keeps the blank lines that {% if %} lines leave; collapse runs of them
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def load_template(name: str) -> Template:
+    path = template_path(name)
+    if not path.is_file():
+        raise TemplateError(f"annotate.template: {name!r} is neither a packaged template nor a file")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise TemplateError(f"{path}: expected a YAML mapping with version, system, user and reply")
+    missing = [k for k in ("version", "user", "reply") if not data.get(k)]
+    reply = data.get("reply") or {}
+    missing += [f"reply.{k}" for k in ("verdict", "feedback") if isinstance(reply, dict) and not reply.get(k)]
+    if missing:
+        raise TemplateError(f"{path}: missing {', '.join(missing)}")
+    for key in ("verdict", "feedback"):
+        try:
+            if re.compile(reply[key]).groups < 1:
+                raise TemplateError(f"{path}: reply.{key} needs a capturing group for the {key}")
+        except re.error as error:
+            raise TemplateError(f"{path}: reply.{key} is not a regular expression: {error}") from error
+    for part in ("system", "user"):
+        try:
+            jinja2.Environment().parse(data.get(part) or "")
+        except jinja2.TemplateSyntaxError as error:
+            raise TemplateError(f"{path}: {part}: line {error.lineno}: {error.message}") from error
+    return Template(version=str(data["version"]), system=str(data.get("system") or ""), user=str(data["user"]),
+                    verdict_pattern=reply["verdict"], feedback_pattern=reply["feedback"], path=path)

@@ -1,0 +1,147 @@
+"""The official `openai` client against any OpenAI-compatible server, with laffi's failure policy.
+
+    client = RetryingClient(base_url="http://localhost:8000/v1", api_key_env="OPENAI_API_KEY",
+                            timeout=60, retries=5, option="annotate")
+    client.chat("gpt-4o", ChatRequest(messages, temperature=0, max_tokens=256))   # -> Reply
+    client.complete("Qwen/Qwen2.5-7B", prompt_ids, max_tokens=24, stop=["\\n"])   # -> Reply
+    OpenAIChat(client, "gpt-4o", concurrency=8).complete_many(requests)           # a chat backend
+
+The client's own retries are off (max_retries=0) so that every attempt is counted and the policy is
+ours: 429, 408/409, 5xx, timeouts, connection errors and malformed replies are retried with
+exponential backoff and jitter (a Retry-After header wins); 400/413/422 fail that request at once;
+401/403/404 mean a wrong key, URL or model name, so they stop the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, Callable, Iterator
+
+from laffi.backends.chat import ChatRequest, Counters, Reply, RequestFailed
+from laffi.config import ConfigError
+
+MAX_BACKOFF = 60.0
+NO_KEY = "not-needed"  # local servers (vLLM, llama.cpp, Ollama) take any key unless told otherwise
+
+
+class Malformed(ValueError):
+    """A 200 reply that is not a completion (HTML from a proxy, truncated JSON, no choices)."""
+
+
+class RetryingClient:
+    def __init__(self, base_url: str, api_key_env: str, timeout: float, retries: int,
+                 backoff: float = 1.0, option: str = "annotate") -> None:
+        import openai  # imported here so that `laffi` starts fast when no server is used
+
+        key = os.environ.get(api_key_env)
+        if not key and not base_url and not os.environ.get("OPENAI_BASE_URL"):
+            raise ConfigError(f"{option}.api_key_env: set {api_key_env} to your API key "
+                              f"(or point {option}.base_url at a server of your own)")
+        self._openai = openai
+        self.client = openai.OpenAI(api_key=key or NO_KEY, base_url=base_url or None, timeout=timeout,
+                                    max_retries=0)
+        self.base_url = str(self.client.base_url)
+        self.retries, self.backoff, self.option = retries, backoff, option
+        self.counters = Counters()
+
+    def chat(self, model: str, request: ChatRequest) -> Reply:
+        extra = {} if request.seed is None else {"seed": request.seed}
+        return self._call(lambda: self.client.chat.completions.create(
+            model=model, messages=request.messages, temperature=request.temperature,
+            max_tokens=request.max_tokens, **extra), _chat_text)
+
+    def complete(self, model: str, prompt: list[int] | str, max_tokens: int, stop: list[str] | None) -> Reply:
+        return self._call(lambda: self.client.completions.create(
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, stop=stop or None), _completion_text)
+
+    def _call(self, send: Callable[[], Any], read: Callable[[Any], str]) -> Reply:
+        openai = self._openai
+        for attempt in range(self.retries + 1):
+            self.counters.add(requests=1, retries=1 if attempt else 0)
+            wait = None
+            try:
+                response = send()
+                text = read(response)
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as error:
+                raise ConfigError(f"{self.option}.base_url / {self.option}.model / {self.option}.api_key_env: "
+                                  f"{self.base_url} answered {error.status_code}: {_short(error)}") from error
+            except openai.APIStatusError as error:
+                status = error.status_code
+                self.counters.error(str(status))
+                if status not in (408, 409, 429) and status < 500:
+                    raise RequestFailed(f"HTTP {status}: {_short(error)}", attempt + 1) from error
+                wait = _retry_after(error.response)
+                last = f"HTTP {status}: {_short(error)}"
+            except openai.APITimeoutError:
+                self.counters.error("timeout")
+                last = f"no reply within {self.client.timeout} s"
+            except openai.APIConnectionError as error:
+                self.counters.error("connection")
+                last = f"connection error: {error.__cause__ or error}"
+            except (Malformed, ValueError) as error:  # json/pydantic errors are ValueErrors too
+                self.counters.error("malformed")
+                last = f"malformed reply: {str(error)[:200]}"
+            else:
+                usage = getattr(response, "usage", None)
+                prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
+                completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+                self.counters.add(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                return Reply(text, prompt_tokens, completion_tokens)
+            if attempt < self.retries:
+                time.sleep(min(MAX_BACKOFF, wait if wait is not None
+                               else self.backoff * 2 ** attempt * random.uniform(0.5, 1.0)))
+        raise RequestFailed(f"{last} (after {self.retries + 1} attempts)", self.retries + 1)
+
+
+class OpenAIChat:
+    """A chat backend: `concurrency` requests in flight against an OpenAI-compatible chat endpoint."""
+
+    def __init__(self, client: RetryingClient, model: str, concurrency: int) -> None:
+        self.client, self.model, self.concurrency = client, model, concurrency
+        self.name = f"openai:{model}"
+        self.counters = client.counters
+
+    def complete_many(self, requests: list[ChatRequest]) -> Iterator[tuple[int, Reply | RequestFailed]]:
+        def one(index: int) -> tuple[int, Reply | RequestFailed]:
+            try:
+                return index, self.client.chat(self.model, requests[index])
+            except RequestFailed as error:
+                return index, error
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            for future in as_completed([pool.submit(one, i) for i in range(len(requests))]):
+                yield future.result()
+
+
+def _chat_text(response: Any) -> str:
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise Malformed(f"no choices in {str(response)[:120]!r}")
+    content = getattr(getattr(choices[0], "message", None), "content", None)
+    if not isinstance(content, str):
+        raise Malformed("the first choice has no message content")
+    return content
+
+
+def _completion_text(response: Any) -> str:
+    choices = getattr(response, "choices", None)
+    if not choices or not isinstance(getattr(choices[0], "text", None), str):
+        raise Malformed(f"no completion text in {str(response)[:120]!r}")
+    return choices[0].text
+
+
+def _retry_after(response: Any) -> float | None:
+    try:
+        return max(0.0, float(response.headers.get("retry-after")))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _short(error: Any) -> str:
+    body = getattr(error, "body", None)
+    text = json.dumps(body) if isinstance(body, (dict, list)) else str(body or error)
+    return text[:300]

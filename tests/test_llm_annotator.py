@@ -1,0 +1,151 @@
+"""The LLM annotator against a misbehaving server: retries, the reply cache, failures recorded.
+
+The server (tests/fault_server.py) injects 429, 500, 400, garbage, HTML, slow and unparseable
+replies; the real-server path is tested against llama.cpp in test_llama_server.py.
+"""
+
+import json
+
+import pytest
+from fault_server import FaultServer
+
+from laffi.annotate import annotate
+from laffi.annotators.template import ReplyError, load_template
+from laffi.config import ConfigError, load_config
+from laffi.layout import RunLayout, failures_file, summary_file
+from laffi.records import AnnotationFailure, Answer, Feedback, QAExample, read_records, write_records
+
+
+def make_run(run_dir, n: int) -> list[str]:
+    """A run directory with n train questions and the model's answers: all the annotate stage reads."""
+    layout = RunLayout(run_dir)
+    examples = [QAExample(f"q{i}", "T", f"Passage number {i} says the answer is a{i}.", f"q{i}?", [f"a{i}"])
+                for i in range(n)]
+    write_records(layout.train_examples, examples)
+    write_records(layout.answers, [Answer(e.id, f"a{i}" if i % 2 else "wrong", "raw", "m")
+                                   for i, e in enumerate(examples)])
+    return [e.id for e in examples]
+
+
+def llm_config(url: str, cache, **options):
+    overrides = {"annotator": "llm", "base_url": url, "model": "fault", "cache_dir": str(cache), "concurrency": 4,
+                 "timeout": 0.5, "retries": 3, "backoff": 0.01, "parse_retries": 1, **options}
+    return load_config(overrides=[f"annotate.{k}={v}" for k, v in overrides.items()]).annotate
+
+
+# What each request for an item gets, by the number of requests for it before (later ones: "ok").
+FAULTS = {"q0": ["429"], "q1": ["500", "500"], "q2": ["garbage"], "q3": ["html"], "q4": ["slow"],
+          "q5": ["unparseable"] * 9, "q6": ["500"] * 9, "q7": ["400"] * 9, "q8": ["429", "500", "garbage"]}
+EXPECTED_REQUESTS = {"q0": 2, "q1": 3, "q2": 2, "q3": 2, "q4": 2, "q5": 2, "q6": 4, "q7": 1, "q8": 4}
+
+
+def script(item: str, n: int) -> str:
+    faults = FAULTS.get(item, [])
+    return faults[n] if n < len(faults) else "ok"
+
+
+def test_faults_are_retried_cached_and_failures_recorded(tmp_path):
+    ids = make_run(tmp_path / "run", 12)
+    with FaultServer(script, slow_seconds=1.5) as server:
+        config = llm_config(server.url, tmp_path / "cache")
+        feedback = annotate(tmp_path / "run", config)
+
+        assert {f.id for f in feedback} == set(ids) - {"q5", "q6", "q7"}
+        assert all(f.verdict == "correct" and f.source == "ai" and f.annotator == "llm:fault:feedback-v1"
+                   for f in feedback)
+        layout = RunLayout(tmp_path / "run")
+        failed = {f.id: f for f in read_records(failures_file(layout.feedback), AnnotationFailure)}
+        assert set(failed) == {"q5", "q6", "q7"}  # nothing lost: every answer has feedback or a failure
+        assert failed["q5"].reason == "unparseable" and "more or less" in failed["q5"].error
+        assert failed["q6"].reason == "request" and "500" in failed["q6"].error and failed["q6"].attempts == 4
+        assert failed["q7"].reason == "request" and "400" in failed["q7"].error and failed["q7"].attempts == 1
+        expected = {i: EXPECTED_REQUESTS.get(i, 1) for i in ids}
+        assert dict(server.requests) == expected
+        summary = json.loads(summary_file(layout.feedback).read_text())
+        assert summary["requests"] == sum(expected.values())
+        assert summary["retries"] == sum(expected.values()) - len(ids) - 1  # q5's re-ask is not a retry
+        assert summary["reasks"] == 1
+        assert summary["errors"] == {"400": 1, "429": 2, "500": 7, "malformed": 3, "timeout": 1}
+        assert summary["feedback"] == 9 and summary["failed_unparseable"] == 1 and summary["failed_request"] == 2
+        assert summary["prompt_tokens"] == 100 * (9 + 2)  # every delivered completion, q5's two included
+        assert summary["cache_hits"] == 0
+
+        # Rerun: answers with feedback are skipped, q5's replies come from the cache, and only the
+        # request failures (q6, q7) are asked again. The server now answers q6.
+        FAULTS["q6"] = []
+        before = server.requests.copy()
+        annotate(tmp_path / "run", config)
+        assert server.requests - before == {"q6": 1, "q7": 1}
+        failed = read_records(failures_file(layout.feedback), AnnotationFailure)
+        assert sorted(f.id for f in failed) == ["q5", "q7"]
+        feedback = read_records(layout.feedback, Feedback)
+        assert len(feedback) == len({f.id for f in feedback}) == 10
+
+        # A new run directory on the same answers: every reply already paid for comes from the cache.
+        make_run(tmp_path / "copy", 12)
+        before = server.requests.copy()
+        annotate(tmp_path / "copy", config)
+        assert server.requests - before == {"q7": 1}
+        assert json.loads(summary_file(RunLayout(tmp_path / "copy").feedback).read_text())["cache_hits"] == 11 + 1  # q5: two replies
+    FAULTS["q6"] = ["500"] * 9
+
+
+def test_build_skips_failed_answers_and_says_so(tmp_path, capsys):
+    from laffi.build import build
+    from laffi.layout import RunLayout
+
+    ids = make_run(tmp_path, 6)
+    layout = RunLayout(tmp_path)
+    write_records(layout.shots, [QAExample(f"s{i}", f"S{i}", "Shot passage.", "Shot?", ["x"]) for i in range(3)])
+    with FaultServer(lambda item, n: "400" if item == "q2" else "ok") as server:
+        annotate(tmp_path, llm_config(server.url, tmp_path / "cache"))
+    sets = build(tmp_path, load_config(overrides=["data.num_shots=1"]).data)
+    assert [e.id for e in sets["laffi"]] == [i for i in ids if i != "q2"]
+    assert "1 answers have no feedback because their annotation failed" in capsys.readouterr().out
+
+
+def test_reference_free_prompt_leaves_out_the_golds():
+    template = load_template("feedback-v1")
+    example = QAExample("q1", "T", "Paris is the capital of France.", "What is the capital?", ["Paris", "Paris "])
+    answer = Answer("q1", "Lyon", "Lyon", "m")
+    with_golds = template.render(example, answer, reference_free=False)[-1]["content"]
+    without = template.render(example, answer, reference_free=True)[-1]["content"]
+    assert 'Reference answers (each of them is right): "Paris"\n' in with_golds
+    assert '"Lyon"' in with_golds and '"Lyon"' in without and "Paris is the capital" in without
+    assert "Reference answers" not in without
+
+
+@pytest.mark.parametrize("reply, parsed", [
+    ("Verdict: Partially correct\nFeedback: It misses a word.", ("partially correct", "It misses a word.")),
+    ("**Verdict:** incorrect\n**Feedback:** Wrong span. The answer is Paris.", ("incorrect", "Wrong span. The answer is Paris.")),
+    ("Verdict: <correct, partially correct or incorrect>\nFeedback: <two or three sentences>", None),
+    ("The answer is correct.", None),
+    ("Verdict: correct\nFeedback:", None),
+])
+def test_reply_parser(reply, parsed):
+    template = load_template("feedback-v1")
+    if parsed is None:
+        with pytest.raises(ReplyError):
+            template.parse(reply)
+    else:
+        assert template.parse(reply) == parsed
+
+
+def test_llm_options_are_checked_up_front(tmp_path):
+    with pytest.raises(ConfigError, match="annotate.model: required"):
+        load_config(overrides=["annotate.annotator=llm"])
+    with pytest.raises(ConfigError, match="annotate.template"):
+        load_config(overrides=["annotate.annotator=llm", "annotate.model=x", f"annotate.template={tmp_path}/no.yaml"])
+    with pytest.raises(ConfigError, match="annotate.concurrency"):
+        load_config(overrides=["annotate.annotator=llm", "annotate.model=x", "annotate.concurrency=0"])
+    with pytest.raises(ConfigError, match="generate.base_url"):
+        load_config(overrides=["generate.backend=openai"])
+
+
+def test_a_changed_prompt_is_refused_on_resume_but_operational_options_are_not(tmp_path):
+    make_run(tmp_path, 2)
+    with FaultServer(lambda item, n: "ok") as server:
+        annotate(tmp_path, llm_config(server.url, tmp_path / "cache"))
+        annotate(tmp_path, llm_config(server.url, tmp_path / "cache", concurrency=1, timeout=5))
+        with pytest.raises(ConfigError, match="annotate.reference_free"):
+            annotate(tmp_path, llm_config(server.url, tmp_path / "cache", reference_free=True))

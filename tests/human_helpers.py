@@ -107,3 +107,47 @@ def csrf(html: str) -> str:
 def item_id_of(response: requests.Response) -> str:
     """The item a /annotate redirect landed on."""
     return requests.utils.unquote(response.url.split("/items/", 1)[1].split("?", 1)[0])
+
+
+def _postgres_bin() -> Path | None:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    return versions[-1].parent if versions else None
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (Debian's postgresql package); yields its URL.
+
+    Skips where the package is missing, fails under CI (make test installs it there).
+    """
+    import pytest
+    import shutil
+    import socket
+    import tempfile
+
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        message = "PostgreSQL is not installed (make system-deps installs Debian's postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    # initdb refuses to run as root: run the server as the package's postgres user then.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="laffi-pg-"))
+    data.chmod(0o755)
+    if as_user:
+        shutil.chown(data, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = lambda *cmd: subprocess.run(as_user + [str(bin_dir / cmd[0]), *cmd[1:]], check=True,  # noqa: E731
+                                      capture_output=True, text=True)
+    try:
+        run("initdb", "-D", str(data / "db"), "-U", "laffi", "-A", "trust", "--no-sync")
+        run("pg_ctl", "-D", str(data / "db"), "-l", str(data / "log"), "-w", "start", "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=100")
+        yield f"postgresql://laffi@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(as_user + [str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)

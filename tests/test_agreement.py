@@ -1,0 +1,38 @@
+"""Percent agreement and Cohen's kappa on known tables.
+
+    python -m pytest tests/test_agreement.py
+"""
+
+import math
+
+import pytest
+
+from laffi.agreement import cohen_kappa, percent_agreement
+
+
+def test_kappa_matches_the_textbook_two_by_two_table():
+    # 50 items: both yes 20, A yes / B no 5, A no / B yes 10, both no 15 -> p_o 0.7, p_e 0.5, kappa 0.4
+    a = ["yes"] * 25 + ["no"] * 25
+    b = ["yes"] * 20 + ["no"] * 5 + ["yes"] * 10 + ["no"] * 15
+    assert percent_agreement(a, b) == pytest.approx(70.0)
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+
+
+def test_kappa_on_three_verdicts_is_symmetric_and_bounded():
+    a = ["correct", "incorrect", "partially correct", "correct", "incorrect", "correct"]
+    b = ["correct", "incorrect", "correct", "correct", "partially correct", "incorrect"]
+    # each rater: 3 correct, 2 incorrect, 1 partially correct; they agree on 3 of 6.
+    # p_o = 18/36; p_e = (3*3 + 2*2 + 1*1) / 36 = 14/36 -> kappa = (18 - 14) / (36 - 14) = 4/22
+    assert cohen_kappa(a, b) == pytest.approx(4 / 22)
+    assert cohen_kappa(b, a) == pytest.approx(cohen_kappa(a, b))
+    assert cohen_kappa(a, a) == 1.0
+    assert cohen_kappa(["x", "y"], ["y", "x"]) == pytest.approx(-1.0)
+
+
+def test_undefined_and_invalid_inputs():
+    assert math.isnan(cohen_kappa(["correct"] * 3, ["correct"] * 3))  # one label throughout: p_e = 1
+    assert percent_agreement(["correct"] * 3, ["correct"] * 3) == 100.0
+    with pytest.raises(ValueError, match="paired"):
+        cohen_kappa(["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="at least one"):
+        percent_agreement([], [])

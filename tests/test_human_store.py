@@ -1,0 +1,176 @@
+"""The annotation database without the web layer: schema upgrades, assignment up to K, skipping,
+revocation, export and import through the CLI, and the agreement report.
+
+    python -m pytest tests/test_human_store.py
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect, select
+
+from human_helpers import add_annotator, laffi, make_run
+from laffi.annotators.human import db, exchange, store
+from laffi.annotators.human.config import ServeConfig, default_db_url
+from laffi.config import ConfigError
+from laffi.records import Feedback, read_records, write_records
+
+
+@pytest.fixture
+def run(tmp_path):
+    return make_run(tmp_path / "run", n_items=5)
+
+
+@pytest.fixture
+def engine(run):
+    engine = db.open_engine(default_db_url(run))
+    exchange.sync_run_items(engine, run)
+    yield engine
+    engine.dispose()
+
+
+def person(engine, name):
+    return store.authenticate(engine, store.add_annotator(engine, name))[0]
+
+
+def test_schema_is_created_in_wal_mode_and_an_old_database_is_upgraded(run):
+    url = default_db_url(run)
+    old = db.make_engine(url)
+    assert db.upgrade(old, to_version=1) == 1  # what the first release created
+    assert "annotations_by_person" not in {i["name"] for i in inspect(old).get_indexes("annotations")}
+    old.dispose()
+
+    engine = db.open_engine(url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        version = conn.execute(select(db.meta.c.value).where(db.meta.c.key == "schema_version")).scalar()
+    assert int(version) == db.SCHEMA_VERSION == 2
+    assert "annotations_by_person" in {i["name"] for i in inspect(engine).get_indexes("annotations")}
+    assert db.upgrade(engine) == 2  # idempotent
+    with db.write(engine) as conn:
+        conn.execute(db.meta.update().where(db.meta.c.key == "schema_version").values(value="99"))
+    with pytest.raises(db.SchemaError, match="newer"):
+        db.open_engine(url)
+    engine.dispose()
+
+
+def test_each_item_gets_at_most_k_people_and_skips_give_the_slot_back(engine):
+    alice, bob, carol = (person(engine, n) for n in ("alice", "bob", "carol"))
+    first = store.claim(engine, alice.id, per_item=2)
+    assert first == "q000"
+    assert store.claim(engine, alice.id, per_item=2) == "q000"  # the open item comes back, no second claim
+    assert store.claim(engine, bob.id, per_item=2) == "q000"
+    assert store.claim(engine, carol.id, per_item=2) == "q001"  # q000 holds K=2 already
+    store.skip(engine, bob.id, "q000")
+    store.submit(engine, alice.id, "q000", "incorrect", "The model said south; the Nile flows north.", "north")
+    assert store.claim(engine, alice.id, per_item=2) == "q001"
+    assert store.claim(engine, bob.id, per_item=2) == "q002"  # never q000 again: bob skipped it
+    with pytest.raises(store.Conflict):
+        store.submit(engine, bob.id, "q000", "correct", "x", None)  # skipped items cannot be submitted
+    with pytest.raises(store.Forbidden):
+        store.submit(engine, carol.id, "q000", "correct", "x", None)  # not carol's
+    with pytest.raises(store.NotFound):
+        store.get_annotation(engine, carol.id, "nope")
+    with pytest.raises(store.StoreError, match="verdict"):
+        store.submit(engine, alice.id, "q001", "great", "x", None)
+    with db.read(engine) as conn:
+        claims = dict(conn.execute(select(db.items.c.id, db.items.c.claims)).all())
+    assert claims == {"q000": 1, "q001": 2, "q002": 1, "q003": 0, "q004": 0}
+
+
+def test_revoking_keeps_the_work_and_frees_the_open_item(engine, run):
+    token = store.add_annotator(engine, "dave")
+    dave = store.authenticate(engine, token)[0]
+    store.claim(engine, dave.id, 1)
+    store.submit(engine, dave.id, "q000", "correct", "Right.", None)
+    assert store.claim(engine, dave.id, 1) == "q001"
+    store.revoke_annotator(engine, "dave")
+    assert store.authenticate(engine, token) == (None, "This token was revoked.")
+    assert store.authenticate(engine, "laffi_wrong") == (None, "Unknown token.")
+    eve = person(engine, "eve")
+    assert store.claim(engine, eve.id, 1) == "q001"  # dave's open item went back to the pool
+    assert [p["state"] for p in store.list_annotators(engine)] == ["revoked", "active"]
+    assert [(r.id, r.annotator) for r in exchange.export_feedback(engine, run / "out.jsonl")] == [("q000", "dave")]
+    with pytest.raises(store.Conflict, match="already exists"):
+        store.add_annotator(engine, "eve")
+    assert store.authenticate(engine, store.add_annotator(engine, "dave"))[0].name == "dave"  # a new token
+    with pytest.raises(store.StoreError, match="name"):
+        store.add_annotator(engine, "<script>")
+
+
+def test_cli_add_list_revoke_export_and_import_round_trip(run, tmp_path):
+    token = add_annotator(run, "alice")
+    assert token.startswith("laffi_") and len(token) > 40
+    engine = db.open_engine(default_db_url(run))
+    with db.read(engine) as conn:  # only the hash is stored
+        assert conn.execute(select(db.annotators.c.token_hash)).scalar() == store.hash_token(token)
+    exchange.sync_run_items(engine, run)
+    alice = store.authenticate(engine, token)[0]
+    for verdict, text in (("incorrect", "Wrong: it is north."), ("correct", "Right, and short.")):
+        item = store.claim(engine, alice.id, 1)
+        store.submit(engine, alice.id, item, verdict, text, "north" if verdict == "incorrect" else None)
+    code, out, _ = laffi("annotators", "list", "--run", str(run))
+    assert code == 0 and "alice" in out and " 2 " in out
+
+    code, out, _ = laffi("export-feedback", str(run))
+    assert code == 0 and "2 human feedback records" in out and "human vs AI: 100.0% agree" in out
+    exported = read_records(run / "feedback.human.jsonl", Feedback)
+    assert exported == [
+        Feedback("q000", "south", "incorrect", "Wrong: it is north.", "human", "alice", "north"),
+        Feedback("q001", "north", "correct", "Right, and short.", "human", "alice", None)]
+
+    # Import into a fresh database (say, PostgreSQL after SQLite): same records come back out.
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    extra = Feedback("q002", "south", "partially correct", "Close.", "human", "bob")
+    write_records(tmp_path / "in.jsonl", exported + [extra])
+    code, out, err = laffi("import-feedback", str(run), str(tmp_path / "in.jsonl"), "--db", other)
+    assert code == 0, err
+    assert "imported 3" in out
+    code, out, _ = laffi("import-feedback", str(run), str(tmp_path / "in.jsonl"), "--db", other)
+    assert "imported 0 feedback records (3 already there)" in out
+    laffi("export-feedback", str(run), "--db", other, "--out", str(tmp_path / "back.jsonl"))
+    assert read_records(tmp_path / "back.jsonl", Feedback) == exported + [extra]
+
+    changed = [Feedback("q002", "south", "correct", "Changed my mind.", "human", "bob")]
+    write_records(tmp_path / "conflict.jsonl", changed)
+    code, _, err = laffi("import-feedback", str(run), str(tmp_path / "conflict.jsonl"), "--db", other)
+    assert code == 2 and "different feedback" in err
+    write_records(tmp_path / "ai.jsonl", [Feedback("q003", "north", "correct", "AI.", "ai", "reference")])
+    code, _, err = laffi("import-feedback", str(run), str(tmp_path / "ai.jsonl"), "--db", other)
+    assert code == 2 and "only human feedback" in err
+
+    code, _, _ = laffi("annotators", "revoke", "alice", "--run", str(run))
+    assert code == 0
+    code, _, err = laffi("annotators", "revoke", "nobody", "--run", str(run))
+    assert code == 2 and "no annotator named" in err
+    engine.dispose()
+
+
+def test_agreement_report_between_people_and_with_the_ai():
+    def fb(qid, who, verdict, source="human", answer="a"):
+        return Feedback(qid, answer, verdict, "t", source, who)
+
+    human = [fb("1", "ann", "correct"), fb("1", "bob", "correct"), fb("2", "ann", "incorrect"),
+             fb("2", "bob", "correct"), fb("3", "ann", "incorrect"), fb("3", "bob", "incorrect"),
+             fb("4", "ann", "correct")]
+    ai = [fb("1", "ref", "correct", "ai"), fb("2", "ref", "incorrect", "ai"),
+          fb("3", "ref", "correct", "ai", answer="another answer")]  # judged a different answer: not paired
+    report = exchange.agreement_report(human, ai)
+    pair = report["human_pairs"][0]
+    assert (pair["a"], pair["b"], pair["n"]) == ("ann", "bob", 3)
+    assert pair["percent"] == pytest.approx(200 / 3)
+    assert report["human_pooled"]["kappa"] == pytest.approx(0.4)  # p_o 2/3, p_e 4/9
+    assert {p["annotator"]: (p["n"], p["percent"]) for p in report["human_ai"]} == {"ann": (2, 100.0),
+                                                                                   "bob": (2, 50.0)}
+    assert "human vs human: 66.7% agree, kappa 0.400 (n=3)" in exchange.format_report(report)
+    assert exchange.agreement_report([], [])["human_pooled"] is None
+
+
+def test_serve_config_is_checked_and_binds_loopback_by_default(run):
+    config = ServeConfig(run_dir=str(run))
+    assert config.host == "127.0.0.1" and config.per_item == 1
+    assert config.db == default_db_url(run) and config.db.endswith("annotations.db")
+    for kwargs, flag in (({"port": 70000}, "--port"), ({"per_item": 0}, "--per-item"),
+                         ({"db": "mysql://x"}, "--db"), ({"max_body_bytes": 10}, "max_body_bytes")):
+        with pytest.raises(ConfigError, match=flag):
+            ServeConfig(run_dir=str(run), **kwargs)

@@ -35,6 +35,8 @@ class ModelConfig:
     threads: int = 0  # CPU threads for torch; 0 keeps torch's choice
     # chat: the model's chat template (a plain one where it has none); plain: "Passage/Question/Answer:"
     prompt_format: str = "chat"
+    # QLoRA: the base weights in 4-bit NF4 (bitsandbytes, CUDA only; LoRA weights stay 16/32-bit)
+    load_in_4bit: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "must not be empty")

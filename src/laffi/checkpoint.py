@@ -1,0 +1,82 @@
+"""Resumable training checkpoints, for one process or many (DDP, FSDP, DeepSpeed).
+
+    adapters/SET/checkpoint/
+      adapter.safetensors  the LoRA weights at that step (PEFT key names)
+      state/               accelerate's save_state: optimizer, scheduler, every process's RNG;
+                           under FSDP and DeepSpeed also the sharded model, which they restore
+      step.json            {"step": 8, "processes": 2}
+
+Every process takes part (sharded states are saved by their owners), but each file has one
+writer. The checkpoint is assembled in checkpoint.tmp and renamed once every process is done, so
+a crash mid-save never leaves a half checkpoint. Multi-node runs need the run directory on a
+file system every node sees.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from laffi.config import ConfigError
+
+
+def sharded(accelerator: Accelerator) -> bool:
+    """True when each process holds only part of the weights (FSDP, DeepSpeed ZeRO-3)."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    return (accelerator.distributed_type == DistributedType.DEEPSPEED
+            and accelerator.state.deepspeed_plugin.zero_stage == 3)
+
+
+def full_state_dict(accelerator: Accelerator, model) -> dict | None:
+    """The whole model's weights where they are sharded (a collective: every process calls it);
+    None where every process holds them anyway, so nothing is gathered or copied."""
+    return accelerator.get_state_dict(model) if sharded(accelerator) else None
+
+
+def lora_state_dict(accelerator: Accelerator, model) -> dict:
+    return get_peft_model_state_dict(accelerator.unwrap_model(model), state_dict=full_state_dict(accelerator, model))
+
+
+def keep_model_weights_out_of_state(accelerator: Accelerator) -> None:
+    """accelerate's save_state would write the whole base model at every checkpoint; the LoRA
+    weights go to adapter.safetensors instead. (FSDP and DeepSpeed save their sharded model
+    themselves and never reach these hooks with a model.)"""
+    accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+    accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+
+
+def save_checkpoint(directory: Path, accelerator: Accelerator, model, step: int) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "state"))
+    adapter = lora_state_dict(accelerator, model)
+    if accelerator.is_main_process:
+        save_file(adapter, tmp / "adapter.safetensors")
+        (tmp / "step.json").write_text(json.dumps({"step": step, "processes": accelerator.num_processes}))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(directory, ignore_errors=True)
+        tmp.rename(directory)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(directory: Path, accelerator: Accelerator, model) -> int:
+    """Restore weights, optimizer, scheduler and RNG; returns the step the checkpoint was taken at."""
+    info = json.loads((directory / "step.json").read_text())
+    if info["processes"] != accelerator.num_processes:
+        # each process's RNG and (under FSDP/DeepSpeed) its shard were saved per process
+        raise ConfigError(f"{directory} was written by {info['processes']} processes, this run has "
+                          f"{accelerator.num_processes}; resume with --num_processes {info['processes']}")
+    accelerator.load_state(str(directory / "state"))
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):  # they load their own
+        set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(directory / "adapter.safetensors"))
+    return info["step"]

@@ -58,7 +58,9 @@ def create_app(config: ServeConfig, engine: Engine) -> Flask:
                                config=config, **values), status
 
     def login_page(message: str, status: int = 401):
-        nonce = security.new_login_nonce()
+        # Reuse the browser's sign-in nonce: its other requests (favicon.ico) also get this page,
+        # and a fresh cookie from them would no longer match the form the person is filling in.
+        nonce = request.cookies.get(security.LOGIN_COOKIE) or security.new_login_nonce()
         body, _ = page("login.html", message=message, login_nonce=nonce)
         response = app.make_response((body, status))
         response.headers["WWW-Authenticate"] = 'Cookie realm="laffi", cookie-name="laffi_token"'

@@ -50,6 +50,7 @@ def security_headers(nonce: str) -> dict[str, str]:
                                     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
         "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": "DENY",
-        "Referrer-Policy": "no-referrer",
+        # not no-referrer: under it Chromium sends "Origin: null" on our own form posts
+        "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",  # pages hold people's work: keep them out of shared caches
     }

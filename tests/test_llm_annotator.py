@@ -149,3 +149,23 @@ def test_a_changed_prompt_is_refused_on_resume_but_operational_options_are_not(t
         annotate(tmp_path, llm_config(server.url, tmp_path / "cache", concurrency=1, timeout=5))
         with pytest.raises(ConfigError, match="annotate.reference_free"):
             annotate(tmp_path, llm_config(server.url, tmp_path / "cache", reference_free=True))
+
+
+def test_local_transformers_annotator_records_unreadable_replies_and_caches_them(tmp_path, tiny_model_dir):
+    # A randomly initialised model writes no verdict: every answer must end up as a recorded failure.
+    make_run(tmp_path, 3)
+    overrides = {"annotator": "llm", "backend": "transformers", "model": str(tiny_model_dir), "max_tokens": 6,
+                 "parse_retries": 1, "concurrency": 2, "cache_dir": str(tmp_path / "cache")}
+    config = load_config(overrides=[f"annotate.{k}={v}" for k, v in overrides.items()]).annotate
+    assert annotate(tmp_path, config) == []
+    layout = RunLayout(tmp_path)
+    failed = read_records(failures_file(layout.feedback), AnnotationFailure)
+    assert sorted(f.id for f in failed) == ["q0", "q1", "q2"]
+    assert all(f.reason == "unparseable" and f.attempts == 2 for f in failed)
+    summary = json.loads(summary_file(layout.feedback).read_text())
+    assert summary["backend"] == f"transformers:{tiny_model_dir}"
+    assert summary["requests"] == 6 and summary["completion_tokens"] > 0
+
+    annotate(tmp_path, config)  # a rerun retries the failures, but the cache already has every reply
+    summary = json.loads(summary_file(layout.feedback).read_text())
+    assert summary["requests"] == 0 and summary["cache_hits"] == 6

@@ -27,8 +27,9 @@ from laffi.config import AnnotateConfig
 from laffi.records import AnnotationFailure, Answer, Feedback, QAExample
 
 RETRY_TEMPERATURE = 0.7  # a re-ask at temperature 0 would get the same unreadable reply back
-# Options that change how replies are fetched but not what they say: a run may change them and resume.
-OPERATIONAL = ("concurrency", "timeout", "retries", "backoff", "cache_dir", "seed")
+# Options that change how replies are fetched but not what they say: a run may change them and resume
+# (base_url too: the same model behind another address; the model name is what the cache keys on).
+OPERATIONAL = ("base_url", "api_key_env", "concurrency", "timeout", "retries", "backoff", "cache_dir", "seed")
 
 
 def cache_root(config: AnnotateConfig) -> Path:
@@ -41,7 +42,7 @@ def cache_root(config: AnnotateConfig) -> Path:
 
 def settings(config: AnnotateConfig) -> dict:
     """The options that decide the feedback, saved beside it and checked when a run resumes."""
-    return {k: v for k, v in asdict(config).items() if k not in OPERATIONAL and k != "api_key_env"}
+    return {k: v for k, v in asdict(config).items() if k not in OPERATIONAL}
 
 
 def make_backend(config: AnnotateConfig):

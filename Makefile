@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PRESET ?= default
 
-.PHONY: install demo smoke test clean
+.PHONY: install system-deps demo smoke test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,20 @@ demo: install
 smoke:
 	$(MAKE) demo PRESET=smoke
 
-test: install $(VENV)/.llamacpp
+# Debian packages the tests drive: headless Chromium and its driver (the annotation app's browser
+# test) and PostgreSQL (its second database). Installed when missing; needs root or sudo.
+DEB_PACKAGES := chromium chromium-driver postgresql
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+system-deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+test: install $(VENV)/.llamacpp system-deps
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -169,3 +169,17 @@ def test_local_transformers_annotator_records_unreadable_replies_and_caches_them
     annotate(tmp_path, config)  # a rerun retries the failures, but the cache already has every reply
     summary = json.loads(summary_file(layout.feedback).read_text())
     assert summary["requests"] == 0 and summary["cache_hits"] == 6
+
+
+def test_runs_made_before_the_new_options_still_resume(tmp_path):
+    from laffi.config import check_resume
+
+    # a sidecar written before generate.backend & co. existed: their defaults change nothing
+    old = load_config().generate
+    (tmp_path / "answers.config.yaml").write_text(
+        f"generate:\n  batch_size: {old.batch_size}\n  max_new_tokens: {old.max_new_tokens}\n"
+        f"  stop_at_newline: {str(old.stop_at_newline).lower()}\n")
+    check_resume(tmp_path / "answers.config.yaml", {"generate": old})
+    with pytest.raises(ConfigError, match="generate.backend"):
+        check_resume(tmp_path / "answers.config.yaml",
+                     {"generate": load_config(overrides=["generate.backend=openai", "generate.base_url=x"]).generate})

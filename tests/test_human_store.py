@@ -174,3 +174,25 @@ def test_serve_config_is_checked_and_binds_loopback_by_default(run):
                          ({"db": "mysql://x"}, "--db"), ({"max_body_bytes": 10}, "max_body_bytes")):
         with pytest.raises(ConfigError, match=flag):
             ServeConfig(run_dir=str(run), **kwargs)
+
+
+def test_admin_page_shows_progress_and_agreement(run, engine):
+    from human_helpers import CSRF
+    from laffi.annotators.human.app import create_app
+
+    app = create_app(ServeConfig(run_dir=str(run), per_item=2), engine)
+    ann, bob = person(engine, "ann"), person(engine, "bob")
+    # AI verdicts in make_run: q000 incorrect, q001 correct
+    for who, verdicts in ((ann, ("incorrect", "correct")), (bob, ("incorrect", "incorrect"))):
+        for verdict in verdicts:
+            store.submit(engine, who.id, store.claim(engine, who.id, 2), verdict, "why", None)
+    client = app.test_client()
+    page = client.get("/")
+    token = store.add_annotator(engine, "boss", admin=True)
+    signed_in = client.post("/", data={"token": token, "csrf_token": CSRF.search(page.text).group(1)})
+    assert signed_in.status_code == 303 and signed_in.headers["Location"].endswith("/admin")
+    admin = client.get("/admin").text
+    assert "2 of 5 items have 2 human annotations (K = 2)" in admin
+    assert "All pairs: 50.0% · kappa 0.000 · n=2" in admin  # ann/bob agree on q000 only
+    assert "All: 75.0%" in admin and "ann vs AI</td><td>100.0%" in admin and "bob vs AI</td><td>50.0%" in admin
+    assert "<td>ann</td><td>active</td>" in admin.replace("\n      ", "")

@@ -8,6 +8,7 @@ prints the address, and serves until interrupted.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from waitress import create_server
@@ -22,6 +23,8 @@ def serve(config: ServeConfig) -> None:
     engine = open_engine(config.db, pool_size=config.threads)
     added, updated = sync_run_items(engine, config.run_dir)
     app = create_app(config, engine)
+    # "Task queue depth is N" on every request that waits for a free thread: load, not trouble.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = create_server(app, host=config.host, port=config.port, threads=config.threads,
                            # a backstop only: the app refuses bodies over max_body_bytes with a clear 413
                            max_request_body_size=4 * config.max_body_bytes, ident="laffi")

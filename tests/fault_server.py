@@ -9,6 +9,8 @@ item and every good reply it delivered, which is what a paid API would bill.
     with FaultServer(lambda item, n: "500" if n == 0 else "ok") as server:
         ... base_url=server.url ...
         server.requests["q3"], server.served["q3"]
+
+The legacy completions endpoint answers with `completions(body) -> (status, json)` when given.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def item_of(body: dict) -> str:
 
 
 class FaultServer:
-    def __init__(self, script: Script, slow_seconds: float = 2.0) -> None:
-        self.script, self.slow_seconds = script, slow_seconds
+    def __init__(self, script: Script, slow_seconds: float = 2.0,
+                 completions: Callable[[dict], tuple[int, dict]] | None = None) -> None:
+        self.script, self.slow_seconds, self.completions = script, slow_seconds, completions
         self.requests: Counter = Counter()
         self.served: Counter = Counter()
         self.held: Counter = Counter()
@@ -47,6 +50,10 @@ class FaultServer:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.endswith("/v1/completions") and server.completions:
+                    status, payload = server.completions(body)
+                    server._send(self, status, json.dumps(payload).encode(), "application/json")
+                    return
                 item = item_of(body)
                 with server._lock:
                     n = server.requests[item]

@@ -53,7 +53,7 @@ def test_the_server_gets_exactly_the_in_process_prompt_tokens(run_config, tmp_pa
     examples = read_records(layout.train_examples, QAExample)[:3]
     prompts = build_prompts(load_tokenizer(run_config.model), examples, read_records(layout.shots, QAExample),
                             run_config.data)
-    generator = OpenAIGenerator.from_config(run_config.model, run_config.generate)
+    generator = OpenAIGenerator.from_config(run_config.model, run_config.generate, load_tokenizer(run_config.model))
     generations = [g for batch in generator.greedy_batches(prompts, 3, 8, ["\n"]) for g in batch]
     assert sorted(g.id for g in generations) == sorted(prompts)
     # token ids go through untouched: no BOS added, no special token re-tokenized as text

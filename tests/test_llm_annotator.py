@@ -183,3 +183,40 @@ def test_runs_made_before_the_new_options_still_resume(tmp_path):
     with pytest.raises(ConfigError, match="generate.backend"):
         check_resume(tmp_path / "answers.config.yaml",
                      {"generate": load_config(overrides=["generate.backend=openai", "generate.base_url=x"]).generate})
+
+
+@pytest.mark.parametrize("takes_ids, extra_tokens", [(True, 0), (False, 0), (False, 1)])
+def test_openai_generation_sends_the_same_prompt_tokens(tiny_model_dir, takes_ids, extra_tokens):
+    from transformers import AutoTokenizer
+
+    from laffi.backends.openai_backend import OpenAIGenerator
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = {f"q{i}": tokenizer(f"<|im_start|>user\nQuestion {i}?<|im_end|>\n", add_special_tokens=False)["input_ids"]
+               for i in range(3)}
+    seen = []
+
+    def completions(body):
+        prompt = body["prompt"]
+        seen.append(prompt)
+        if isinstance(prompt, list) and not takes_ids:
+            return 422, {"detail": "prompt must be a string"}  # as llama-cpp-python's server says
+        count = len(prompt) if isinstance(prompt, list) else len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "text": " Paris\n", "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": count + extra_tokens, "completion_tokens": 2, "total_tokens": 0}}
+
+    with FaultServer(lambda item, n: "ok", completions=completions) as server:
+        config = load_config(overrides=["generate.backend=openai", f"generate.base_url={server.url}"])
+        generator = OpenAIGenerator.from_config(config.model, config.generate, tokenizer)
+        batches = generator.greedy_batches(prompts, 2, 8, ["\n"])
+        if extra_tokens:
+            with pytest.raises(ConfigError, match="would not answer the same prompt"):
+                list(batches)
+            return
+        generations = [g for batch in batches for g in batch]
+    assert sorted(g.id for g in generations) == sorted(prompts) and all(g.text == " Paris\n" for g in generations)
+    assert isinstance(seen[0], list)  # token ids first
+    if not takes_ids:
+        texts = [p for p in seen if isinstance(p, str)]
+        assert sorted(tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts) == sorted(prompts.values())

@@ -70,7 +70,8 @@ def load_backend(model: ModelConfig, config: GenerateConfig, adapter: str | Path
     if config.backend == "openai":
         from laffi.backends.openai_backend import OpenAIGenerator
 
-        return OpenAIGenerator.from_config(model, config, adapter), load_tokenizer(model)
+        tokenizer = load_tokenizer(model)
+        return OpenAIGenerator.from_config(model, config, tokenizer, adapter), tokenizer
     return load_model(model, adapter=adapter)
 
 

@@ -30,9 +30,9 @@ class Reply:
 class RequestFailed(RuntimeError):
     """A request that failed for good: its retries are used up, or no retry can fix it (HTTP 400)."""
 
-    def __init__(self, message: str, attempts: int) -> None:
+    def __init__(self, message: str, attempts: int, status: int | None = None) -> None:
         super().__init__(message)
-        self.attempts = attempts
+        self.attempts, self.status = attempts, status  # status: the HTTP status of a refused request
 
 
 @dataclass

@@ -9,9 +9,13 @@ Same prompts, same answer extraction, same records as in-process: the prompt is 
 tokenized here, by the same code and tokenizer (`model.name`), and sent as token ids to the
 *completions* endpoint, so the server sees exactly the tokens the in-process model would. (The chat
 endpoint would apply the server's own chat template, which cannot express `model.prompt_format=plain`
-and may add or drop special tokens.) Decoding is greedy (temperature 0) with the same token limit
-and the newline stop; the generated text goes through the same `extract_answer`. The server's own
-batching does the rest: `generate.batch_size` requests are kept in flight.
+and may add or drop special tokens.) A server that takes only text prompts (llama-cpp-python's)
+refuses token ids with 400/422; then the prompt goes as the text those ids decode to, and every
+reply's prompt token count must equal ours, else the run stops: a different count means the server
+saw a different prompt (an extra BOS, special tokens read as plain text). Decoding is greedy
+(temperature 0) with the same token limit and the newline stop; the generated text goes through the
+same `extract_answer`. The server's own batching does the rest: `generate.batch_size` requests are
+kept in flight.
 """
 
 from __future__ import annotations
@@ -20,23 +24,41 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterator
 
+from laffi.backends.chat import Reply, RequestFailed
 from laffi.backends.openai_client import RetryingClient
 from laffi.config import ConfigError, GenerateConfig, ModelConfig
 from laffi.generate import Generation
 
 
 class OpenAIGenerator:
-    def __init__(self, client: RetryingClient, model: str) -> None:
-        self.client, self.model = client, model
+    def __init__(self, client: RetryingClient, model: str, tokenizer) -> None:
+        self.client, self.model, self.tokenizer = client, model, tokenizer
+        self.text_prompts = False  # set once the server has refused token ids
 
     @classmethod
-    def from_config(cls, model: ModelConfig, config: GenerateConfig,
+    def from_config(cls, model: ModelConfig, config: GenerateConfig, tokenizer,
                     adapter: str | Path | None = None) -> "OpenAIGenerator":
         if adapter is not None:
             raise ConfigError("--adapter: generate.backend=openai cannot load an adapter into the server; serve it "
                               "there (vLLM: --enable-lora --lora-modules laffi=DIR) and set generate.served_model=laffi")
         client = RetryingClient(config.base_url, config.api_key_env, config.timeout, config.retries, option="generate")
-        return cls(client, config.served_model or model.name)
+        return cls(client, config.served_model or model.name, tokenizer)
+
+    def complete(self, ids: list[int], max_new_tokens: int, stop_strings: list[str] | None) -> Reply:
+        if not self.text_prompts:
+            try:
+                return self.client.complete(self.model, ids, max_new_tokens, stop_strings)
+            except RequestFailed as error:
+                if error.status not in (400, 422):
+                    raise
+                self.text_prompts = True
+        text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # special tokens included
+        reply = self.client.complete(self.model, text, max_new_tokens, stop_strings)
+        if reply.prompt_tokens and reply.prompt_tokens != len(ids):
+            raise ConfigError(f"generate.base_url: the server made {reply.prompt_tokens} tokens of a prompt that is "
+                              f"{len(ids)} tokens for laffi (model.name's tokenizer), so it would not answer the "
+                              "same prompt; serve the same tokenizer, or use a server that takes token ids (vLLM)")
+        return reply
 
     def greedy_batches(self, prompts: dict[str, list[int]], batch_size: int, max_new_tokens: int,
                        stop_strings: list[str] | None = None) -> Iterator[list[Generation]]:
@@ -46,7 +68,7 @@ class OpenAIGenerator:
         and a rerun asks only for the rest.
         """
         def one(question_id: str) -> Generation:
-            reply = self.client.complete(self.model, prompts[question_id], max_new_tokens, stop_strings)
+            reply = self.complete(prompts[question_id], max_new_tokens, stop_strings)
             return Generation(question_id, reply.text, reply.completion_tokens)
 
         batch: list[Generation] = []

@@ -74,7 +74,7 @@ class RetryingClient:
                 status = error.status_code
                 self.counters.error(str(status))
                 if status not in (408, 409, 429) and status < 500:
-                    raise RequestFailed(f"HTTP {status}: {_short(error)}", attempt + 1) from error
+                    raise RequestFailed(f"HTTP {status}: {_short(error)}", attempt + 1, status) from error
                 wait = _retry_after(error.response)
                 last = f"HTTP {status}: {_short(error)}"
             except openai.APITimeoutError:

@@ -118,6 +118,10 @@ def make_engine(url: str, pool_size: int = 8) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as error:
+        raise SchemaError("--db postgresql://...: needs psycopg; pip install 'laffi[postgres]'") from error
     if url.startswith("postgresql://"):  # psycopg 3, not SQLAlchemy's default psycopg2
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

@@ -36,11 +36,15 @@ def export_feedback(engine: Engine, out: str | Path) -> list[Feedback]:
     return records
 
 
+def read_run_items(run_dir: str | Path) -> tuple[list[QAExample], list[Answer]]:
+    """The train questions (passages) and the model's answers of a run: what people annotate."""
+    layout = RunLayout(run_dir)
+    return read_records(layout.train_examples, QAExample), read_records(layout.answers, Answer)
+
+
 def sync_run_items(engine: Engine, run_dir: str | Path) -> tuple[int, int]:
     """Load RUN/answers.jsonl (with the passages of RUN/data/train.jsonl) as the items to annotate."""
-    layout = RunLayout(run_dir)
-    return store.sync_items(engine, read_records(layout.train_examples, QAExample),
-                            read_records(layout.answers, Answer))
+    return store.sync_items(engine, *read_run_items(run_dir))
 
 
 def import_feedback(engine: Engine, run_dir: str | Path, path: str | Path) -> tuple[int, int]:

@@ -13,15 +13,17 @@ import sys
 
 from waitress import create_server
 
+from laffi.annotators.human import store
 from laffi.annotators.human.app import create_app
 from laffi.annotators.human.config import ServeConfig
 from laffi.annotators.human.db import open_engine
-from laffi.annotators.human.exchange import sync_run_items
+from laffi.annotators.human.exchange import read_run_items
 
 
 def serve(config: ServeConfig) -> None:
+    examples, answers = read_run_items(config.run_dir)  # before the database: a wrong RUN_DIR creates nothing
     engine = open_engine(config.db, pool_size=config.threads)
-    added, updated = sync_run_items(engine, config.run_dir)
+    added, updated = store.sync_items(engine, examples, answers)
     app = create_app(config, engine)
     # "Task queue depth is N" on every request that waits for a free thread: load, not trouble.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)

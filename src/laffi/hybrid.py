@@ -25,6 +25,7 @@ from laffi.metrics import majority_answer
 from laffi.prompts import choose_shots, feedback_messages, qa_messages
 from laffi.records import Feedback, QAExample, TrainingExample, read_records, write_records
 
+
 @dataclass(frozen=True)
 class HybridConfig:
     human_ratio: float  # R: the share of examples with human feedback, in [0, 1]

@@ -24,6 +24,7 @@ from laffi.annotators.human import store
 from laffi.layout import RunLayout
 from laffi.records import Answer, Feedback, QAExample, RecordError, read_records, write_records
 
+
 def to_feedback(annotation: store.Annotation) -> Feedback:
     return Feedback(id=annotation.item_id, answer=annotation.answer, verdict=annotation.verdict,
                     text=annotation.text, source="human", annotator=annotation.annotator,

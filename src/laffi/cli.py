@@ -1,6 +1,7 @@
 """The `laffi` command: parses arguments and calls the stage functions, nothing more.
 
     laffi run [CONFIG.yaml] [--preset smoke] [--out runs/x] [key=value ...]
+    laffi run [CONFIG.yaml] --launcher accelerate|torchrun [--num-processes 8] [--accelerate-config F]
     laffi prepare|generate|annotate|build RUN_DIR [key=value ...]
     laffi train RUN_DIR --set laffi|sft [key=value ...]
     laffi evaluate RUN_DIR --system NAME [--adapter DIR] [key=value ...]
@@ -23,8 +24,10 @@ from laffi.annotators.human.commands import register as register_human_commands
 from laffi.annotators.human.commands import run as run_human_command
 from laffi.backends.chat import RequestFailed
 from laffi.config import ConfigError, RunConfig, load_config
+from laffi.launch import LaunchFailed, Launcher
 from laffi.layout import RunLayout
 from laffi.records import RecordError
+from laffi.shards import Shard
 
 
 # Flags that are shorthands for config overrides (`--base-url X` is `annotate.base_url=X` on annotate).
@@ -60,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value", help="a config file and overrides")
     run.add_argument("--preset", default="default", help="preset to start from: default, smoke")
     run.add_argument("--out", help="run directory (default: runs/PRESET)")
+    run.add_argument("--launcher", choices=("accelerate", "torchrun"),
+                     help="run the training stage under this launcher, one process per GPU")
+    run.add_argument("--num-processes", type=int,
+                     help="processes for --launcher (default: the accelerate config's, else 1)")
+    run.add_argument("--accelerate-config", help="an accelerate config for --launcher accelerate, e.g. "
+                                                 "configs/accelerate/fsdp.yaml")
 
     _stage_parser(sub, "prepare", "split the QA data into train pool, held-out set and few-shot pool")
     generate = _stage_parser(sub, "generate", "let the model answer the train questions")
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _dispatch(args)
-    except (ConfigError, RecordError, FileNotFoundError, ValueError, RequestFailed) as error:
+    except (ConfigError, RecordError, FileNotFoundError, ValueError, RequestFailed, LaunchFailed) as error:
         print(f"laffi {args.command}: error: {error}", file=sys.stderr)
         return 2
 
@@ -136,7 +145,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise ConfigError(f"expected at most one config file, got {files}")
         config = load_config(files[0] if files else None, args.preset, [a for a in args.args if "=" in a])
         out = Path(args.out or Path("runs") / args.preset)
-        results = run(config, out)
+        if not args.launcher and (args.num_processes or args.accelerate_config):
+            raise ConfigError("--num-processes and --accelerate-config go with --launcher accelerate|torchrun")
+        launcher = Launcher(args.launcher, args.num_processes, args.accelerate_config) if args.launcher else None
+        results = run(config, out, launcher=launcher)
         print(markdown_table(results))
         print(f"\nfull results: {RunLayout(out).results_md}")
         return 0
@@ -174,13 +186,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "train":
         from laffi.train import train
 
-        print(f"adapter saved in {train(args.run_dir, args.set_name, config.model, config.train)}")
+        out = train(args.run_dir, args.set_name, config.model, config.train)
+        if Shard.current().is_main:  # under a launcher, one line, not one per process
+            print(f"adapter saved in {out}")
     elif args.command == "evaluate":
         from laffi.evaluate import evaluate
 
         metrics = evaluate(args.run_dir, args.system, config.model, config.data, config.generate, config.eval,
                            adapter=args.adapter)
-        print(json.dumps({k: metrics[k] for k in ("exact", "f1", "total", "exact_ci95", "f1_ci95")}))
+        if Shard.current().is_main:  # under a launcher, one line, not one per process
+            print(json.dumps({k: metrics[k] for k in ("exact", "f1", "total", "exact_ci95", "f1_ci95")}))
     return 0
 
 

@@ -2,6 +2,7 @@
 
     laffi evaluate runs/demo --system base
     laffi evaluate runs/demo --system laffi --adapter runs/demo/adapters/laffi
+    accelerate launch --config_file configs/accelerate/multi-gpu.yaml -m laffi.cli evaluate runs/demo --system base
 
 Writes eval/SYSTEM/predictions.jsonl (per question: answer, raw output, EM, F1), metrics.json
 (EM/F1 in percent with 95% bootstrap intervals) and config.yaml. Resumable like `generate`.
@@ -17,7 +18,8 @@ from laffi.generate import answer_questions, load_backend
 from laffi.layout import RunLayout
 from laffi.metrics import bootstrap_interval, score_example, summarize
 from laffi.prompts import extract_answer
-from laffi.records import Prediction, QAExample, RecordWriter, read_records
+from laffi.records import Prediction, QAExample, read_records
+from laffi.shards import Shard
 
 
 def metrics_for(examples: list[QAExample], predictions: list[Prediction], config: EvalConfig) -> dict:
@@ -43,8 +45,10 @@ def evaluate(run_dir: str | Path, system: str, model: ModelConfig, data: DataCon
     adapter_path = str(Path(adapter).resolve()) if adapter else None
     if adapter_path and not (Path(adapter_path) / "adapter_config.json").exists():
         raise FileNotFoundError(f"--adapter: {adapter_path} holds no PEFT adapter (adapter_config.json)")
-    check_resume(out / "config.yaml", {"model": model, "data": data, "generate": generate, "eval": config,
-                                       "system": {"name": system, "adapter": adapter_path}})
+    shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
+    shard.on_main(lambda: check_resume(out / "config.yaml", {"model": model, "data": data, "generate": generate,
+                                                             "eval": config,
+                                                             "system": {"name": system, "adapter": adapter_path}}))
 
     def score(example: QAExample, generation) -> Prediction:
         answer = extract_answer(generation.text)
@@ -52,16 +56,17 @@ def evaluate(run_dir: str | Path, system: str, model: ModelConfig, data: DataCon
         return Prediction(example.id, answer, generation.text, exact, f1)
 
     speed = None
-    with RecordWriter(out / "predictions.jsonl", Prediction) as writer:
+    with shard.writer(out / "predictions.jsonl", Prediction) as writer:
         if len(writer.done_ids) < len(examples):
             lm, tokenizer = load_backend(model, generate, adapter=adapter_path)
-            speed = answer_questions(lm, tokenizer, examples, shots, data, generate, writer, score,
-                                     desc=f"evaluate {system}")
+            speed = shard.answer(answer_questions, lm, tokenizer, examples, shots, data, generate, writer, score,
+                                 desc=f"evaluate {system}")
     metrics = metrics_for(examples, read_records(out / "predictions.jsonl", Prediction), config)
     metrics["system"] = system
     metrics_file = out / "metrics.json"
     if speed is None and metrics_file.exists():  # finished earlier: keep that run's speed
         speed = json.loads(metrics_file.read_text(encoding="utf-8")).get("generation")
     metrics["generation"] = speed
-    metrics_file.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if shard.is_main:
+        metrics_file.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics

@@ -132,7 +132,9 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
         model = PeftModel.from_pretrained(model, str(adapter))
         if not four_bit:  # merged weights answer exactly like the adapter, without its extra matmuls
             model = model.merge_and_unload()  # (merging into 4-bit weights would round them again)
-    if not four_bit:
+    # from_pretrained loads onto the CPU; a CPU model is left as it is, which also leaves alone
+    # weights that FSDP put on the meta device or DeepSpeed ZeRO-3 partitioned while loading
+    if not four_bit and device.type != "cpu":
         model.to(device)
     model.eval()
     return model, load_tokenizer(config)

@@ -3,6 +3,7 @@
     laffi run                                   # embedded model and data, default preset
     laffi run --preset smoke --out runs/smoke   # a few minutes on a laptop
     laffi run configs/qwen7b-gpu.yaml train.steps=200
+    laffi run configs/qwen2.5-7b-gpu.yaml --launcher accelerate --num-processes 8
 
 Evaluates the base model, lets it answer the train questions, annotates the answers, builds the
 LaFFi and SFT sets on the same questions, trains both with the same steps, LoRA settings and
@@ -21,6 +22,7 @@ from laffi.build import build
 from laffi.config import RunConfig, check_resume
 from laffi.evaluate import evaluate
 from laffi.generate import generate
+from laffi.launch import Launcher
 from laffi.layout import RunLayout
 from laffi.prepare import prepare
 from laffi.results import write_results
@@ -29,7 +31,8 @@ from laffi.train import train
 SYSTEMS = ("base", "sft", "laffi")
 
 
-def run(config: RunConfig, out: str | Path) -> dict:
+def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) -> dict:
+    """With `launcher`, each training runs under it (laffi.launch); every other stage runs here."""
     layout = RunLayout(out)
     layout.root.mkdir(parents=True, exist_ok=True)
     check_resume(layout.config, {name: getattr(config, name) for name in config.__dataclass_fields__})
@@ -49,6 +52,9 @@ def run(config: RunConfig, out: str | Path) -> dict:
     timed("annotate", annotate, layout.root, config.annotate)
     timed("build", build, layout.root, config.data)
     for system in ("sft", "laffi"):
-        adapter = timed(f"train {system}", train, layout.root, system, config.model, config.train)
+        if launcher is None:
+            adapter = timed(f"train {system}", train, layout.root, system, config.model, config.train)
+        else:  # the child reads the config.yaml written above
+            adapter = timed(f"train {system}", launcher.train, layout.root, system)
         metrics[system] = timed(f"evaluate {system}", evaluate, layout.root, system, *shared, adapter=adapter)
     return write_results(layout, metrics, seconds, config.eval)

@@ -153,7 +153,7 @@ def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config:
     keep_model_weights_out_of_state(accelerator)
     if accelerator.num_processes > 1:
         set_seed(config.seed, device_specific=True)  # but each process its own dropout masks
-    accelerator.print(f"train {set_name}: {plan.describe()}")
+    accelerator.print(f"train {set_name}: {accelerator.distributed_type.value}, {plan.describe()}")
 
     checkpoint = out / "checkpoint"
     start = load_checkpoint(checkpoint, accelerator, model) if checkpoint.exists() else 0

@@ -1,0 +1,91 @@
+"""Hand the training stage of `laffi run` to a distributed launcher.
+
+    laffi run CONFIG.yaml --launcher accelerate --num-processes 8
+    laffi run CONFIG.yaml --launcher accelerate --accelerate-config configs/accelerate/fsdp.yaml
+    laffi run CONFIG.yaml --launcher torchrun --num-processes 8
+
+The other stages run in this process. Each training runs as a child command on the run's
+config.yaml, `accelerate launch ... -m laffi.cli train RUN --set NAME` (or torchrun), which starts
+one process per GPU; this process waits for it. Several machines need a launch on each of them
+(README, "Scaling up"), which `laffi run` does not do.
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from laffi.config import ConfigError
+from laffi.layout import RunLayout
+
+LAUNCHERS = ("accelerate", "torchrun")
+
+
+class LaunchFailed(RuntimeError):
+    """The launched training exited with an error; its own output says why."""
+
+
+def free_port() -> int:
+    """A free local port for the processes to meet on, so two runs on one machine do not collide."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Launcher:
+    name: str = "accelerate"
+    num_processes: int | None = None  # None: the accelerate config's num_processes, else 1
+    config_file: str | None = None  # an accelerate config, e.g. configs/accelerate/fsdp.yaml
+
+    def __post_init__(self) -> None:
+        if self.name not in LAUNCHERS:
+            raise ConfigError(f"--launcher: must be one of {', '.join(LAUNCHERS)}, got {self.name!r}")
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ConfigError(f"--num-processes: must be >= 1, got {self.num_processes}")
+        if self.config_file is not None:
+            if self.name != "accelerate":
+                raise ConfigError("--accelerate-config: only with --launcher accelerate")
+            if not Path(self.config_file).is_file():
+                raise ConfigError(f"--accelerate-config: {self.config_file} does not exist")
+
+    def command(self, run_dir: str | Path, set_name: str) -> list[str]:
+        """The command that runs `laffi train RUN --set NAME` under this launcher."""
+        return self.wrap(["-m", "laffi.cli", "train", str(run_dir), "--set", set_name])
+
+    def wrap(self, program: list[str]) -> list[str]:
+        """`program` (a script and its arguments, or -m MODULE ...) started once per process."""
+        n = str(self.num_processes or 1)
+        if self.name == "torchrun":  # --standalone: one machine, a free rendezvous port
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", n, *program]
+        launch = [sys.executable, "-m", "accelerate.commands.launch"]
+        if self.config_file:
+            count = ["--num_processes", n] if self.num_processes else []
+            return [*launch, "--config_file", self.config_file, *count, *program]
+        # no config: say everything, so accelerate neither warns about defaults nor reads a
+        # personal ~/.cache/huggingface/accelerate config; --multi_gpu means torchrun underneath,
+        # which on a machine without GPUs runs CPU processes on gloo
+        launch += ["--num_processes", n, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(free_port())]
+        return [*launch, *(["--multi_gpu"] if int(n) > 1 else []), *program]
+
+    def train(self, run_dir: str | Path, set_name: str) -> Path:
+        """Run `laffi train` under the launcher on the run's config.yaml; returns the adapter directory."""
+        out = RunLayout(run_dir).adapter(set_name)
+        if (out / "adapter_model.safetensors").exists():
+            return out  # finished earlier; `laffi run` has checked that the config is the same
+        if torch.cuda.is_available():  # the GPU memory this process cached for generation, to the children
+            gc.collect()
+            torch.cuda.empty_cache()
+        command = self.command(run_dir, set_name)
+        print(" ".join(command), flush=True)
+        code = subprocess.run(command).returncode
+        if code != 0:
+            raise LaunchFailed(f"training {set_name!r} under {self.name} exited with {code}: {' '.join(command)}")
+        return out

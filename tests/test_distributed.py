@@ -125,8 +125,9 @@ def test_a_two_process_checkpoint_resumes_under_torchrun(tiny_model_dir, tmp_pat
 
 
 def test_two_processes_evaluate_the_same_predictions_in_question_order(tiny_overrides, tmp_path):
-    # 20 questions answered one at a time: rounds of 16 and 4 over 2 processes
-    overrides = [*tiny_overrides, "data.eval_size=20", "generate.batch_size=1"]
+    # 10 questions answered one at a time: rounds of 8 and 2 over 2 processes (no shots: short prompts)
+    overrides = [*tiny_overrides, "data.eval_size=10", "data.num_shots=0", "generate.batch_size=1",
+                 "generate.max_new_tokens=2"]
     config = load_config(overrides=overrides)
     for name in ("one", "two"):
         prepare(tmp_path / name, config.data)
@@ -144,7 +145,7 @@ def test_two_processes_evaluate_the_same_predictions_in_question_order(tiny_over
                                             Prediction)}
     assert [single[p.id] for p in two] == two
     metrics = json.loads((RunLayout(tmp_path / "two").evaluation("base") / "metrics.json").read_text())
-    assert metrics["generation"]["processes"] == 2 and metrics["generation"]["questions"] == 20
+    assert metrics["generation"]["processes"] == 2 and metrics["generation"]["questions"] == 10
     assert (metrics["exact"], metrics["f1"]) == (one["exact"], one["f1"])
 
 

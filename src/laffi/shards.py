@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-ROUND_BATCHES = 8  # batches per process per round: fewer pauses to gather, less lost to a crash
+ROUND_BATCHES = 4  # batches per process per round: fewer pauses to gather, less lost to a crash
 
 
 @dataclass

@@ -86,6 +86,7 @@ class Launcher:
         command = self.command(run_dir, set_name)
         print(" ".join(command), flush=True)
         code = subprocess.run(command).returncode
-        if code != 0:
-            raise LaunchFailed(f"training {set_name!r} under {self.name} exited with {code}: {' '.join(command)}")
+        if code != 0 or not (out / "adapter_model.safetensors").exists():
+            raise LaunchFailed(f"training {set_name!r} under {self.name} exited with {code} and "
+                               f"{'no' if code == 0 else 'so no'} adapter in {out}: {' '.join(command)}")
         return out

@@ -35,7 +35,7 @@ from transformers import get_scheduler
 
 from laffi.checkpoint import full_state_dict, keep_model_weights_out_of_state, load_checkpoint, save_checkpoint
 from laffi.config import ModelConfig, TrainConfig, check_resume
-from laffi.distributed import configure_deepspeed, on_main_process, plan_batches, shard_window, totals
+from laffi.distributed import BatchPlan, configure_deepspeed, on_main_process, plan_batches, shard_window, totals
 from laffi.layout import RunLayout
 from laffi.models import load_model, pick_device
 from laffi.prompts import prompt_completion_ids
@@ -103,7 +103,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-
 def model_device(accelerator: Accelerator, model_config: ModelConfig) -> str:
     """Where this process loads the base model."""
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -124,6 +123,30 @@ def add_lora(model, model_config: ModelConfig, config: TrainConfig):
         model.enable_input_require_grads()
     model.train()
     return model
+
+
+def backward_passes(accelerator: Accelerator, model, rows: list[tuple[list[int], list[int]]],
+                    window: list[list[int]], plan: BatchPlan, pad_id: int) -> list[float]:
+    """This process's forward and backward passes for one optimizer step (`window`: the step's
+    batches). Returns its share of [loss, tokens, completion tokens], for the log."""
+    # normalise by the completion tokens of the whole step (all processes), so the gradient
+    # is that of one big batch however the step is cut into passes and processes
+    window_tokens = sum(sum(label != IGNORE for label in rows[i][1][1:]) for batch in window for i in batch)
+    # accelerate divides each backward by the passes per device, and DDP, FSDP and DeepSpeed
+    # average over processes; undo both (exact for powers of two, so 1 process is unchanged)
+    scale = plan.processes * plan.per_device_accum
+    loss_share, tokens, completion = 0.0, 0, 0
+    for indices in shard_window(window, plan, accelerator.process_index):
+        # a process with nothing left in a short step still joins the gradient reduction, weighing 0
+        batch = collate([rows[i] for i in indices or window[0][:1]], pad_id, accelerator.device)
+        with accelerator.accumulate(model):
+            loss = completion_loss_sum(model, batch) / max(window_tokens, 1)
+            accelerator.backward(loss * (scale if indices else 0.0))
+        if indices:
+            loss_share += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+            completion += int((batch["labels"] != IGNORE).sum())
+    return [loss_share, tokens, completion]
 
 
 def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config: TrainConfig) -> Path:
@@ -166,28 +189,12 @@ def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config:
     bar = tqdm(total=config.steps, initial=start, desc=f"train {set_name}", unit="step", disable=not main)
     for step in range(start + 1, config.steps + 1):
         window = batches[(step - 1) * config.grad_accum: step * config.grad_accum]
-        # normalise by the completion tokens of the whole step (all processes), so the gradient
-        # is that of one big batch however the step is cut into passes and processes
-        window_tokens = sum(sum(l != IGNORE for l in rows[i][1][1:]) for batch in window for i in batch)
-        # accelerate divides each backward by the passes per device, and DDP, FSDP and DeepSpeed
-        # average over processes; undo both (exact for powers of two, so 1 process is unchanged)
-        scale = plan.processes * plan.per_device_accum
-        step_loss, step_tokens, step_completion = 0.0, 0, 0
-        for indices in shard_window(window, plan, accelerator.process_index):
-            # a process with nothing left in a short step still joins the gradient reduction
-            weight = 1.0 if indices else 0.0
-            batch = collate([rows[i] for i in indices or window[0][:1]], pad_id, accelerator.device)
-            with accelerator.accumulate(model):
-                loss = completion_loss_sum(model, batch) / max(window_tokens, 1)
-                accelerator.backward(loss * (scale * weight))
-            step_loss += loss.item() * weight
-            step_tokens += int(batch["attention_mask"].sum()) * bool(indices)
-            step_completion += int((batch["labels"] != IGNORE).sum()) * bool(indices)
+        share = backward_passes(accelerator, model, rows, window, plan, pad_id)
         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step_loss, step_tokens, step_completion = totals(accelerator, [step_loss, step_tokens, step_completion])
+        step_loss, step_tokens, step_completion = totals(accelerator, share)
         tokens_seen += step_tokens
         completion_seen += step_completion
         elapsed = time.perf_counter() - began

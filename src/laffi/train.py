@@ -103,6 +103,13 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def grad_norm(norm) -> float | None:
+    """The norm clip_grad_norm_ returned, as a number for the log (FSDP2 returns a DTensor)."""
+    if norm is None:
+        return None
+    return round(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm), 6)
+
+
 def model_device(accelerator: Accelerator, model_config: ModelConfig) -> str:
     """Where this process loads the base model."""
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -190,7 +197,7 @@ def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config:
     for step in range(start + 1, config.steps + 1):
         window = batches[(step - 1) * config.grad_accum: step * config.grad_accum]
         share = backward_passes(accelerator, model, rows, window, plan, pad_id)
-        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -199,7 +206,8 @@ def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config:
         completion_seen += step_completion
         elapsed = time.perf_counter() - began
         entry = TrainLogEntry(step, round(step_loss, 5), scheduler.get_last_lr()[0],
-                              round(tokens_seen / elapsed, 1), round(completion_seen / elapsed, 1), round(elapsed, 2))
+                              round(tokens_seen / elapsed, 1), round(completion_seen / elapsed, 1), round(elapsed, 2),
+                              grad_norm(norm))
         log.append(entry)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{entry.tokens_per_s:.0f}")
         bar.update()

@@ -107,7 +107,7 @@ class TrainLogEntry:
     tokens_per_s: float
     completion_tokens_per_s: float
     elapsed_s: float
-    grad_norm: float | None = None  # before clipping, over all processes; None where DeepSpeed clips
+    grad_norm: float | None = None  # before clipping, over all processes (None if the engine reports none)
 
 
 class RecordError(ValueError):

@@ -52,12 +52,19 @@ def keep_model_weights_out_of_state(accelerator: Accelerator) -> None:
     accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
 
 
+def deepspeed_kwargs(accelerator: Accelerator, saving: bool) -> dict:
+    """DeepSpeed saves its engine's whole module; leave the frozen base weights out of it."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return {}
+    return {"exclude_frozen_parameters": True} if saving else {"load_module_strict": False}
+
+
 def save_checkpoint(directory: Path, accelerator: Accelerator, model, step: int) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))
+    accelerator.save_state(str(tmp / "state"), **deepspeed_kwargs(accelerator, saving=True))
     adapter = lora_state_dict(accelerator, model)
     if accelerator.is_main_process:
         save_file(adapter, tmp / "adapter.safetensors")
@@ -76,7 +83,7 @@ def load_checkpoint(directory: Path, accelerator: Accelerator, model) -> int:
         # each process's RNG and (under FSDP/DeepSpeed) its shard were saved per process
         raise ConfigError(f"{directory} was written by {info['processes']} processes, this run has "
                           f"{accelerator.num_processes}; resume with --num_processes {info['processes']}")
-    accelerator.load_state(str(directory / "state"))
+    accelerator.load_state(str(directory / "state"), **deepspeed_kwargs(accelerator, saving=False))
     if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):  # they load their own
         set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(directory / "adapter.safetensors"))
     return info["step"]

@@ -13,11 +13,10 @@ as few of them as possible. So the gradient, and the adapter, do not depend on N
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, broadcast_object_list
+from accelerate.utils import DistributedType
 
 from laffi.config import ConfigError, TrainConfig
 
@@ -63,21 +62,6 @@ def shard_window(window: list[list[int]], plan: BatchPlan, rank: int) -> list[li
     # consecutive examples have similar lengths; pass k of every process comes from the same
     # stretch, so processes wait little for each other at the gradient reduction
     return [flat[(k * n + rank) * size:(k * n + rank + 1) * size] for k in range(plan.per_device_accum)]
-
-
-def on_main_process(accelerator: Accelerator, fn: Callable[[], None]) -> None:
-    """Run `fn` (which writes a file) on the main process only. If it raises, every process
-    raises the same error, rather than the others waiting forever at the next barrier."""
-    error = None
-    if accelerator.is_main_process:
-        try:
-            fn()
-        except Exception as exc:  # handed to every process and raised there, not swallowed
-            error = exc
-    if accelerator.num_processes > 1:
-        error = broadcast_object_list([error])[0]
-    if error is not None:
-        raise error
 
 
 def totals(accelerator: Accelerator, values: list[float]) -> list[float]:

@@ -7,7 +7,8 @@ Each process loads the model on its own GPU and answers every N-th question of a
 process gathers the round's records and appends them in question order, then the next round
 starts, so a crash loses at most one round and a rerun continues from the file. Only the main
 process writes. Started without a launcher, `Shard.current()` is one process and every method
-does what the single-process code did: open the writer, call `answer_questions`.
+does what the single-process code did: open the writer, call `answer_questions`. Training uses
+`Shard.on_main` too, for the one file it writes before the processes have anything to share.
 """
 
 from __future__ import annotations

@@ -35,11 +35,12 @@ from transformers import get_scheduler
 
 from laffi.checkpoint import full_state_dict, keep_model_weights_out_of_state, load_checkpoint, save_checkpoint
 from laffi.config import ModelConfig, TrainConfig, check_resume
-from laffi.distributed import BatchPlan, configure_deepspeed, on_main_process, plan_batches, shard_window, totals
+from laffi.distributed import BatchPlan, configure_deepspeed, plan_batches, shard_window, totals
 from laffi.layout import RunLayout
 from laffi.models import load_model, pick_device
 from laffi.prompts import prompt_completion_ids
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_records
+from laffi.shards import Shard
 
 IGNORE = -100  # label value that cross-entropy skips
 
@@ -165,8 +166,9 @@ def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config:
     plan = plan_batches(config, accelerator.num_processes)
     accelerator.gradient_accumulation_steps = plan.per_device_accum
     main = accelerator.is_main_process
-    on_main_process(accelerator, lambda: check_resume(out / "train_config.yaml",
-                                                      {"model": model_config, "train": config}))
+    # the main process writes the config; if it differs from the one there, every process stops
+    Shard(accelerator.process_index, accelerator.num_processes).on_main(
+        lambda: check_resume(out / "train_config.yaml", {"model": model_config, "train": config}))
     if (out / "adapter_model.safetensors").exists():
         return out  # finished earlier
 

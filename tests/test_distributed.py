@@ -95,7 +95,8 @@ def test_two_processes_under_accelerate_train_the_adapter_one_process_trains(tin
     summary = json.loads((two / "summary.json").read_text())
     assert (summary["processes"], summary["per_device_batch"], summary["per_device_accum"]) == (2, 1, 2)
     assert summary["examples_per_step"] == 4
-    assert loss_and_grad_norm(two) == pytest.approx(loss_and_grad_norm(one), rel=1e-4)  # the log holds the loss of all processes
+    # the log holds the loss and gradient norm of all processes together
+    assert loss_and_grad_norm(two) == pytest.approx(loss_and_grad_norm(one), rel=1e-4)
     assert_same_adapter(one, two)
 
 

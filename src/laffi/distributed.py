@@ -30,7 +30,7 @@ class BatchPlan:
 
     def describe(self) -> str:
         return (f"{self.processes} process(es) x {self.per_device_accum} forward pass(es) of up to "
-                f"{self.per_device_batch} examples = {self.examples_per_step} examples per optimizer step")
+                f"{self.per_device_batch} example(s) = {self.examples_per_step} examples per optimizer step")
 
 
 def plan_batches(config: TrainConfig, processes: int) -> BatchPlan:

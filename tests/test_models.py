@@ -1,0 +1,41 @@
+"""The embedded model: converted once from its GGUF, then loaded from the cache and used."""
+
+import time
+
+import pytest
+
+from laffi.config import ModelConfig
+from laffi.generate import greedy_generate
+from laffi.models import load_model, pick_device, pick_dtype, resolve_model_path
+from laffi.prompts import extract_answer, prompt_ids, qa_messages
+from laffi.records import QAExample
+
+
+@pytest.mark.slow
+def test_embedded_model_converts_once_and_answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAFFI_CACHE", str(tmp_path))
+    path = resolve_model_path("embedded")
+    assert path.startswith(str(tmp_path))
+    started = time.perf_counter()
+    assert resolve_model_path("embedded") == path  # cached: no second conversion
+    assert time.perf_counter() - started < 1
+
+    model, tokenizer = load_model(ModelConfig(prompt_format="plain"))
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    shot = QAExample("s", "Moon", "The Moon orbits the Earth every 27 days.", "What orbits the Earth?", ["The Moon"])
+    question = QAExample("q", "France", "Paris is the capital and largest city of France.",
+                         "What is the capital of France?", ["Paris"])
+    prompts = {"q": prompt_ids(tokenizer, qa_messages(question, [shot]))}
+    (generation,), = greedy_generate(model, tokenizer, prompts, batch_size=1, max_new_tokens=8, stop_strings=["\n"])
+    assert extract_answer(generation.text) == "Paris"
+
+
+def test_device_and_dtype_choice():
+    assert pick_device("cpu").type == "cpu"
+    assert str(pick_dtype("auto", pick_device("cpu"))) == "torch.float32"
+    assert str(pick_dtype("bfloat16", pick_device("cpu"))) == "torch.bfloat16"
+
+
+def test_missing_gguf_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.gguf"):
+        resolve_model_path(str(tmp_path / "nothing.gguf"))

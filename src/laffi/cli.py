@@ -7,6 +7,9 @@
     laffi evaluate RUN_DIR --system NAME [--adapter DIR] [key=value ...]
     laffi score DATA.json PREDICTIONS.json [--na-prob-file F]
     laffi stats RUN_DIR [--files feedback.jsonl feedback-llm.jsonl]
+    laffi ablate CONFIG.yaml [--out runs/x] [grid.seeds=0,1 run.train.steps=8 ...]
+    laffi attention RUN_DIR [--system laffi] [--adapter DIR] [--limit 24]
+    laffi report RUN_DIR
 
 A stage's settings come from --config, else the run directory's config.yaml (written by
 `laffi run`), else the preset; key=value overrides go last (`train.steps=20`).
@@ -89,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("--backend", help="transformers (in-process) or openai (generate.backend)")
         stage.add_argument("--base-url", help="the OpenAI-compatible server for --backend openai (generate.base_url)")
 
+    ablate = sub.add_parser("ablate", help="a grid of variants (objective, size, annotator, human share, "
+                                           "feedback content) over seeds, with means and 95% intervals")
+    ablate.add_argument("config", help="an ablation config, e.g. configs/ablate/size-objective.yaml")
+    ablate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. grid.seeds=0,1 run.train.steps=8")
+    ablate.add_argument("--out", help="the ablation directory (default: runs/ablate-CONFIG_NAME)")
+    attention = sub.add_parser("attention", help="attention entropy, distance and gold-span mass: base vs adapter")
+    attention.add_argument("run_dir", help="the run directory")
+    attention.add_argument("--system", default="laffi", help="the adapter's name (default laffi): "
+                                                             "RUN_DIR/adapters/SYSTEM, output in attention/SYSTEM")
+    attention.add_argument("--adapter", help="a PEFT adapter directory (default RUN_DIR/adapters/SYSTEM)")
+    attention.add_argument("--limit", type=int, default=24, help="held-out prompts to read (default 24)")
+    attention.add_argument("--window", type=int, default=8, help="tokens back that count as local (default 8)")
+    report = sub.add_parser("report", help="one self-contained HTML page: results, ablation, attention, samples")
+    report.add_argument("run_dir", help="a run or ablation directory")
+    report.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")
+
     stats = sub.add_parser("stats", help="verdict agreement between annotators on the same answers")
     stats.add_argument("run_dir", help="the run directory")
     stats.add_argument("--files", nargs="+", help="feedback files in the run directory (default: feedback*.jsonl)")
@@ -130,6 +149,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.out_file:
             Path(args.out_file).write_text(text, encoding="utf-8")
         print(text)
+        return 0
+    if args.command == "ablate":
+        from laffi.ablate import ablate
+        from laffi.ablate_config import load_ablate_config
+
+        out = Path(args.out or Path("runs") / f"ablate-{Path(args.config).stem}")
+        summary = ablate(load_ablate_config(args.config, args.overrides), out)
+        print((out / "ablation.md").read_text(encoding="utf-8"))
+        print(f"{len(summary['cells'])} cells; report: {out / 'report.html'}")
+        return 0
+    if args.command == "attention":
+        from laffi.attention import analyse, attention_dir
+
+        config = load_config(RunLayout(args.run_dir).config if RunLayout(args.run_dir).config.exists() else None)
+        analyse(args.run_dir, config.model, config.data, args.system, args.adapter, args.limit, args.window)
+        print(f"attention maps and numbers in {attention_dir(args.run_dir, args.system)}")
+        return 0
+    if args.command == "report":
+        from laffi.report import write_report
+
+        print(f"report written to {write_report(args.run_dir, args.out)}")
         return 0
     if args.command == "stats":
         from laffi.stats import markdown, stats

@@ -270,6 +270,17 @@ def load_config(path: str | Path | None = None, preset: str = "default",
     return _build(RunConfig, values, "")
 
 
+def build_section(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """A config dataclass (RunConfig or one of its sections) from a mapping, validated, for files that
+    hold a run config inside them (`laffi ablate`); errors name the option with `prefix` (`run.train.steps`)."""
+    return _build(cls, values, prefix)
+
+
+def merge_values(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` merged in, section by section (how presets, files and overrides combine)."""
+    return _merge(base, update)
+
+
 def to_yaml(section: Any) -> str:
     return yaml.safe_dump(dataclasses.asdict(section), sort_keys=False)
 

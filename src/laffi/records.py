@@ -64,6 +64,14 @@ class Feedback:
     source: Source
     annotator: str  # which person, or which annotator config
     corrected_answer: str | None = None
+    # The text in its parts, in order, when the annotator composes it (the reference annotator):
+    # verdict, diagnosis, evidence, answer. `laffi ablate` trains on chosen parts (laffi.content);
+    # None for free text (people, the LLM annotator).
+    parts: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.parts is not None and " ".join(p for p in self.parts.values() if p) != self.text:
+            raise ValueError(f"feedback on {self.id!r}: its parts do not join into its text")
 
 
 @dataclass(frozen=True)

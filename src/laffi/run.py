@@ -7,7 +7,7 @@
 
 Evaluates the base model, lets it answer the train questions, annotates the answers, builds the
 LaFFi and SFT sets on the same questions, trains both with the same steps, LoRA settings and
-seed, evaluates both, and writes results.json, results.md and run_info.json. Every stage
+seed, evaluates both, and writes results.json, results.md, run_info.json and report.html. Every stage
 resumes, so rerunning after a crash continues where it stopped.
 """
 
@@ -25,6 +25,7 @@ from laffi.generate import generate
 from laffi.launch import Launcher
 from laffi.layout import RunLayout
 from laffi.prepare import prepare
+from laffi.report import write_report
 from laffi.results import write_results
 from laffi.train import train
 
@@ -57,4 +58,6 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
         else:  # the child reads the config.yaml written above
             adapter = timed(f"train {system}", launcher.train, layout.root, system)
         metrics[system] = timed(f"evaluate {system}", evaluate, layout.root, system, *shared, adapter=adapter)
-    return write_results(layout, metrics, seconds, config.eval)
+    results = write_results(layout, metrics, seconds, config.eval)
+    write_report(layout.root)  # report.html: the results, loss curves and samples in one page
+    return results

@@ -203,12 +203,13 @@ class ReferenceAnnotator:
                 if kind == "unsupported":
                     fields["unsupported"] = _runs(prediction, lambda i, t: t not in in_passage)
 
-        parts = [pick(0, VERDICTS[verdict]), pick(1, DIAGNOSES[kind]).format(**fields)]
+        # Kept apart in the record (Feedback.parts), so an ablation can train on some of them.
+        parts = {"verdict": pick(0, VERDICTS[verdict]), "diagnosis": pick(1, DIAGNOSES[kind]).format(**fields)}
         sentence = _support(example.context, quote_gold) if quote_gold else None
         if sentence:
-            parts.append(pick(2, QUOTES).format(sentence=sentence))
+            parts["evidence"] = pick(2, QUOTES).format(sentence=sentence)
         if verdict != "correct":
-            parts.append(pick(3, RIGHT_ANSWERS).format(gold=gold) if gold else pick(3, NO_ANSWERS))
+            parts["answer"] = pick(3, RIGHT_ANSWERS).format(gold=gold) if gold else pick(3, NO_ANSWERS)
         corrected = None if verdict == "correct" else (gold or "")
-        return Feedback(id=example.id, answer=answer.prediction, verdict=verdict, text=" ".join(parts),
-                        source="ai", annotator=self.name, corrected_answer=corrected)
+        return Feedback(id=example.id, answer=answer.prediction, verdict=verdict, text=" ".join(parts.values()),
+                        source="ai", annotator=self.name, corrected_answer=corrected, parts=parts)

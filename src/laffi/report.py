@@ -1,0 +1,243 @@
+"""`laffi report`: one self-contained HTML page about a run or an ablation.
+
+    laffi report runs/demo            # -> runs/demo/report.html (also written by `laffi run`)
+    laffi report runs/ablate-size     # an ablation directory (also written by `laffi ablate`)
+
+The page holds the results table with 95% intervals and the paired differences, the ablation
+table and charts, the attention plots of `laffi attention`, the training loss curves
+(adapters/*/train_log.jsonl), and a sample of questions: train questions with the model's answer
+and the feedback it received, held-out questions with every system's prediction. Images are
+embedded as data: URIs and the page loads nothing else, so the file can be mailed or archived
+alone. All text from the run (passages, answers, feedback) is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+
+from laffi.layout import RunLayout
+from laffi.records import Answer, Feedback, Prediction, QAExample, TrainLogEntry, read_records
+
+SAMPLES = 8
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
+th, td { border: 1px solid #ddd; padding: .3em .6em; vertical-align: top; text-align: left; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; display: block; margin: .6em 0; }
+.note { color: #555; font-size: .9em; } .right { color: #1a7f37; } .wrong { color: #b42318; }
+"""
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def image(png: bytes, alt: str) -> str:
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def table(header: list[str], rows: list[list[object]], numeric: set[int] = frozenset(), id: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{esc(c)}</td>'
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f'<table{f" id={esc(id)}" if id else ""}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _interval(values: list[float]) -> str:
+    return f"{values[0]:.2f} to {values[1]:.2f}"
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def results_section(root: Path) -> str:
+    from laffi.plots import results_chart
+
+    results = _json(RunLayout(root).results_json)
+    if not results:
+        return ""
+    rows = [[s, f"{m['exact']:.2f}", _interval(m["exact_ci95"]), f"{m['f1']:.2f}", _interval(m["f1_ci95"]), m["total"]]
+            for s, m in results.items()]
+    parts = ["<h2>Results</h2>", '<p class="note">Held-out questions, percent, 95% bootstrap intervals.</p>',
+             table(["system", "EM", "EM 95% CI", "F1", "F1 95% CI", "questions"], rows, {1, 3, 5}, id="results")]
+    differences = (_json(root / "run_info.json") or {}).get("paired_differences") or {}
+    if differences:
+        parts += ['<p class="note">Paired differences (the same questions resampled for both systems; '
+                  'percentage points, 95% interval):</p>',
+                  table(["comparison", "EM diff", "EM 95% CI", "F1 diff", "F1 95% CI"],
+                        [[name, f"{d['exact'][0]:+.2f}", _interval(d["exact"][1:]), f"{d['f1'][0]:+.2f}",
+                          _interval(d["f1"][1:])] for name, d in differences.items()], {1, 3})]
+    parts.append(image(results_chart(results), "EM and F1 per system with 95% intervals"))
+    return "\n".join(parts)
+
+
+def ablation_section(root: Path) -> str:
+    from laffi.aggregate import varying_axes
+    from laffi.plots import ablation_charts
+
+    summary = _json(root / "ablation.json")
+    if not summary:
+        return ""
+    cells, base = summary["cells"], summary.get("base")
+    axes = varying_axes(cells)
+    fixed = [f"{a}={cells[0][a]}" for a in ("objective", "size", "annotator", "human_ratio", "content")
+             if a not in axes]
+    rows = []
+    if base:
+        rows.append(["", "base", *[""] * (len(axes) - 1), f"{base['exact']:.2f}", _interval(base["exact_ci95"]),
+                     f"{base['f1']:.2f}", _interval(base["f1_ci95"]), "", "no training"])
+    for i, c in enumerate(cells):
+        rows.append([i, *[c[a] for a in axes], f"{c['exact']:.2f}", _interval(c["exact_ci95"]), f"{c['f1']:.2f}",
+                     _interval(c["f1_ci95"]), " / ".join(f"{s['exact']:.1f}" for s in c["per_seed"]),
+                     f"same adapters as #{c['same_adapters_as'][0]}" if c["same_adapters_as"] else ""])
+    n = len(axes)
+    parts = ["<h2>Ablation</h2>",
+             f'<p class="note">{esc(cells[0]["questions"])} held-out questions; seeds '
+             f'{esc(", ".join(map(str, cells[0]["seeds"])))}; fixed: {esc(", ".join(fixed) or "nothing")}. '
+             "Mean over seeds; 95% interval from a bootstrap over seeds and held-out questions.</p>",
+             table(["#", *axes, "EM", "EM 95% CI", "F1", "F1 95% CI", "EM per seed", "note"], rows,
+                   {0, n + 1, n + 3}, id="ablation")]
+    if summary.get("differences"):
+        others = [a for a in axes if a != "objective"]
+        parts += ['<p class="note">LaFFi - SFT, paired by seed and question (percentage points):</p>',
+                  table([*others, "EM diff", "EM 95% CI", "F1 diff", "F1 95% CI"],
+                        [[*[d[a] for a in others], f"{d['exact'][0]:+.2f}", _interval(d["exact"][1:]),
+                          f"{d['f1'][0]:+.2f}", _interval(d["f1"][1:])] for d in summary["differences"]],
+                        {len(others), len(others) + 2}, id="differences")]
+    parts += [f"<h3>{esc(title)}</h3>" + image(png, title) for title, png in ablation_charts(summary, axes)]
+    jobs = summary.get("jobs") or []
+    if jobs:
+        trained = sum(j["trained_this_run"] for j in jobs)
+        parts.append(f'<p class="note">{len(jobs)} trainings for {sum(len(j["cells"]) for j in jobs)} cell runs '
+                     f"({trained} trained by the last invocation, the rest found done); every cell shares the "
+                     "split, the answers and the base evaluation.</p>")
+    return "\n".join(parts)
+
+
+def _loss_logs(root: Path) -> dict[str, list[TrainLogEntry]]:
+    summary = _json(root / "ablation.json")
+    names = {}
+    if summary:  # name each job by its cell's varying axes and seed
+        from laffi.aggregate import varying_axes
+
+        axes = varying_axes(summary["cells"])
+        for job in summary.get("jobs", []):
+            names[job["dir"]] = ", ".join([str(job["cell"][a]) if a == "objective" else f"{a}={job['cell'][a]}"
+                                           for a in axes] + [f"seed={job['seed']}"])
+    logs = {}
+    for path in sorted([*root.glob("adapters/*/train_log.jsonl"), *root.glob("jobs/*/adapters/*/train_log.jsonl")]):
+        adapter = path.parent
+        job = str(adapter.parent.parent.relative_to(root)) if adapter.parent.parent != root else ""
+        logs[names.get(job, str(adapter.relative_to(root)))] = read_records(path, TrainLogEntry)
+    return logs
+
+
+def loss_section(root: Path) -> str:
+    from laffi.plots import loss_curves
+
+    logs = {name: entries for name, entries in _loss_logs(root).items() if entries}
+    if not logs:
+        return ""
+    return "<h2>Training loss</h2>" + image(loss_curves(logs), "training loss per step for each adapter")
+
+
+def attention_section(root: Path) -> str:
+    parts = []
+    for folder in sorted(p for p in (root / "attention").glob("*") if p.is_dir()):
+        results = _json(folder / "attention.json") or {}
+        pngs = sorted(folder.glob("*.png"), key=lambda p: (p.stem != "layers", p.stem))
+        if not pngs:
+            continue
+        parts.append(f"<h3>base vs {esc(folder.name)}</h3>"
+                     f'<p class="note">{esc(len(results.get("prompts", [])))} held-out prompts; adapter '
+                     f'{esc(results.get("adapter", "?"))}; local = within {esc(results.get("window", "?"))} tokens.</p>')
+        parts += [image(p.read_bytes(), f"attention: {folder.name} {p.stem}") for p in pngs]
+    return "<h2>Attention</h2>\n" + "\n".join(parts) if parts else ""
+
+
+def _systems(root: Path) -> dict[str, Path]:
+    """System name -> its eval folder: the run's, or for an ablation base and one cell per objective
+    (the largest size, the first seed)."""
+    summary = _json(root / "ablation.json")
+    if not summary:
+        return {p.name: p for p in sorted((root / "eval").glob("*")) if (p / "predictions.jsonl").exists()}
+    systems = {"base": root / "eval" / "base"}
+    largest = max(c["size"] for c in summary["cells"])
+    for cell in summary["cells"]:
+        if cell["size"] == largest and cell["objective"] not in systems:
+            systems[cell["objective"]] = root / cell["artifacts"]["eval"][0]
+    return systems
+
+
+def _feedback_file(root: Path) -> Path | None:
+    candidates = [RunLayout(root).feedback, *sorted(root.glob("feedback.*.jsonl"))]
+    return next((p for p in candidates if p.exists() and not p.name.endswith((".failed.jsonl", ".human.jsonl"))),
+                None)
+
+
+def samples_section(root: Path) -> str:
+    layout = RunLayout(root)
+    parts = []
+    feedback_path = _feedback_file(root)
+    if feedback_path and layout.train_examples.exists() and layout.answers.exists():
+        train = {e.id: e for e in read_records(layout.train_examples, QAExample)}
+        answers = {a.id: a for a in read_records(layout.answers, Answer)}
+        notes = read_records(feedback_path, Feedback)[:SAMPLES]
+        rows = [[train[n.id].question, train[n.id].answers[0] if train[n.id].answers else "(none)",
+                 answers[n.id].prediction if n.id in answers else n.answer, n.verdict, n.text, n.annotator]
+                for n in notes if n.id in train]
+        parts += ["<h3>What the model answered and the feedback it received (train questions)</h3>",
+                  table(["question", "gold", "model's answer", "verdict", "feedback", "annotator"], rows,
+                        id="feedback-samples")]
+    systems = _systems(root)
+    if systems and layout.eval_examples.exists():
+        examples = read_records(layout.eval_examples, QAExample)[:SAMPLES]
+        predictions = {name: {p.id: p for p in read_records(folder / "predictions.jsonl", Prediction)}
+                       for name, folder in systems.items() if (folder / "predictions.jsonl").exists()}
+        rows = []
+        for e in examples:
+            cells = []
+            for name in predictions:
+                p = predictions[name].get(e.id)
+                cells.append("" if p is None else f"{p.prediction}  [EM {p.exact:.0f}, F1 {p.f1:.2f}]")
+            rows.append([e.question, " | ".join(dict.fromkeys(e.answers)) or "(unanswerable)", *cells])
+        note = ("" if not (root / "ablation.json").exists() else
+                '<p class="note">For the ablation: each objective at the largest size, first seed.</p>')
+        parts += ["<h3>Held-out questions: each system's prediction</h3>", note,
+                  table(["question", "gold", *predictions], rows, id="prediction-samples")]
+    return "<h2>Samples</h2>\n" + "\n".join(parts) if parts else ""
+
+
+def render(root: str | Path) -> str:
+    root = Path(root)
+    config = root / "ablate.yaml" if (root / "ablate.yaml").exists() else RunLayout(root).config
+    title = f"LaFFi {'ablation' if (root / 'ablation.json').exists() else 'run'}: {root.resolve().name}"
+    body = [f"<h1>{esc(title)}</h1>",
+            f'<p class="note">{esc(root.resolve())}, report written {esc(time.strftime("%Y-%m-%d %H:%M"))}</p>',
+            results_section(root), ablation_section(root), loss_section(root), attention_section(root),
+            samples_section(root)]
+    if config.exists():
+        body.append(f"<h2>Configuration</h2><p class=note>{esc(config.name)}</p>"
+                    f"<pre>{esc(config.read_text(encoding='utf-8'))}</pre>")
+    # The policy lets the page load nothing but its own inline style and data: images.
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta http-equiv=\"Content-Security-Policy\" "
+            "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
+            f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>\n"
+            + "\n".join(part for part in body if part) + "\n</body></html>\n")
+
+
+def write_report(root: str | Path, out: str | Path | None = None) -> Path:
+    """Render the page and write it atomically (default ROOT/report.html)."""
+    out = Path(out) if out else Path(root) / "report.html"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render(root), encoding="utf-8")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,74 @@
+"""The training loss runs the LM head only on completion positions: the same loss and gradients as
+the full logits, on a tiny model, plain and wrapped in PEFT."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from laffi.config import load_config
+from laffi.train import IGNORE, add_lora, collate, completion_loss_sum
+
+
+def full_logits_loss(model, batch):
+    """The loss as it was computed before: logits at every position, prompt ones ignored."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                                             ignore_index=IGNORE, reduction="sum")
+
+
+def rows(vocab: int) -> list[tuple[list[int], list[int]]]:
+    """Three rows of different lengths (so two are padded), prompts masked, completions of 1-9 tokens."""
+    generator = torch.Generator().manual_seed(0)
+    out = []
+    for prompt, completion in ((20, 5), (7, 9), (31, 1)):
+        ids = torch.randint(0, vocab, (prompt + completion,), generator=generator).tolist()
+        out.append((ids, [IGNORE] * prompt + ids[prompt:]))
+    return out
+
+
+def lora_gradients(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_completion_only_head_gives_the_full_logits_loss_and_gradients(tiny_model_dir, peft):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    if peft:
+        config = load_config(overrides=[f"model.name={tiny_model_dir}", "train.lora_dropout=0"])
+        model = add_lora(model, config.model, config.train)
+        for name, p in model.named_parameters():  # B starts at zero; move it so the adapter matters
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+    else:
+        model.train()
+    batch = collate(rows(model.config.vocab_size), pad_id=0, device=torch.device("cpu"))
+
+    reference = full_logits_loss(model, batch)
+    reference.backward()
+    reference_grads = lora_gradients(model)
+    model.zero_grad(set_to_none=True)
+    loss = completion_loss_sum(model, batch)
+    loss.backward()
+
+    assert (batch["labels"] != IGNORE).sum() == 15  # every completion token is scored
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
+    grads = lora_gradients(model)
+    assert grads.keys() == reference_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], reference_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_that_ignores_logits_to_keep_still_gets_the_right_loss(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    batch = collate(rows(model.config.vocab_size), pad_id=0, device=torch.device("cpu"))
+
+    class FullLogits(torch.nn.Module):  # e.g. remote code written before logits_to_keep existed
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, logits_to_keep=None, **kwargs):
+            return self.inner(**kwargs)
+
+    torch.testing.assert_close(completion_loss_sum(FullLogits(model), batch), full_logits_loss(model, batch))

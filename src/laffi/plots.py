@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "laffi": "#d62728"}
@@ -116,7 +117,7 @@ def attention_figures(results: dict) -> dict[str, bytes]:
     figures = {}
     for metric in METRICS:
         base, tuned = np.array(results["base"][metric]), np.array(results[system][metric])
-        fig, panels = plt.subplots(1, 3, figsize=(12, 0.16 * base.shape[0] + 2.2))
+        fig, panels = plt.subplots(1, 3, figsize=(12, 0.12 * base.shape[0] + 2.6), layout="constrained")
         low, high = min(base.min(), tuned.min()), max(base.max(), tuned.max())
         for ax, values, title in ((panels[0], base, "base"), (panels[1], tuned, system)):
             image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=low, vmax=high)
@@ -130,9 +131,11 @@ def attention_figures(results: dict) -> dict[str, bytes]:
         for ax in panels:
             ax.set_xlabel("head")
             ax.set_ylabel("layer")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(TITLES[metric])
         figures[f"heatmap-{metric}"] = png(fig)
-    fig, panels = plt.subplots(1, len(METRICS), figsize=(16, 3.4))
+    fig, panels = plt.subplots(1, len(METRICS), figsize=(16, 3.4), layout="constrained")
     for ax, metric in zip(panels, METRICS):
         for name, style in (("base", "--"), (system, "-")):
             values = np.array(results[name][metric])
@@ -140,6 +143,7 @@ def attention_figures(results: dict) -> dict[str, bytes]:
                     color=_color(name if name == "base" else system, 0))
         ax.set_title(TITLES[metric], fontsize=10)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     panels[0].legend()
     figures["layers"] = png(fig)

@@ -167,7 +167,9 @@ def _systems(root: Path) -> dict[str, Path]:
     (the largest size, the first seed)."""
     summary = _json(root / "ablation.json")
     if not summary:
-        return {p.name: p for p in sorted((root / "eval").glob("*")) if (p / "predictions.jsonl").exists()}
+        folders = [p for p in (root / "eval").glob("*") if (p / "predictions.jsonl").exists()]
+        order = {name: i for i, name in enumerate(("base", "sft", "laffi"))}  # then any other, by name
+        return {p.name: p for p in sorted(folders, key=lambda p: (order.get(p.name, len(order)), p.name))}
     systems = {"base": root / "eval" / "base"}
     largest = max(c["size"] for c in summary["cells"])
     for cell in summary["cells"]:

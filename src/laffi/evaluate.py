@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, check_resume
 from laffi.generate import answer_questions, load_backend
@@ -37,7 +38,10 @@ def metrics_for(examples: list[QAExample], predictions: list[Prediction], config
 
 
 def evaluate(run_dir: str | Path, system: str, model: ModelConfig, data: DataConfig,
-             generate: GenerateConfig, config: EvalConfig, adapter: str | Path | None = None) -> dict:
+             generate: GenerateConfig, config: EvalConfig, adapter: str | Path | None = None,
+             backend: Callable[[], tuple] | None = None) -> dict:
+    """`backend`: returns the (model, tokenizer) to answer with, loaded by the caller, e.g. the base
+    model `laffi run` also generates with; called only if questions are left to answer."""
     layout = RunLayout(run_dir)
     out = layout.evaluation(system)
     examples = read_records(layout.eval_examples, QAExample)
@@ -58,7 +62,7 @@ def evaluate(run_dir: str | Path, system: str, model: ModelConfig, data: DataCon
     speed = None
     with shard.writer(out / "predictions.jsonl", Prediction) as writer:
         if len(writer.done_ids) < len(examples):
-            lm, tokenizer = load_backend(model, generate, adapter=adapter_path)
+            lm, tokenizer = backend() if backend else load_backend(model, generate, adapter=adapter_path)
             speed = shard.answer(answer_questions, lm, tokenizer, examples, shots, data, generate, writer, score,
                                  desc=f"evaluate {system}")
     metrics = metrics_for(examples, read_records(out / "predictions.jsonl", Prediction), config)

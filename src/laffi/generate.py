@@ -124,14 +124,17 @@ def answer_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             "seconds": round(elapsed, 2), "new_tokens_per_s": round(new_tokens / elapsed, 2) if todo else None}
 
 
-def generate(run_dir: str | Path, model: ModelConfig, data: DataConfig, config: GenerateConfig) -> list[Answer]:
+def generate(run_dir: str | Path, model: ModelConfig, data: DataConfig, config: GenerateConfig,
+             backend: Callable[[], tuple] | None = None) -> list[Answer]:
+    """`backend`: returns the (model, tokenizer) to answer with, loaded by the caller (`laffi run`
+    shares the base model with the base evaluation); called only if questions are left."""
     layout = RunLayout(run_dir)
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
     check_resume(sidecar_config(layout.answers), {"model": model, "data": data, "generate": config})
     with RecordWriter(layout.answers, Answer) as writer:
         if len(writer.done_ids) < len(examples):
-            lm, tokenizer = load_backend(model, config)
+            lm, tokenizer = backend() if backend else load_backend(model, config)
             answer_questions(lm, tokenizer, examples, shots, data, config, writer,
                              lambda e, g: Answer(e.id, extract_answer(g.text), g.text, model.name),
                              desc="generate")

@@ -13,6 +13,7 @@ resumes, so rerunning after a crash continues where it stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from laffi.annotate import annotate
 from laffi.build import build
 from laffi.config import RunConfig, check_resume
 from laffi.evaluate import evaluate
-from laffi.generate import generate
+from laffi.generate import generate, load_backend
 from laffi.launch import Launcher
 from laffi.layout import RunLayout
 from laffi.prepare import prepare
@@ -48,8 +49,13 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
 
     shared = (config.model, config.data, config.generate, config.eval)
     timed("prepare", prepare, layout.root, config.data)
-    metrics = {"base": timed("evaluate base", evaluate, layout.root, "base", *shared)}
-    timed("generate", generate, layout.root, config.model, config.data, config.generate)
+    # the base model answers the held-out and then the train questions: one load for both, on first
+    # use (a resumed run may need none); trainings and adapter evaluations load their own, since
+    # LoRA and merging change the model they get
+    base = functools.cache(lambda: load_backend(config.model, config.generate))
+    metrics = {"base": timed("evaluate base", evaluate, layout.root, "base", *shared, backend=base)}
+    timed("generate", generate, layout.root, config.model, config.data, config.generate, backend=base)
+    base.cache_clear()  # free it before training
     timed("annotate", annotate, layout.root, config.annotate)
     timed("build", build, layout.root, config.data)
     for system in ("sft", "laffi"):

@@ -22,10 +22,11 @@ $(VENV)/.installed: pyproject.toml $(BIN)/python
 install: $(VENV)/.installed
 
 # llama.cpp's OpenAI-compatible server, which the tests of the LLM annotator and of
-# generate.backend=openai start: pip compiles llama.cpp from source with gcc and cmake (MINUTES
-# minutes on 2 cores; pip caches the wheel, so a later venv takes seconds).
+# generate.backend=openai start: pip compiles llama.cpp from source with gcc and cmake (about 4
+# minutes on 2 idle cores; pip caches the wheel, so a later venv takes seconds). GGML_NATIVE=OFF: a
+# -march=native build uses AMX where the CPU has it, and crashes in VMs that do not enable it.
 $(VENV)/.llamacpp: pyproject.toml $(VENV)/.installed
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e ".[llamacpp]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e ".[llamacpp]"
 	touch $@
 
 demo: install

@@ -5,7 +5,8 @@ match the in-process model's.
     python -m llama_cpp.server --model "$(python -c 'from laffi.models import embedded_gguf; print(embedded_gguf())')" \\
         --model_alias smollm2 --port 8080 --n_threads 2 --n_ctx 4096 &
     laffi run --out runs/default                      # or any run with answers.jsonl from the in-process model
-    python benchmarks/llm_annotator.py runs/default --base-url http://127.0.0.1:8080/v1 --model smollm2
+    python benchmarks/llm_annotator.py runs/default --base-url http://127.0.0.1:8080/v1 --model smollm2 \
+        --template feedback-fewshot-v1 --limit 64
 
 Works on a copy (RUN_DIR/../NAME-llm-bench): regenerates the train answers through the server and
 compares them with RUN_DIR/answers.jsonl, annotates the in-process answers with the reference
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--model", required=True, help="the model's name on the server")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--template", default="feedback-v1", help="annotate.template (feedback-fewshot-v1 for small models)")
     parser.add_argument("--limit", type=int, default=0, help="annotate only the first N answers (0: all)")
     args = parser.parse_args()
 
@@ -54,7 +56,8 @@ def main() -> None:
         "generate.backend=openai", f"generate.base_url={args.base_url}", f"generate.served_model={args.model}",
         f"generate.batch_size={args.concurrency}",
         "annotate.annotator=llm", f"annotate.base_url={args.base_url}", f"annotate.model={args.model}",
-        f"annotate.concurrency={args.concurrency}", f"annotate.cache_dir={out.root / 'llm-cache'}"])
+        f"annotate.concurrency={args.concurrency}", f"annotate.template={args.template}",
+        f"annotate.cache_dir={out.root / 'llm-cache'}"])
     result: dict = {"server": args.base_url, "model": args.model, "answers": len(answers)}
 
     # 1. the same questions, answered through the server

@@ -115,6 +115,24 @@ def test_reference_free_prompt_leaves_out_the_golds():
     assert "Reference answers" not in without
 
 
+def test_few_shot_examples_are_earlier_chat_turns(tmp_path):
+    from laffi.annotators.template import TemplateError
+
+    template = load_template("feedback-fewshot-v1")
+    example = QAExample("q1", "T", "Paris is the capital of France.", "What is the capital?", ["Paris"])
+    messages = template.render(example, Answer("q1", "", "", "m"), reference_free=False)
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert all(template.parse(m["content"]) for m in messages if m["role"] == "assistant")
+    assert messages[-1]["content"].endswith('Reference answer: "Paris"\nAnswer to check: (no answer)')
+    free = template.render(example, Answer("q1", "", "", "m"), reference_free=True)
+    assert not any("Reference answer" in m["content"] for m in free)
+
+    bad = tmp_path / "bad.yaml"  # a template whose own example reply it cannot parse is refused
+    bad.write_text(template.path.read_text().replace("Verdict: correct\n", "Verdict: fine\n"))
+    with pytest.raises(TemplateError, match=r"shots\[0\]\.reply"):
+        load_template(str(bad))
+
+
 @pytest.mark.parametrize("reply, parsed", [
     ("Verdict: Partially correct\nFeedback: It misses a word.", ("partially correct", "It misses a word.")),
     ("**Verdict:** incorrect\n**Feedback:** Wrong span. The answer is Paris.", ("incorrect", "Wrong span. The answer is Paris.")),
@@ -185,8 +203,9 @@ def test_runs_made_before_the_new_options_still_resume(tmp_path):
                      {"generate": load_config(overrides=["generate.backend=openai", "generate.base_url=x"]).generate})
 
 
-@pytest.mark.parametrize("takes_ids, extra_tokens", [(True, 0), (False, 0), (False, 1)])
-def test_openai_generation_sends_the_same_prompt_tokens(tiny_model_dir, takes_ids, extra_tokens):
+@pytest.mark.parametrize("takes_ids, refusal, extra_tokens", [(True, 0, 0), (False, 422, 0), (False, 500, 0),
+                                                              (False, 500, 1)])
+def test_openai_generation_sends_the_same_prompt_tokens(tiny_model_dir, takes_ids, refusal, extra_tokens):
     from transformers import AutoTokenizer
 
     from laffi.backends.openai_backend import OpenAIGenerator
@@ -200,7 +219,7 @@ def test_openai_generation_sends_the_same_prompt_tokens(tiny_model_dir, takes_id
         prompt = body["prompt"]
         seen.append(prompt)
         if isinstance(prompt, list) and not takes_ids:
-            return 422, {"detail": "prompt must be a string"}  # as llama-cpp-python's server says
+            return refusal, {"detail": "Input should be a valid string"}  # llama-cpp-python's server: 500
         count = len(prompt) if isinstance(prompt, list) else len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
                      "choices": [{"index": 0, "text": " Paris\n", "finish_reason": "stop"}],
@@ -216,7 +235,10 @@ def test_openai_generation_sends_the_same_prompt_tokens(tiny_model_dir, takes_id
             return
         generations = [g for batch in batches for g in batch]
     assert sorted(g.id for g in generations) == sorted(prompts) and all(g.text == " Paris\n" for g in generations)
-    assert isinstance(seen[0], list)  # token ids first
+    assert isinstance(seen[0], list) and len(seen[0]) == 1  # a one-token probe first
+    assert generator.token_ids is takes_ids
+    assert all(isinstance(p, list) == takes_ids for p in seen[1:])
+    assert len(seen) == 1 + len(prompts)  # a refused probe is not retried
     if not takes_ids:
         texts = [p for p in seen if isinstance(p, str)]
         assert sorted(tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts) == sorted(prompts.values())

@@ -45,12 +45,17 @@ class Template:
     verdict_pattern: str
     feedback_pattern: str
     path: Path
+    shots: tuple[dict, ...] = ()  # worked examples, sent as earlier chat turns (small models need them)
 
     def render(self, example: QAExample, answer: Answer, reference_free: bool) -> list[dict[str, str]]:
         golds = [] if reference_free else list(dict.fromkeys(g.strip() for g in example.answers if g.strip()))
         values = {"passage": example.context, "question": example.question, "title": example.title,
                   "answer": answer.prediction.strip(), "golds": golds}
         messages = [{"role": "system", "content": _render(self.system, values, self.path, "system")}]
+        for n, shot in enumerate(self.shots):
+            shot_values = {"title": "", **shot, "golds": [] if reference_free else shot["golds"]}
+            messages.append({"role": "user", "content": _render(self.user, shot_values, self.path, f"shots[{n}]")})
+            messages.append({"role": "assistant", "content": shot["reply"].strip()})
         messages.append({"role": "user", "content": _render(self.user, values, self.path, "user")})
         return [m for m in messages if m["content"]]
 
@@ -99,5 +104,17 @@ def load_template(name: str) -> Template:
             jinja2.Environment().parse(data.get(part) or "")
         except jinja2.TemplateSyntaxError as error:
             raise TemplateError(f"{path}: {part}: line {error.lineno}: {error.message}") from error
-    return Template(version=str(data["version"]), system=str(data.get("system") or ""), user=str(data["user"]),
-                    verdict_pattern=reply["verdict"], feedback_pattern=reply["feedback"], path=path)
+    shots = data.get("shots") or []
+    fields = {"passage", "question", "golds", "answer", "reply"}
+    for n, shot in enumerate(shots):
+        if not isinstance(shot, dict) or set(shot) != fields or not isinstance(shot["golds"], list):
+            raise TemplateError(f"{path}: shots[{n}] needs exactly {', '.join(sorted(fields))} (golds a list)")
+    template = Template(version=str(data["version"]), system=str(data.get("system") or ""), user=str(data["user"]),
+                        verdict_pattern=reply["verdict"], feedback_pattern=reply["feedback"], path=path,
+                        shots=tuple(shots))
+    for n, shot in enumerate(shots):  # a template must read its own examples
+        try:
+            template.parse(shot["reply"])
+        except ReplyError as error:
+            raise TemplateError(f"{path}: shots[{n}].reply does not fit reply.verdict/feedback: {error}") from error
+    return template

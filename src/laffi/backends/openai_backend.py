@@ -9,10 +9,11 @@ Same prompts, same answer extraction, same records as in-process: the prompt is 
 tokenized here, by the same code and tokenizer (`model.name`), and sent as token ids to the
 *completions* endpoint, so the server sees exactly the tokens the in-process model would. (The chat
 endpoint would apply the server's own chat template, which cannot express `model.prompt_format=plain`
-and may add or drop special tokens.) A server that takes only text prompts (llama-cpp-python's)
-refuses token ids with 400/422; then the prompt goes as the text those ids decode to, and every
-reply's prompt token count must equal ours, else the run stops: a different count means the server
-saw a different prompt (an extra BOS, special tokens read as plain text). Decoding is greedy
+and may add or drop special tokens.) One probe request (a one-token prompt, no retries) tells
+whether the server takes token ids; one that takes only text (llama-cpp-python's answers HTTP 500)
+gets the text those ids decode to, and then every reply's prompt token count must equal ours, else
+the run stops: a different count means the server saw a different prompt (an extra BOS, special
+tokens read as plain text). Decoding is greedy
 (temperature 0) with the same token limit and the newline stop; the generated text goes through the
 same `extract_answer`. The server's own batching does the rest: `generate.batch_size` requests are
 kept in flight.
@@ -20,6 +21,7 @@ kept in flight.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterator
@@ -33,7 +35,8 @@ from laffi.generate import Generation
 class OpenAIGenerator:
     def __init__(self, client: RetryingClient, model: str, tokenizer) -> None:
         self.client, self.model, self.tokenizer = client, model, tokenizer
-        self.text_prompts = False  # set once the server has refused token ids
+        self.token_ids: bool | None = None  # whether the server takes token-id prompts; None: not probed yet
+        self._probe_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, model: ModelConfig, config: GenerateConfig, tokenizer,
@@ -44,14 +47,19 @@ class OpenAIGenerator:
         client = RetryingClient(config.base_url, config.api_key_env, config.timeout, config.retries, option="generate")
         return cls(client, config.served_model or model.name, tokenizer)
 
+    def _takes_token_ids(self, ids: list[int]) -> bool:
+        with self._probe_lock:
+            if self.token_ids is None:
+                try:
+                    self.client.complete(self.model, ids[:1], 1, None, retries=0)
+                    self.token_ids = True
+                except RequestFailed:  # refused (any status: servers differ in how they say it)
+                    self.token_ids = False
+            return self.token_ids
+
     def complete(self, ids: list[int], max_new_tokens: int, stop_strings: list[str] | None) -> Reply:
-        if not self.text_prompts:
-            try:
-                return self.client.complete(self.model, ids, max_new_tokens, stop_strings)
-            except RequestFailed as error:
-                if error.status not in (400, 422):
-                    raise
-                self.text_prompts = True
+        if self._takes_token_ids(ids):
+            return self.client.complete(self.model, ids, max_new_tokens, stop_strings)
         text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # special tokens included
         reply = self.client.complete(self.model, text, max_new_tokens, stop_strings)
         if reply.prompt_tokens and reply.prompt_tokens != len(ids):

@@ -54,14 +54,16 @@ class RetryingClient:
             model=model, messages=request.messages, temperature=request.temperature,
             max_tokens=request.max_tokens, **extra), _chat_text)
 
-    def complete(self, model: str, prompt: list[int] | str, max_tokens: int, stop: list[str] | None) -> Reply:
+    def complete(self, model: str, prompt: list[int] | str, max_tokens: int, stop: list[str] | None,
+                 retries: int | None = None) -> Reply:
         extra = {"stop": stop} if stop else {}
         return self._call(lambda: self.client.completions.create(
-            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, **extra), _completion_text)
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, **extra), _completion_text, retries)
 
-    def _call(self, send: Callable[[], Any], read: Callable[[Any], str]) -> Reply:
+    def _call(self, send: Callable[[], Any], read: Callable[[Any], str], retries: int | None = None) -> Reply:
         openai = self._openai
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             self.counters.add(requests=1, retries=1 if attempt else 0)
             wait = None
             try:
@@ -92,10 +94,10 @@ class RetryingClient:
                 completion_tokens = getattr(usage, "completion_tokens", 0) or 0
                 self.counters.add(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
                 return Reply(text, prompt_tokens, completion_tokens)
-            if attempt < self.retries:
+            if attempt < retries:
                 time.sleep(min(MAX_BACKOFF, wait if wait is not None
                                else self.backoff * 2 ** attempt * random.uniform(0.5, 1.0)))
-        raise RequestFailed(f"{last} (after {self.retries + 1} attempts)", self.retries + 1)
+        raise RequestFailed(f"{last} (after {retries + 1} attempts)", retries + 1)
 
 
 class OpenAIChat:

@@ -54,6 +54,7 @@ def main() -> None:
     out.train_examples.write_text("".join(train))
     config = load_config(source.config if source.config.exists() else None, overrides=[
         "generate.backend=openai", f"generate.base_url={args.base_url}", f"generate.served_model={args.model}",
+        "generate.exact_prompts=false",  # a text-only server (llama-cpp-python) splits a few rare characters differently
         f"generate.batch_size={args.concurrency}",
         "annotate.annotator=llm", f"annotate.base_url={args.base_url}", f"annotate.model={args.model}",
         f"annotate.concurrency={args.concurrency}", f"annotate.template={args.template}",

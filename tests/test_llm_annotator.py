@@ -203,9 +203,9 @@ def test_runs_made_before_the_new_options_still_resume(tmp_path):
                      {"generate": load_config(overrides=["generate.backend=openai", "generate.base_url=x"]).generate})
 
 
-@pytest.mark.parametrize("takes_ids, refusal, extra_tokens", [(True, 0, 0), (False, 422, 0), (False, 500, 0),
-                                                              (False, 500, 1)])
-def test_openai_generation_sends_the_same_prompt_tokens(tiny_model_dir, takes_ids, refusal, extra_tokens):
+@pytest.mark.parametrize("takes_ids, refusal, extra_tokens, exact", [
+    (True, 0, 0, True), (False, 422, 0, True), (False, 500, 0, True), (False, 500, 1, True), (False, 500, 1, False)])
+def test_openai_generation_sends_the_same_prompt_tokens(tiny_model_dir, takes_ids, refusal, extra_tokens, exact):
     from transformers import AutoTokenizer
 
     from laffi.backends.openai_backend import OpenAIGenerator
@@ -226,14 +226,16 @@ def test_openai_generation_sends_the_same_prompt_tokens(tiny_model_dir, takes_id
                      "usage": {"prompt_tokens": count + extra_tokens, "completion_tokens": 2, "total_tokens": 0}}
 
     with FaultServer(lambda item, n: "ok", completions=completions) as server:
-        config = load_config(overrides=["generate.backend=openai", f"generate.base_url={server.url}"])
+        config = load_config(overrides=["generate.backend=openai", f"generate.base_url={server.url}",
+                                        f"generate.exact_prompts={exact}"])
         generator = OpenAIGenerator.from_config(config.model, config.generate, tokenizer)
         batches = generator.greedy_batches(prompts, 2, 8, ["\n"])
-        if extra_tokens:
-            with pytest.raises(ConfigError, match="would not answer the same prompt"):
+        if extra_tokens and exact:
+            with pytest.raises(ConfigError, match="did not answer the same prompt"):
                 list(batches)
             return
         generations = [g for batch in batches for g in batch]
+    assert sorted(generator.mismatched) == (sorted(prompts) if extra_tokens else [])
     assert sorted(g.id for g in generations) == sorted(prompts) and all(g.text == " Paris\n" for g in generations)
     assert isinstance(seen[0], list) and len(seen[0]) == 1  # a one-token probe first
     assert generator.token_ids is takes_ids

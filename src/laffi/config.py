@@ -78,6 +78,9 @@ class GenerateConfig:
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the server's key, if it wants one
     timeout: float = 120.0  # seconds per request (backend=openai)
     retries: int = 5  # retries per request on 429, 5xx, timeouts and connection errors (backend=openai)
+    # A server that takes only text prompts may tokenize one differently from model.name's tokenizer
+    # (llama-cpp-python does on some non-ASCII text); true: stop there; false: answer it anyway, say so.
+    exact_prompts: bool = True
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")

@@ -11,9 +11,10 @@ tokenized here, by the same code and tokenizer (`model.name`), and sent as token
 endpoint would apply the server's own chat template, which cannot express `model.prompt_format=plain`
 and may add or drop special tokens.) One probe request (a one-token prompt, no retries) tells
 whether the server takes token ids; one that takes only text (llama-cpp-python's answers HTTP 500)
-gets the text those ids decode to, and then every reply's prompt token count must equal ours, else
-the run stops: a different count means the server saw a different prompt (an extra BOS, special
-tokens read as plain text). Decoding is greedy
+gets the text those ids decode to, and then every reply's prompt token count must equal ours: a
+different count means the server saw a different prompt (an extra BOS, special tokens read as plain
+text, another split of a rare character). The run stops there, or with generate.exact_prompts=false
+keeps the answer and names the question. Decoding is greedy
 (temperature 0) with the same token limit and the newline stop; the generated text goes through the
 same `extract_answer`. The server's own batching does the rest: `generate.batch_size` requests are
 kept in flight.
@@ -26,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterator
 
+from tqdm import tqdm
+
 from laffi.backends.chat import Reply, RequestFailed
 from laffi.backends.openai_client import RetryingClient
 from laffi.config import ConfigError, GenerateConfig, ModelConfig
@@ -33,8 +36,9 @@ from laffi.generate import Generation
 
 
 class OpenAIGenerator:
-    def __init__(self, client: RetryingClient, model: str, tokenizer) -> None:
-        self.client, self.model, self.tokenizer = client, model, tokenizer
+    def __init__(self, client: RetryingClient, model: str, tokenizer, exact_prompts: bool = True) -> None:
+        self.client, self.model, self.tokenizer, self.exact_prompts = client, model, tokenizer, exact_prompts
+        self.mismatched: list[str] = []  # questions whose prompt the server tokenized differently
         self.token_ids: bool | None = None  # whether the server takes token-id prompts; None: not probed yet
         self._probe_lock = threading.Lock()
 
@@ -45,7 +49,7 @@ class OpenAIGenerator:
             raise ConfigError("--adapter: generate.backend=openai cannot load an adapter into the server; serve it "
                               "there (vLLM: --enable-lora --lora-modules laffi=DIR) and set generate.served_model=laffi")
         client = RetryingClient(config.base_url, config.api_key_env, config.timeout, config.retries, option="generate")
-        return cls(client, config.served_model or model.name, tokenizer)
+        return cls(client, config.served_model or model.name, tokenizer, config.exact_prompts)
 
     def _takes_token_ids(self, ids: list[int]) -> bool:
         with self._probe_lock:
@@ -57,15 +61,20 @@ class OpenAIGenerator:
                     self.token_ids = False
             return self.token_ids
 
-    def complete(self, ids: list[int], max_new_tokens: int, stop_strings: list[str] | None) -> Reply:
+    def complete(self, question_id: str, ids: list[int], max_new_tokens: int,
+                 stop_strings: list[str] | None) -> Reply:
         if self._takes_token_ids(ids):
             return self.client.complete(self.model, ids, max_new_tokens, stop_strings)
         text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # special tokens included
         reply = self.client.complete(self.model, text, max_new_tokens, stop_strings)
         if reply.prompt_tokens and reply.prompt_tokens != len(ids):
-            raise ConfigError(f"generate.base_url: the server made {reply.prompt_tokens} tokens of a prompt that is "
-                              f"{len(ids)} tokens for laffi (model.name's tokenizer), so it would not answer the "
-                              "same prompt; serve the same tokenizer, or use a server that takes token ids (vLLM)")
+            message = (f"the server made {reply.prompt_tokens} tokens of the prompt of question {question_id!r}, "
+                       f"which is {len(ids)} tokens for laffi (model.name's tokenizer)")
+            if self.exact_prompts:
+                raise ConfigError(f"generate.exact_prompts: {message}, so it did not answer the same prompt; use a "
+                                  "server that takes token ids (vLLM), or set generate.exact_prompts=false")
+            self.mismatched.append(question_id)
+            tqdm.write(f"generate: warning: {message}; answer kept (generate.exact_prompts=false)")
         return reply
 
     def greedy_batches(self, prompts: dict[str, list[int]], batch_size: int, max_new_tokens: int,
@@ -76,7 +85,7 @@ class OpenAIGenerator:
         and a rerun asks only for the rest.
         """
         def one(question_id: str) -> Generation:
-            reply = self.complete(prompts[question_id], max_new_tokens, stop_strings)
+            reply = self.complete(question_id, prompts[question_id], max_new_tokens, stop_strings)
             return Generation(question_id, reply.text, reply.completion_tokens)
 
         batch: list[Generation] = []

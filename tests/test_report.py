@@ -133,6 +133,8 @@ def test_an_ablation_report_has_its_table_differences_and_charts(ablation_dir):
     # the held-out sample shows base and one cell per objective, at the largest size
     header = re.search(r"id=prediction-samples><thead><tr>(.*?)</tr>", page).group(1)
     assert re.findall(r"<th>(.*?)</th>", header) == ["question", "gold", "base", "sft", "laffi"]
+    # ...from seed 0: base right on 2 questions, SFT (size 8, seed 0) on 4, LaFFi on 5; seed 2 would be 6 and 7
+    assert page.count("north  [EM 1, F1 1.00]") == 2 + 4 + 5
 
 
 @pytest.fixture

@@ -49,6 +49,7 @@ from laffi.hybrid import HybridConfig, build_hybrid
 from laffi.layout import RunLayout
 from laffi.prepare import prepare
 from laffi.records import Feedback, Prediction, QAExample, read_records, write_records
+from laffi.report import write_report
 from laffi.train import train
 
 
@@ -195,8 +196,6 @@ def ablate(config: AblateConfig, out: str | Path) -> dict:
                        for key, job in jobs.items()]
     summary["stage_seconds"] = seconds
     write_summary(root, summary)
-    from laffi.report import write_report
-
     write_report(root)
     return summary
 

@@ -97,7 +97,8 @@ def aggregate(runs: list[CellRun], samples: int = 1000, seed: int = 0) -> dict[s
         summary = _summary({m: _scores(group, m) for m in METRICS}, samples, seed)
         per_seed = [{"seed": r.seed, **{m: round(100 * float(np.mean(getattr(r, m))), 2) for m in METRICS}}
                     for r in sorted(group, key=lambda r: r.seed)]
-        artifacts = {kind: sorted({r.artifacts[kind] for r in group}) for kind in group[0].artifacts}
+        by_seed = sorted(group, key=lambda r: r.seed)  # each kind's paths in seed order, each once
+        artifacts = {kind: list(dict.fromkeys(r.artifacts[kind] for r in by_seed)) for kind in group[0].artifacts}
         cells.append({**dict(zip(AXES, key)), "seeds": seeds, "questions": len(group[0].exact), **summary,
                       "per_seed": per_seed, "artifacts": artifacts})
     _mark_shared(cells)

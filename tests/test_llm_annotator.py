@@ -244,3 +244,14 @@ def test_openai_generation_sends_the_same_prompt_tokens(tiny_model_dir, takes_id
     if not takes_ids:
         texts = [p for p in seen if isinstance(p, str)]
         assert sorted(tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts) == sorted(prompts.values())
+
+
+def test_a_missing_api_key_is_named_and_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    from laffi.cli import main
+
+    make_run(tmp_path, 1)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert main(["annotate", str(tmp_path), "--annotator", "llm", "--model", "gpt-4o"]) == 2
+    assert "annotate.api_key_env: set OPENAI_API_KEY" in capsys.readouterr().err
+    assert not list(tmp_path.glob("feedback*"))

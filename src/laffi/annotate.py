@@ -52,8 +52,8 @@ def annotate(run_dir: str | Path, config: AnnotateConfig, out: str | Path | None
     unknown = [a.id for a in answers if a.id not in examples]
     if unknown:
         raise ValueError(f"{layout.answers}: answer to unknown question {unknown[0]!r}")
+    annotator = make_annotator(config)  # first: a missing API key must not leave a config behind
     check_resume(sidecar_config(out), {"annotate": annotator_settings(config)})
-    annotator = make_annotator(config)
     size = getattr(annotator, "batch_size", BATCH)
     failures: list[AnnotationFailure] = []
     with RecordWriter(out, Feedback) as writer:

@@ -84,7 +84,8 @@ def test_the_grid_makes_each_artifact_once_and_shares_it(grid_run):
     for shared in ("answers.jsonl", "eval/base", "feedback.reference.jsonl"):
         assert len(users[shared]["used_by"]) == 16
     for cell in cells:
-        others = [c for c in cells if c is not cell and c["size"] == cell["size"] and c["objective"] == cell["objective"]]
+        others = [c for c in cells
+                  if c is not cell and c["size"] == cell["size"] and c["objective"] == cell["objective"]]
         same = cell["artifacts"]["adapter"] == others[0]["artifacts"]["adapter"]
         assert same == (cell["objective"] == "sft")  # SFT shared across contents, LaFFi never
     assert [c["content"] for c in cells if c["same_adapters_as"]] == ["verdict+explanation+answer"] * 2

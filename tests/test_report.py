@@ -58,8 +58,9 @@ def run_dir(tmp_path) -> Path:
     results = {}
     for system, right in (("base", 2), ("sft", 4), ("laffi", 5)):
         write_records(root / "eval" / system / "predictions.jsonl", predictions(held_out, right))
-        results[system] = {"exact": 10.0 * right, "f1": 10.0 * right, "total": 10,
-                           "exact_ci95": [10.0 * right - 8, 10.0 * right + 9], "f1_ci95": [10.0 * right - 8, 10.0 * right + 9]}
+        interval = [10.0 * right - 8, 10.0 * right + 9]
+        results[system] = {"exact": 10.0 * right, "f1": 10.0 * right, "total": 10, "exact_ci95": interval,
+                           "f1_ci95": interval}
     (root / "results.json").write_text(json.dumps(results))
     (root / "run_info.json").write_text(json.dumps({"paired_differences": {
         "laffi - sft": {"exact": [10.0, -5.0, 25.0], "f1": [10.0, -5.0, 25.0]}}}))
@@ -152,7 +153,7 @@ def browser(tmp_path):
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--allow-file-access-from-files", "--window-size=1200,1600", f"--user-data-dir={tmp_path / 'profile'}"):
+                 "--window-size=1200,1600", f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:

@@ -51,11 +51,13 @@ class GridConfig:
             _require(bool(values), f"grid.{name}", "must list at least one value")
             _require(len(set(values)) == len(values), f"grid.{name}", f"lists a value twice: {values}")
         for objective in self.objective:
-            _require(objective in OBJECTIVES, "grid.objective", f"unknown objective {objective!r}; available: sft, laffi")
+            _require(objective in OBJECTIVES, "grid.objective",
+                     f"unknown objective {objective!r}; available: sft, laffi")
         for size in self.size:
             _require(size >= 1, "grid.size", f"must be >= 1, got {size}")
         for content in self.content:
-            _require(content in CONTENTS, "grid.content", f"unknown content {content!r}; available: {', '.join(CONTENTS)}")
+            _require(content in CONTENTS, "grid.content",
+                     f"unknown content {content!r}; available: {', '.join(CONTENTS)}")
         for ratio in self.human_ratio:
             _require(0.0 <= ratio <= 1.0, "grid.human_ratio", f"must be in [0, 1], got {ratio}")
             for size in self.size:

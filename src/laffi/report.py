@@ -122,21 +122,20 @@ def ablation_section(root: Path) -> str:
 
 
 def _loss_logs(root: Path) -> dict[str, list[TrainLogEntry]]:
+    """Label -> log of each adapter: the run's adapters/*, or the ablation's jobs, each named by its
+    cell's varying axes and seed (only the jobs of the last grid: a directory may hold older ones)."""
     summary = _json(root / "ablation.json")
-    names = {}
-    if summary:  # name each job by its cell's varying axes and seed
+    if summary:
         from laffi.aggregate import varying_axes
 
         axes = varying_axes(summary["cells"])
-        for job in summary.get("jobs", []):
-            names[job["dir"]] = ", ".join([str(job["cell"][a]) if a == "objective" else f"{a}={job['cell'][a]}"
-                                           for a in axes] + [f"seed={job['seed']}"])
-    logs = {}
-    for path in sorted([*root.glob("adapters/*/train_log.jsonl"), *root.glob("jobs/*/adapters/*/train_log.jsonl")]):
-        adapter = path.parent
-        job = str(adapter.parent.parent.relative_to(root)) if adapter.parent.parent != root else ""
-        logs[names.get(job, str(adapter.relative_to(root)))] = read_records(path, TrainLogEntry)
-    return logs
+        paths = {", ".join([str(job["cell"][a]) if a == "objective" else f"{a}={job['cell'][a]}" for a in axes]
+                           + [f"seed={job['seed']}"]): root / job["dir"] / "adapters" / job["objective"]
+                 for job in summary.get("jobs", [])}
+    else:
+        paths = {str(adapter.relative_to(root)): adapter for adapter in sorted(root.glob("adapters/*"))}
+    return {name: read_records(adapter / "train_log.jsonl", TrainLogEntry) for name, adapter in paths.items()
+            if (adapter / "train_log.jsonl").exists()}
 
 
 def loss_section(root: Path) -> str:
@@ -157,7 +156,8 @@ def attention_section(root: Path) -> str:
             continue
         parts.append(f"<h3>base vs {esc(folder.name)}</h3>"
                      f'<p class="note">{esc(len(results.get("prompts", [])))} held-out prompts; adapter '
-                     f'{esc(results.get("adapter", "?"))}; local = within {esc(results.get("window", "?"))} tokens.</p>')
+                     f'{esc(results.get("adapter", "?"))}; local = within '
+                     f'{esc(results.get("window", "?"))} tokens.</p>')
         parts += [image(p.read_bytes(), f"attention: {folder.name} {p.stem}") for p in pngs]
     return "<h2>Attention</h2>\n" + "\n".join(parts) if parts else ""
 

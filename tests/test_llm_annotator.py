@@ -218,6 +218,7 @@ def test_openai_generation_sends_the_same_prompt_tokens(tiny_model_dir, takes_id
     def completions(body):
         prompt = body["prompt"]
         seen.append(prompt)
+        assert body["temperature"] == 0 and body["repeat_penalty"] == 1.0  # plain greedy, as in-process
         if isinstance(prompt, list) and not takes_ids:
             return refusal, {"detail": "Input should be a valid string"}  # llama-cpp-python's server: 500
         count = len(prompt) if isinstance(prompt, list) else len(tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -41,6 +41,8 @@ def test_agreement_between_every_two_raters_on_shared_answers(tmp_path, capsys):
     assert result["raters"]["source:human"] == {"correct": 1, "incorrect": 1}
     assert pairs[("reference", "source:human")]["answers"] == 2
     assert "source:ai" in result["raters"]  # reference and llm:m:v1
+    assert ("reference", "source:ai") not in pairs and ("llm:m:v1", "source:ai") not in pairs  # not with itself
+    assert ("ann", "source:human") not in pairs and ("source:ai", "source:human") in pairs
     assert "| llm:m:v1 | reference | 3 | 66.7 | 0.400 |" in printed
 
 

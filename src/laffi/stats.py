@@ -30,8 +30,9 @@ def feedback_files(run_dir: Path) -> list[Path]:
     return sorted(p for p in Path(run_dir).glob("feedback*.jsonl") if not p.name.endswith(".failed.jsonl"))
 
 
-def raters(records: list[Feedback]) -> dict[str, dict[Key, str]]:
-    """Each rater's verdict per answer: annotators, then sources that pool several annotators."""
+def raters(records: list[Feedback]) -> tuple[dict[str, dict[Key, str]], dict[str, set[str]]]:
+    """Each rater's verdict per answer (annotators, then sources that pool several annotators), and
+    each pooled source's annotators."""
     by_annotator: dict[str, dict[Key, str]] = defaultdict(dict)
     votes: dict[str, dict[Key, Counter]] = defaultdict(lambda: defaultdict(Counter))
     members: dict[str, set[str]] = defaultdict(set)
@@ -40,7 +41,7 @@ def raters(records: list[Feedback]) -> dict[str, dict[Key, str]]:
         by_annotator[record.annotator].setdefault(key, record.verdict)  # the first, if a file repeats one
         votes[record.source][key][record.verdict] += 1
         members[record.source].add(record.annotator)
-    groups = dict(by_annotator)
+    groups, pools = dict(by_annotator), {}
     for source, items in votes.items():
         if len(members[source]) < 2:
             continue  # one annotator: the same rater again
@@ -50,12 +51,15 @@ def raters(records: list[Feedback]) -> dict[str, dict[Key, str]]:
             if not rest or rest[0][1] < n:
                 pooled[key] = top
         groups[f"source:{source}"] = pooled
-    return groups
+        pools[f"source:{source}"] = members[source]
+    return groups, pools
 
 
-def pairwise(groups: dict[str, dict[Key, str]]) -> list[dict]:
-    rows = []
+def pairwise(groups: dict[str, dict[Key, str]], pools: dict[str, set[str]] | None = None) -> list[dict]:
+    rows, pools = [], pools or {}
     for a, b in combinations(sorted(groups), 2):
+        if b in pools.get(a, ()) or a in pools.get(b, ()):
+            continue  # a source against one of its own annotators agrees with itself
         shared = sorted(set(groups[a]) & set(groups[b]))
         if not shared:
             continue
@@ -74,10 +78,10 @@ def stats(run_dir: str | Path, files: list[str | Path] | None = None) -> dict:
     if not paths:
         raise FileNotFoundError(f"{run_dir}: no feedback*.jsonl files (run `laffi annotate` first)")
     records = [r for path in paths for r in read_records(path, Feedback)]
-    groups = raters(records)
+    groups, pools = raters(records)
     result = {"files": [str(p) for p in paths],
               "raters": {name: dict(Counter(verdicts.values())) for name, verdicts in groups.items()},
-              "pairs": pairwise(groups)}
+              "pairs": pairwise(groups, pools)}
     (run_dir / "stats.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 

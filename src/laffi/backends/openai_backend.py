@@ -14,7 +14,9 @@ whether the server takes token ids; one that takes only text (llama-cpp-python's
 gets the text those ids decode to, and then every reply's prompt token count must equal ours: a
 different count means the server saw a different prompt (an extra BOS, special tokens read as plain
 text, another split of a rare character). The run stops there, or with generate.exact_prompts=false
-keeps the answer and names the question. Decoding is greedy
+keeps the answer and names the question. Plain greedy decoding also means no repetition penalty:
+llama.cpp's servers apply one by default (`repeat_penalty` 1.1 in llama-cpp-python's), so every
+request says `repeat_penalty: 1.0`; servers that do not know the field ignore it (vLLM, Ollama). Decoding is greedy
 (temperature 0) with the same token limit and the newline stop; the generated text goes through the
 same `extract_answer`. The server's own batching does the rest: `generate.batch_size` requests are
 kept in flight.
@@ -33,6 +35,9 @@ from laffi.backends.chat import Reply, RequestFailed
 from laffi.backends.openai_client import RetryingClient
 from laffi.config import ConfigError, GenerateConfig, ModelConfig
 from laffi.generate import Generation
+
+
+GREEDY = {"repeat_penalty": 1.0}  # llama.cpp's name; its servers penalise repeats unless told not to
 
 
 class OpenAIGenerator:
@@ -55,7 +60,7 @@ class OpenAIGenerator:
         with self._probe_lock:
             if self.token_ids is None:
                 try:
-                    self.client.complete(self.model, ids[:1], 1, None, retries=0)
+                    self.client.complete(self.model, ids[:1], 1, None, retries=0, extra_body=GREEDY)
                     self.token_ids = True
                 except RequestFailed:  # refused (any status: servers differ in how they say it)
                     self.token_ids = False
@@ -64,9 +69,9 @@ class OpenAIGenerator:
     def complete(self, question_id: str, ids: list[int], max_new_tokens: int,
                  stop_strings: list[str] | None) -> Reply:
         if self._takes_token_ids(ids):
-            return self.client.complete(self.model, ids, max_new_tokens, stop_strings)
+            return self.client.complete(self.model, ids, max_new_tokens, stop_strings, extra_body=GREEDY)
         text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # special tokens included
-        reply = self.client.complete(self.model, text, max_new_tokens, stop_strings)
+        reply = self.client.complete(self.model, text, max_new_tokens, stop_strings, extra_body=GREEDY)
         if reply.prompt_tokens and reply.prompt_tokens != len(ids):
             message = (f"the server made {reply.prompt_tokens} tokens of the prompt of question {question_id!r}, "
                        f"which is {len(ids)} tokens for laffi (model.name's tokenizer)")

@@ -55,10 +55,11 @@ class RetryingClient:
             max_tokens=request.max_tokens, **extra), _chat_text)
 
     def complete(self, model: str, prompt: list[int] | str, max_tokens: int, stop: list[str] | None,
-                 retries: int | None = None) -> Reply:
+                 retries: int | None = None, extra_body: dict | None = None) -> Reply:
         extra = {"stop": stop} if stop else {}
         return self._call(lambda: self.client.completions.create(
-            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, **extra), _completion_text, retries)
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, extra_body=extra_body, **extra),
+            _completion_text, retries)
 
     def _call(self, send: Callable[[], Any], read: Callable[[Any], str], retries: int | None = None) -> Reply:
         openai = self._openai

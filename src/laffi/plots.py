@@ -74,12 +74,12 @@ def ablation_charts(summary: dict, axes_shown: list[str]) -> list[tuple[str, byt
             ax.set_title(METRIC_NAMES[metric])
             ax.grid(alpha=0.3)
         panels[1].legend(fontsize=8, loc="best")
-        charts.append((f"{METRIC_NAMES['exact'].split(' (')[0]} and F1 by {axis}", png(fig)))
+        charts.append((f"Exact match and F1 by {axis}", png(fig)))
     differences = summary.get("differences") or []
     if differences:
         others = [a for a in axes_shown if a != "objective"]
         names = [", ".join(f"{a}={d[a]}" for a in others) or "all" for d in differences]
-        fig, panels = plt.subplots(1, 2, figsize=(10, 0.5 * len(names) + 1.6))
+        fig, panels = plt.subplots(1, 2, figsize=(10, 0.35 * len(names) + 1.3))
         for ax, metric in zip(panels, ("exact", "f1")):
             mean = [d[metric][0] for d in differences]
             err = [[m - d[metric][1] for m, d in zip(mean, differences)],
@@ -96,11 +96,17 @@ def ablation_charts(summary: dict, axes_shown: list[str]) -> list[tuple[str, byt
 def loss_curves(logs: dict[str, list[Any]]) -> bytes:
     """Training loss per optimizer step, a line per adapter; `logs`: label -> TrainLogEntry list."""
     fig, ax = plt.subplots(figsize=(9, 3.6))
+    # shades of each objective's colour, so a dozen lines still read as two families
+    shades = {"sft": plt.get_cmap("Blues"), "laffi": plt.get_cmap("Reds")}
+    family = {name: "laffi" if "laffi" in name else "sft" if "sft" in name else "" for name in logs}
     for index, (name, entries) in enumerate(logs.items()):
-        objective = "laffi" if "laffi" in name else "sft" if "sft" in name else ""
-        ax.plot([e.step for e in entries], [e.loss for e in entries], label=name, alpha=0.8,
-                color=_color(objective, index) if len(logs) <= 2 else None,
-                linestyle="-" if objective != "sft" else "--")
+        objective = family[name]
+        members = [n for n in logs if family[n] == objective]
+        color = (shades[objective](0.45 + 0.5 * members.index(name) / max(len(members) - 1, 1))
+                 if objective in shades and len(members) > 1 else _color(objective, index))
+        ax.plot([e.step for e in entries], [e.loss for e in entries], label=name, alpha=0.9, color=color,
+                linestyle="-" if objective != "sft" else "--", marker=".")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (completion tokens)")
     ax.grid(alpha=0.3)

@@ -208,7 +208,7 @@ def samples_section(root: Path) -> str:
             cells = []
             for name in predictions:
                 p = predictions[name].get(e.id)
-                cells.append("" if p is None else f"{p.prediction}  [EM {p.exact:.0f}, F1 {p.f1:.2f}]")
+                cells.append("" if p is None else f"{p.prediction or '(no answer)'}  [EM {p.exact:.0f}, F1 {p.f1:.2f}]")
             rows.append([e.question, " | ".join(dict.fromkeys(e.answers)) or "(unanswerable)", *cells])
         note = ("" if not (root / "ablation.json").exists() else
                 '<p class="note">For the ablation: each objective at the largest size, first seed.</p>')
@@ -222,7 +222,7 @@ def render(root: str | Path) -> str:
     config = root / "ablate.yaml" if (root / "ablate.yaml").exists() else RunLayout(root).config
     title = f"LaFFi {'ablation' if (root / 'ablation.json').exists() else 'run'}: {root.resolve().name}"
     body = [f"<h1>{esc(title)}</h1>",
-            f'<p class="note">{esc(root.resolve())}, report written {esc(time.strftime("%Y-%m-%d %H:%M"))}</p>',
+            f'<p class="note">{esc(root)}, report written {esc(time.strftime("%Y-%m-%d %H:%M"))}</p>',
             results_section(root), ablation_section(root), loss_section(root), attention_section(root),
             samples_section(root)]
     if config.exists():

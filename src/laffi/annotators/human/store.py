@@ -211,9 +211,11 @@ def claim(engine: Engine, person_id: int, per_item: int) -> str | None:
             return held
         mine = exists().where(annotations.c.item_id == items.c.id, annotations.c.annotator_id == person_id)
         while True:
+            # No SKIP LOCKED here: an item another claim has locked is not taken, only busy, and
+            # skipping it would tell this person "all done" while slots are left. The conditional
+            # UPDATE below waits for that claim and re-checks `claims < K` against its outcome.
             candidates = conn.execute(select(items.c.id).where(items.c.claims < per_item, ~mine)
-                                      .order_by(items.c.position).limit(16)
-                                      .with_for_update(skip_locked=True)).scalars().all()
+                                      .order_by(items.c.position).limit(16)).scalars().all()
             if not candidates:
                 return None
             for item_id in candidates:

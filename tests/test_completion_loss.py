@@ -1,5 +1,6 @@
-"""The training loss runs the LM head only on completion positions: the same loss and gradients as
-the full logits, on a tiny model, plain and wrapped in PEFT."""
+"""The training loss runs the LM head only on completion positions, without the padding mask: the
+same loss and gradients as the full logits with the mask, on padded batches of a tiny model, plain
+and wrapped in PEFT."""
 
 import pytest
 import torch

@@ -1,0 +1,76 @@
+"""FLOPs: what one LoRA training step needs, and what this machine can do.
+
+    python benchmarks/flops.py            # prints the measured matmul peak (fp32, and bf16 for reference)
+
+Training FLOPs are counted from the model's shapes and the batch's real (unpadded) lengths, the
+work the step needs whatever the implementation does:
+- every linear layer of the body: forward and input gradient, 2 x 2 x its parameters per token
+  (the frozen base weights need no weight gradient, so not the usual 6N);
+- attention scores and values: 4 x width x (position + 1) per token and layer forward, twice that
+  backward;
+- LoRA: 6 x its parameters per token (forward, input and weight gradients);
+- the LM head: forward and input gradient, only at the positions that predict a completion token.
+The peak is measured, not read from a datasheet: the best of a few large fp32 matmuls with the
+threads torch uses, which is what a dense training step could at most reach here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+
+def linear_params(config) -> tuple[int, int]:
+    """(parameters of the body's linear layers, of the LM head) for a Llama-style config."""
+    width, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or width // heads
+    kv = config.num_key_value_heads * head_dim
+    attention = width * heads * head_dim * 2 + width * kv * 2  # q, o; k, v
+    mlp = 3 * width * config.intermediate_size  # gate, up, down
+    return config.num_hidden_layers * (attention + mlp), width * config.vocab_size
+
+
+def lora_params(config, r: int, targets: list[str]) -> int:
+    width, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or width // heads
+    kv = config.num_key_value_heads * head_dim
+    shapes = {"q_proj": (width, heads * head_dim), "k_proj": (width, kv), "v_proj": (width, kv),
+              "o_proj": (heads * head_dim, width), "gate_proj": (width, config.intermediate_size),
+              "up_proj": (width, config.intermediate_size), "down_proj": (config.intermediate_size, width)}
+    return config.num_hidden_layers * sum(r * sum(shapes[t]) for t in targets)
+
+
+def training_flops(config, lengths: list[int], completion_tokens: int, lora: int) -> float:
+    """FLOPs one step needs for sequences of `lengths` tokens with `completion_tokens` scored."""
+    body, head = linear_params(config)
+    tokens = sum(lengths)
+    attention_width = config.num_attention_heads * (getattr(config, "head_dim", None)
+                                                    or config.hidden_size // config.num_attention_heads)
+    # sum over positions p of (p + 1) keys: T(T+1)/2 per sequence; x3 for forward + backward
+    attention = 3 * 4 * config.num_hidden_layers * attention_width * sum(t * (t + 1) // 2 for t in lengths)
+    return 4 * body * tokens + attention + 6 * lora * tokens + 4 * head * completion_tokens
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 3.0) -> float:
+    """The best FLOP/s of size x size matmuls over a few seconds."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.matmul(a, b)  # warm up: thread pool, kernel choice
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        best = max(best, 2 * size**3 / (time.perf_counter() - started))
+    return best
+
+
+def peak() -> dict:
+    fp32 = max(matmul_peak(torch.float32, size) for size in (1024, 2048))
+    return {"fp32_flops": fp32, "bf16_flops": matmul_peak(torch.bfloat16, 2048, seconds=2.0),
+            "threads": torch.get_num_threads(),
+            "how": "best of repeated 1024^2 and 2048^2 fp32 matmuls (torch.matmul), this process's threads"}
+
+
+if __name__ == "__main__":
+    print(json.dumps(peak(), indent=2))

@@ -1,0 +1,61 @@
+"""The run directory the speed benchmarks share: the embedded data, split as `laffi run` splits it,
+and a LaFFi training set, built without generating answers first.
+
+    python benchmarks/speed_setup.py runs/bench-speed
+
+The LaFFi set needs the model's answers; generating them would add minutes that measure nothing
+the generation benchmark does not. The answers here are stand-ins of the lengths the model gives
+(the gold answer, its first word, or the passage's first words: correct, partial and wrong), and
+the reference annotator writes real feedback on them, so prompts and completions have the
+lengths of a real LaFFi set.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from laffi.annotate import annotate
+from laffi.build import build
+from laffi.config import RunConfig, load_config
+from laffi.layout import RunLayout
+from laffi.metrics import majority_answer
+from laffi.prepare import prepare
+from laffi.records import Answer, QAExample, TrainingExample, read_records, write_records
+
+
+def config(train_size: int = 64, eval_size: int = 200) -> RunConfig:
+    """The default preset (what `laffi run` trains and evaluates with) on a smaller train pool."""
+    return load_config(overrides=[f"data.train_size={train_size}", f"data.eval_size={eval_size}"])
+
+
+def stand_in_answer(index: int, example: QAExample) -> str:
+    gold = majority_answer(example.answers)
+    return (gold, gold.split()[0], " ".join(example.context.split()[:4]))[index % 3]
+
+
+def setup(run_dir: str | Path, train_size: int = 64) -> RunConfig:
+    layout = RunLayout(run_dir)
+    run = config(train_size)
+    if layout.training_set("laffi").exists():
+        return run
+    train, _ = prepare(run_dir, run.data)
+    write_records(layout.answers, [Answer(e.id, stand_in_answer(i, e), stand_in_answer(i, e), "stand-in")
+                                   for i, e in enumerate(train)])
+    annotate(run_dir, run.annotate)
+    build(run_dir, run.data)
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--train-size", type=int, default=64)
+    args = parser.parse_args()
+    setup(args.run_dir, args.train_size)
+    examples = read_records(RunLayout(args.run_dir).training_set("laffi"), TrainingExample)
+    print(f"{len(examples)} LaFFi examples in {args.run_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Training throughput of laffi's LoRA loop and of TRL's SFTTrainer on the same batches.
+
+    python benchmarks/speed_setup.py runs/bench-speed
+    python benchmarks/train_speed.py runs/bench-speed --tool laffi --steps 8 --json laffi.json
+    python benchmarks/train_speed.py runs/bench-speed --tool trl --steps 8 --json trl.json
+
+Run each tool in a process of its own (benchmarks/speed.py does): peak memory is the process's
+peak resident set (on a GPU: the peak of allocated memory), so tools must not share a process.
+
+Same model (the embedded SmolLM2-135M, fp32 on CPU, bf16 on GPUs that have it), LoRA settings
+(the run's train section), data (sets/laffi.jsonl), learning rate and schedule, batch size,
+sequence lengths and steps. Same batches too: TRL gets the examples in the order laffi's
+length-grouped sampler draws them, with its sequential sampler, so both pad the same rows
+together. TRL's defaults that would make it a different experiment are set to laffi's:
+gradient_checkpointing=False (TRL: True) and no bf16 autocast on CPU (TRL: bf16=True).
+
+The first step is a warm-up (allocator, kernel choice) and is left out: tokens/s is over steps
+2..N, from the end of step 1 to the end of step N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from laffi.config import RunConfig, load_config
+from laffi.layout import RunLayout
+from laffi.models import load_model, load_tokenizer, pick_device
+from laffi.records import TrainingExample, TrainLogEntry, read_records
+from laffi.train import IGNORE, batch_order, tokenize, train
+
+
+def step_batches(run: RunConfig, examples: list[TrainingExample], tokenizer) -> tuple[list, list[list[int]]]:
+    """laffi's tokenised rows and the batches (lists of example indices) of every forward pass."""
+    rows = tokenize(tokenizer, examples, run.train.max_seq_len)
+    batches = batch_order([len(ids) for ids, _ in rows], run.train.batch_size,
+                          run.train.steps * run.train.grad_accum, run.train.seed)
+    return rows, batches
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_laffi(run_dir: Path, run: RunConfig) -> list[float]:
+    """Seconds at the end of each step, from laffi's own log (a fresh copy of the run: no resume)."""
+    work = Path(tempfile.mkdtemp(prefix="laffi-train-speed-"))
+    try:
+        (work / "sets").mkdir()
+        shutil.copy(RunLayout(run_dir).training_set("laffi"), RunLayout(work).training_set("laffi"))
+        adapter = train(work, "laffi", run.model, run.train)
+        return [e.elapsed_s for e in read_records(adapter / "train_log.jsonl", TrainLogEntry)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_trl(run: RunConfig, examples: list[TrainingExample], batches: list[list[int]],
+            rows) -> tuple[list[float], dict]:
+    """Seconds at the end of each step of SFTTrainer on the same batches, and a tokenisation check."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    train = run.train
+    torch.manual_seed(train.seed)
+    model, tokenizer = load_model(run.model)
+    ordered = [examples[i] for batch in batches for i in batch]  # laffi's batches, one after another
+    dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in ordered])
+    bf16 = next(model.parameters()).dtype == torch.bfloat16
+    args = SFTConfig(output_dir=tempfile.mkdtemp(prefix="trl-train-speed-"), max_steps=train.steps,
+                     per_device_train_batch_size=train.batch_size, gradient_accumulation_steps=train.grad_accum,
+                     learning_rate=train.lr, lr_scheduler_type=train.schedule, warmup_steps=train.warmup_steps,
+                     weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm, max_length=train.max_seq_len,
+                     gradient_checkpointing=train.gradient_checkpointing, bf16=bf16, seed=train.seed,
+                     train_sampling_strategy="sequential", completion_only_loss=True, save_strategy="no",
+                     report_to="none", logging_steps=1, dataloader_num_workers=0, disable_tqdm=True,
+                     use_cpu=pick_device(run.model.device).type == "cpu")
+    target = train.target_modules[0] if train.target_modules == ["all-linear"] else train.target_modules
+    lora = LoraConfig(r=train.lora_r, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout,
+                      target_modules=target, task_type="CAUSAL_LM")
+    ends: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, *args, **kwargs):
+            ends.append(time.perf_counter())
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora, callbacks=[StepClock()])
+    # did TRL tokenise into the sequences laffi trains on? (lengths and completion tokens per example)
+    tokenised = trainer.train_dataset
+    theirs = [(len(r["input_ids"]), sum(label != IGNORE for label in r["labels"])) for r in tokenised]
+    ours = [(len(rows[i][0]), sum(label != IGNORE for label in rows[i][1])) for batch in batches for i in batch]
+    check = {"same_lengths": [t[0] for t in theirs] == [o[0] for o in ours],
+             "same_completion_tokens": [t[1] for t in theirs] == [o[1] for o in ours],
+             "trl_tokens": sum(t[0] for t in theirs), "laffi_tokens": sum(o[0] for o in ours)}
+    began = time.perf_counter()
+    trainer.train()
+    return [round(t - began, 3) for t in ends], check
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--tool", choices=["laffi", "trl"], required=True)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--json", help="write the result here")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.batch_size=2")
+    args = parser.parse_intermixed_args()  # key=value overrides may come before the options
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    # the default preset's model and train sections (what `laffi run` trains with), no checkpoints
+    run = load_config(overrides=[f"train.steps={args.steps}", "train.checkpoint_every=0", *args.overrides])
+    examples = read_records(RunLayout(args.run_dir).training_set("laffi"), TrainingExample)
+    rows, batches = step_batches(run, examples, load_tokenizer(run.model))
+    load_before = os.getloadavg()[0]
+    check = None
+    if args.tool == "laffi":
+        ends = run_laffi(Path(args.run_dir), run)
+    else:
+        ends, check = run_trl(run, examples, batches, rows)
+    if len(ends) != args.steps:
+        raise RuntimeError(f"{args.tool}: {len(ends)} step times for {args.steps} steps")
+
+    measured = batches[run.train.grad_accum:]  # steps 2..N
+    lengths = [len(rows[i][0]) for batch in measured for i in batch]
+    completion = sum(sum(label != IGNORE for label in rows[i][1]) for batch in measured for i in batch)
+    padded = sum(len(batch) * max(len(rows[i][0]) for i in batch) for batch in measured)
+    seconds = ends[-1] - ends[0]
+    result = {"tool": args.tool, "steps": args.steps, "measured_steps": args.steps - 1, "seconds": round(seconds, 2),
+              "seconds_per_step": round(seconds / (args.steps - 1), 2),
+              "tokens": sum(lengths), "completion_tokens": completion, "padded_tokens": padded,
+              "tokens_per_s": round(sum(lengths) / seconds, 1),
+              "completion_tokens_per_s": round(completion / seconds, 1),
+              "peak_memory_mb": round(peak_memory_mb(), 1), "lengths": lengths,
+              "batch_size": run.train.batch_size, "lora_r": run.train.lora_r,
+              "target_modules": run.train.target_modules,
+              "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
+              "step_end_seconds": ends, "tokenisation_check": check}
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("lengths", "step_end_seconds")}))
+
+
+if __name__ == "__main__":
+    main()

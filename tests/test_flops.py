@@ -1,0 +1,30 @@
+"""benchmarks/flops.py counts the parameters the model really has, so its FLOPs are the model's."""
+
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from flops import linear_params, lora_params, training_flops  # noqa: E402
+
+from laffi.config import load_config  # noqa: E402
+from laffi.train import add_lora  # noqa: E402
+
+
+def test_parameter_counts_match_the_model(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    body, head = linear_params(model.config)
+    linear = sum(m.weight.numel() for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and name != "lm_head")
+    assert body == linear and head == model.lm_head.weight.numel()
+
+    config = load_config(overrides=[f"model.name={tiny_model_dir}"])
+    lora = add_lora(model, config.model, config.train)
+    trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert lora_params(model.config, config.train.lora_r, config.train.target_modules) == trainable
+    # more completion tokens, more LM-head work; one more token of context, more attention
+    assert training_flops(model.config, [10], 5, trainable) > training_flops(model.config, [10], 4, trainable)
+    assert training_flops(model.config, [11], 4, 0) - training_flops(model.config, [10], 4, 0) > 4 * body

@@ -1,6 +1,10 @@
 """The training loss runs the LM head only on completion positions, without the padding mask: the
-same loss and gradients as the full logits with the mask, on padded batches of a tiny model, plain
-and wrapped in PEFT."""
+same loss and gradients as the full logits with the mask, on padded batches of a tiny model, plain,
+wrapped in PEFT, and sharded by FSDP2 over 2 processes."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +77,10 @@ def test_a_model_that_ignores_logits_to_keep_still_gets_the_right_loss(tiny_mode
             return self.inner(**kwargs)
 
     torch.testing.assert_close(completion_loss_sum(FullLogits(model), batch), full_logits_loss(model, batch))
+
+
+def test_under_fsdp2_on_two_processes(tiny_model_dir):
+    script = Path(__file__).resolve().parent / "fsdp_loss.py"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tiny_model_dir)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

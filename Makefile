@@ -1,11 +1,12 @@
 # make demo: set up and run the whole LaFFi experiment on the embedded model and data.
 # make test: set up and run the test suite (CPU, no network beyond package installs).
+# make bench: set up and run the speed benchmarks (laffi vs TRL training, generation, FLOP/s).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PRESET ?= default
 
-.PHONY: install system-deps demo smoke test clean
+.PHONY: install system-deps demo smoke test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,9 @@ system-deps:
 
 test: install $(VENV)/.llamacpp system-deps
 	$(BIN)/python -m pytest -q
+
+bench: install $(VENV)/.llamacpp
+	$(BIN)/python benchmarks/speed.py
 
 clean:
 	rm -rf $(VENV) runs

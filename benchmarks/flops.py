@@ -1,6 +1,6 @@
 """FLOPs: what one LoRA training step needs, and what this machine can do.
 
-    python benchmarks/flops.py            # prints the measured matmul peak (fp32, and bf16 for reference)
+    python benchmarks/flops.py            # prints the measured matmul peaks, fp32 and bf16
 
 Training FLOPs are counted from the model's shapes and the batch's real (unpadded) lengths, the
 work the step needs whatever the implementation does:
@@ -10,8 +10,9 @@ work the step needs whatever the implementation does:
   backward;
 - LoRA: 6 x its parameters per token (forward, input and weight gradients);
 - the LM head: forward and input gradient, only at the positions that predict a completion token.
-The peak is measured, not read from a datasheet: the best of a few large fp32 matmuls with the
-threads torch uses, which is what a dense training step could at most reach here.
+The peak is measured, not read from a datasheet: the best of a few large matmuls in the training
+dtype with the threads torch uses (on a GPU, on the GPU), which is what a dense training step could
+at most reach here.
 """
 
 from __future__ import annotations
@@ -53,24 +54,30 @@ def training_flops(config, lengths: list[int], completion_tokens: int, lora: int
     return 4 * body * tokens + attention + 6 * lora * tokens + 4 * head * completion_tokens
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 3.0) -> float:
+def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 3.0,
+                device: str = "cpu") -> float:
     """The best FLOP/s of size x size matmuls over a few seconds."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     torch.matmul(a, b)  # warm up: thread pool, kernel choice
+    sync()
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         started = time.perf_counter()
         torch.matmul(a, b)
+        sync()
         best = max(best, 2 * size**3 / (time.perf_counter() - started))
     return best
 
 
-def peak() -> dict:
-    fp32 = max(matmul_peak(torch.float32, size) for size in (1024, 2048))
-    return {"fp32_flops": fp32, "bf16_flops": matmul_peak(torch.bfloat16, 2048, seconds=2.0),
-            "threads": torch.get_num_threads(),
-            "how": "best of repeated 1024^2 and 2048^2 fp32 matmuls (torch.matmul), this process's threads"}
+def peak(device: str = "cpu") -> dict:
+    """fp32 and bf16 matmul peaks on `device`; a GPU needs larger matrices to fill it."""
+    sizes = (4096, 8192) if device.startswith("cuda") else (1024, 2048)
+    return {name: max(matmul_peak(dtype, size, 2.0, device) for size in sizes)
+            for name, dtype in (("fp32_flops", torch.float32), ("bf16_flops", torch.bfloat16))} | {
+        "device": device, "threads": torch.get_num_threads(),
+        "how": f"best of repeated {sizes[0]}^2 and {sizes[1]}^2 matmuls (torch.matmul), this process's threads"}
 
 
 if __name__ == "__main__":
-    print(json.dumps(peak(), indent=2))
+    print(json.dumps(peak("cuda" if torch.cuda.is_available() else "cpu"), indent=2))

@@ -8,7 +8,7 @@
 - generation over held-out prompts (benchmarks/generate_speed.py): the in-process backend at
   batch 1 and larger batches, bf16 for reference, and llama.cpp on the same GGUF when
   llama-cpp-python is installed;
-- the peak: the best FLOP/s of large fp32 matmuls here (benchmarks/flops.py).
+- the peak: the best FLOP/s of large matmuls in the training dtype here (benchmarks/flops.py).
 Every measurement runs in a process of its own. Prints a table and writes JSON (the machine, the
 load average before and after each measurement, every number). Other work on the machine slows
 everything down: look at the load column before believing a number.
@@ -70,7 +70,8 @@ def table(result: dict) -> str:
     m, p = result["machine"], result["peak"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, torch {m['torch']} "
              f"({m['torch_threads']} threads){', ' + m['gpu'] if m['gpu'] else ''}",
-             f"peak: {p['fp32_flops'] / 1e9:.0f} GFLOP/s fp32 matmul, measured ({p['bf16_flops'] / 1e9:.0f} bf16)",
+             f"peak on {p['device']}, measured: {p['fp32_flops'] / 1e9:.0f} GFLOP/s fp32 matmul, "
+             f"{p['bf16_flops'] / 1e9:.0f} bf16; the fraction is of {p['training_dtype']}'s",
              "", f"training: {result['train_setup']}",
              "| tool | s/step | tokens/s | completion tokens/s | peak memory MB | GFLOP/s | fraction of peak | load |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -110,14 +111,15 @@ def main() -> None:
     run = setup(args.run_dir)
     from laffi.models import load_model  # converts the embedded GGUF once (about 30 s), before any timing
     model, _ = load_model(run.model)
-    model_config = model.config
+    model_config, device, dtype = model.config, model.device, next(model.parameters()).dtype
     del model
     result = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": os.getloadavg()}
-    result["peak"] = peak()
+    result["peak"] = peak(str(device)) | {"training_dtype": "bf16" if dtype == torch.bfloat16 else "fp32"}
+    peak_flops = result["peak"][f"{result['peak']['training_dtype']}_flops"]
     lora = lora_params(model_config, run.train.lora_r, run.train.target_modules)
     steps = str(args.train_steps)
     result["train"] = [with_flops(child("train_speed.py", args.run_dir, "--tool", tool, "--steps", steps),
-                                  model_config, lora, result["peak"]["fp32_flops"])
+                                  model_config, lora, peak_flops)
                        for tool in ("laffi", "trl") if tool not in skip]
     if len(result["train"]) == 2:
         result["train_ratio"] = result["train"][0]["tokens_per_s"] / result["train"][1]["tokens_per_s"]

@@ -7,6 +7,7 @@ GGUF, so the prompts and chat template are the real ones.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,33 @@ def tiny_overrides(tiny_model_dir) -> list[str]:
     return [f"model.name={tiny_model_dir}", "model.threads=2", "data.eval_size=8", "data.train_size=8",
             "generate.max_new_tokens=4", "generate.batch_size=4", "train.steps=4", "train.warmup_steps=1",
             "train.batch_size=2", "train.max_seq_len=256", "train.checkpoint_every=2", "eval.bootstrap_samples=200"]
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian Chromium driven by Selenium; fails under CI when it is missing, else skips."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        message = "Debian's chromium and chromium-driver are not installed (make system-deps installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not try to download a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    # This machine has no network: without the background-networking flags Chromium keeps trying.
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-quic", "--window-size=1200,1600", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)

@@ -28,6 +28,7 @@ def test_overrides_are_typed_and_nested():
     ("train.stepz=3", "train.stepz"),
     ("train.lr=fast", "train.lr"),
     ("model.dtype=int3", "model.dtype"),
+    ("model.attention=flash", "model.attention"),
     ("data.eval_size=0", "data.eval_size"),
     ("annotate.annotator=oracle", "annotate.annotator"),
     ("nonsense", "nonsense"),

@@ -7,44 +7,10 @@ exported feedback holds exactly those three.
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
-import pytest
-
 from human_helpers import add_annotator, laffi, make_run, serve
 from laffi.records import Feedback, read_records
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 PAYLOAD = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        message = "Debian's chromium and chromium-driver are not installed (make system-deps installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not try to download a driver
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    # This machine has no network: without the background-networking flags Chromium keeps trying.
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-quic", "--window-size=1200,1000", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.implicitly_wait(5)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
 def test_sign_in_annotate_three_items_and_export_exactly_those(tmp_path, browser):
@@ -55,6 +21,7 @@ def test_sign_in_annotate_three_items_and_export_exactly_those(tmp_path, browser
 
     run = make_run(tmp_path / "run", n_items=6, context=f"The Nile flows north. {PAYLOAD}")
     token = add_annotator(run, "alice")
+    browser.implicitly_wait(5)  # the app's pages load after each click
     wait = WebDriverWait(browser, 10)
 
     def on_item(previous: str | None) -> str:

@@ -3,10 +3,11 @@
 import time
 
 import pytest
+import torch
 
-from laffi.config import ModelConfig
+from laffi.config import ConfigError, ModelConfig
 from laffi.generate import greedy_generate
-from laffi.models import load_model, pick_device, pick_dtype, resolve_model_path
+from laffi.models import load_model, pick_attention, pick_device, pick_dtype, resolve_model_path
 from laffi.prompts import extract_answer, prompt_ids, qa_messages
 from laffi.records import QAExample
 
@@ -34,6 +35,17 @@ def test_device_and_dtype_choice():
     assert pick_device("cpu").type == "cpu"
     assert str(pick_dtype("auto", pick_device("cpu"))) == "torch.float32"
     assert str(pick_dtype("bfloat16", pick_device("cpu"))) == "torch.bfloat16"
+
+
+def test_attention_kernel_choice(tiny_model_dir):
+    cpu = pick_device("cpu")
+    assert pick_attention("auto", cpu, torch.float32) == "sdpa"  # flash attention needs CUDA and 16-bit weights
+    with pytest.raises(ConfigError, match=r"model\.attention=flash_attention_2: needs a CUDA GPU"):
+        pick_attention("flash_attention_2", cpu, torch.bfloat16)
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir), attention="eager"))
+    assert model.config._attn_implementation == "eager"
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir)))
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_missing_gguf_is_named(tmp_path):

@@ -7,9 +7,7 @@ headless Chromium renders with its tables and every image loaded.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,6 @@ from laffi.cli import main
 from laffi.plots import attention_figures
 from laffi.records import Answer, Feedback, Prediction, QAExample, TrainLogEntry, write_records
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 PAYLOAD = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
 
 
@@ -136,31 +133,6 @@ def test_an_ablation_report_has_its_table_differences_and_charts(ablation_dir):
     assert re.findall(r"<th>(.*?)</th>", header) == ["question", "gold", "base", "sft", "laffi"]
     # ...from seed 0: base right on 2 questions, SFT (size 8, seed 0) on 4, LaFFi on 5; seed 2 would be 6 and 7
     assert page.count("north  [EM 1, F1 1.00]") == 2 + 4 + 5
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        message = "Debian's chromium and chromium-driver are not installed (make system-deps installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not try to download a driver
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,1600", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
 def test_the_reports_render_in_chromium_with_their_tables_and_every_image_loaded(run_dir, ablation_dir, browser,

@@ -29,8 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import functools
 import shutil
-import time
 from dataclasses import dataclass, replace
 from itertools import product
 from pathlib import Path
@@ -44,12 +44,13 @@ from laffi.annotators.human.config import human_feedback_path
 from laffi.config import check_resume, to_yaml
 from laffi.content import with_content
 from laffi.evaluate import evaluate
-from laffi.generate import generate
+from laffi.generate import generate, load_backend
 from laffi.hybrid import HybridConfig, build_hybrid
 from laffi.layout import RunLayout
 from laffi.prepare import prepare
 from laffi.records import Feedback, Prediction, QAExample, read_records, write_records
 from laffi.report import write_report
+from laffi.stage_clock import StageClock
 from laffi.train import train
 
 
@@ -138,18 +139,14 @@ def ablate(config: AblateConfig, out: str | Path) -> dict:
     check_resume(layout.config, {"model": run.model, "data": run.data, "generate": run.generate, "eval": run.eval})
     (root / "ablate.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
     grid = config.grid
-    seconds: dict[str, float] = {}
-
-    def timed(stage: str, fn, *args, **kwargs):
-        started = time.perf_counter()
-        print(f"== {stage}", flush=True)
-        result = fn(*args, **kwargs)
-        seconds[stage] = round(time.perf_counter() - started, 1)
-        return result
-
+    timed = StageClock()
     timed("prepare", prepare, root, run.data)
-    base = timed("evaluate base", evaluate, root, "base", run.model, run.data, run.generate, run.eval)
-    timed("generate", generate, root, run.model, run.data, run.generate)
+    # one base-model load for the base evaluation and the generation stage, as in `laffi run`
+    base_backend = functools.cache(lambda: load_backend(run.model, run.generate))
+    base = timed("evaluate base", evaluate, root, "base", run.model, run.data, run.generate, run.eval,
+                 backend=base_backend)
+    timed("generate", generate, root, run.model, run.data, run.generate, backend=base_backend)
+    base_backend.cache_clear()  # free it before training
     for name in grid.annotator:
         timed(f"annotate {name}", annotate, root, config.annotate_config(name), out=feedback_file(root, name).name)
     if any(grid.human_ratio) and not human_feedback_path(root).exists():
@@ -194,7 +191,7 @@ def ablate(config: AblateConfig, out: str | Path) -> dict:
                         "cell": next(c for c, _, _, j in cells if j.key == key),
                         "cells": [f"{label(c)}, seed={s}" for c, s, _, j in cells if j.key == key]}
                        for key, job in jobs.items()]
-    summary["stage_seconds"] = seconds
+    summary["stage_seconds"] = timed.seconds
     write_summary(root, summary)
     write_report(root)
     return summary

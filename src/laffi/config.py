@@ -37,9 +37,14 @@ class ModelConfig:
     prompt_format: str = "chat"
     # QLoRA: the base weights in 4-bit NF4 (bitsandbytes, CUDA only; LoRA weights stay 16/32-bit)
     load_in_4bit: bool = False
+    # auto: flash_attention_2 on a CUDA GPU in bf16/fp16 when the flash-attn package is installed,
+    # else PyTorch's fused SDPA kernels; eager materialises the attention weights (slow, exact)
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "must not be empty")
+        _require(self.attention in ("auto", "sdpa", "flash_attention_2", "eager"), "model.attention",
+                 f"must be auto, sdpa, flash_attention_2 or eager, got {self.attention!r}")
         _require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
                  f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),

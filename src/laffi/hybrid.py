@@ -12,18 +12,16 @@ mix: the sizes, the ratio, which questions came from people and which from the A
 
 from __future__ import annotations
 
-import json
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from laffi.annotators.human.config import human_feedback_path
+from laffi.build import write_sets
 from laffi.config import ConfigError, DataConfig, check_resume
 from laffi.layout import RunLayout
-from laffi.metrics import majority_answer
-from laffi.prompts import choose_shots, feedback_messages, qa_messages
-from laffi.records import Feedback, QAExample, TrainingExample, read_records, write_records
+from laffi.records import Feedback, QAExample, TrainingExample, read_records
 
 
 @dataclass(frozen=True)
@@ -44,27 +42,6 @@ class HybridConfig:
     @property
     def human(self) -> int:
         return round(self.human_ratio * self.size)
-
-
-def metadata_path(run_dir: str | Path, name: str = "laffi") -> Path:
-    return RunLayout(run_dir).training_set(name).with_suffix(".meta.json")
-
-
-def write_metadata(run_dir: str | Path, meta: dict) -> Path:
-    path = metadata_path(run_dir)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
-def mix_metadata(feedback: list[Feedback], ratio: float | None, seed: int | None) -> dict:
-    """What a LaFFi set is made of: sizes and question ids by source, and who wrote the human part."""
-    human = [f for f in feedback if f.source == "human"]
-    return {"set": "laffi", "size": len(feedback), "human_ratio": ratio,
-            "human": len(human), "ai": len(feedback) - len(human), "seed": seed,
-            "human_annotators": dict(sorted(Counter(f.annotator for f in human).items())),
-            "human_ids": [f.id for f in human], "ai_ids": [f.id for f in feedback if f.source == "ai"]}
 
 
 def _read_all(paths: list[Path]) -> list[Feedback]:
@@ -104,18 +81,4 @@ def build_hybrid(run_dir: str | Path, data: DataConfig, hybrid: HybridConfig) ->
             f"{layout.feedback} has it on {len(ai_pool)}. Run `laffi annotate` on more answers or lower --size")
     chosen.update({qid: ai_by_id[qid] for qid in rng.sample(ai_pool, n_ai)})
 
-    laffi, sft, used = [], [], []
-    for example in examples:
-        if example.id not in chosen:
-            continue
-        note = chosen[example.id]
-        example_shots = choose_shots(example, shots, data.num_shots, data.seed)
-        sft.append(TrainingExample(example.id, qa_messages(example, example_shots),
-                                   [{"role": "assistant", "content": majority_answer(example.answers)}]))
-        laffi.append(TrainingExample(example.id, feedback_messages(example, example_shots, note.answer),
-                                     [{"role": "assistant", "content": note.text}]))
-        used.append(note)
-    write_records(layout.training_set("laffi"), laffi)
-    write_records(layout.training_set("sft"), sft)
-    write_metadata(run_dir, mix_metadata(used, hybrid.human_ratio, data.seed))
-    return {"laffi": laffi, "sft": sft}
+    return write_sets(run_dir, examples, shots, chosen, data, hybrid.human_ratio)

@@ -45,6 +45,18 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32  # CPU bf16 matmuls are slower than fp32 on most laptops
 
 
+def pick_attention(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The attn_implementation for from_pretrained (model.attention)."""
+    flash_ready = [what for what, absent in (
+        ("a CUDA GPU", device.type != "cuda"), ("model.dtype bfloat16 or float16", dtype == torch.float32),
+        ("the flash-attn package (pip install flash-attn)", importlib.util.find_spec("flash_attn") is None)) if absent]
+    if requested == "auto":
+        return "sdpa" if flash_ready else "flash_attention_2"
+    if requested == "flash_attention_2" and flash_ready:
+        raise ConfigError(f"model.attention=flash_attention_2: needs {' and '.join(flash_ready)}")
+    return requested
+
+
 def embedded_gguf() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -125,7 +137,9 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
     path = resolve_model_path(config.name)
     device = pick_device(config.device)
     four_bit = four_bit_kwargs(config, device)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(config.dtype, device), **four_bit)
+    dtype = pick_dtype(config.dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **four_bit,
+                                                 attn_implementation=pick_attention(config.attention, device, dtype))
     if adapter is not None:
         from peft import PeftModel
 

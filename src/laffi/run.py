@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from pathlib import Path
 
 from laffi.annotate import annotate
@@ -28,6 +27,7 @@ from laffi.layout import RunLayout
 from laffi.prepare import prepare
 from laffi.report import write_report
 from laffi.results import write_results
+from laffi.stage_clock import StageClock
 from laffi.train import train
 
 SYSTEMS = ("base", "sft", "laffi")
@@ -38,15 +38,7 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     layout = RunLayout(out)
     layout.root.mkdir(parents=True, exist_ok=True)
     check_resume(layout.config, {name: getattr(config, name) for name in config.__dataclass_fields__})
-    seconds: dict[str, float] = {}
-
-    def timed(stage: str, fn, *args, **kwargs):
-        started = time.perf_counter()
-        print(f"== {stage}", flush=True)
-        result = fn(*args, **kwargs)
-        seconds[stage] = round(time.perf_counter() - started, 1)
-        return result
-
+    timed = StageClock()
     shared = (config.model, config.data, config.generate, config.eval)
     timed("prepare", prepare, layout.root, config.data)
     # the base model answers the held-out and then the train questions: one load for both, on first
@@ -64,6 +56,6 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
         else:  # the child reads the config.yaml written above
             adapter = timed(f"train {system}", launcher.train, layout.root, system)
         metrics[system] = timed(f"evaluate {system}", evaluate, layout.root, system, *shared, adapter=adapter)
-    results = write_results(layout, metrics, seconds, config.eval)
+    results = write_results(layout, metrics, timed.seconds, config.eval)
     write_report(layout.root)  # report.html: the results, loss curves and samples in one page
     return results

@@ -1,0 +1,20 @@
+"""The stages of `laffi run` and `laffi ablate`, announced as they start and timed: the seconds
+each took go into results.json, so a slow stage shows up in the numbers, not only in the log."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+
+class StageClock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` as the stage named `stage`; return what it returns."""
+        print(f"== {stage}", flush=True)
+        started = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.seconds[stage] = round(time.perf_counter() - started, 1)
+        return result

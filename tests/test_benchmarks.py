@@ -1,0 +1,71 @@
+"""The speed benchmarks run, and compare like with like: on the tiny model, laffi and TRL's
+SFTTrainer train on the same token sequences with the same completion tokens, and larger batches
+of the in-process backend give batch 1's answers. (The numbers themselves are the benchmark's.)
+
+    python -m pytest tests/test_benchmarks.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)], check=True,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("bench-speed")
+    assert "8 LaFFi examples" in bench("speed_setup.py", run_dir, "--train-size", "8").stdout
+    return run_dir
+
+
+@pytest.mark.slow
+def test_laffi_and_trl_train_on_the_same_sequences(bench_dir, tiny_model_dir, tmp_path):
+    tiny = [f"model.name={tiny_model_dir}", "model.threads=2", "train.batch_size=2", "train.warmup_steps=1"]
+    results = {}
+    for tool in ("laffi", "trl"):
+        out = tmp_path / f"{tool}.json"
+        bench("train_speed.py", bench_dir, "--tool", tool, "--steps", "3", "--json", out, *tiny)
+        results[tool] = json.loads(out.read_text())
+    laffi, trl = results["laffi"], results["trl"]
+    check = trl["tokenisation_check"]
+    assert check["same_lengths"] and check["same_completion_tokens"], check
+    assert check["trl_tokens"] == check["laffi_tokens"] > 0
+    for result in (laffi, trl):  # steps 2-3, timed from the end of step 1
+        assert result["measured_steps"] == 2 and len(result["step_end_seconds"]) == 3
+        assert result["tokens_per_s"] > 0 and result["peak_memory_mb"] > 0
+        assert 0 < result["completion_tokens"] < result["tokens"] <= result["padded_tokens"]
+    assert laffi["tokens"] == trl["tokens"] and laffi["completion_tokens"] == trl["completion_tokens"]
+
+
+@pytest.mark.slow
+def test_batched_generation_gives_batch_one_answers(bench_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "generate.json"
+    bench("generate_speed.py", bench_dir, "--batch-sizes", "1,3", "--questions", "6", "--json", out,
+          f"model.name={tiny_model_dir}", "model.threads=2", "generate.max_new_tokens=4")
+    one, three = json.loads(out.read_text())["rows"]
+    assert (one["batch_size"], three["batch_size"]) == (1, 3)
+    assert one["new_tokens"] == three["new_tokens"] > 0
+    assert three["same_answers"] == "6/6"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_llama_cpp_answers_the_same_prompts_from_the_embedded_gguf(bench_dir, tmp_path):
+    out = tmp_path / "llamacpp.json"
+    bench("generate_speed.py", bench_dir, "--backend", "llama.cpp", "--questions", "2", "--json", out,
+          "model.threads=2")
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["backend"] == "llama.cpp" and row["questions"] == 2 and row["new_tokens"] > 0
+    assert len(row["answers"]) == 2

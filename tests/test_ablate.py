@@ -55,9 +55,9 @@ def grid_run(tiny_model_dir, tmp_path_factory):
             raise Crash("killed during an evaluation")
         return real_evaluate(run_dir, system, *args, **kwargs)
 
-    def generate(*args):
+    def generate(*args, **kwargs):
         calls["generate"] += 1
-        return real_generate(*args)
+        return real_generate(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ablate_module, "train", train)

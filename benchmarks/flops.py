@@ -54,29 +54,42 @@ def training_flops(config, lengths: list[int], completion_tokens: int, lora: int
     return 4 * body * tokens + attention + 6 * lora * tokens + 4 * head * completion_tokens
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 3.0,
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so a timer measures the matmuls, not their launch."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 2.0,
                 device: str = "cpu") -> float:
     """The best FLOP/s of size x size matmuls over a few seconds."""
     a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    repeats = 1 if device == "cpu" else 10  # one GPU matmul is too short to time with a host clock
     torch.matmul(a, b)  # warm up: thread pool, kernel choice
-    sync()
+    synchronize(device)
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         started = time.perf_counter()
-        torch.matmul(a, b)
-        sync()
-        best = max(best, 2 * size**3 / (time.perf_counter() - started))
+        for _ in range(repeats):
+            torch.matmul(a, b)
+        synchronize(device)
+        best = max(best, repeats * 2 * size**3 / (time.perf_counter() - started))
     return best
 
 
-def peak(device: str = "cpu") -> dict:
-    """fp32 and bf16 matmul peaks on `device`; a GPU needs larger matrices to fill it."""
-    sizes = (4096, 8192) if device.startswith("cuda") else (1024, 2048)
-    return {name: max(matmul_peak(dtype, size, 2.0, device) for size in sizes)
-            for name, dtype in (("fp32_flops", torch.float32), ("bf16_flops", torch.bfloat16))} | {
-        "device": device, "threads": torch.get_num_threads(),
-        "how": f"best of repeated {sizes[0]}^2 and {sizes[1]}^2 matmuls (torch.matmul), this process's threads"}
+def peak(device: str = "cpu", training_dtype: str = "fp32") -> dict:
+    """Matmul peaks on `device` in fp32, bf16 and the training dtype; a GPU needs larger matrices."""
+    sizes = (1024, 2048) if device == "cpu" else (4096, 8192)
+    names = dict.fromkeys(["fp32", "bf16", training_dtype])
+    where = f"{torch.get_num_threads()} CPU threads" if device == "cpu" else device
+    return {f"{name}_flops": max(matmul_peak(DTYPES[name], size, 2.0, device) for size in sizes) for name in names} | {
+        "device": device, "training_dtype": training_dtype, "threads": torch.get_num_threads(),
+        "how": f"best of repeated {sizes[0]}^2 and {sizes[1]}^2 matmuls (torch.matmul) on {where}"}
 
 
 if __name__ == "__main__":

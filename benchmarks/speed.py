@@ -31,7 +31,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from flops import lora_params, peak, training_flops  # noqa: E402
+from flops import DTYPES, lora_params, peak, training_flops  # noqa: E402
 from speed_setup import setup  # noqa: E402
 
 
@@ -114,8 +114,11 @@ def main() -> None:
     model_config, device, dtype = model.config, model.device, next(model.parameters()).dtype
     del model
     result = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": os.getloadavg()}
-    result["peak"] = peak(str(device)) | {"training_dtype": "bf16" if dtype == torch.bfloat16 else "fp32"}
-    peak_flops = result["peak"][f"{result['peak']['training_dtype']}_flops"]
+    training_dtype = next(name for name, d in DTYPES.items() if d == dtype)
+    result["peak"] = peak(str(device), training_dtype)
+    peak_flops = result["peak"][f"{training_dtype}_flops"]
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the children measure their GPU memory; this process should hold little
     lora = lora_params(model_config, run.train.lora_r, run.train.target_modules)
     steps = str(args.train_steps)
     result["train"] = [with_flops(child("train_speed.py", args.run_dir, "--tool", tool, "--steps", steps),

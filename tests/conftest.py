@@ -1,7 +1,8 @@
-"""Shared fixtures: a tiny randomly initialised Llama with the embedded model's tokenizer.
+"""Shared fixtures: a tiny randomly initialised Llama with the embedded model's tokenizer, and a
+headless Chromium for the browser tests.
 
-Training and generation tests run on it in seconds; only the tokenizer comes from the embedded
-GGUF, so the prompts and chat template are the real ones.
+Training and generation tests run on the tiny model in seconds; only the tokenizer comes from the
+embedded GGUF, so the prompts and chat template are the real ones.
 """
 
 from __future__ import annotations

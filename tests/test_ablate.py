@@ -12,10 +12,11 @@ import shutil
 import pytest
 
 import laffi.ablate as ablate_module
-from laffi.ablate import ablate
+from laffi.ablate import ablate, changed_options
 from laffi.ablate_config import ablate_config_from
 from laffi.annotators.reference import VERDICTS
 from laffi.cli import main
+from laffi.config import ModelConfig, TrainConfig
 from laffi.records import Feedback, TrainingExample, read_records, write_records
 
 
@@ -179,3 +180,9 @@ def test_attention_compares_the_base_model_with_an_adapter(grid_run, capsys):
     assert {p.name for p in out.glob("*.png")} == {"layers.png", "heatmap-entropy.png", "heatmap-distance.png",
                                                     "heatmap-local_share.png", "heatmap-gold_mass.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.glob("*.png"))
+
+
+def test_job_keys_hold_only_the_options_that_differ_from_defaults():
+    # so an option a later version adds, at its default, leaves the jobs of an existing ablation alone
+    assert changed_options(ModelConfig()) == "{}\n"
+    assert changed_options(TrainConfig(steps=4, seed=2)) == "steps: 4\nseed: 2\n"

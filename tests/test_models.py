@@ -39,9 +39,10 @@ def test_device_and_dtype_choice():
 
 def test_attention_kernel_choice(tiny_model_dir):
     cpu = pick_device("cpu")
-    assert pick_attention("auto", cpu, torch.float32) == "sdpa"  # flash attention needs CUDA and 16-bit weights
+    path = str(tiny_model_dir)
+    assert pick_attention("auto", path, cpu, torch.float32) is None  # flash attention needs CUDA and 16-bit weights
     with pytest.raises(ConfigError, match=r"model\.attention=flash_attention_2: needs a CUDA GPU"):
-        pick_attention("flash_attention_2", cpu, torch.bfloat16)
+        pick_attention("flash_attention_2", path, cpu, torch.bfloat16)
     model, _ = load_model(ModelConfig(name=str(tiny_model_dir), attention="eager"))
     assert model.config._attn_implementation == "eager"
     model, _ = load_model(ModelConfig(name=str(tiny_model_dir)))

@@ -26,14 +26,15 @@ seeds, continues where it stopped. The ablation directory:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-import functools
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -41,7 +42,7 @@ from laffi.ablate_config import AblateConfig, to_dict
 from laffi.aggregate import CellRun, aggregate, label, markdown
 from laffi.annotate import annotate
 from laffi.annotators.human.config import human_feedback_path
-from laffi.config import check_resume, to_yaml
+from laffi.config import check_resume
 from laffi.content import with_content
 from laffi.evaluate import evaluate
 from laffi.generate import generate, load_backend
@@ -98,9 +99,16 @@ def job_for(config: AblateConfig, objective: str, set_file: Path, seed: int) -> 
     digest = hashlib.sha256()
     digest.update(objective.encode())
     digest.update(set_file.read_bytes())
-    digest.update(to_yaml(config.run.model).encode())
-    digest.update(to_yaml(replace(config.run.train, seed=seed)).encode())
+    digest.update(changed_options(config.run.model).encode())
+    digest.update(changed_options(replace(config.run.train, seed=seed)).encode())
     return Job(digest.hexdigest()[:12], objective, set_file, seed)
+
+
+def changed_options(section: Any) -> str:
+    """The options of a config section that differ from their defaults, as YAML: an option added
+    in a later laffi version, left at its default, keeps the jobs of an existing ablation."""
+    default = asdict(type(section)())
+    return yaml.safe_dump({k: v for k, v in asdict(section).items() if v != default[k]}, sort_keys=False)
 
 
 def run_job(root: Path, config: AblateConfig, job: Job) -> bool:

@@ -22,7 +22,7 @@ metric (base, adapter, difference) and per-layer lines; `laffi report` embeds th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -114,9 +114,7 @@ def model_metrics(model, prompts: list[Prompt], window: int) -> dict[str, np.nda
 
 def load_eager(model_config: ModelConfig, adapter: str | Path | None = None):
     """The model with eager attention: the fused kernels (sdpa, flash) never materialise the weights."""
-    model, tokenizer = load_model(model_config, adapter=adapter)
-    model.set_attn_implementation("eager")
-    return model, tokenizer
+    return load_model(replace(model_config, attention="eager"), adapter=adapter)
 
 
 def attention_dir(run_dir: str | Path, system: str) -> Path:

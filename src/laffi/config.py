@@ -37,8 +37,9 @@ class ModelConfig:
     prompt_format: str = "chat"
     # QLoRA: the base weights in 4-bit NF4 (bitsandbytes, CUDA only; LoRA weights stay 16/32-bit)
     load_in_4bit: bool = False
-    # auto: flash_attention_2 on a CUDA GPU in bf16/fp16 when the flash-attn package is installed,
-    # else PyTorch's fused SDPA kernels; eager materialises the attention weights (slow, exact)
+    # auto: flash_attention_2 on a CUDA GPU in bf16/fp16 when flash-attn is installed and the
+    # architecture supports it, else transformers' choice (fused SDPA where the architecture has it,
+    # else eager); eager materialises the attention weights
     attention: str = "auto"
 
     def __post_init__(self) -> None:

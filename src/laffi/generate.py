@@ -126,8 +126,8 @@ def answer_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def generate(run_dir: str | Path, model: ModelConfig, data: DataConfig, config: GenerateConfig,
              backend: Callable[[], tuple] | None = None) -> list[Answer]:
-    """`backend`: returns the (model, tokenizer) to answer with, loaded by the caller (`laffi run`
-    shares the base model with the base evaluation); called only if questions are left."""
+    """`backend`: returns the (model, tokenizer) to answer with, loaded by the caller (`laffi run` and
+    `laffi ablate` share the base model with the base evaluation); called only if questions are left."""
     layout = RunLayout(run_dir)
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)

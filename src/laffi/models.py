@@ -45,16 +45,29 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32  # CPU bf16 matmuls are slower than fp32 on most laptops
 
 
-def pick_attention(requested: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The attn_implementation for from_pretrained (model.attention)."""
-    flash_ready = [what for what, absent in (
+def pick_attention(requested: str, path: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """attn_implementation for from_pretrained (model.attention); None leaves transformers' own
+    choice: SDPA where the architecture has it, else eager."""
+    if requested not in ("auto", "flash_attention_2"):
+        return requested
+    from transformers.utils import is_flash_attn_2_available
+
+    flash_missing = [what for what, absent in (
         ("a CUDA GPU", device.type != "cuda"), ("model.dtype bfloat16 or float16", dtype == torch.float32),
-        ("the flash-attn package (pip install flash-attn)", importlib.util.find_spec("flash_attn") is None)) if absent]
-    if requested == "auto":
-        return "sdpa" if flash_ready else "flash_attention_2"
-    if requested == "flash_attention_2" and flash_ready:
-        raise ConfigError(f"model.attention=flash_attention_2: needs {' and '.join(flash_ready)}")
-    return requested
+        ("the flash-attn package (pip install flash-attn)", not is_flash_attn_2_available())) if absent]
+    if requested == "flash_attention_2" and flash_missing:
+        raise ConfigError(f"model.attention=flash_attention_2: needs {' and '.join(flash_missing)}")
+    if requested == "auto" and (flash_missing or not _supports_flash_attention(path)):
+        return None
+    return "flash_attention_2"
+
+
+def _supports_flash_attention(path: str) -> bool:
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(AutoConfig.from_pretrained(path)))
+    return bool(getattr(model_class, "_supports_flash_attn", False))
 
 
 def embedded_gguf() -> Path:
@@ -139,7 +152,7 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
     four_bit = four_bit_kwargs(config, device)
     dtype = pick_dtype(config.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **four_bit,
-                                                 attn_implementation=pick_attention(config.attention, device, dtype))
+                                                 attn_implementation=pick_attention(config.attention, path, device, dtype))
     if adapter is not None:
         from peft import PeftModel
 

@@ -14,7 +14,6 @@ resumes, so rerunning after a crash continues where it stopped.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 from laffi.annotate import annotate

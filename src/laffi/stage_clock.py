@@ -1,5 +1,6 @@
 """The stages of `laffi run` and `laffi ablate`, announced as they start and timed: the seconds
-each took go into results.json, so a slow stage shows up in the numbers, not only in the log."""
+each took go into run_info.json and results.md (`laffi run`) or ablation.json (`laffi ablate`), so
+a slow stage shows up in the numbers, not only in the log."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any, Callable
 
 
 class StageClock:
+    """Call it with a stage's name and function; `.seconds` holds each finished stage's wall time."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 

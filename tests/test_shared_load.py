@@ -1,25 +1,30 @@
-"""`laffi run` loads the base model once for the base evaluation and the generation stage."""
+"""`laffi run` and `laffi ablate` load the base model once for the base evaluation and the
+generation stage."""
+
+import pytest
 
 import laffi.generate as generate_module
 import laffi.train as train_module
+from laffi.ablate import ablate
+from laffi.ablate_config import ablate_config_from
 from laffi.config import load_config
 from laffi.run import run
 
 
-def test_base_evaluation_and_generation_share_one_load(tiny_overrides, tmp_path, monkeypatch):
+@pytest.fixture
+def loads(monkeypatch) -> list[tuple[str, bool]]:
+    """(stage, with an adapter?) for every model load by generation/evaluation and by training."""
     loads = []
-
-    def counting(module, name):
-        real = getattr(module, "load_model")
-
-        def load(config, adapter=None):
+    for module, name in ((generate_module, "answer"), (train_module, "train")):
+        def load(config, adapter=None, real=module.load_model, name=name):
             loads.append((name, adapter is not None))
             return real(config, adapter=adapter)
 
         monkeypatch.setattr(module, "load_model", load)
+    return loads
 
-    counting(generate_module, "answer")
-    counting(train_module, "train")
+
+def test_base_evaluation_and_generation_share_one_load(tiny_overrides, tmp_path, loads):
     run(load_config(overrides=tiny_overrides), tmp_path / "run")
     # base evaluation + generation, then two trainings and two evaluations with their adapters
     assert sorted(loads) == [("answer", False), ("answer", True), ("answer", True), ("train", False), ("train", False)]
@@ -27,3 +32,14 @@ def test_base_evaluation_and_generation_share_one_load(tiny_overrides, tmp_path,
     loads.clear()
     run(load_config(overrides=tiny_overrides), tmp_path / "run")  # all done: nothing to load
     assert loads == []
+
+
+def test_an_ablation_shares_the_base_load_too(tiny_model_dir, tmp_path, loads):
+    config = ablate_config_from({
+        "run": {"model": {"name": str(tiny_model_dir), "threads": 2}, "data": {"eval_size": 4, "train_size": 4},
+                "generate": {"max_new_tokens": 3}, "train": {"steps": 1, "warmup_steps": 0, "batch_size": 2},
+                "eval": {"bootstrap_samples": 100}},
+        "grid": {"objective": ["sft"], "size": [4], "seeds": [0]}})
+    ablate(config, tmp_path / "ablation")
+    # base evaluation + generation, then the one job's training and its evaluation with the adapter
+    assert sorted(loads) == [("answer", False), ("answer", True), ("train", False)]

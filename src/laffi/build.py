@@ -57,8 +57,8 @@ def write_sets(run_dir: str | Path, examples: list[QAExample], shots: list[QAExa
     return {"laffi": laffi, "sft": sft}
 
 
-def metadata_path(run_dir: str | Path, name: str = "laffi") -> Path:
-    return RunLayout(run_dir).training_set(name).with_suffix(".meta.json")
+def metadata_path(run_dir: str | Path) -> Path:
+    return RunLayout(run_dir).training_set("laffi").with_suffix(".meta.json")
 
 
 def write_metadata(run_dir: str | Path, meta: dict) -> Path:

@@ -39,6 +39,7 @@ def test_laffi_and_trl_train_on_the_same_sequences(bench_dir, tiny_model_dir, tm
         bench("train_speed.py", bench_dir, "--tool", tool, "--steps", "3", "--json", out, *tiny)
         results[tool] = json.loads(out.read_text())
     laffi, trl = results["laffi"], results["trl"]
+    # both rows count tokens from laffi's tokenisation; whether TRL's matches is this check
     check = trl["tokenisation_check"]
     assert check["same_lengths"] and check["same_completion_tokens"], check
     assert check["trl_tokens"] == check["laffi_tokens"] > 0
@@ -46,7 +47,6 @@ def test_laffi_and_trl_train_on_the_same_sequences(bench_dir, tiny_model_dir, tm
         assert result["measured_steps"] == 2 and len(result["step_end_seconds"]) == 3
         assert result["tokens_per_s"] > 0 and result["peak_memory_mb"] > 0
         assert 0 < result["completion_tokens"] < result["tokens"] <= result["padded_tokens"]
-    assert laffi["tokens"] == trl["tokens"] and laffi["completion_tokens"] == trl["completion_tokens"]
 
 
 @pytest.mark.slow

@@ -25,8 +25,9 @@ import os
 import time
 from pathlib import Path
 
+from laffi.backends.answering import build_prompts
+from laffi.backends.local import greedy_generate
 from laffi.config import load_config
-from laffi.generate import build_prompts, greedy_generate
 from laffi.layout import RunLayout
 from laffi.models import embedded_gguf, load_model, load_tokenizer
 from laffi.prompts import extract_answer

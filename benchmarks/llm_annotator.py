@@ -20,14 +20,13 @@ import argparse
 import json
 import shutil
 import time
-from pathlib import Path
 
-from laffi.annotate import annotate
+from laffi.analysis.stats import markdown, stats
 from laffi.config import load_config
-from laffi.generate import generate
 from laffi.layout import RunLayout, summary_file
 from laffi.records import Answer, read_records
-from laffi.stats import markdown, stats
+from laffi.stages.annotate import annotate
+from laffi.stages.generate import generate
 
 
 def main() -> None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from laffi.annotate import annotate
-from laffi.build import build
+from laffi.analysis.metrics import majority_answer
 from laffi.config import RunConfig, load_config
 from laffi.layout import RunLayout
-from laffi.metrics import majority_answer
-from laffi.prepare import prepare
 from laffi.records import Answer, QAExample, TrainingExample, read_records, write_records
+from laffi.stages.annotate import annotate
+from laffi.stages.build import build
+from laffi.stages.prepare import prepare
 
 
 def config(train_size: int = 64, eval_size: int = 200) -> RunConfig:

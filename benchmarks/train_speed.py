@@ -35,7 +35,7 @@ from laffi.config import RunConfig, load_config
 from laffi.layout import RunLayout
 from laffi.models import load_model, load_tokenizer, pick_device
 from laffi.records import TrainingExample, TrainLogEntry, read_records
-from laffi.train import IGNORE, batch_order, tokenize, train
+from laffi.stages.train import IGNORE, batch_order, tokenize, train
 
 
 def step_batches(run: RunConfig, examples: list[TrainingExample], tokenizer) -> tuple[list, list[list[int]]]:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_completion_loss import full_logits_loss, rows  # noqa: E402
 
 from laffi.config import load_config  # noqa: E402
-from laffi.train import add_lora, collate, completion_loss_sum  # noqa: E402
+from laffi.stages.train import add_lora, collate, completion_loss_sum  # noqa: E402
 
 
 def loss_and_gradients(tiny: str, loss_fn, mesh) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

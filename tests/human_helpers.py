@@ -18,7 +18,7 @@ from typing import Iterator
 import requests
 
 from laffi.cli import main
-from laffi.records import Answer, Feedback, QAExample, VERDICTS, write_records
+from laffi.records import VERDICTS, Answer, Feedback, QAExample, write_records
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -120,10 +120,11 @@ def postgres() -> Iterator[str]:
 
     Skips where the package is missing, fails under CI (make test installs it there).
     """
-    import pytest
     import shutil
     import socket
     import tempfile
+
+    import pytest
 
     bin_dir = _postgres_bin()
     if bin_dir is None:

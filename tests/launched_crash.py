@@ -7,10 +7,10 @@ Every process exits with code 3 once the checkpoint is on disk, as a crashed job
 
 import sys
 
-import laffi.train
+import laffi.stages.train
 from laffi.cli import main
 
-real_save = laffi.train.save_checkpoint
+real_save = laffi.stages.train.save_checkpoint
 
 
 def save_then_die(*args, **kwargs):
@@ -18,5 +18,5 @@ def save_then_die(*args, **kwargs):
     sys.exit(3)
 
 
-laffi.train.save_checkpoint = save_then_die
+laffi.stages.train.save_checkpoint = save_then_die
 sys.exit(main(sys.argv[1:]))

@@ -11,12 +11,12 @@ import shutil
 
 import pytest
 
-import laffi.ablate as ablate_module
-from laffi.ablate import ablate, changed_options
-from laffi.ablate_config import ablate_config_from
+import laffi.experiments.ablate as ablate_module
 from laffi.annotators.reference import VERDICTS
 from laffi.cli import main
 from laffi.config import ModelConfig, TrainConfig
+from laffi.experiments.ablate import ablate, changed_options
+from laffi.experiments.grid import ablate_config_from
 from laffi.records import Feedback, TrainingExample, read_records, write_records
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from laffi.ablate_config import AblateConfig, ablate_config_from, load_ablate_config
+from laffi.annotators.content import CONTENTS
 from laffi.config import ConfigError
-from laffi.content import CONTENTS
+from laffi.experiments.grid import AblateConfig, ablate_config_from, load_ablate_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "ablate").glob("*.yaml"))
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from laffi.aggregate import CellRun, aggregate, markdown, two_level_interval
-from laffi.metrics import bootstrap_interval
+from laffi.analysis.metrics import bootstrap_interval
+from laffi.experiments.aggregate import CellRun, aggregate, markdown, two_level_interval
 
 QUESTIONS = 10
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from laffi.agreement import cohen_kappa, percent_agreement
+from laffi.analysis.agreement import cohen_kappa, percent_agreement
 
 
 def test_kappa_matches_the_textbook_two_by_two_table():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from laffi.attention import answer_span, head_metrics
+from laffi.analysis.attention import answer_span, head_metrics
 from laffi.records import QAExample
 
 

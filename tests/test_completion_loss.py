@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from laffi.config import load_config
-from laffi.train import IGNORE, add_lora, collate, completion_loss_sum
+from laffi.stages.train import IGNORE, add_lora, collate, completion_loss_sum
 
 
 def full_logits_loss(model, batch):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from laffi.annotators.content import CONTENTS, ContentError, content_text, with_content
 from laffi.annotators.reference import DIAGNOSES, QUOTES, RIGHT_ANSWERS, VERDICTS, ReferenceAnnotator
-from laffi.content import CONTENTS, ContentError, content_text, with_content
 from laffi.records import Answer, Feedback, QAExample, RecordError, from_dict, to_dict
 
 CONTEXT = ("The Eiffel Tower was designed by the engineering firm of Gustave Eiffel. "

@@ -13,7 +13,6 @@ from laffi import data
 from laffi.data import load_examples, split_by_title
 from laffi.records import QAExample, RecordError, to_dict
 
-
 SRC = str(Path(data.__file__).parents[1])
 
 

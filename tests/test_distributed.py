@@ -14,13 +14,13 @@ import yaml
 from safetensors.torch import load_file
 
 from laffi.config import ConfigError, TrainConfig, load_config, save_config
-from laffi.distributed import plan_batches, shard_window
-from laffi.evaluate import evaluate
-from laffi.launch import Launcher
+from laffi.distributed.batching import plan_batches, shard_window
+from laffi.distributed.launch import Launcher
 from laffi.layout import RunLayout
-from laffi.prepare import prepare
 from laffi.records import Prediction, QAExample, TrainingExample, TrainLogEntry, read_records, write_records
-from laffi.train import train
+from laffi.stages.evaluate import evaluate
+from laffi.stages.prepare import prepare
+from laffi.stages.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = [("Who wrote Hamlet?", "William Shakespeare"), ("What is the capital of France?", "Paris"),
@@ -153,7 +153,7 @@ def test_two_processes_evaluate_the_same_predictions_in_question_order(tiny_over
 
 
 def test_laffi_run_hands_each_training_to_the_launcher(monkeypatch, tmp_path):
-    import laffi.run as run_module
+    import laffi.experiments.run as run_module
     from laffi.cli import main
 
     launched = []
@@ -163,7 +163,7 @@ def test_laffi_run_hands_each_training_to_the_launcher(monkeypatch, tmp_path):
         monkeypatch.setattr(run_module, stage, lambda *args, **kwargs: None)
     monkeypatch.setattr(run_module, "evaluate", lambda *args, **kwargs: {})
     monkeypatch.setattr(run_module, "write_results", lambda *args: {})
-    monkeypatch.setattr("laffi.results.markdown_table", lambda results: "")
+    monkeypatch.setattr("laffi.report.results.markdown_table", lambda results: "")
     config = ROOT / "configs" / "accelerate" / "fsdp.yaml"
     assert main(["run", "--out", str(tmp_path), "--launcher", "accelerate", "--num-processes", "4",
                  "--accelerate-config", str(config)]) == 0

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from flops import linear_params, lora_params, training_flops  # noqa: E402
 
 from laffi.config import load_config  # noqa: E402
-from laffi.train import add_lora  # noqa: E402
+from laffi.stages.train import add_lora  # noqa: E402
 
 
 def test_parameter_counts_match_the_model(tiny_model_dir):

@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StopStringCriteria
 
-from laffi.generate import greedy_generate, tokens_containing
+from laffi.backends.local import greedy_generate, tokens_containing
 
 
 def test_newline_tokens_are_the_ones_stop_strings_stops_on(tiny_model_dir):

@@ -8,6 +8,7 @@ exported feedback holds exactly those three.
 from __future__ import annotations
 
 from human_helpers import add_annotator, laffi, make_run, serve
+
 from laffi.records import Feedback, read_records
 
 PAYLOAD = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'

@@ -12,10 +12,10 @@ from collections import Counter
 from contextlib import nullcontext
 
 import pytest
+from human_helpers import add_annotator, csrf, item_id_of, laffi, make_run, postgres, serve, sign_in
 from sqlalchemy import select
 
-from human_helpers import add_annotator, csrf, item_id_of, laffi, make_run, postgres, serve, sign_in
-from laffi.annotators.human import db
+from laffi.human import db
 from laffi.records import Feedback, read_records
 
 CLIENTS, ITEMS, K = 24, 30, 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import requests
-
 from human_helpers import add_annotator, csrf, item_id_of, laffi, make_run, serve, sign_in
 
 PAYLOAD = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'

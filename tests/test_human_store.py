@@ -7,12 +7,12 @@ revocation, export and import through the CLI, and the agreement report.
 from __future__ import annotations
 
 import pytest
+from human_helpers import add_annotator, laffi, make_run
 from sqlalchemy import inspect, select
 
-from human_helpers import add_annotator, laffi, make_run
-from laffi.annotators.human import db, exchange, store
-from laffi.annotators.human.config import ServeConfig, default_db_url
 from laffi.config import ConfigError
+from laffi.human import db, exchange, store
+from laffi.human.config import ServeConfig, default_db_url
 from laffi.records import Feedback, read_records, write_records
 
 
@@ -178,7 +178,8 @@ def test_serve_config_is_checked_and_binds_loopback_by_default(run):
 
 def test_admin_page_shows_progress_and_agreement(run, engine):
     from human_helpers import CSRF
-    from laffi.annotators.human.app import create_app
+
+    from laffi.human.app import create_app
 
     app = create_app(ServeConfig(run_dir=str(run), per_item=2), engine)
     ann, bob = person(engine, "ann"), person(engine, "bob")

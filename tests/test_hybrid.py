@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from human_helpers import laffi, make_run
+
 from laffi.records import Feedback, TrainingExample, read_records, write_records
 
 

@@ -11,16 +11,17 @@ import os
 import pytest
 from llama_server import LlamaServer
 
-from laffi.annotate import annotate
+from laffi.analysis.stats import stats
+from laffi.backends.answering import build_prompts
 from laffi.backends.openai_backend import OpenAIGenerator
 from laffi.config import load_config
-from laffi.generate import build_prompts, generate
 from laffi.layout import RunLayout, failures_file, summary_file
 from laffi.models import embedded_gguf, load_tokenizer
-from laffi.prepare import prepare
 from laffi.prompts import extract_answer
 from laffi.records import AnnotationFailure, Answer, Feedback, QAExample, read_records
-from laffi.stats import stats
+from laffi.stages.annotate import annotate
+from laffi.stages.generate import generate
+from laffi.stages.prepare import prepare
 
 pytestmark = pytest.mark.slow
 

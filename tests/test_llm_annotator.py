@@ -9,11 +9,11 @@ import json
 import pytest
 from fault_server import FaultServer
 
-from laffi.annotate import annotate
 from laffi.annotators.template import ReplyError, load_template
 from laffi.config import ConfigError, load_config
 from laffi.layout import RunLayout, failures_file, summary_file
 from laffi.records import AnnotationFailure, Answer, Feedback, QAExample, read_records, write_records
+from laffi.stages.annotate import annotate
 
 
 def make_run(run_dir, n: int) -> list[str]:
@@ -91,8 +91,8 @@ def test_faults_are_retried_cached_and_failures_recorded(tmp_path):
 
 
 def test_build_skips_failed_answers_and_says_so(tmp_path, capsys):
-    from laffi.build import build
     from laffi.layout import RunLayout
+    from laffi.stages.build import build
 
     ids = make_run(tmp_path, 6)
     layout = RunLayout(tmp_path)

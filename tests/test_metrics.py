@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from laffi.metrics import (
+from laffi.analysis.metrics import (
     bootstrap_interval,
     exact_match,
     normalize_answer,

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
+from laffi.backends.local import greedy_generate
 from laffi.config import ConfigError, ModelConfig
-from laffi.generate import greedy_generate
 from laffi.models import load_model, pick_attention, pick_device, pick_dtype, resolve_model_path
 from laffi.prompts import extract_answer, prompt_ids, qa_messages
 from laffi.records import QAExample

@@ -4,14 +4,22 @@ import json
 
 import pytest
 
-import laffi.generate as generate_module
+import laffi.backends.answering as answering_module
 from laffi.cli import main
 from laffi.config import load_config
-from laffi.generate import generate
 from laffi.layout import RunLayout
-from laffi.prepare import prepare
-from laffi.records import (Answer, Feedback, Prediction, QAExample, RecordError, RecordWriter, TrainingExample,
-                           read_records)
+from laffi.records import (
+    Answer,
+    Feedback,
+    Prediction,
+    QAExample,
+    RecordError,
+    RecordWriter,
+    TrainingExample,
+    read_records,
+)
+from laffi.stages.generate import generate
+from laffi.stages.prepare import prepare
 
 
 class Crash(Exception):
@@ -22,14 +30,14 @@ def test_generate_resumes_after_a_crash_without_losing_or_repeating(tiny_overrid
     config = load_config(overrides=tiny_overrides)
     prepare(tmp_path, config.data)
     layout = RunLayout(tmp_path)
-    real = generate_module.greedy_generate
+    real = answering_module.greedy_generate
 
     def one_batch_then_crash(*args, **kwargs):
         batches = real(*args, **kwargs)
         yield next(batches)
         raise Crash("killed after the first batch")
 
-    monkeypatch.setattr(generate_module, "greedy_generate", one_batch_then_crash)
+    monkeypatch.setattr(answering_module, "greedy_generate", one_batch_then_crash)
     with pytest.raises(Crash):
         generate(tmp_path, config.model, config.data, config.generate)
     first = read_records(layout.answers, Answer)
@@ -37,7 +45,7 @@ def test_generate_resumes_after_a_crash_without_losing_or_repeating(tiny_overrid
     with layout.answers.open("a") as handle:  # and the crash tore the line being written
         handle.write('{"id": "half a rec')
 
-    monkeypatch.setattr(generate_module, "greedy_generate", real)
+    monkeypatch.setattr(answering_module, "greedy_generate", real)
     answers = generate(tmp_path, config.model, config.data, config.generate)
     ids = [a.id for a in answers]
     assert sorted(ids) == sorted(e.id for e in read_records(layout.train_examples, QAExample))

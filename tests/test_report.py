@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from laffi.aggregate import CellRun, aggregate
 from laffi.cli import main
-from laffi.plots import attention_figures
+from laffi.experiments.aggregate import CellRun, aggregate
 from laffi.records import Answer, Feedback, Prediction, QAExample, TrainLogEntry, write_records
+from laffi.report.plots import attention_figures
 
 PAYLOAD = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
 

@@ -3,19 +3,19 @@ generation stage."""
 
 import pytest
 
-import laffi.generate as generate_module
-import laffi.train as train_module
-from laffi.ablate import ablate
-from laffi.ablate_config import ablate_config_from
+import laffi.backends.answering as answering_module
+import laffi.stages.train as train_module
 from laffi.config import load_config
-from laffi.run import run
+from laffi.experiments.ablate import ablate
+from laffi.experiments.grid import ablate_config_from
+from laffi.experiments.run import run
 
 
 @pytest.fixture
 def loads(monkeypatch) -> list[tuple[str, bool]]:
     """(stage, with an adapter?) for every model load by generation/evaluation and by training."""
     loads = []
-    for module, name in ((generate_module, "answer"), (train_module, "train")):
+    for module, name in ((answering_module, "answer"), (train_module, "train")):
         def load(config, adapter=None, real=module.load_model, name=name):
             loads.append((name, adapter is not None))
             return real(config, adapter=adapter)

@@ -11,7 +11,7 @@ from laffi.layout import RunLayout
 from laffi.models import load_tokenizer
 from laffi.prompts import prompt_ids
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_records
-from laffi.train import IGNORE, batch_order, tokenize, train
+from laffi.stages.train import IGNORE, batch_order, tokenize, train
 
 QUESTIONS = [("Who wrote Hamlet?", "William Shakespeare"), ("What is the capital of France?", "Paris"),
              ("How many legs has a spider?", "eight"), ("What colour is the sky?", "blue")]
@@ -95,7 +95,7 @@ class Crash(Exception):
 
 
 def test_interrupted_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, monkeypatch):
-    import laffi.train as train_module
+    import laffi.stages.train as train_module
 
     config = load_config(overrides=overrides(tiny_model_dir))
     make_set(tmp_path / "straight")

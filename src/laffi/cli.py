@@ -22,16 +22,15 @@ import json
 import sys
 from pathlib import Path
 
-from laffi.annotators.human.commands import COMMANDS as HUMAN_COMMANDS
-from laffi.annotators.human.commands import register as register_human_commands
-from laffi.annotators.human.commands import run as run_human_command
 from laffi.backends.chat import RequestFailed
 from laffi.config import ConfigError, RunConfig, load_config
-from laffi.launch import LaunchFailed, Launcher
+from laffi.distributed.launch import Launcher, LaunchFailed
+from laffi.distributed.shards import Shard
+from laffi.human.commands import COMMANDS as HUMAN_COMMANDS
+from laffi.human.commands import register as register_human_commands
+from laffi.human.commands import run as run_human_command
 from laffi.layout import RunLayout
 from laffi.records import RecordError
-from laffi.shards import Shard
-
 
 # Flags that are shorthands for config overrides (`--base-url X` is `annotate.base_url=X` on annotate).
 SHORTHANDS = {"annotate": {"annotator": "annotate.annotator", "base_url": "annotate.base_url",
@@ -142,7 +141,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in HUMAN_COMMANDS:
         return run_human_command(args)
     if args.command == "score":
-        from laffi.metrics import score_official
+        from laffi.analysis.metrics import score_official
 
         metrics = score_official(args.data_file, args.pred_file, args.na_prob_file, args.na_prob_thresh)
         text = json.dumps(metrics)
@@ -151,8 +150,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(text)
         return 0
     if args.command == "ablate":
-        from laffi.ablate import ablate
-        from laffi.ablate_config import load_ablate_config
+        from laffi.experiments.ablate import ablate
+        from laffi.experiments.grid import load_ablate_config
 
         out = Path(args.out or Path("runs") / f"ablate-{Path(args.config).stem}")
         summary = ablate(load_ablate_config(args.config, args.overrides), out)
@@ -160,25 +159,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{len(summary['cells'])} cells; report: {out / 'report.html'}")
         return 0
     if args.command == "attention":
-        from laffi.attention import analyse, attention_dir
+        from laffi.analysis.attention import analyse, attention_dir
 
         config = load_config(RunLayout(args.run_dir).config if RunLayout(args.run_dir).config.exists() else None)
         analyse(args.run_dir, config.model, config.data, args.system, args.adapter, args.limit, args.window)
         print(f"attention maps and numbers in {attention_dir(args.run_dir, args.system)}")
         return 0
     if args.command == "report":
-        from laffi.report import write_report
+        from laffi.report.html import write_report
 
         print(f"report written to {write_report(args.run_dir, args.out)}")
         return 0
     if args.command == "stats":
-        from laffi.stats import markdown, stats
+        from laffi.analysis.stats import markdown, stats
 
         print(markdown(stats(args.run_dir, args.files)))
         return 0
     if args.command == "run":
-        from laffi.results import markdown_table
-        from laffi.run import run
+        from laffi.experiments.run import run
+        from laffi.report.results import markdown_table
 
         files = [a for a in args.args if "=" not in a]
         if len(files) > 1:
@@ -195,26 +194,26 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if args.command == "prepare":
-        from laffi.prepare import prepare
+        from laffi.stages.prepare import prepare
 
         train, held_out = prepare(args.run_dir, config.data)
         print(f"{len(train)} train questions, {len(held_out)} held-out questions in {RunLayout(args.run_dir).data}")
     elif args.command == "generate":
-        from laffi.generate import generate
+        from laffi.stages.generate import generate
 
         answers = generate(args.run_dir, config.model, config.data, config.generate)
         print(f"{len(answers)} answers in {RunLayout(args.run_dir).answers}")
     elif args.command == "annotate":
-        from laffi.annotate import annotate
+        from laffi.stages.annotate import annotate
 
         feedback = annotate(args.run_dir, config.annotate, out=args.out)
         out = RunLayout(args.run_dir).root / args.out if args.out else RunLayout(args.run_dir).feedback
         print(f"{len(feedback)} feedback records in {out}")
     elif args.command == "build":
-        from laffi.build import build
+        from laffi.stages.build import build
 
         if args.human_ratio is not None or args.size is not None:
-            from laffi.hybrid import HybridConfig, build_hybrid
+            from laffi.stages.hybrid import HybridConfig, build_hybrid
 
             if args.human_ratio is None or args.size is None:
                 raise ConfigError("--human-ratio and --size go together: a hybrid set of N examples, share R human")
@@ -224,13 +223,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name, examples in sets.items():
             print(f"{len(examples)} examples in {RunLayout(args.run_dir).training_set(name)}")
     elif args.command == "train":
-        from laffi.train import train
+        from laffi.stages.train import train
 
         out = train(args.run_dir, args.set_name, config.model, config.train)
         if Shard.current().is_main:  # under a launcher, one line, not one per process
             print(f"adapter saved in {out}")
     elif args.command == "evaluate":
-        from laffi.evaluate import evaluate
+        from laffi.stages.evaluate import evaluate
 
         metrics = evaluate(args.run_dir, args.system, config.model, config.data, config.generate, config.eval,
                            adapter=args.adapter)

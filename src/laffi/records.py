@@ -12,13 +12,15 @@ the stage continues without losing or repeating a record.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-import types
-import typing
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, TypeVar
+
+import pydantic
 
 VERDICTS = ("correct", "partially correct", "incorrect")
 SOURCES = ("human", "ai")
@@ -65,7 +67,7 @@ class Feedback:
     annotator: str  # which person, or which annotator config
     corrected_answer: str | None = None
     # The text in its parts, in order, when the annotator composes it (the reference annotator):
-    # verdict, diagnosis, evidence, answer. `laffi ablate` trains on chosen parts (laffi.content);
+    # verdict, diagnosis, evidence, answer. `laffi ablate` trains on chosen parts (laffi.annotators.content);
     # None for free text (people, the LLM annotator).
     parts: dict[str, str] | None = None
 
@@ -125,55 +127,42 @@ class RecordError(ValueError):
 R = TypeVar("R")
 
 
-def _type_ok(value: Any, annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return True
-    if origin is Literal:
-        return value in typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if origin is list:
-        (item,) = typing.get_args(annotation)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
-    if origin is dict:
-        key, item = typing.get_args(annotation)
-        return isinstance(value, dict) and all(
-            _type_ok(k, key) and _type_ok(v, item) for k, v in value.items()
-        )
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, annotation)
+@functools.cache
+def _adapter(cls: type) -> pydantic.TypeAdapter:
+    # strict: no "1" for a number, no true for an int; extra fields are errors, not dropped
+    cls.__pydantic_config__ = pydantic.ConfigDict(extra="forbid")
+    return pydantic.TypeAdapter(cls)
+
+
+def _problem(error: pydantic.ValidationError, cls: type) -> str:
+    """The first thing wrong with a record, named by its field: `field 'answers'[1]: Input should be ...`."""
+    first = error.errors(include_url=False)[0]
+    field_name, *rest = first["loc"] or ("",)
+    where = f"field {field_name!r}" + "".join(f"[{part!r}]" for part in rest) if field_name != "" else ""
+    if first["type"] == "missing":
+        return f"missing field {field_name!r} for {cls.__name__}"
+    if first["type"] == "unexpected_keyword_argument":
+        return f"unknown field {field_name!r} for {cls.__name__}"
+    if first["type"] == "json_invalid":
+        return f"not valid JSON ({first['ctx']['error']})"
+    if first["type"] == "value_error":  # the record's own check (__post_init__)
+        return str(first["ctx"]["error"])
+    if first["type"] == "dataclass_type":
+        return f"expected a JSON object for {cls.__name__}, got {first['input']!r:.80}"
+    return f"{where} of {cls.__name__}: {first['msg']}, got {first['input']!r:.80}"
+
+
+def parse_record(cls: type[R], line: str | bytes, where: str = "") -> R:
+    """One JSON line as a `cls` record, every field checked against its type; errors name `where`."""
+    try:
+        return _adapter(cls).validate_json(line, strict=True)
+    except pydantic.ValidationError as error:
+        raise RecordError(f"{where + ': ' if where else ''}{_problem(error, cls)}") from None
 
 
 def from_dict(cls: type[R], data: Any, where: str = "") -> R:
     """Build `cls` from a decoded JSON object, checking field names and types."""
-    prefix = f"{where}: " if where else ""
-    if not isinstance(data, dict):
-        raise RecordError(f"{prefix}expected a JSON object for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise RecordError(f"{prefix}unknown field(s) {unknown} for {cls.__name__}")
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if name not in data:
-            if required:
-                raise RecordError(f"{prefix}missing field {name!r} for {cls.__name__}")
-            continue
-        if not _type_ok(data[name], hints[name]):
-            raise RecordError(
-                f"{prefix}field {name!r} of {cls.__name__} must be {hints[name]}, got {data[name]!r:.80}"
-            )
-    try:
-        return cls(**data)
-    except ValueError as error:
-        raise RecordError(f"{prefix}{error}") from error
+    return parse_record(cls, json.dumps(data), where)
 
 
 def to_dict(record: Any) -> dict[str, Any]:
@@ -185,30 +174,33 @@ def read_records(path: str | Path, cls: type[R]) -> list[R]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file (has the stage that writes it run?)")
-    records = []
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise RecordError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-            records.append(from_dict(cls, data, f"{path}:{number}"))
-    return records
+        return [parse_record(cls, line, f"{path}:{number}") for number, line in enumerate(handle, start=1)
+                if line.strip()]
 
 
-def write_records(path: str | Path, records: Iterable[Any]) -> None:
-    """Write a whole JSONL file atomically: readers see the old file or the new one, never half."""
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write a whole file so that readers see the old file or the new one, never half of it (a temporary
+    file of this process and thread, made durable, then renamed over the old one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(to_dict(record), ensure_ascii=False) + "\n")
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """`data` as indented JSON, atomically (results.json, metrics.json, ablation.json, ...)."""
+    return write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_records(path: str | Path, records: Iterable[Any]) -> None:
+    """Write a whole JSONL file atomically."""
+    write_atomic(path, "".join(json.dumps(to_dict(record), ensure_ascii=False) + "\n" for record in records))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 
-from laffi.metrics import majority_answer, normalize_answer
+from laffi.analysis.metrics import majority_answer, normalize_answer
 from laffi.records import Answer, Feedback, QAExample
 
 VERDICTS = {

@@ -1,4 +1,4 @@
-"""Ways to get text out of a model besides the in-process transformers path of `laffi.generate`.
+"""Ways to get text out of a model besides the in-process transformers path of `laffi.stages.generate`.
 
 - openai_client.py: the official `openai` client with laffi's retry, backoff and timeout policy and
   request/token counters; works against any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama).

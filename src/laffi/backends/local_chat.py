@@ -5,7 +5,7 @@
 
 `annotate.model` takes what `model.name` takes (the embedded model, a hub id, a directory, a .gguf).
 Requests are rendered with the model's own chat template and decoded `concurrency` at a time:
-greedy ones in length-sorted batches (`laffi.generate.greedy_generate`), sampled ones (asked again
+greedy ones in length-sorted batches (`laffi.backends.local.greedy_generate`), sampled ones (asked again
 after an unparseable reply) one by one with their own seed. The model is loaded on the first
 request that the cache cannot answer, so a fully cached rerun loads nothing.
 """
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from laffi.backends.chat import ChatRequest, Counters, Reply
+from laffi.backends.chat import ChatRequest, Counters, Reply, RequestFailed
+from laffi.backends.local import greedy_generate
 from laffi.config import ModelConfig
 
 
@@ -38,7 +39,6 @@ class LocalChat:
             return
         import torch
 
-        from laffi.generate import greedy_generate
 
         model, tokenizer = self._load()
         prompts = {str(i): tokenizer(tokenizer.apply_chat_template(r.messages, add_generation_prompt=True,

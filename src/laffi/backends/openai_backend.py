@@ -32,10 +32,9 @@ from typing import Iterator
 from tqdm import tqdm
 
 from laffi.backends.chat import Reply, RequestFailed
+from laffi.backends.local import Generation
 from laffi.backends.openai_client import RetryingClient
 from laffi.config import ConfigError, GenerateConfig, ModelConfig
-from laffi.generate import Generation
-
 
 GREEDY = {"repeat_penalty": 1.0}  # llama.cpp's name; its servers penalise repeats unless told not to
 
@@ -84,7 +83,7 @@ class OpenAIGenerator:
 
     def greedy_batches(self, prompts: dict[str, list[int]], batch_size: int, max_new_tokens: int,
                        stop_strings: list[str] | None = None) -> Iterator[list[Generation]]:
-        """Like `laffi.generate.greedy_generate`: yields finished generations, `batch_size` at a time.
+        """Like `laffi.backends.local.greedy_generate`: yields finished generations, `batch_size` at a time.
 
         A request that fails for good raises RequestFailed: the stage stops, keeps what it wrote,
         and a rerun asks only for the rest.

@@ -17,11 +17,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from laffi.annotators.human.config import human_feedback_path
-from laffi.build import write_sets
 from laffi.config import ConfigError, DataConfig, check_resume
+from laffi.human.config import human_feedback_path
 from laffi.layout import RunLayout
 from laffi.records import Feedback, QAExample, TrainingExample, read_records
+from laffi.stages.build import write_sets
 
 
 @dataclass(frozen=True)

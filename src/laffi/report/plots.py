@@ -13,8 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "laffi": "#d62728"}
 METRIC_NAMES = {"exact": "exact match (%)", "f1": "F1 (%)"}
@@ -117,7 +117,7 @@ def loss_curves(logs: dict[str, list[Any]]) -> bytes:
 
 def attention_figures(results: dict) -> dict[str, bytes]:
     """Heatmaps (layer x head; base, adapter, difference) per metric, and per-layer lines."""
-    from laffi.attention import METRICS, TITLES
+    from laffi.analysis.attention import METRICS, TITLES
 
     system = results["system"]
     figures = {}

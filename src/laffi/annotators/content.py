@@ -1,6 +1,6 @@
 """What a LaFFi completion holds: all of the feedback, or only some of its parts.
 
-    from laffi.content import CONTENTS, with_content
+    from laffi.annotators.content import CONTENTS, with_content
     verdict_only = [with_content(note, "verdict") for note in feedback]
 
 The content ablation (`laffi ablate`, grid.content) trains on three levels:

@@ -26,7 +26,7 @@ from typing import Iterable
 
 from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select, update
 
-from laffi.annotators.human.db import annotations, annotators, items, meta, read, write
+from laffi.human.db import annotations, annotators, items, meta, read, write
 from laffi.records import VERDICTS, Answer, QAExample
 
 NAME = re.compile(r"^[\w.@-]{1,64}$")

@@ -3,7 +3,7 @@
     laffi ablate configs/ablate/size-objective.yaml --out runs/ablate-size
     laffi ablate configs/ablate/content.yaml grid.seeds=0,1 run.data.eval_size=50
 
-The grid (laffi.ablate_config) crosses objective, training-set size, annotator, share of human
+The grid (laffi.experiments.grid) crosses objective, training-set size, annotator, share of human
 feedback and feedback content; every cell runs once per seed. Nothing is made twice: the split,
 the model's answers and the base evaluation are shared by every cell, each annotator's feedback by
 every cell that names it, and a training (with its evaluation) by every cell whose training set,
@@ -17,10 +17,10 @@ seeds, continues where it stopped. The ablation directory:
     feedback.human.jsonl              people's feedback, for grid.human_ratio > 0 (`laffi serve` here,
                                       then `laffi export-feedback`)
     sets/ANNOTATOR.CONTENT.hRATIO.nSIZE.sSEED/   that variant's feedback and its LaFFi and SFT sets
-                                      (the hybrid build: laffi.hybrid), data/ linked to the shared one
+                                      (the hybrid build: laffi.stages.hybrid), data/ linked to the shared one
     jobs/OBJECTIVE-HASH/              one training and its evaluation per distinct (set, model, train)
     ablation.json, ablation.md        per cell: mean and 95% interval over seeds, per-seed scores,
-                                      artifacts; LaFFi - SFT differences (laffi.aggregate)
+                                      artifacts; LaFFi - SFT differences (laffi.experiments.aggregate)
     report.html                       laffi report
 """
 
@@ -38,21 +38,22 @@ from typing import Any
 
 import yaml
 
-from laffi.ablate_config import AblateConfig, to_dict
-from laffi.aggregate import CellRun, aggregate, label, markdown
-from laffi.annotate import annotate
-from laffi.annotators.human.config import human_feedback_path
+from laffi.annotators.content import with_content
+from laffi.backends.answering import load_backend
 from laffi.config import check_resume
-from laffi.content import with_content
-from laffi.evaluate import evaluate
-from laffi.generate import generate, load_backend
-from laffi.hybrid import HybridConfig, build_hybrid
+from laffi.experiments.aggregate import CellRun, aggregate, label, markdown
+from laffi.experiments.clock import StageClock
+from laffi.experiments.grid import AblateConfig, to_dict
+from laffi.human.config import human_feedback_path
 from laffi.layout import RunLayout
-from laffi.prepare import prepare
 from laffi.records import Feedback, Prediction, QAExample, read_records, write_records
-from laffi.report import write_report
-from laffi.stage_clock import StageClock
-from laffi.train import train
+from laffi.report.html import write_report
+from laffi.stages.annotate import annotate
+from laffi.stages.evaluate import evaluate
+from laffi.stages.generate import generate
+from laffi.stages.hybrid import HybridConfig, build_hybrid
+from laffi.stages.prepare import prepare
+from laffi.stages.train import train
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from laffi.agreement import cohen_kappa, percent_agreement
-from laffi.annotators.human import store
+from laffi.analysis.agreement import cohen_kappa, percent_agreement
+from laffi.human import store
 from laffi.layout import RunLayout
 from laffi.records import Answer, Feedback, QAExample, RecordError, read_records, write_records
 

@@ -141,7 +141,7 @@ def analyse(run_dir: str | Path, model_config: ModelConfig, data: DataConfig, sy
     out = attention_dir(run_dir, system)
     out.mkdir(parents=True, exist_ok=True)
     (out / "attention.json").write_text(json.dumps(results) + "\n", encoding="utf-8")
-    from laffi.plots import attention_figures
+    from laffi.report.plots import attention_figures
 
     for name, png in attention_figures(results).items():
         (out / f"{name}.png").write_bytes(png)

@@ -13,11 +13,11 @@ import sys
 
 from waitress import create_server
 
-from laffi.annotators.human import store
-from laffi.annotators.human.app import create_app
-from laffi.annotators.human.config import ServeConfig
-from laffi.annotators.human.db import open_engine
-from laffi.annotators.human.exchange import read_run_items
+from laffi.human import store
+from laffi.human.app import create_app
+from laffi.human.config import ServeConfig
+from laffi.human.db import open_engine
+from laffi.human.exchange import read_run_items
 
 
 def serve(config: ServeConfig) -> None:

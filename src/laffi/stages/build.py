@@ -14,9 +14,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from laffi.analysis.metrics import majority_answer
 from laffi.config import DataConfig, check_resume
 from laffi.layout import RunLayout, failures_file
-from laffi.metrics import majority_answer
 from laffi.prompts import choose_shots, feedback_messages, qa_messages
 from laffi.records import AnnotationFailure, Feedback, QAExample, TrainingExample, read_records, write_records
 

@@ -16,24 +16,25 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from laffi.annotate import annotate
-from laffi.build import build
+from laffi.backends.answering import load_backend
 from laffi.config import RunConfig, check_resume
-from laffi.evaluate import evaluate
-from laffi.generate import generate, load_backend
-from laffi.launch import Launcher
+from laffi.distributed.launch import Launcher
+from laffi.experiments.clock import StageClock
 from laffi.layout import RunLayout
-from laffi.prepare import prepare
-from laffi.report import write_report
-from laffi.results import write_results
-from laffi.stage_clock import StageClock
-from laffi.train import train
+from laffi.report.html import write_report
+from laffi.report.results import write_results
+from laffi.stages.annotate import annotate
+from laffi.stages.build import build
+from laffi.stages.evaluate import evaluate
+from laffi.stages.generate import generate
+from laffi.stages.prepare import prepare
+from laffi.stages.train import train
 
 SYSTEMS = ("base", "sft", "laffi")
 
 
 def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) -> dict:
-    """With `launcher`, each training runs under it (laffi.launch); every other stage runs here."""
+    """With `launcher`, each training runs under it (laffi.distributed.launch); every other stage runs here."""
     layout = RunLayout(out)
     layout.root.mkdir(parents=True, exist_ok=True)
     check_resume(layout.config, {name: getattr(config, name) for name in config.__dataclass_fields__})

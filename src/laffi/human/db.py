@@ -19,8 +19,25 @@ import secrets
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from sqlalchemy import (Boolean, Column, Connection, Engine, Float, ForeignKey, Integer, MetaData, String,
-                        Table, Text, UniqueConstraint, create_engine, event, insert, select, update)
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
 
 metadata = MetaData()
 

@@ -58,7 +58,7 @@ def _json(path: Path) -> dict | None:
 
 
 def results_section(root: Path) -> str:
-    from laffi.plots import results_chart
+    from laffi.report.plots import results_chart
 
     results = _json(RunLayout(root).results_json)
     if not results:
@@ -79,8 +79,8 @@ def results_section(root: Path) -> str:
 
 
 def ablation_section(root: Path) -> str:
-    from laffi.aggregate import varying_axes
-    from laffi.plots import ablation_charts
+    from laffi.experiments.aggregate import varying_axes
+    from laffi.report.plots import ablation_charts
 
     summary = _json(root / "ablation.json")
     if not summary:
@@ -126,7 +126,7 @@ def _loss_logs(root: Path) -> dict[str, list[TrainLogEntry]]:
     cell's varying axes and seed (only the jobs of the last grid: a directory may hold older ones)."""
     summary = _json(root / "ablation.json")
     if summary:
-        from laffi.aggregate import varying_axes
+        from laffi.experiments.aggregate import varying_axes
 
         axes = varying_axes(summary["cells"])
         paths = {", ".join([str(job["cell"][a]) if a == "objective" else f"{a}={job['cell'][a]}" for a in axes]
@@ -139,7 +139,7 @@ def _loss_logs(root: Path) -> dict[str, list[TrainLogEntry]]:
 
 
 def loss_section(root: Path) -> str:
-    from laffi.plots import loss_curves
+    from laffi.report.plots import loss_curves
 
     logs = {name: entries for name, entries in _loss_logs(root).items() if entries}
     if not logs:

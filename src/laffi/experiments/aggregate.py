@@ -1,7 +1,7 @@
 """An ablation's numbers: mean and 95% interval per cell over seeds, paired LaFFi - SFT differences,
 and which cells share which artifacts.
 
-    from laffi.aggregate import CellRun, aggregate, markdown
+    from laffi.experiments.aggregate import CellRun, aggregate, markdown
     summary = aggregate(runs, samples=1000, seed=0)     # runs: one CellRun per (cell, seed)
 
 A cell's score varies with the seed (which questions are trained on, the LoRA initialisation, the
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from laffi.ablate_config import AXES
+from laffi.experiments.grid import AXES
 
 METRICS = ("exact", "f1")
 

@@ -1,6 +1,6 @@
 """Agreement between two raters' verdicts on the same items: percent agreement and Cohen's kappa.
 
-    from laffi.agreement import cohen_kappa, percent_agreement
+    from laffi.analysis.agreement import cohen_kappa, percent_agreement
     percent_agreement(["correct", "incorrect"], ["correct", "correct"])   # 50.0
     cohen_kappa(human_verdicts, ai_verdicts)
 

@@ -11,7 +11,7 @@ train_log.jsonl (loss, lr, tokens/s per step), summary.json and train_config.yam
 run the same command after a crash and training continues from there on the same batches.
 
 Under a launcher every process runs this same function: each takes its share of every step's
-examples (laffi.distributed), gradients are reduced by DDP, FSDP or DeepSpeed, and only the
+examples (laffi.distributed.batching), gradients are reduced by DDP, FSDP or DeepSpeed, and only the
 main process writes files. An optimizer step sees train.batch_size x train.grad_accum examples
 whatever the number of processes, so N processes train the adapter that one process would.
 """
@@ -33,14 +33,19 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from tqdm import tqdm
 from transformers import get_scheduler
 
-from laffi.checkpoint import full_state_dict, keep_model_weights_out_of_state, load_checkpoint, save_checkpoint
 from laffi.config import ModelConfig, TrainConfig, check_resume
-from laffi.distributed import BatchPlan, configure_deepspeed, plan_batches, shard_window, totals
+from laffi.distributed.batching import BatchPlan, configure_deepspeed, plan_batches, shard_window, totals
+from laffi.distributed.checkpoint import (
+    full_state_dict,
+    keep_model_weights_out_of_state,
+    load_checkpoint,
+    save_checkpoint,
+)
+from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout
 from laffi.models import load_model, pick_device
 from laffi.prompts import prompt_completion_ids
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_records
-from laffi.shards import Shard
 
 IGNORE = -100  # label value that cross-entropy skips
 

@@ -8,7 +8,7 @@ A rater is an annotator (`Feedback.annotator`: "reference", "llm:gpt-4o:feedback
 also a whole source ("source:human", "source:ai") where it has more than one annotator; a source's
 verdict on an answer is its annotators' majority, and answers where they tie are left out. Two
 records are about the same answer when question id and answer text are equal. For each pair of
-raters that share answers: how many, percent agreement and Cohen's kappa (laffi.agreement).
+raters that share answers: how many, percent agreement and Cohen's kappa (laffi.analysis.agreement).
 Prints a table and writes RUN/stats.json.
 """
 
@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from itertools import combinations
 from pathlib import Path
 
-from laffi.agreement import cohen_kappa, percent_agreement
+from laffi.analysis.agreement import cohen_kappa, percent_agreement
 from laffi.records import VERDICTS, Feedback, read_records
 
 Key = tuple[str, str]  # (question id, answer)

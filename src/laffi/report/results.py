@@ -8,11 +8,10 @@ feedbacks the model was trained to predict, and a few held-out predictions side 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from laffi.analysis.metrics import paired_bootstrap_difference
 from laffi.config import EvalConfig
 from laffi.layout import RunLayout
-from laffi.metrics import paired_bootstrap_difference
 from laffi.records import Feedback, Prediction, QAExample, read_records
 
 KEYS = ("exact", "f1", "total", "exact_ci95", "f1_ci95")

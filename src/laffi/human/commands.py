@@ -55,8 +55,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from laffi.annotators.human.db import SchemaError
-    from laffi.annotators.human.store import StoreError
+    from laffi.human.db import SchemaError
+    from laffi.human.store import StoreError
 
     try:
         return _run(args)
@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace):
-    from laffi.annotators.human.config import check_db_url, default_db_url
-    from laffi.annotators.human.db import open_engine
+    from laffi.human.config import check_db_url, default_db_url
+    from laffi.human.db import open_engine
     from laffi.layout import RunLayout
 
     if not args.db and not RunLayout(args.run_dir).root.is_dir():
@@ -76,11 +76,11 @@ def _engine(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from laffi.annotators.human import exchange, store
-    from laffi.annotators.human.config import ServeConfig, human_feedback_path
+    from laffi.human import exchange, store
+    from laffi.human.config import ServeConfig, human_feedback_path
 
     if args.command == "serve":
-        from laffi.annotators.human.serve import serve
+        from laffi.human.serve import serve
 
         serve(ServeConfig(run_dir=args.run_dir, db=args.db, host=args.host, port=args.port,
                           per_item=args.per_item, threads=args.threads))

@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from laffi.analysis.metrics import bootstrap_interval, score_example, summarize
+from laffi.backends.answering import answer_questions, load_backend
 from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, check_resume
-from laffi.generate import answer_questions, load_backend
+from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout
-from laffi.metrics import bootstrap_interval, score_example, summarize
 from laffi.prompts import extract_answer
 from laffi.records import Prediction, QAExample, read_records
-from laffi.shards import Shard
 
 
 def metrics_for(examples: list[QAExample], predictions: list[Prediction], config: EvalConfig) -> dict:

@@ -12,7 +12,7 @@ A file has three sections (configs/ablate/ has one per axis):
       seeds: [0, 1, 2]                   # the draw, the LoRA initialisation and the batch order
       annotator: [reference]             # names: reference, or one of `annotators`
       human_ratio: [0.0]                 # share of human feedback (feedback.human.jsonl; hybrid build)
-      content: [verdict+explanation+answer]   # laffi.content
+      content: [verdict+explanation+answer]   # laffi.annotators.content
     annotators:   # optional: the `annotate` settings of each annotator the grid names
       llm: {annotator: llm, backend: transformers, model: embedded}
 
@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
+from laffi.annotators.content import CONTENTS, FULL
 from laffi.config import PRESETS, AnnotateConfig, ConfigError, RunConfig, build_section, merge_values, parse_overrides
-from laffi.content import CONTENTS, FULL
 
 OBJECTIVES = ("sft", "laffi")
 AXES = ("objective", "size", "annotator", "human_ratio", "content")  # a cell's coordinates, in table order

@@ -18,8 +18,8 @@ from markupsafe import Markup, escape
 from sqlalchemy import Engine, text
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from laffi.annotators.human import exchange, security, store
-from laffi.annotators.human.config import ServeConfig
+from laffi.human import exchange, security, store
+from laffi.human.config import ServeConfig
 from laffi.records import VERDICTS
 
 PUBLIC = {"healthz", "login"}

@@ -1,0 +1,1 @@
+"""Numbers about a run: SQuAD scores and the bootstrap, annotator agreement, attention."""

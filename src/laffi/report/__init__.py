@@ -1,0 +1,1 @@
+"""What a run or an ablation shows a reader: results tables, the HTML page, the figures."""

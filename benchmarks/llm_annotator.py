@@ -21,10 +21,11 @@ import json
 import shutil
 import time
 
-from laffi.analysis.stats import markdown, stats
+from laffi.analysis.agreement import stats
 from laffi.config import load_config
 from laffi.layout import RunLayout, summary_file
 from laffi.records import Answer, read_records
+from laffi.report.tables import stats_markdown
 from laffi.stages.annotate import annotate
 from laffi.stages.generate import generate
 
@@ -45,7 +46,7 @@ def main() -> None:
     shutil.copytree(source.data, out.data)
     answers = read_records(source.answers, Answer)[: args.limit or None]
     kept = {a.id for a in answers}
-    (out.root / "answers.jsonl").write_text(
+    out.answers.write_text(
         "".join(line for line in source.answers.read_text().splitlines(keepends=True)
                 if json.loads(line)["id"] in kept))
     train = [line for line in source.train_examples.read_text().splitlines(keepends=True)
@@ -64,7 +65,7 @@ def main() -> None:
     served = RunLayout(out.root / "served")
     shutil.copytree(out.data, served.data)
     started = time.perf_counter()
-    via_server = {a.id: a for a in generate(served.root, config.model, config.data, config.generate)}
+    via_server = {a.id: a for a in generate(served, config.model, config.data, config.generate)}
     seconds = time.perf_counter() - started
     same = sum(via_server[a.id].prediction == a.prediction for a in answers)
     result["generation"] = {"requests": len(answers), "seconds": round(seconds, 1),
@@ -72,13 +73,13 @@ def main() -> None:
                             "same_prediction_as_in_process": same}
 
     # 2. feedback on the in-process answers: reference, then the LLM
-    annotate(out.root, load_config(overrides=[]).annotate)
-    annotate(out.root, config.annotate, out="feedback-llm.jsonl")
+    annotate(out, load_config(overrides=[]).annotate)
+    annotate(out, config.annotate, out="feedback-llm.jsonl")
     result["annotation"] = json.loads(summary_file(out.root / "feedback-llm.jsonl").read_text())
     result["stats"] = stats(out.root)
     (out.root / "results.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    print(markdown(result["stats"]))
+    print(stats_markdown(result["stats"]))
     g, a = result["generation"], result["annotation"]
     print(f"\ngeneration through the server: {g['requests']} requests in {g['seconds']} s "
           f"({g['requests_per_s']} req/s); {g['same_prediction_as_in_process']}/{g['requests']} predictions "

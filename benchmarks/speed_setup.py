@@ -39,11 +39,11 @@ def setup(run_dir: str | Path, train_size: int = 64) -> RunConfig:
     run = config(train_size)
     if layout.training_set("laffi").exists():
         return run
-    train, _ = prepare(run_dir, run.data)
+    train, _ = prepare(layout, run.data)
     write_records(layout.answers, [Answer(e.id, stand_in_answer(i, e), stand_in_answer(i, e), "stand-in")
                                    for i, e in enumerate(train)])
-    annotate(run_dir, run.annotate)
-    build(run_dir, run.data)
+    annotate(layout, run.annotate)
+    build(layout, run.data)
     return run
 
 

@@ -58,7 +58,7 @@ def run_laffi(run_dir: Path, run: RunConfig) -> list[float]:
     try:
         (work / "sets").mkdir()
         shutil.copy(RunLayout(run_dir).training_set("laffi"), RunLayout(work).training_set("laffi"))
-        adapter = train(work, "laffi", run.model, run.train)
+        adapter = train(RunLayout(work), "laffi", run.model, run.train)
         return [e.elapsed_s for e in read_records(adapter / "train_log.jsonl", TrainLogEntry)]
     finally:
         shutil.rmtree(work, ignore_errors=True)

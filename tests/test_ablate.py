@@ -14,9 +14,10 @@ import pytest
 import laffi.experiments.ablate as ablate_module
 from laffi.annotators.reference import VERDICTS
 from laffi.cli import main
-from laffi.config import ModelConfig, TrainConfig
-from laffi.experiments.ablate import ablate, changed_options
+from laffi.config import ModelConfig, TrainConfig, non_default
+from laffi.experiments.ablate import ablate
 from laffi.experiments.grid import ablate_config_from
+from laffi.layout import adapter_finished
 from laffi.records import Feedback, TrainingExample, read_records, write_records
 
 
@@ -28,7 +29,7 @@ def tiny_run(model_dir) -> dict:
             "eval": {"bootstrap_samples": 200}}
 
 
-GRID = {"objective": ["sft", "laffi"], "size": [4, 8], "content": ["verdict", "verdict+explanation+answer"],
+GRID = {"system": ["sft", "laffi"], "size": [4, 8], "content": ["verdict", "verdict+explanation+answer"],
         "seeds": [0, 1]}
 
 
@@ -44,17 +45,17 @@ def grid_run(tiny_model_dir, tmp_path_factory):
     calls = {"train": [], "evaluate": [], "generate": 0}
     real_train, real_evaluate, real_generate = ablate_module.train, ablate_module.evaluate, ablate_module.generate
 
-    def train(run_dir, name, *args):
-        if not (run_dir / "adapters" / name / "adapter_model.safetensors").exists():  # else it returns at once
-            calls["train"].append(str(run_dir))
-        return real_train(run_dir, name, *args)
+    def train(layout, name, *args):
+        if not adapter_finished(layout.adapter(name)):  # else it returns at once
+            calls["train"].append(str(layout.root))
+        return real_train(layout, name, *args)
 
-    def evaluate(run_dir, system, *args, **kwargs):
+    def evaluate(layout, system, *args, **kwargs):
         calls["evaluate"].append(system)
         if len(calls["evaluate"]) == 4 and "crash" not in calls:  # base, job 1, job 2, then job 3 dies
-            calls["crash"] = str(run_dir)
+            calls["crash"] = str(layout.root)
             raise Crash("killed during an evaluation")
-        return real_evaluate(run_dir, system, *args, **kwargs)
+        return real_evaluate(layout, system, *args, **kwargs)
 
     def generate(*args, **kwargs):
         calls["generate"] += 1
@@ -76,7 +77,7 @@ def test_the_grid_makes_each_artifact_once_and_shares_it(grid_run):
     assert len(cells) == 8 and all(c["seeds"] == [0, 1] and c["questions"] == 6 for c in cells)
     # 2 sizes x 2 seeds x (2 LaFFi contents + 1 SFT set, which the content cannot change) = 12 trainings
     jobs = summary["jobs"]
-    assert len(jobs) == 12 and sorted(j["objective"] for j in jobs).count("sft") == 4
+    assert len(jobs) == 12 and sorted(j["system"] for j in jobs).count("sft") == 4
     # every job trained exactly once over the two invocations: the crashed one was not trained again
     assert sorted(calls["train"]) == sorted(set(calls["train"])) and len(calls["train"]) == 12
     assert calls["crash"] in calls["train"]
@@ -86,12 +87,12 @@ def test_the_grid_makes_each_artifact_once_and_shares_it(grid_run):
         assert len(users[shared]["used_by"]) == 16
     for cell in cells:
         others = [c for c in cells
-                  if c is not cell and c["size"] == cell["size"] and c["objective"] == cell["objective"]]
+                  if c is not cell and c["size"] == cell["size"] and c["system"] == cell["system"]]
         same = cell["artifacts"]["adapter"] == others[0]["artifacts"]["adapter"]
-        assert same == (cell["objective"] == "sft")  # SFT shared across contents, LaFFi never
+        assert same == (cell["system"] == "sft")  # SFT shared across contents, LaFFi never
     assert [c["content"] for c in cells if c["same_adapters_as"]] == ["verdict+explanation+answer"] * 2
     # a shared SFT adapter gives the shared cells identical numbers
-    sft = {(c["size"], c["content"]): c for c in cells if c["objective"] == "sft"}
+    sft = {(c["size"], c["content"]): c for c in cells if c["system"] == "sft"}
     assert sft[4, "verdict"]["per_seed"] == sft[4, "verdict+explanation+answer"]["per_seed"]
     for cell in cells:
         for metric in ("exact", "f1"):
@@ -146,7 +147,7 @@ def test_human_share_axis_uses_the_hybrid_build(grid_run):
     root, config, _, _ = grid_run
     human_root = root.parent / "human"
     shutil.copytree(root, human_root, symlinks=True)
-    grid = {"objective": ["laffi"], "size": [4], "seeds": [0], "human_ratio": [0.0, 0.5]}
+    grid = {"system": ["laffi"], "size": [4], "seeds": [0], "human_ratio": [0.0, 0.5]}
     human_config = ablate_config_from({"run": tiny_run(config.run.model.name), "grid": grid})
     with pytest.raises(FileNotFoundError, match="grid.human_ratio: .*feedback.human.jsonl is missing"):
         ablate(human_config, human_root)
@@ -166,7 +167,7 @@ def test_human_share_axis_uses_the_hybrid_build(grid_run):
 
 def test_attention_compares_the_base_model_with_an_adapter(grid_run, capsys):
     root, _, summary, _ = grid_run
-    job = root / next(j["dir"] for j in summary["jobs"] if j["objective"] == "laffi")
+    job = root / next(j["dir"] for j in summary["jobs"] if j["system"] == "laffi")
     assert main(["attention", str(job), "--limit", "2", "--window", "4"]) == 0
     out = job / "attention" / "laffi"
     results = json.loads((out / "attention.json").read_text())
@@ -184,5 +185,5 @@ def test_attention_compares_the_base_model_with_an_adapter(grid_run, capsys):
 
 def test_job_keys_hold_only_the_options_that_differ_from_defaults():
     # so an option a later version adds, at its default, leaves the jobs of an existing ablation alone
-    assert changed_options(ModelConfig()) == "{}\n"
-    assert changed_options(TrainConfig(steps=4, seed=2)) == "steps: 4\nseed: 2\n"
+    assert non_default(ModelConfig()) == {}
+    assert non_default(TrainConfig(steps=4, seed=2)) == {"steps": 4, "seed": 2}

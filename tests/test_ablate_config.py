@@ -21,7 +21,7 @@ def test_there_is_an_ablation_config_for_every_axis():
     varied = {axis for c in configs.values() for axis in ("size", "annotator", "human_ratio", "content")
               if len(getattr(c.grid, axis)) > 1}
     assert varied == {"size", "annotator", "human_ratio", "content"}
-    assert all(c.grid.objective == ["sft", "laffi"] and len(c.grid.seeds) >= 3 for c in configs.values())
+    assert all(c.grid.system == ["sft", "laffi"] and len(c.grid.seeds) >= 3 for c in configs.values())
     assert configs["content"].grid.content == list(CONTENTS)
     assert configs["annotator"].annotators["llm"].annotator == "llm"
 
@@ -42,12 +42,12 @@ def test_defaults_and_overrides():
     assert config.grid.seeds == [4, 5] and config.grid.size == [2] and config.run.train.steps == 3
     assert config.grid.human_ratio == [0.0, 0.5] and config.grid.content == ["verdict"]
     empty = ablate_config_from({})
-    assert empty.grid.objective == ["sft", "laffi"] and empty.grid.seeds == [0, 1, 2]
+    assert empty.grid.system == ["sft", "laffi"] and empty.grid.seeds == [0, 1, 2]
     assert list(empty.annotators) == ["reference"] and empty.run.model.prompt_format == "plain"
 
 
 @pytest.mark.parametrize("values, option", [
-    ({"grid": {"objective": ["dpo"]}}, "grid.objective"),
+    ({"grid": {"system": ["dpo"]}}, "grid.system"),
     ({"grid": {"size": [0]}}, "grid.size"),
     ({"grid": {"size": [500]}}, "grid.size"),  # more than run.data.train_size (128)
     ({"grid": {"seeds": []}}, "grid.seeds"),

@@ -1,4 +1,4 @@
-"""Percent agreement and Cohen's kappa on known tables.
+"""Percent agreement and Cohen's kappa on known tables, and how raters' labels are paired.
 
     python -m pytest tests/test_agreement.py
 """
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from laffi.analysis.agreement import cohen_kappa, percent_agreement
+from laffi.analysis.agreement import cohen_kappa, confusion, percent_agreement, rater_pairs, scores, shared
 
 
 def test_kappa_matches_the_textbook_two_by_two_table():
@@ -36,3 +36,16 @@ def test_undefined_and_invalid_inputs():
         cohen_kappa(["a"], ["a", "b"])
     with pytest.raises(ValueError, match="at least one"):
         percent_agreement([], [])
+
+
+def test_raters_are_paired_on_the_items_both_judged():
+    ann = {"q2": "incorrect", "q1": "correct", "q3": "correct"}
+    bob = {"q1": "correct", "q2": "correct", "q4": "incorrect"}
+    assert shared(ann, bob) == (["correct", "incorrect"], ["correct", "correct"])  # q1, q2
+    groups = {"bob": bob, "ann": ann, "cy": {"q9": "correct"}, "source:human": {"q1": "correct"}}
+    pairs = list(rater_pairs(groups, {"source:human": {"ann", "bob"}}))
+    # by name; cy shares nothing; a source is not paired with its own annotators
+    assert [(a, b) for a, b, _, _ in pairs] == [("ann", "bob")]
+    assert pairs[0][2:] == shared(ann, bob)
+    assert scores(*pairs[0][2:]) == {"n": 2, "percent": 50.0, "kappa": 0.0}  # p_o 1/2, p_e (1*2 + 0) / 4
+    assert confusion(*pairs[0][2:])["incorrect"] == {"correct": 1, "partially correct": 0, "incorrect": 0}

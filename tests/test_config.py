@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from laffi.config import PRESETS, ConfigError, RunConfig, check_resume, load_config
+from laffi.config import PRESETS, ConfigError, RunConfig, load_config, non_default, save_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -48,12 +48,29 @@ def test_presets_build(preset):
     assert isinstance(load_config(preset=preset), RunConfig)
 
 
-def test_resume_refuses_changed_settings(tmp_path):
+def test_saved_settings_refuse_to_mix(tmp_path):
     path = tmp_path / "stage.yaml"
-    check_resume(path, {"train": load_config().train})
-    check_resume(path, {"train": load_config().train})  # same settings: fine
+    save_config(path, {"train": load_config().train})
+    assert yaml.safe_load(path.read_text())["train"]["steps"] == load_config().train.steps
+    save_config(path, {"train": load_config().train})  # same settings: fine
     with pytest.raises(ConfigError, match="train.steps"):
-        check_resume(path, {"train": load_config(overrides=["train.steps=99"]).train})
+        save_config(path, {"train": load_config(overrides=["train.steps=99"]).train})
+    assert yaml.safe_load(path.read_text())["train"]["steps"] == load_config().train.steps  # left as it was
+
+
+def test_non_default_holds_only_what_differs():
+    assert non_default(RunConfig().train) == {}
+    assert non_default(load_config(overrides=["train.steps=7", "train.lr=1e-3"]).train) == {"steps": 7, "lr": 1e-3}
+
+
+@pytest.mark.parametrize("text, where", [("not: [valid\n", ":2:1"), ("train:\n  steps: 4\n bad: x\n", ":3:")])
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path, text, where):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}{where}") and "not valid YAML" in message and "\n" not in message
 
 
 def test_shipped_configs_exist():

@@ -85,12 +85,12 @@ def test_a_step_that_cannot_be_split_evenly_is_refused():
 def test_two_processes_under_accelerate_train_the_adapter_one_process_trains(tiny_model_dir, tmp_path):
     # one pass of 1 example per process per accumulation step: 2 passes per process, 4 in one process
     config = make_run(tmp_path / "one", tiny_model_dir, "train.batch_size=1", "train.grad_accum=4")
-    one = train(tmp_path / "one", "sft", config.model, config.train)
+    one = train(RunLayout(tmp_path / "one"), "sft", config.model, config.train)
     make_run(tmp_path / "two", tiny_model_dir, "train.batch_size=1", "train.grad_accum=4")
-    two = Launcher("accelerate", 2).train(tmp_path / "two", "sft")
+    two = Launcher("accelerate", 2).train(RunLayout(tmp_path / "two"), "sft")
 
     assert files(two) == files(one) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                        "summary.json", "train_config.yaml", "train_log.jsonl"]
+                                        "config.yaml", "summary.json", "train_log.jsonl"]
     assert files(tmp_path / "two") == files(tmp_path / "one")  # nothing per process, no checkpoint left over
     summary = json.loads((two / "summary.json").read_text())
     assert (summary["processes"], summary["per_device_batch"], summary["per_device_accum"]) == (2, 1, 2)
@@ -103,11 +103,11 @@ def test_two_processes_under_accelerate_train_the_adapter_one_process_trains(tin
 def test_a_two_process_checkpoint_resumes_under_torchrun(tiny_model_dir, tmp_path):
     # 6 examples in batches of 4: every other step has 2, so each process gets 1 example
     config = make_run(tmp_path / "one", tiny_model_dir, "train.batch_size=4")
-    one = train(tmp_path / "one", "sft", config.model, config.train)
+    one = train(RunLayout(tmp_path / "one"), "sft", config.model, config.train)
 
     make_run(tmp_path / "two", tiny_model_dir, "train.batch_size=4")
     crash = Launcher("torchrun", 2).wrap([str(ROOT / "tests" / "launched_crash.py"), "train", str(tmp_path / "two"),
-                                          "--set", "sft"])
+                                          "--system", "sft"])
     assert subprocess.run(crash, capture_output=True).returncode != 0
     out = RunLayout(tmp_path / "two").adapter("sft")
     assert json.loads((out / "checkpoint" / "step.json").read_text()) == {"step": 2, "processes": 2}
@@ -117,9 +117,9 @@ def test_a_two_process_checkpoint_resumes_under_torchrun(tiny_model_dir, tmp_pat
     assert not (out / "adapter_model.safetensors").exists()
 
     with pytest.raises(ConfigError, match="written by 2 processes"):  # one process cannot take it over
-        train(tmp_path / "two", "sft", config.model, config.train)
+        train(RunLayout(tmp_path / "two"), "sft", config.model, config.train)
 
-    two = Launcher("torchrun", 2).train(tmp_path / "two", "sft")
+    two = Launcher("torchrun", 2).train(RunLayout(tmp_path / "two"), "sft")
     assert json.loads((two / "summary.json").read_text())["resumed_from_step"] == 2
     assert [e.step for e in read_records(two / "train_log.jsonl", TrainLogEntry)] == [1, 2, 3, 4]
     assert files(two) == files(one)
@@ -134,7 +134,7 @@ def test_two_processes_evaluate_the_same_predictions_in_question_order(tiny_over
     config = load_config(overrides=overrides)
     for name in ("one", "two"):
         prepare(tmp_path / name, config.data)
-    one = evaluate(tmp_path / "one", "base", config.model, config.data, config.generate, config.eval)
+    one = evaluate(RunLayout(tmp_path / "one"), "base", config.model, config.data, config.generate, config.eval)
     command = Launcher("accelerate", 2).wrap(["-m", "laffi.cli", "evaluate", str(tmp_path / "two"), *overrides,
                                               "--system", "base"])
     done = subprocess.run(command, capture_output=True, text=True)
@@ -157,7 +157,7 @@ def test_laffi_run_hands_each_training_to_the_launcher(monkeypatch, tmp_path):
     from laffi.cli import main
 
     launched = []
-    monkeypatch.setattr(Launcher, "train", lambda self, run_dir, name: launched.append((self, name)) or Path(run_dir))
+    monkeypatch.setattr(Launcher, "train", lambda self, layout, name: launched.append((self, name)) or layout.root)
     monkeypatch.setattr(run_module, "train", lambda *args: pytest.fail("trained in-process"))
     for stage in ("prepare", "generate", "annotate", "build"):
         monkeypatch.setattr(run_module, stage, lambda *args, **kwargs: None)
@@ -176,7 +176,7 @@ def test_launcher_commands():
     config = str(ROOT / "configs" / "accelerate" / "multi-gpu.yaml")
     command = Launcher("accelerate", config_file=config).command("runs/x", "laffi")
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--num_processes" not in command  # the file's 8
-    assert command[-6:] == ["-m", "laffi.cli", "train", "runs/x", "--set", "laffi"]
+    assert command[-6:] == ["-m", "laffi.cli", "train", "runs/x", "--system", "laffi"]
     assert "--num_processes" in Launcher("accelerate", 2, config).command("runs/x", "laffi")
     assert Launcher("torchrun", 8).command("runs/x", "sft")[1:6] == [
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "8"]
@@ -199,7 +199,7 @@ def test_shipped_accelerate_config_is_one_accelerate_reads(path):
 
     first = path.read_text().splitlines()[0]
     assert first.startswith(f"# accelerate launch --config_file configs/accelerate/{path.name} ")
-    assert first.endswith("-m laffi.cli train RUN --set laffi")
+    assert first.endswith("-m laffi.cli train RUN --system laffi")
     load_config_from_file(str(path))  # accelerate's own reader: an unknown top-level key is an error
     parser = launch_command_parser()
     options = {action.dest for action in parser._actions}

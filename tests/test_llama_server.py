@@ -11,7 +11,7 @@ import os
 import pytest
 from llama_server import LlamaServer
 
-from laffi.analysis.stats import stats
+from laffi.analysis.agreement import stats
 from laffi.backends.answering import build_prompts
 from laffi.backends.openai_backend import OpenAIGenerator
 from laffi.config import load_config
@@ -50,7 +50,7 @@ def run_config(server, tiny_model_dir, tmp_path):
 
 
 def test_the_server_gets_exactly_the_in_process_prompt_tokens(run_config, tmp_path):
-    prepare(tmp_path, run_config.data)
+    prepare(RunLayout(tmp_path), run_config.data)
     layout = RunLayout(tmp_path)
     examples = read_records(layout.train_examples, QAExample)[:3]
     prompts = build_prompts(load_tokenizer(run_config.model), examples, read_records(layout.shots, QAExample),
@@ -66,16 +66,16 @@ def test_the_server_gets_exactly_the_in_process_prompt_tokens(run_config, tmp_pa
 
 
 def test_generate_then_annotate_through_the_server(run_config, tmp_path):
-    prepare(tmp_path, run_config.data)
+    prepare(RunLayout(tmp_path), run_config.data)
     layout = RunLayout(tmp_path)
-    answers = generate(tmp_path, run_config.model, run_config.data, run_config.generate)
+    answers = generate(RunLayout(tmp_path), run_config.model, run_config.data, run_config.generate)
     questions = read_records(layout.train_examples, QAExample)
     assert sorted(a.id for a in answers) == sorted(e.id for e in questions)
     assert all(a.model == run_config.model.name and a.prediction == extract_answer(a.output) for a in answers)
     assert sum(bool(a.prediction) for a in answers) >= len(answers) // 2  # a real model answered
 
-    annotate(tmp_path, load_config(overrides=[]).annotate)  # the reference annotator, for comparison
-    llm = annotate(tmp_path, run_config.annotate, out="feedback-llm.jsonl")
+    annotate(RunLayout(tmp_path), load_config(overrides=[]).annotate)  # the reference annotator, for comparison
+    llm = annotate(RunLayout(tmp_path), run_config.annotate, out="feedback-llm.jsonl")
     failed = read_records(failures_file(tmp_path / "feedback-llm.jsonl"), AnnotationFailure) \
         if failures_file(tmp_path / "feedback-llm.jsonl").exists() else []
     assert sorted([f.id for f in llm] + [f.id for f in failed]) == sorted(a.id for a in answers)  # none lost
@@ -89,7 +89,7 @@ def test_generate_then_annotate_through_the_server(run_config, tmp_path):
     assert pair["answers"] == len(llm)
 
     # Annotating again, into another file: every reply comes from the cache, nothing is sent.
-    again = annotate(tmp_path, run_config.annotate, out="feedback-llm-again.jsonl")
+    again = annotate(RunLayout(tmp_path), run_config.annotate, out="feedback-llm-again.jsonl")
     assert [(f.id, f.verdict, f.text) for f in again] == [(f.id, f.verdict, f.text) for f in llm]
     summary = json.loads(summary_file(tmp_path / "feedback-llm-again.jsonl").read_text())
     assert summary["requests"] == 0 and summary["cache_hits"] >= len(answers)

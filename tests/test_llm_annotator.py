@@ -48,7 +48,7 @@ def test_faults_are_retried_cached_and_failures_recorded(tmp_path):
     ids = make_run(tmp_path / "run", 12)
     with FaultServer(script, slow_seconds=1.5) as server:
         config = llm_config(server.url, tmp_path / "cache")
-        feedback = annotate(tmp_path / "run", config)
+        feedback = annotate(RunLayout(tmp_path / "run"), config)
 
         assert {f.id for f in feedback} == set(ids) - {"q5", "q6", "q7"}
         assert all(f.verdict == "correct" and f.source == "ai" and f.annotator == "llm:fault:feedback-v1"
@@ -74,7 +74,7 @@ def test_faults_are_retried_cached_and_failures_recorded(tmp_path):
         # request failures (q6, q7) are asked again. The server now answers q6.
         FAULTS["q6"] = []
         before = server.requests.copy()
-        annotate(tmp_path / "run", config)
+        annotate(RunLayout(tmp_path / "run"), config)
         assert server.requests - before == {"q6": 1, "q7": 1}
         failed = read_records(failures_file(layout.feedback), AnnotationFailure)
         assert sorted(f.id for f in failed) == ["q5", "q7"]
@@ -84,7 +84,7 @@ def test_faults_are_retried_cached_and_failures_recorded(tmp_path):
         # A new run directory on the same answers: every reply already paid for comes from the cache.
         make_run(tmp_path / "copy", 12)
         before = server.requests.copy()
-        annotate(tmp_path / "copy", config)
+        annotate(RunLayout(tmp_path / "copy"), config)
         assert server.requests - before == {"q7": 1}
         assert json.loads(summary_file(RunLayout(tmp_path / "copy").feedback).read_text())["cache_hits"] == 11 + 1  # q5: two replies
     FAULTS["q6"] = ["500"] * 9
@@ -98,8 +98,8 @@ def test_build_skips_failed_answers_and_says_so(tmp_path, capsys):
     layout = RunLayout(tmp_path)
     write_records(layout.shots, [QAExample(f"s{i}", f"S{i}", "Shot passage.", "Shot?", ["x"]) for i in range(3)])
     with FaultServer(lambda item, n: "400" if item == "q2" else "ok") as server:
-        annotate(tmp_path, llm_config(server.url, tmp_path / "cache"))
-    sets = build(tmp_path, load_config(overrides=["data.num_shots=1"]).data)
+        annotate(RunLayout(tmp_path), llm_config(server.url, tmp_path / "cache"))
+    sets = build(RunLayout(tmp_path), load_config(overrides=["data.num_shots=1"]).data)
     assert [e.id for e in sets["laffi"]] == [i for i in ids if i != "q2"]
     assert "1 answers have no feedback because their annotation failed" in capsys.readouterr().out
 
@@ -163,10 +163,10 @@ def test_llm_options_are_checked_up_front(tmp_path):
 def test_a_changed_prompt_is_refused_on_resume_but_operational_options_are_not(tmp_path):
     make_run(tmp_path, 2)
     with FaultServer(lambda item, n: "ok") as server:
-        annotate(tmp_path, llm_config(server.url, tmp_path / "cache"))
-        annotate(tmp_path, llm_config(server.url, tmp_path / "cache", concurrency=1, timeout=5))
+        annotate(RunLayout(tmp_path), llm_config(server.url, tmp_path / "cache"))
+        annotate(RunLayout(tmp_path), llm_config(server.url, tmp_path / "cache", concurrency=1, timeout=5))
         with pytest.raises(ConfigError, match="annotate.reference_free"):
-            annotate(tmp_path, llm_config(server.url, tmp_path / "cache", reference_free=True))
+            annotate(RunLayout(tmp_path), llm_config(server.url, tmp_path / "cache", reference_free=True))
 
 
 def test_local_transformers_annotator_records_unreadable_replies_and_caches_them(tmp_path, tiny_model_dir):
@@ -175,7 +175,7 @@ def test_local_transformers_annotator_records_unreadable_replies_and_caches_them
     overrides = {"annotator": "llm", "backend": "transformers", "model": str(tiny_model_dir), "max_tokens": 6,
                  "parse_retries": 1, "concurrency": 2, "cache_dir": str(tmp_path / "cache")}
     config = load_config(overrides=[f"annotate.{k}={v}" for k, v in overrides.items()]).annotate
-    assert annotate(tmp_path, config) == []
+    assert annotate(RunLayout(tmp_path), config) == []
     layout = RunLayout(tmp_path)
     failed = read_records(failures_file(layout.feedback), AnnotationFailure)
     assert sorted(f.id for f in failed) == ["q0", "q1", "q2"]
@@ -184,7 +184,7 @@ def test_local_transformers_annotator_records_unreadable_replies_and_caches_them
     assert summary["backend"] == f"transformers:{tiny_model_dir}"
     assert summary["requests"] == 6 and summary["completion_tokens"] > 0
 
-    annotate(tmp_path, config)  # a rerun retries the failures, but the cache already has every reply
+    annotate(RunLayout(tmp_path), config)  # a rerun retries the failures, but the cache already has every reply
     summary = json.loads(summary_file(layout.feedback).read_text())
     assert summary["requests"] == 0 and summary["cache_hits"] == 6
 

@@ -4,11 +4,10 @@ import json
 
 import pytest
 
+from laffi.analysis.bootstrap import bootstrap_interval, paired_bootstrap_difference
 from laffi.analysis.metrics import (
-    bootstrap_interval,
     exact_match,
     normalize_answer,
-    paired_bootstrap_difference,
     score_example,
     score_official,
     summarize,

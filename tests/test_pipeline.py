@@ -28,7 +28,7 @@ class Crash(Exception):
 
 def test_generate_resumes_after_a_crash_without_losing_or_repeating(tiny_overrides, tmp_path, monkeypatch):
     config = load_config(overrides=tiny_overrides)
-    prepare(tmp_path, config.data)
+    prepare(RunLayout(tmp_path), config.data)
     layout = RunLayout(tmp_path)
     real = answering_module.greedy_generate
 
@@ -39,14 +39,14 @@ def test_generate_resumes_after_a_crash_without_losing_or_repeating(tiny_overrid
 
     monkeypatch.setattr(answering_module, "greedy_generate", one_batch_then_crash)
     with pytest.raises(Crash):
-        generate(tmp_path, config.model, config.data, config.generate)
+        generate(RunLayout(tmp_path), config.model, config.data, config.generate)
     first = read_records(layout.answers, Answer)
     assert len(first) == config.generate.batch_size
     with layout.answers.open("a") as handle:  # and the crash tore the line being written
         handle.write('{"id": "half a rec')
 
     monkeypatch.setattr(answering_module, "greedy_generate", real)
-    answers = generate(tmp_path, config.model, config.data, config.generate)
+    answers = generate(RunLayout(tmp_path), config.model, config.data, config.generate)
     ids = [a.id for a in answers]
     assert sorted(ids) == sorted(e.id for e in read_records(layout.train_examples, QAExample))
     assert len(ids) == len(set(ids))
@@ -96,7 +96,7 @@ def test_laffi_run_end_to_end_on_a_tiny_model(tiny_overrides, tmp_path, capsys):
     assert {f.source for f in feedback} == {"ai"}
     laffi_set = read_records(layout.training_set("laffi"), TrainingExample)
     sft_set = read_records(layout.training_set("sft"), TrainingExample)
-    assert [e.id for e in laffi_set] == [e.id for e in sft_set]  # same questions for both objectives
+    assert [e.id for e in laffi_set] == [e.id for e in sft_set]  # same questions for both systems
     assert laffi_set[0].completion[0]["content"] == next(f.text for f in feedback if f.id == laffi_set[0].id)
     for system in ("sft", "laffi"):
         assert (layout.adapter(system) / "adapter_model.safetensors").exists()

@@ -81,19 +81,19 @@ def ablation_dir(tmp_path) -> Path:
     held_out = shared_run(root)
     (root / "feedback.jsonl").rename(root / "feedback.reference.jsonl")
     runs, jobs = [], []
-    for objective, offset in (("sft", 0), ("laffi", 1)):
+    for system, offset in (("sft", 0), ("laffi", 1)):
         for size in (4, 8):
             for seed in (0, 1, 2):
-                job = f"jobs/{objective}-n{size}-s{seed}"
+                job = f"jobs/{system}-n{size}-s{seed}"
                 right = 2 + offset + seed + size // 4
-                write_records(root / job / "eval" / objective / "predictions.jsonl", predictions(held_out, right))
-                logs(root / job / "adapters" / objective / "train_log.jsonl", 2.0 + offset + seed)
-                cell = {"objective": objective, "size": size, "annotator": "reference", "human_ratio": 0.0,
+                write_records(root / job / "eval" / system / "predictions.jsonl", predictions(held_out, right))
+                logs(root / job / "adapters" / system / "train_log.jsonl", 2.0 + offset + seed)
+                cell = {"system": system, "size": size, "annotator": "reference", "human_ratio": 0.0,
                         "content": "verdict+explanation+answer"}
                 scores = [float(i < right) for i in range(10)]
-                runs.append(CellRun(cell, seed, scores, scores, {"eval": f"{job}/eval/{objective}",
-                                                                 "adapter": f"{job}/adapters/{objective}"}))
-                jobs.append({"dir": job, "objective": objective, "seed": seed, "trained_this_run": True,
+                runs.append(CellRun(cell, seed, scores, scores, {"eval": f"{job}/eval/{system}",
+                                                                 "adapter": f"{job}/adapters/{system}"}))
+                jobs.append({"dir": job, "system": system, "seed": seed, "trained_this_run": True,
                              "cell": cell, "cells": ["..."]})
     summary = aggregate(runs, samples=200)
     summary.update(base={"exact": 20.0, "f1": 20.0, "exact_ci95": [0.0, 45.0], "f1_ci95": [0.0, 45.0], "total": 10},
@@ -128,7 +128,7 @@ def test_an_ablation_report_has_its_table_differences_and_charts(ablation_dir):
     assert len(images(page)) == 3
     assert "id=ablation" in page and "id=differences" in page and "LaFFi ablation" in page
     assert "trained by the last invocation" in page
-    # the held-out sample shows base and one cell per objective, at the largest size
+    # the held-out sample shows base and one cell per system, at the largest size
     header = re.search(r"id=prediction-samples><thead><tr>(.*?)</tr>", page).group(1)
     assert re.findall(r"<th>(.*?)</th>", header) == ["question", "gold", "base", "sft", "laffi"]
     # ...from seed 0: base right on 2 questions, SFT (size 8, seed 0) on 4, LaFFi on 5; seed 2 would be 6 and 7

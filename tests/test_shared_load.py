@@ -39,7 +39,7 @@ def test_an_ablation_shares_the_base_load_too(tiny_model_dir, tmp_path, loads):
         "run": {"model": {"name": str(tiny_model_dir), "threads": 2}, "data": {"eval_size": 4, "train_size": 4},
                 "generate": {"max_new_tokens": 3}, "train": {"steps": 1, "warmup_steps": 0, "batch_size": 2},
                 "eval": {"bootstrap_samples": 100}},
-        "grid": {"objective": ["sft"], "size": [4], "seeds": [0]}})
+        "grid": {"system": ["sft"], "size": [4], "seeds": [0]}})
     ablate(config, tmp_path / "ablation")
     # base evaluation + generation, then the one job's training and its evaluation with the adapter
     assert sorted(loads) == [("answer", False), ("answer", True), ("train", False)]

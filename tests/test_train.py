@@ -70,11 +70,11 @@ def test_lora_training_learns_and_saves_a_peft_adapter(tiny_model_dir, tmp_path)
 
     make_set(tmp_path)
     config = load_config(overrides=overrides(tiny_model_dir))
-    out = train(tmp_path, "sft", config.model, config.train)
+    out = train(RunLayout(tmp_path), "sft", config.model, config.train)
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "summary.json",
-        "train_config.yaml", "train_log.jsonl"]
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "config.yaml", "summary.json",
+        "train_log.jsonl"]
     log = read_records(out / "train_log.jsonl", TrainLogEntry)
     assert [e.step for e in log] == [1, 2, 3, 4, 5, 6]
     assert log[-1].loss < log[0].loss  # the same 4 examples every step: the loss must fall
@@ -99,7 +99,7 @@ def test_interrupted_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_pa
 
     config = load_config(overrides=overrides(tiny_model_dir))
     make_set(tmp_path / "straight")
-    straight = load_file(train(tmp_path / "straight", "sft", config.model, config.train) / "adapter_model.safetensors")
+    straight = load_file(train(RunLayout(tmp_path / "straight"), "sft", config.model, config.train) / "adapter_model.safetensors")
 
     make_set(tmp_path / "crashed")
     real_save = train_module.save_checkpoint
@@ -110,12 +110,12 @@ def test_interrupted_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_pa
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
-        train(tmp_path / "crashed", "sft", config.model, config.train)
+        train(RunLayout(tmp_path / "crashed"), "sft", config.model, config.train)
     out = RunLayout(tmp_path / "crashed").adapter("sft")
     assert (out / "checkpoint").exists() and not (out / "adapter_model.safetensors").exists()
 
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
-    resumed = load_file(train(tmp_path / "crashed", "sft", config.model, config.train) / "adapter_model.safetensors")
+    resumed = load_file(train(RunLayout(tmp_path / "crashed"), "sft", config.model, config.train) / "adapter_model.safetensors")
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 3
     assert [e.step for e in read_records(out / "train_log.jsonl", TrainLogEntry)] == [1, 2, 3, 4, 5, 6]
     assert not (out / "checkpoint").exists()
@@ -129,7 +129,7 @@ def test_changed_settings_do_not_mix_with_a_finished_adapter(tiny_model_dir, tmp
 
     make_set(tmp_path)
     config = load_config(overrides=overrides(tiny_model_dir, "train.steps=2"))
-    train(tmp_path, "sft", config.model, config.train)
+    train(RunLayout(tmp_path), "sft", config.model, config.train)
     changed = load_config(overrides=overrides(tiny_model_dir, "train.steps=3"))
     with pytest.raises(ConfigError, match="train.steps"):
-        train(tmp_path, "sft", changed.model, changed.train)
+        train(RunLayout(tmp_path), "sft", changed.model, changed.train)

@@ -3,7 +3,7 @@
     laffi run [CONFIG.yaml] [--preset smoke] [--out runs/x] [key=value ...]
     laffi run [CONFIG.yaml] --launcher accelerate|torchrun [--num-processes 8] [--accelerate-config F]
     laffi prepare|generate|annotate|build RUN_DIR [key=value ...]
-    laffi train RUN_DIR --set laffi|sft [key=value ...]
+    laffi train RUN_DIR --system laffi|sft [key=value ...]
     laffi evaluate RUN_DIR --system NAME [--adapter DIR] [key=value ...]
     laffi score DATA.json PREDICTIONS.json [--na-prob-file F]
     laffi stats RUN_DIR [--files feedback.jsonl feedback-llm.jsonl]
@@ -13,6 +13,10 @@
 
 A stage's settings come from --config, else the run directory's config.yaml (written by
 `laffi run`), else the preset; key=value overrides go last (`train.steps=20`).
+
+Each command is one call into the package. The stages and experiments are imported inside their
+command, not at the top: importing them loads torch and transformers, which `laffi --help`,
+`laffi score` and the annotation app's commands do not need.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from laffi.distributed.shards import Shard
 from laffi.human.commands import COMMANDS as HUMAN_COMMANDS
 from laffi.human.commands import register as register_human_commands
 from laffi.human.commands import run as run_human_command
-from laffi.layout import RunLayout
+from laffi.layout import AblationLayout, RunLayout
 from laffi.records import RecordError
 
 # Flags that are shorthands for config overrides (`--base-url X` is `annotate.base_url=X` on annotate).
@@ -41,8 +45,8 @@ SHORTHANDS = {"annotate": {"annotator": "annotate.annotator", "base_url": "annot
 
 def _config(args: argparse.Namespace) -> RunConfig:
     path = args.config
-    if path is None and getattr(args, "run_dir", None) and RunLayout(args.run_dir).config.exists():
-        path = RunLayout(args.run_dir).config
+    if path is None and getattr(args, "run_dir", None) and RunLayout.of(args.run_dir).config.exists():
+        path = RunLayout.of(args.run_dir).config
     flags = SHORTHANDS.get(args.command, {})
     shorthands = [f"{key}={getattr(args, flag)}" for flag, key in flags.items() if getattr(args, flag) is not None]
     return load_config(path, args.preset, shorthands + args.overrides)
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--human-ratio", type=float, help="hybrid set: share R of examples with human feedback")
     build.add_argument("--size", type=int, help="hybrid set: N examples (with --human-ratio)")
     train = _stage_parser(sub, "train", "LoRA fine-tuning on a training set")
-    train.add_argument("--set", required=True, dest="set_name", help="which set: laffi or sft")
+    train.add_argument("--system", required=True, help="which system's training set (sets/SYSTEM.jsonl): laffi or sft")
     evaluate = _stage_parser(sub, "evaluate", "answer and score the held-out questions")
     evaluate.add_argument("--system", required=True, help="name of the results folder, e.g. base")
     evaluate.add_argument("--adapter", help="a PEFT adapter directory to evaluate")
@@ -91,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("--backend", help="transformers (in-process) or openai (generate.backend)")
         stage.add_argument("--base-url", help="the OpenAI-compatible server for --backend openai (generate.base_url)")
 
-    ablate = sub.add_parser("ablate", help="a grid of variants (objective, size, annotator, human share, "
-                                           "feedback content) over seeds, with means and 95% intervals")
+    ablate = sub.add_parser("ablate", help="a grid of variants (system, size, annotator, human share, "
+                                           "feedback content) over seeds, with means and 95%% intervals")
     ablate.add_argument("config", help="an ablation config, e.g. configs/ablate/size-objective.yaml")
     ablate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. grid.seeds=0,1 run.train.steps=8")
     ablate.add_argument("--out", help="the ablation directory (default: runs/ablate-CONFIG_NAME)")
@@ -153,17 +157,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         from laffi.experiments.ablate import ablate
         from laffi.experiments.grid import load_ablate_config
 
-        out = Path(args.out or Path("runs") / f"ablate-{Path(args.config).stem}")
-        summary = ablate(load_ablate_config(args.config, args.overrides), out)
-        print((out / "ablation.md").read_text(encoding="utf-8"))
-        print(f"{len(summary['cells'])} cells; report: {out / 'report.html'}")
+        ablation = AblationLayout(args.out or Path("runs") / f"ablate-{Path(args.config).stem}")
+        summary = ablate(load_ablate_config(args.config, args.overrides), ablation.root)
+        print(ablation.summary_md.read_text(encoding="utf-8"))
+        print(f"{len(summary['cells'])} cells; report: {ablation.run.report}")
         return 0
     if args.command == "attention":
-        from laffi.analysis.attention import analyse, attention_dir
+        from laffi.analysis.attention import analyse
+        from laffi.report.plots import save_attention_figures
 
-        config = load_config(RunLayout(args.run_dir).config if RunLayout(args.run_dir).config.exists() else None)
-        analyse(args.run_dir, config.model, config.data, args.system, args.adapter, args.limit, args.window)
-        print(f"attention maps and numbers in {attention_dir(args.run_dir, args.system)}")
+        layout = RunLayout.of(args.run_dir)
+        config = load_config(layout.config if layout.config.exists() else None)
+        results = analyse(layout, config.model, config.data, args.system, args.adapter, args.limit, args.window)
+        save_attention_figures(results, layout)
+        print(f"attention maps and numbers in {layout.attention(args.system)}")
         return 0
     if args.command == "report":
         from laffi.report.html import write_report
@@ -171,9 +178,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"report written to {write_report(args.run_dir, args.out)}")
         return 0
     if args.command == "stats":
-        from laffi.analysis.stats import markdown, stats
+        from laffi.analysis.agreement import stats
+        from laffi.report.tables import stats_markdown
 
-        print(markdown(stats(args.run_dir, args.files)))
+        print(stats_markdown(stats(args.run_dir, args.files)))
         return 0
     if args.command == "run":
         from laffi.experiments.run import run
@@ -192,46 +200,44 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"\nfull results: {RunLayout(out).results_md}")
         return 0
 
-    config = _config(args)
+    config, layout = _config(args), RunLayout.of(args.run_dir)
     if args.command == "prepare":
         from laffi.stages.prepare import prepare
 
-        train, held_out = prepare(args.run_dir, config.data)
-        print(f"{len(train)} train questions, {len(held_out)} held-out questions in {RunLayout(args.run_dir).data}")
+        train, held_out = prepare(layout, config.data)
+        print(f"{len(train)} train questions, {len(held_out)} held-out questions in {layout.data}")
     elif args.command == "generate":
         from laffi.stages.generate import generate
 
-        answers = generate(args.run_dir, config.model, config.data, config.generate)
-        print(f"{len(answers)} answers in {RunLayout(args.run_dir).answers}")
+        answers = generate(layout, config.model, config.data, config.generate)
+        print(f"{len(answers)} answers in {layout.answers}")
     elif args.command == "annotate":
         from laffi.stages.annotate import annotate
 
-        feedback = annotate(args.run_dir, config.annotate, out=args.out)
-        out = RunLayout(args.run_dir).root / args.out if args.out else RunLayout(args.run_dir).feedback
+        feedback = annotate(layout, config.annotate, out=args.out)
+        out = layout.root / args.out if args.out else layout.feedback
         print(f"{len(feedback)} feedback records in {out}")
     elif args.command == "build":
-        from laffi.stages.build import build
+        from laffi.stages.build import HybridConfig, build, build_hybrid
 
         if args.human_ratio is not None or args.size is not None:
-            from laffi.stages.hybrid import HybridConfig, build_hybrid
-
             if args.human_ratio is None or args.size is None:
                 raise ConfigError("--human-ratio and --size go together: a hybrid set of N examples, share R human")
-            sets = build_hybrid(args.run_dir, config.data, HybridConfig(args.human_ratio, args.size))
+            sets = build_hybrid(layout, config.data, HybridConfig(args.human_ratio, args.size))
         else:
-            sets = build(args.run_dir, config.data)
+            sets = build(layout, config.data)
         for name, examples in sets.items():
-            print(f"{len(examples)} examples in {RunLayout(args.run_dir).training_set(name)}")
+            print(f"{len(examples)} examples in {layout.training_set(name)}")
     elif args.command == "train":
         from laffi.stages.train import train
 
-        out = train(args.run_dir, args.set_name, config.model, config.train)
+        out = train(layout, args.system, config.model, config.train)
         if Shard.current().is_main:  # under a launcher, one line, not one per process
             print(f"adapter saved in {out}")
     elif args.command == "evaluate":
         from laffi.stages.evaluate import evaluate
 
-        metrics = evaluate(args.run_dir, args.system, config.model, config.data, config.generate, config.eval,
+        metrics = evaluate(layout, args.system, config.model, config.data, config.generate, config.eval,
                            adapter=args.adapter)
         if Shard.current().is_main:  # under a launcher, one line, not one per process
             print(json.dumps({k: metrics[k] for k in ("exact", "f1", "total", "exact_ci95", "f1_ci95")}))

@@ -16,12 +16,15 @@ from typing import Any
 
 import yaml
 
+from laffi.records import write_atomic
+
 
 class ConfigError(ValueError):
     """A bad option; the message names it."""
 
 
-def _require(condition: bool, option: str, message: str) -> None:
+def require(condition: bool, option: str, message: str) -> None:
+    """The one check of every config section: a ConfigError naming the option unless `condition` holds."""
     if not condition:
         raise ConfigError(f"{option}: {message}")
 
@@ -43,15 +46,15 @@ class ModelConfig:
     attention: str = "auto"
 
     def __post_init__(self) -> None:
-        _require(bool(self.name), "model.name", "must not be empty")
-        _require(self.attention in ("auto", "sdpa", "flash_attention_2", "eager"), "model.attention",
+        require(bool(self.name), "model.name", "must not be empty")
+        require(self.attention in ("auto", "sdpa", "flash_attention_2", "eager"), "model.attention",
                  f"must be auto, sdpa, flash_attention_2 or eager, got {self.attention!r}")
-        _require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
+        require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
                  f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        _require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+        require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                  "model.device", f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
-        _require(self.threads >= 0, "model.threads", "must be >= 0")
-        _require(self.prompt_format in ("chat", "plain"), "model.prompt_format",
+        require(self.threads >= 0, "model.threads", "must be >= 0")
+        require(self.prompt_format in ("chat", "plain"), "model.prompt_format",
                  f"must be chat or plain, got {self.prompt_format!r}")
 
 
@@ -64,9 +67,9 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.eval_size >= 1, "data.eval_size", "must be >= 1")
-        _require(self.train_size >= 0, "data.train_size", "must be >= 0 (0 = the whole train pool)")
-        _require(0 <= self.num_shots <= 8, "data.num_shots", "must be between 0 and 8")
+        require(self.eval_size >= 1, "data.eval_size", "must be >= 1")
+        require(self.train_size >= 0, "data.train_size", "must be >= 0 (0 = the whole train pool)")
+        require(0 <= self.num_shots <= 8, "data.num_shots", "must be between 0 and 8")
 
 
 @dataclass
@@ -89,14 +92,14 @@ class GenerateConfig:
     exact_prompts: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")
-        _require(self.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1")
-        _require(self.backend in ("transformers", "openai"), "generate.backend",
+        require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")
+        require(self.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1")
+        require(self.backend in ("transformers", "openai"), "generate.backend",
                  f"must be transformers or openai, got {self.backend!r}")
-        _require(self.backend != "openai" or bool(self.base_url), "generate.base_url",
+        require(self.backend != "openai" or bool(self.base_url), "generate.base_url",
                  "required with generate.backend=openai (e.g. http://localhost:8000/v1)")
-        _require(self.timeout > 0, "generate.timeout", "must be > 0")
-        _require(self.retries >= 0, "generate.retries", "must be >= 0")
+        require(self.timeout > 0, "generate.timeout", "must be > 0")
+        require(self.retries >= 0, "generate.retries", "must be >= 0")
 
 
 @dataclass
@@ -121,24 +124,22 @@ class AnnotateConfig:
     cache_dir: str = ""  # replies already paid for; empty: $LAFFI_CACHE/llm (~/.cache/laffi/llm)
 
     def __post_init__(self) -> None:
-        _require(self.annotator in ("reference", "llm"), "annotate.annotator",
+        require(self.annotator in ("reference", "llm"), "annotate.annotator",
                  f"unknown annotator {self.annotator!r}; available: reference, llm")
         if self.annotator != "llm":
             return
-        _require(self.backend in ("openai", "transformers"), "annotate.backend",
+        require(self.backend in ("openai", "transformers"), "annotate.backend",
                  f"must be openai or transformers, got {self.backend!r}")
-        _require(bool(self.model), "annotate.model", "required with annotate.annotator=llm (e.g. gpt-4o)")
-        from laffi.annotators.template import template_path
-
-        _require(template_path(self.template).is_file(), "annotate.template",
-                 f"{self.template!r} is neither a packaged template nor a file")
-        _require(0 <= self.temperature <= 2, "annotate.temperature", "must be in [0, 2]")
-        _require(self.max_tokens >= 1, "annotate.max_tokens", "must be >= 1")
-        _require(self.parse_retries >= 0, "annotate.parse_retries", "must be >= 0")
-        _require(self.concurrency >= 1, "annotate.concurrency", "must be >= 1")
-        _require(self.timeout > 0, "annotate.timeout", "must be > 0")
-        _require(self.retries >= 0, "annotate.retries", "must be >= 0")
-        _require(self.backoff >= 0, "annotate.backoff", "must be >= 0")
+        require(bool(self.model), "annotate.model", "required with annotate.annotator=llm (e.g. gpt-4o)")
+        # annotate.template is checked where templates live (laffi.annotators.template.load_template),
+        # by every command that will annotate, before it starts
+        require(0 <= self.temperature <= 2, "annotate.temperature", "must be in [0, 2]")
+        require(self.max_tokens >= 1, "annotate.max_tokens", "must be >= 1")
+        require(self.parse_retries >= 0, "annotate.parse_retries", "must be >= 0")
+        require(self.concurrency >= 1, "annotate.concurrency", "must be >= 1")
+        require(self.timeout > 0, "annotate.timeout", "must be > 0")
+        require(self.retries >= 0, "annotate.retries", "must be >= 0")
+        require(self.backoff >= 0, "annotate.backoff", "must be >= 0")
 
 
 @dataclass
@@ -162,15 +163,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "max_seq_len", "lora_r"):
-            _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
-        _require(self.lr > 0, "train.lr", "must be > 0")
-        _require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", "must be in [0, train.steps]")
-        _require(0 <= self.lora_dropout < 1, "train.lora_dropout", "must be in [0, 1)")
-        _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
-        _require(bool(self.target_modules), "train.target_modules", "must name at least one module")
+            require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        require(self.lr > 0, "train.lr", "must be > 0")
+        require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", "must be in [0, train.steps]")
+        require(0 <= self.lora_dropout < 1, "train.lora_dropout", "must be in [0, 1)")
+        require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        require(bool(self.target_modules), "train.target_modules", "must name at least one module")
         schedules = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
                      "polynomial", "inverse_sqrt")
-        _require(self.schedule in schedules, "train.schedule", f"must be one of {schedules}")
+        require(self.schedule in schedules, "train.schedule", f"must be one of {schedules}")
 
 
 @dataclass
@@ -179,7 +180,7 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.bootstrap_samples >= 100, "eval.bootstrap_samples", "must be >= 100")
+        require(self.bootstrap_samples >= 100, "eval.bootstrap_samples", "must be >= 100")
 
 
 @dataclass
@@ -190,6 +191,10 @@ class RunConfig:
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def sections(self, *names: str) -> dict[str, Any]:
+        """The named sections (all of them by default), as the stages save them: {"model": ..., ...}."""
+        return {name: getattr(self, name) for name in names or [f.name for f in dataclasses.fields(self)]}
 
 
 # Presets are overrides on the defaults above, sized for 2 CPU cores.
@@ -205,9 +210,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, values: Any, prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -215,25 +220,39 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         option = f"{prefix}{key}"
         if key not in known:
             raise ConfigError(f"{option}: unknown option; known: {', '.join(sorted(known))}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, option + ".")
-        else:
-            kwargs[key] = _coerce(value, hint, option)
-    return cls(**kwargs)
+        kwargs[key] = _coerce(value, hints[key], option)
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:  # a section's own check names its option as in a run config
+        message = str(error)      # (`train.steps: ...`); inside another file it sits at `prefix`
+        own = f"{cls.__name__.removesuffix('Config').lower()}."
+        if prefix and not message.startswith(prefix) and message.startswith(own):
+            raise ConfigError(prefix + message.removeprefix(own)) from None
+        raise
 
 
 def _coerce(value: Any, hint: Any, option: str) -> Any:
+    """`value` as the type `hint`: a section, a list or a mapping of them, or a scalar."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, option + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        if isinstance(value, str):  # key=value overrides write lists as a,b,c
+            value = [yaml.safe_load(v.strip()) for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, args[0], option) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{option}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v or {}, args[1], f"{option}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "5e-3" as a string
             return float(value)
         except ValueError:
             pass
-    if typing.get_origin(hint) is list:
-        if isinstance(value, str):  # key=value overrides write lists as a,b,c
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
+    elif hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # a name that YAML read as a number (grid.annotator: [1])
     elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{option}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
@@ -264,24 +283,34 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return nested
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file of sections; a syntax error is one line naming the file, line and column."""
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping of sections")
+    return values
+
+
 def load_config(path: str | Path | None = None, preset: str = "default",
                 overrides: list[str] | None = None) -> RunConfig:
     if preset not in PRESETS:
         raise ConfigError(f"--preset: unknown preset {preset!r}; available: {', '.join(PRESETS)}")
     values = PRESETS[preset]
     if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        from_file = yaml.safe_load(text) or {}
-        if not isinstance(from_file, dict):
-            raise ConfigError(f"{path}: expected a YAML mapping of sections")
-        values = _merge(values, from_file)
+        values = _merge(values, read_yaml(path))
     values = _merge(values, parse_overrides(overrides or []))
     return _build(RunConfig, values, "")
 
 
 def build_section(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """A config dataclass (RunConfig or one of its sections) from a mapping, validated, for files that
-    hold a run config inside them (`laffi ablate`); errors name the option with `prefix` (`run.train.steps`)."""
+    """A config dataclass (RunConfig, one of its sections, or a file's own config class that holds them)
+    from a mapping, validated; errors name the option with `prefix` (`run.train.steps`)."""
     return _build(cls, values, prefix)
 
 
@@ -290,37 +319,36 @@ def merge_values(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
     return _merge(base, update)
 
 
+def plain(section: Any) -> dict[str, Any]:
+    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+
+
+def non_default(section: Any) -> dict[str, Any]:
+    """The options of a section that differ from their defaults: what an option added in a later
+    laffi version, left at its default, does not change."""
+    default = dataclasses.asdict(type(section)())
+    return {k: v for k, v in dataclasses.asdict(section).items() if v != default[k]}
+
+
 def to_yaml(section: Any) -> str:
-    return yaml.safe_dump(dataclasses.asdict(section), sort_keys=False)
-
-
-def _plain(sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: dataclasses.asdict(s) if dataclasses.is_dataclass(s) else dict(s)
-            for name, s in sections.items()}
+    return yaml.safe_dump(plain(section), sort_keys=False)
 
 
 def save_config(path: str | Path, sections: dict[str, Any]) -> None:
-    """Write the resolved sections a stage used, e.g. {"model": ..., "train": ...}."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = _plain(sections)
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    """Write the settings an artifact is made with, e.g. {"model": ..., "train": ...}, beside it.
 
-
-def check_resume(path: str | Path, sections: dict[str, Any]) -> None:
-    """Refuse to continue a stage whose earlier output was made with a different config."""
+    If the artifact was begun with other settings, refuse instead (ConfigError): a resumed stage must
+    not mix outputs of two configs. An option missing from an older file counts as at its default.
+    """
     path = Path(path)
-    if not path.exists():
-        save_config(path, sections)
-        return
-    before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    now = _plain(sections)
-    # An option added in a later version is missing from older files; at its default it changes nothing.
-    defaults = {name: dataclasses.asdict(type(s)()) for name, s in sections.items() if dataclasses.is_dataclass(s)}
-    changed = [f"{name}.{key}" for name in now for key in now[name]
-               if (before.get(name) or {}).get(key, defaults.get(name, {}).get(key)) != now[name][key]]
-    if changed:
-        raise ConfigError(
-            f"{path} was written with different settings ({', '.join(changed)}); "
-            "use a new run directory, or delete this stage's output to redo it"
-        )
+    now = {name: plain(s) for name, s in sections.items()}
+    if path.exists():
+        before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        defaults = {name: dataclasses.asdict(type(s)()) for name, s in sections.items() if dataclasses.is_dataclass(s)}
+        changed = [f"{name}.{key}" for name in now for key in now[name]
+                   if (before.get(name) or {}).get(key, defaults.get(name, {}).get(key)) != now[name][key]]
+        if changed:
+            raise ConfigError(
+                f"{path} was written with different settings ({', '.join(changed)}); "
+                "use a new run directory, or delete this stage's output to redo it")
+    write_atomic(path, yaml.safe_dump(now, sort_keys=False))

@@ -1,13 +1,26 @@
-"""Where each artifact of a run lives. A run directory reads as the story of the experiment:
+"""Every path of a run directory and of an ablation directory: no other module spells a file name.
+
+A run directory reads as the story of the experiment:
 
     config.yaml                     the resolved config of the whole run (`laffi run`)
-    data/{train,eval,shots}.jsonl   QA examples: train pool, held-out set, few-shot pool
-    answers.jsonl (+ .config.yaml)  the model's answers on the train pool
-    feedback.jsonl (+ .config.yaml) feedback on those answers (source human | ai)
-    sets/{laffi,sft}.jsonl          prompt/completion training sets
-    adapters/{laffi,sft}/           LoRA adapters in PEFT format, train_log.jsonl, checkpoint/
-    eval/{base,sft,laffi}/          predictions.jsonl, metrics.json, config.yaml
-    results.{json,md}
+    data/{train,eval,shots}.jsonl   QA examples: train pool, held-out set, few-shot pool; data/config.yaml
+    answers.jsonl                   the model's answers on the train pool (+ answers.config.yaml)
+    feedback.jsonl                  feedback on those answers, source ai (+ .config.yaml, .failed.jsonl,
+                                    .summary.json); feedback.human.jsonl: people's (`laffi export-feedback`)
+    sets/{laffi,sft}.jsonl          prompt/completion training sets; sets/config.yaml, sets/laffi.meta.json
+    adapters/SYSTEM/                a LoRA adapter in PEFT format, train_log.jsonl, summary.json,
+                                    config.yaml, checkpoint/
+    eval/SYSTEM/                    predictions.jsonl, metrics.json, config.yaml
+    attention/SYSTEM/               attention.json and its PNGs (`laffi attention`)
+    results.{json,md}, run_info.json, report.html, stats.json, annotations.db
+
+Saved configs follow one rule: what a stage writes into a folder has FOLDER/config.yaml, what it
+writes as one file has FILE.config.yaml beside it.
+
+An ablation directory is a run directory (the split, the answers and the base evaluation every cell
+shares) with the grid's own parts around it; see `AblationLayout`. Its variants and jobs are run
+directories of their own whose data/ is the ablation's: `RunLayout.of(path)` finds it from where the
+directory sits, so stages run by hand in a job (`laffi attention`, `laffi report`) read the shared split.
 """
 
 from __future__ import annotations
@@ -15,58 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class RunLayout:
-    root: Path
-
-    def __init__(self, root: str | Path) -> None:
-        object.__setattr__(self, "root", Path(root))
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def train_examples(self) -> Path:
-        return self.data / "train.jsonl"
-
-    @property
-    def eval_examples(self) -> Path:
-        return self.data / "eval.jsonl"
-
-    @property
-    def shots(self) -> Path:
-        return self.data / "shots.jsonl"
-
-    @property
-    def answers(self) -> Path:
-        return self.root / "answers.jsonl"
-
-    @property
-    def feedback(self) -> Path:
-        return self.root / "feedback.jsonl"
-
-    def training_set(self, name: str) -> Path:
-        return self.root / "sets" / f"{name}.jsonl"
-
-    def adapter(self, name: str) -> Path:
-        return self.root / "adapters" / name
-
-    def evaluation(self, system: str) -> Path:
-        return self.root / "eval" / system
-
-    @property
-    def results_json(self) -> Path:
-        return self.root / "results.json"
-
-    @property
-    def results_md(self) -> Path:
-        return self.root / "results.md"
+CONFIG = "config.yaml"
+# PEFT's file names: an adapter folder is finished once its weights are there
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def sidecar_config(artifact: Path) -> Path:
@@ -82,3 +47,217 @@ def failures_file(artifact: Path) -> Path:
 def summary_file(artifact: Path) -> Path:
     """`feedback.jsonl` -> `feedback.summary.json`: requests, cache hits, failures and tokens of the last run."""
     return artifact.with_name(artifact.stem + ".summary.json")
+
+
+def is_adapter(folder: Path) -> bool:
+    """Whether `folder` holds a PEFT adapter (its adapter_config.json)."""
+    return (Path(folder) / ADAPTER_CONFIG).exists()
+
+
+def adapter_finished(folder: Path) -> bool:
+    """Whether training wrote the adapter's weights into `folder` (a crashed one has only a checkpoint)."""
+    return (Path(folder) / ADAPTER_WEIGHTS).exists()
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run directory. `data` and `sets` are its own folders unless given: an
+    ablation's jobs read the ablation's split and their variant's training sets where they are."""
+
+    root: Path
+    data: Path
+    sets: Path
+
+    def __init__(self, root: str | Path, data: str | Path | None = None, sets: str | Path | None = None) -> None:
+        root = Path(root)
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "data", Path(data) if data is not None else root / "data")
+        object.__setattr__(self, "sets", Path(sets) if sets is not None else root / "sets")
+
+    @classmethod
+    def of(cls, run_dir: str | Path) -> "RunLayout":
+        """The layout of an existing directory: a run, or a variant or job of an ablation (its data is the
+        ablation's)."""
+        root = Path(run_dir)
+        ablation = AblationLayout(root.parent.parent)
+        if root.parent.name in ("sets", "jobs") and ablation.ablate_config.exists():
+            return cls(root, data=ablation.run.data)
+        return cls(root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    # stage 0: prepare
+    @property
+    def data_config(self) -> Path:
+        return self.data / CONFIG
+
+    @property
+    def train_examples(self) -> Path:
+        return self.data / "train.jsonl"
+
+    @property
+    def eval_examples(self) -> Path:
+        return self.data / "eval.jsonl"
+
+    @property
+    def shots(self) -> Path:
+        return self.data / "shots.jsonl"
+
+    # stages 1 and 2: generate, annotate
+    @property
+    def answers(self) -> Path:
+        return self.root / "answers.jsonl"
+
+    @property
+    def feedback(self) -> Path:
+        return self.root / "feedback.jsonl"
+
+    @property
+    def human_feedback(self) -> Path:
+        """People's feedback, exported from the annotation app; what hybrid builds read."""
+        return self.root / "feedback.human.jsonl"
+
+    def feedback_files(self) -> list[Path]:
+        """Every file of feedback records here (feedback.jsonl, feedback.NAME.jsonl, feedback.human.jsonl)."""
+        return sorted(p for p in self.root.glob("feedback*.jsonl") if not p.name.endswith(".failed.jsonl"))
+
+    @property
+    def annotations_db(self) -> Path:
+        """The annotation app's SQLite database, when no other database is given."""
+        return self.root / "annotations.db"
+
+    # stage 3: build
+    def training_set(self, system: str) -> Path:
+        return self.sets / f"{system}.jsonl"
+
+    @property
+    def sets_config(self) -> Path:
+        return self.sets / CONFIG
+
+    def set_metadata(self, system: str) -> Path:
+        """What a training set is made of (sizes, sources, who wrote the human part)."""
+        return self.sets / f"{system}.meta.json"
+
+    # stage 4: train
+    def adapter(self, system: str) -> Path:
+        return self.root / "adapters" / system
+
+    def trained_systems(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "adapters").glob("*") if self.train_log(p.name).exists())
+
+    def train_config(self, system: str) -> Path:
+        return self.adapter(system) / CONFIG
+
+    def train_log(self, system: str) -> Path:
+        return self.adapter(system) / "train_log.jsonl"
+
+    def train_summary(self, system: str) -> Path:
+        return self.adapter(system) / "summary.json"
+
+    def checkpoint(self, system: str) -> Path:
+        return self.adapter(system) / "checkpoint"
+
+    # stage 5: evaluate
+    def evaluation(self, system: str) -> Path:
+        return self.root / "eval" / system
+
+    def evaluated_systems(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "eval").glob("*") if self.predictions(p.name).exists())
+
+    def eval_config(self, system: str) -> Path:
+        return self.evaluation(system) / CONFIG
+
+    def predictions(self, system: str) -> Path:
+        return self.evaluation(system) / "predictions.jsonl"
+
+    def metrics(self, system: str) -> Path:
+        return self.evaluation(system) / "metrics.json"
+
+    # the outcome
+    @property
+    def results_json(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def results_md(self) -> Path:
+        return self.root / "results.md"
+
+    @property
+    def run_info(self) -> Path:
+        """Stage times, paired differences, training and generation speed of `laffi run`."""
+        return self.root / "run_info.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def stats(self) -> Path:
+        """Annotator agreement (`laffi stats`)."""
+        return self.root / "stats.json"
+
+    def attention(self, system: str) -> Path:
+        """`laffi attention`'s numbers and figures for base vs SYSTEM's adapter."""
+        return self.root / "attention" / system
+
+    def attention_systems(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "attention").glob("*") if self.attention_json(p.name).exists())
+
+    def attention_json(self, system: str) -> Path:
+        return self.attention(system) / "attention.json"
+
+    def attention_figure(self, system: str, name: str) -> Path:
+        return self.attention(system) / f"{name}.png"
+
+    def attention_figures(self, system: str) -> list[Path]:
+        return sorted(self.attention(system).glob("*.png"))
+
+
+@dataclass(frozen=True)
+class AblationLayout:
+    """The paths of an ablation directory (`laffi ablate`):
+
+        ablate.yaml                   the resolved ablation config (rewritten each run: grids may grow)
+        config.yaml, data/, answers.jsonl, eval/base/    the shared run, a run directory of its own
+        feedback.NAME.jsonl           annotator NAME's feedback on the answers
+        feedback.human.jsonl          people's feedback, for grid.human_ratio > 0
+        sets/VARIANT/                 one variant's feedback and its training sets, on the shared data/
+        jobs/SYSTEM-HASH/             one training and its evaluation, on the shared data/ and its
+                                      variant's sets
+        ablation.json, ablation.md    per cell: mean and 95% interval over seeds, per-seed scores
+        report.html
+    """
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def run(self) -> RunLayout:
+        return RunLayout(self.root)
+
+    @property
+    def ablate_config(self) -> Path:
+        return self.root / "ablate.yaml"
+
+    def feedback(self, annotator: str) -> Path:
+        return self.root / f"feedback.{annotator}.jsonl"
+
+    def variant(self, annotator: str, content: str, human_ratio: float, size: int, seed: int) -> RunLayout:
+        name = f"{annotator}.{content}.h{human_ratio:g}.n{size}.s{seed}"
+        return RunLayout(self.root / "sets" / name, data=self.run.data)
+
+    def job(self, system: str, key: str, sets: Path) -> RunLayout:
+        """A training of `system` on the set in `sets` (its variant's), and its evaluation."""
+        return RunLayout(self.root / "jobs" / f"{system}-{key}", data=self.run.data, sets=sets)
+
+    @property
+    def summary_json(self) -> Path:
+        return self.root / "ablation.json"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "ablation.md"

@@ -29,14 +29,12 @@ import numpy as np
 import torch
 
 from laffi.config import DataConfig, ModelConfig
-from laffi.layout import RunLayout
+from laffi.layout import RunLayout, is_adapter
 from laffi.models import load_model
 from laffi.prompts import choose_shots, qa_messages
-from laffi.records import QAExample, read_records
+from laffi.records import QAExample, read_records, write_atomic
 
 METRICS = ("entropy", "distance", "local_share", "gold_mass")
-TITLES = {"entropy": "attention entropy (nats)", "distance": "mean attention distance (tokens)",
-          "local_share": "local share (within the window)", "gold_mass": "mass on the gold answer span"}
 
 
 @dataclass(frozen=True)
@@ -77,9 +75,8 @@ def answer_span(text: str, offsets: list[tuple[int, int]], example: QAExample) -
     return None
 
 
-def held_out_prompts(run_dir: str | Path, tokenizer, data: DataConfig, limit: int) -> list[Prompt]:
+def held_out_prompts(layout: RunLayout, tokenizer, data: DataConfig, limit: int) -> list[Prompt]:
     """The first `limit` held-out questions whose gold answer is in the passage, as `laffi evaluate` prompts them."""
-    layout = RunLayout(run_dir)
     shots = read_records(layout.shots, QAExample)
     prompts = []
     for example in read_records(layout.eval_examples, QAExample):
@@ -117,32 +114,22 @@ def load_eager(model_config: ModelConfig, adapter: str | Path | None = None):
     return load_model(replace(model_config, attention="eager"), adapter=adapter)
 
 
-def attention_dir(run_dir: str | Path, system: str) -> Path:
-    return Path(run_dir) / "attention" / system
-
-
-def analyse(run_dir: str | Path, model_config: ModelConfig, data: DataConfig, system: str = "laffi",
+def analyse(layout: RunLayout, model_config: ModelConfig, data: DataConfig, system: str = "laffi",
             adapter: str | Path | None = None, limit: int = 24, window: int = 8) -> dict:
     """Base model vs `adapter` (default RUN/adapters/SYSTEM) on held-out prompts; writes JSON and PNGs."""
     if limit < 1 or window < 1:
         raise ValueError(f"--limit and --window must be >= 1, got {limit} and {window}")
-    adapter = Path(adapter) if adapter else RunLayout(run_dir).adapter(system)
-    if not (adapter / "adapter_config.json").exists():
+    adapter = Path(adapter) if adapter else layout.adapter(system)
+    if not is_adapter(adapter):
         raise FileNotFoundError(f"--adapter: {adapter} holds no PEFT adapter (adapter_config.json); train one first")
     results: dict = {"system": system, "adapter": str(adapter), "window": window}
     for name, path in (("base", None), (system, adapter)):
         model, tokenizer = load_eager(model_config, path)
-        prompts = held_out_prompts(run_dir, tokenizer, data, limit)
+        prompts = held_out_prompts(layout, tokenizer, data, limit)
         print(f"attention {name}: {len(prompts)} held-out prompts", flush=True)
         results[name] = {metric: values.round(6).tolist() for metric, values in
                          model_metrics(model, prompts, window).items()}
         del model
     results["prompts"] = [p.id for p in prompts]
-    out = attention_dir(run_dir, system)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "attention.json").write_text(json.dumps(results) + "\n", encoding="utf-8")
-    from laffi.report.plots import attention_figures
-
-    for name, png in attention_figures(results).items():
-        (out / f"{name}.png").write_bytes(png)
+    write_atomic(layout.attention_json(system), json.dumps(results) + "\n")
     return results

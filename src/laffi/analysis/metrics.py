@@ -1,7 +1,7 @@
 """SQuAD scoring: exact match and token F1 with the official v2.0 evaluation semantics.
 
-`laffi score` scores each held-out answer with `score_example` and reports `summarize` (the
-official output keys, in percent) with `bootstrap_interval` error bars; `paired_bootstrap_difference`
+`laffi evaluate` scores each held-out answer with `score_example` and reports `summarize` (the
+official output keys, in percent) with error bars from laffi.analysis.bootstrap, which also
 compares two systems on the same questions. `score_official` is a drop-in for the official
 evaluate-v2.0.py (which also handles v1.1 data), so our numbers can be checked against published ones.
 """
@@ -15,8 +15,6 @@ import string
 import sys
 from pathlib import Path
 from typing import Any, Sequence
-
-import numpy as np
 
 from laffi.data import load_examples
 from laffi.records import QAExample
@@ -107,35 +105,6 @@ def summarize(
 ) -> dict[str, Any]:
     """The official output: exact, f1 (percent), total, then HasAns_* and NoAns_* when present."""
     return _summary([not ex.is_impossible for ex in examples], exact, f1)
-
-
-def bootstrap_interval(
-    values: Sequence[float], samples: int = 1000, seed: int = 0, confidence: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values`, in their unit."""
-    values = np.asarray(values, dtype=float)
-    if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"bootstrap needs a non-empty list of numbers, got shape {values.shape}")
-    if samples < 1 or not 0 < confidence < 1:
-        raise ValueError(f"need samples >= 1 and 0 < confidence < 1, got {samples} and {confidence}")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
-    tail = 50.0 * (1 - confidence)
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
-def paired_bootstrap_difference(
-    a: Sequence[float], b: Sequence[float], samples: int = 1000, seed: int = 0, confidence: float = 0.95
-) -> tuple[float, float, float]:
-    """(mean of a - b, low, high): resampling questions, not scores, keeps each pair together."""
-    if len(a) != len(b):
-        raise ValueError(
-            f"paired bootstrap needs one score per question from each side, got {len(a)} and {len(b)}"
-        )
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    low, high = bootstrap_interval(diff, samples, seed, confidence)
-    return float(diff.mean()), low, high
 
 
 def _load_json(path: Path) -> Any:

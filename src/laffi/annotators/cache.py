@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 from pathlib import Path
 from typing import Any
+
+from laffi.records import write_atomic
 
 
 class ReplyCache:
@@ -43,8 +43,4 @@ class ReplyCache:
             return None
 
     def put(self, key: str, request: dict[str, Any], reply: dict[str, Any]) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"request": request, "reply": reply}, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(self._path(key), json.dumps({"request": request, "reply": reply}, ensure_ascii=False))

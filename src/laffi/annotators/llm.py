@@ -23,7 +23,10 @@ from pathlib import Path
 from laffi.annotators.cache import ReplyCache
 from laffi.annotators.template import ReplyError, Template, load_template
 from laffi.backends.chat import ChatRequest, Reply
+from laffi.backends.local_chat import LocalChat
+from laffi.backends.openai_client import OpenAIChat, RetryingClient
 from laffi.config import AnnotateConfig
+from laffi.models import cache_dir
 from laffi.records import AnnotationFailure, Answer, Feedback, QAExample
 
 RETRY_TEMPERATURE = 0.7  # a re-ask at temperature 0 would get the same unreadable reply back
@@ -35,8 +38,6 @@ OPERATIONAL = ("base_url", "api_key_env", "concurrency", "timeout", "retries", "
 def cache_root(config: AnnotateConfig) -> Path:
     if config.cache_dir:
         return Path(config.cache_dir).expanduser()
-    from laffi.models import cache_dir
-
     return cache_dir() / "llm"
 
 
@@ -47,11 +48,7 @@ def settings(config: AnnotateConfig) -> dict:
 
 def make_backend(config: AnnotateConfig):
     if config.backend == "transformers":
-        from laffi.backends.local_chat import LocalChat
-
         return LocalChat(config.model, config.concurrency)
-    from laffi.backends.openai_client import OpenAIChat, RetryingClient
-
     client = RetryingClient(config.base_url, config.api_key_env, config.timeout, config.retries, config.backoff)
     return OpenAIChat(client, config.model, config.concurrency)
 

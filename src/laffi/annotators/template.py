@@ -18,6 +18,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from laffi.config import ConfigError
 from laffi.records import VERDICTS, Answer, QAExample
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -84,7 +85,7 @@ def _render(source: str, values: dict, path: Path, part: str) -> str:
 def load_template(name: str) -> Template:
     path = template_path(name)
     if not path.is_file():
-        raise TemplateError(f"annotate.template: {name!r} is neither a packaged template nor a file")
+        raise ConfigError(f"annotate.template: {name!r} is neither a packaged template nor a file")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise TemplateError(f"{path}: expected a YAML mapping with version, system, user and reply")

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import torch
+
 from laffi.backends.chat import ChatRequest, Counters, Reply, RequestFailed
 from laffi.backends.local import greedy_generate
 from laffi.config import ModelConfig
+from laffi.models import load_model
 
 
 class LocalChat:
@@ -28,8 +31,6 @@ class LocalChat:
 
     def _load(self):
         if self._loaded is None:
-            from laffi.models import load_model
-
             # the model's own chat template: the annotator is an instruction model talking to us
             self._loaded = load_model(ModelConfig(name=self.model_name, prompt_format="chat"))
         return self._loaded
@@ -37,8 +38,6 @@ class LocalChat:
     def complete_many(self, requests: list[ChatRequest]) -> Iterator[tuple[int, Reply | RequestFailed]]:
         if not requests:
             return
-        import torch
-
 
         model, tokenizer = self._load()
         prompts = {str(i): tokenizer(tokenizer.apply_chat_template(r.messages, add_generation_prompt=True,

@@ -1,7 +1,7 @@
 """How an optimizer step's examples are split over processes (DDP, FSDP, DeepSpeed).
 
-    accelerate launch --config_file configs/accelerate/multi-gpu.yaml -m laffi.cli train RUN --set laffi
-    torchrun --nproc_per_node 8 -m laffi.cli train RUN --set laffi
+    accelerate launch --config_file configs/accelerate/multi-gpu.yaml -m laffi.cli train RUN --system laffi
+    torchrun --nproc_per_node 8 -m laffi.cli train RUN --system laffi
 
 The config says how many examples one optimizer step sees: `train.batch_size x train.grad_accum`,
 in total, whatever the number of processes. One process runs it as `grad_accum` forward passes

@@ -5,7 +5,7 @@
     laffi run CONFIG.yaml --launcher torchrun --num-processes 8
 
 The other stages run in this process. Each training runs as a child command on the run's
-config.yaml, `accelerate launch ... -m laffi.cli train RUN --set NAME` (or torchrun), which starts
+config.yaml, `accelerate launch ... -m laffi.cli train RUN --system NAME` (or torchrun), which starts
 one process per GPU; this process waits for it. Several machines need a launch on each of them
 (README, "Scaling up"), which `laffi run` does not do.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from laffi.config import ConfigError
-from laffi.layout import RunLayout
+from laffi.layout import RunLayout, adapter_finished
 
 LAUNCHERS = ("accelerate", "torchrun")
 
@@ -55,9 +55,9 @@ class Launcher:
             if not Path(self.config_file).is_file():
                 raise ConfigError(f"--accelerate-config: {self.config_file} does not exist")
 
-    def command(self, run_dir: str | Path, set_name: str) -> list[str]:
-        """The command that runs `laffi train RUN --set NAME` under this launcher."""
-        return self.wrap(["-m", "laffi.cli", "train", str(run_dir), "--set", set_name])
+    def command(self, run_dir: str | Path, system: str) -> list[str]:
+        """The command that runs `laffi train RUN --system NAME` under this launcher."""
+        return self.wrap(["-m", "laffi.cli", "train", str(run_dir), "--system", system])
 
     def wrap(self, program: list[str]) -> list[str]:
         """`program` (a script and its arguments, or -m MODULE ...) started once per process."""
@@ -75,18 +75,18 @@ class Launcher:
                    "--main_process_port", str(free_port())]
         return [*launch, *(["--multi_gpu"] if int(n) > 1 else []), *program]
 
-    def train(self, run_dir: str | Path, set_name: str) -> Path:
+    def train(self, layout: RunLayout, system: str) -> Path:
         """Run `laffi train` under the launcher on the run's config.yaml; returns the adapter directory."""
-        out = RunLayout(run_dir).adapter(set_name)
-        if (out / "adapter_model.safetensors").exists():
+        out = layout.adapter(system)
+        if adapter_finished(out):
             return out  # finished earlier; `laffi run` has checked that the config is the same
         if torch.cuda.is_available():  # the GPU memory this process cached for generation, to the children
             gc.collect()
             torch.cuda.empty_cache()
-        command = self.command(run_dir, set_name)
+        command = self.command(layout.root, system)
         print(" ".join(command), flush=True)
         code = subprocess.run(command).returncode
-        if code != 0 or not (out / "adapter_model.safetensors").exists():
-            raise LaunchFailed(f"training {set_name!r} under {self.name} exited with {code} and "
+        if code != 0 or not adapter_finished(out):
+            raise LaunchFailed(f"training {system!r} under {self.name} exited with {code} and "
                                f"{'no' if code == 0 else 'so no'} adapter in {out}: {' '.join(command)}")
         return out

@@ -20,6 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
+
+from laffi.models import pick_device
+from laffi.records import RecordWriter, read_records
+
 ROUND_BATCHES = 4  # batches per process per round: fewer pauses to gather, less lost to a crash
 
 
@@ -45,10 +51,6 @@ class Shard:
         `device` is model.device: on CPU the processes meet over gloo."""
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:
             return cls()
-        from accelerate import PartialState
-
-        from laffi.models import pick_device
-
         # joins the process group, and makes this process's GPU the one "cuda" means
         state = PartialState(cpu=pick_device(device).type == "cpu")
         return cls(state.process_index, state.num_processes)
@@ -58,8 +60,6 @@ class Shard:
         return self.rank == 0
 
     def _share(self, value: Any) -> Any:
-        from accelerate.utils import broadcast_object_list
-
         return broadcast_object_list([value])[0]
 
     def on_main(self, fn: Callable[[], None]) -> None:
@@ -78,8 +78,6 @@ class Shard:
     @contextmanager
     def writer(self, path: Path, cls: type) -> Iterator[Any]:
         """The main process's RecordWriter; elsewhere a Collector that knows which ids are done."""
-        from laffi.records import RecordWriter, read_records
-
         if self.processes == 1:
             with RecordWriter(path, cls) as writer:
                 yield writer
@@ -97,8 +95,6 @@ class Shard:
         """`answer_questions` over all processes; returns its speed stats for the whole of them."""
         if self.processes == 1:
             return answer_questions(model, tokenizer, examples, shots, data, config, writer, make_record, desc=desc)
-        from accelerate.utils import gather_object
-
         todo = [e for e in examples if e.id not in writer.done_ids]  # the same list on every process
         size = self.processes * config.batch_size * ROUND_BATCHES
         started, prompt_tokens, new_tokens = time.perf_counter(), 0, 0

@@ -7,7 +7,7 @@ A file has three sections (configs/ablate/ has one per axis):
     run:          # the shared run: the sections of a `laffi run` config, on top of the default preset
       data: {eval_size: 100, train_size: 64}
     grid:         # every combination of these values is a cell, each run once per seed
-      objective: [sft, laffi]
+      system: [sft, laffi]
       size: [16, 64]                     # training examples (questions), drawn from the train pool
       seeds: [0, 1, 2]                   # the draw, the LoRA initialisation and the batch order
       annotator: [reference]             # names: reference, or one of `annotators`
@@ -26,19 +26,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from laffi.annotators.content import CONTENTS, FULL
-from laffi.config import PRESETS, AnnotateConfig, ConfigError, RunConfig, build_section, merge_values, parse_overrides
+from laffi.config import (
+    PRESETS,
+    AnnotateConfig,
+    ConfigError,
+    RunConfig,
+    build_section,
+    merge_values,
+    parse_overrides,
+    read_yaml,
+    require,
+)
 
-OBJECTIVES = ("sft", "laffi")
-AXES = ("objective", "size", "annotator", "human_ratio", "content")  # a cell's coordinates, in table order
+TRAINED_SYSTEMS = ("sft", "laffi")
+AXES = ("system", "size", "annotator", "human_ratio", "content")  # a cell's coordinates, in table order
 RESERVED = ("human",)  # feedback.human.jsonl is people's feedback, not an annotator's
 
 
 @dataclass
 class GridConfig:
-    objective: list[str] = field(default_factory=lambda: list(OBJECTIVES))
+    system: list[str] = field(default_factory=lambda: list(TRAINED_SYSTEMS))
     size: list[int] = field(default_factory=lambda: [32])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     annotator: list[str] = field(default_factory=lambda: ["reference"])
@@ -46,23 +54,23 @@ class GridConfig:
     content: list[str] = field(default_factory=lambda: [FULL])
 
     def __post_init__(self) -> None:
-        for name in ("objective", "size", "seeds", "annotator", "human_ratio", "content"):
+        for name in ("system", "size", "seeds", "annotator", "human_ratio", "content"):
             values = getattr(self, name)
-            _require(bool(values), f"grid.{name}", "must list at least one value")
-            _require(len(set(values)) == len(values), f"grid.{name}", f"lists a value twice: {values}")
-        for objective in self.objective:
-            _require(objective in OBJECTIVES, "grid.objective",
-                     f"unknown objective {objective!r}; available: sft, laffi")
+            require(bool(values), f"grid.{name}", "must list at least one value")
+            require(len(set(values)) == len(values), f"grid.{name}", f"lists a value twice: {values}")
+        for system in self.system:
+            require(system in TRAINED_SYSTEMS, "grid.system",
+                     f"unknown system {system!r}; available: sft, laffi")
         for size in self.size:
-            _require(size >= 1, "grid.size", f"must be >= 1, got {size}")
+            require(size >= 1, "grid.size", f"must be >= 1, got {size}")
         for content in self.content:
-            _require(content in CONTENTS, "grid.content",
+            require(content in CONTENTS, "grid.content",
                      f"unknown content {content!r}; available: {', '.join(CONTENTS)}")
         for ratio in self.human_ratio:
-            _require(0.0 <= ratio <= 1.0, "grid.human_ratio", f"must be in [0, 1], got {ratio}")
+            require(0.0 <= ratio <= 1.0, "grid.human_ratio", f"must be in [0, 1], got {ratio}")
             for size in self.size:
                 share = ratio * size
-                _require(abs(share - round(share)) < 1e-9, "grid.human_ratio",
+                require(abs(share - round(share)) < 1e-9, "grid.human_ratio",
                          f"{ratio} of grid.size {size} is {share:g} examples; choose ratios and sizes whose "
                          "products are whole numbers")
         if any(self.human_ratio) and "verdict+explanation" in self.content:
@@ -80,84 +88,31 @@ class AblateConfig:
         # "reference" is always there, with the run's annotate.seed, unless the file sets it otherwise
         self.annotators = {"reference": AnnotateConfig("reference", seed=self.run.annotate.seed), **self.annotators}
         for name in self.grid.annotator:
-            _require(name in self.annotators, "grid.annotator",
+            require(name in self.annotators, "grid.annotator",
                      f"unknown annotator {name!r}; name reference or add it under annotators")
         for name in self.annotators:
-            _require(name not in RESERVED and name.replace("-", "").replace("_", "").isalnum(),
+            require(name not in RESERVED and name.replace("-", "").replace("_", "").isalnum(),
                      f"annotators.{name}", "names are letters, digits, - and _, and not 'human'")
         pool = self.run.data.train_size
         for size in self.grid.size:
-            _require(not pool or size <= pool, "grid.size",
+            require(not pool or size <= pool, "grid.size",
                      f"{size} is more than the train pool, run.data.train_size={pool}")
 
     def annotate_config(self, name: str) -> AnnotateConfig:
         return self.annotators[name]
 
 
-def _require(condition: bool, option: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{option}: {message}")
-
-
-def _grid(values: Any) -> GridConfig:
-    if not isinstance(values, dict):
-        raise ConfigError(f"grid: expected a mapping of axes, got {values!r}")
-    known = {f.name: f for f in dataclasses.fields(GridConfig)}
-    kinds = {"objective": str, "size": int, "seeds": int, "annotator": str, "human_ratio": float, "content": str}
-    kwargs = {}
-    for key, raw in values.items():
-        if key not in known:
-            raise ConfigError(f"grid.{key}: unknown axis; known: {', '.join(sorted(known))}")
-        if isinstance(raw, str):  # key=value overrides write lists as a,b,c
-            raw = [yaml.safe_load(v.strip()) for v in raw.split(",") if v.strip()]
-        raw = raw if isinstance(raw, list) else [raw]
-        kwargs[key] = [_value(v, kinds[key], f"grid.{key}") for v in raw]
-    return GridConfig(**kwargs)
-
-
-def _value(value: Any, kind: type, option: str) -> Any:
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, kind) and not isinstance(value, bool):
-        return value
-    raise ConfigError(f"{option}: expected a list of {kind.__name__}, got {value!r}")
-
-
-def _section(cls: type, values: Any, prefix: str, own: str = "") -> Any:
-    """build_section, with the checks a section makes of itself (`train.steps: ...`, named as in a run
-    config) named where they are in this file (`run.train.steps: ...`)."""
-    try:
-        return build_section(cls, values, prefix)
-    except ConfigError as error:
-        message = str(error)
-        if message.startswith(prefix):
-            raise
-        raise ConfigError(prefix + message.removeprefix(own)) from None
-
-
 def ablate_config_from(values: Any) -> AblateConfig:
     if not isinstance(values, dict):
         raise ConfigError("ablation config: expected a YAML mapping with run, grid and annotators")
-    unknown = sorted(set(values) - {"run", "grid", "annotators"})
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown section; known: annotators, grid, run")
-    run = _section(RunConfig, merge_values(PRESETS["default"], values.get("run") or {}), "run.")
-    annotators = values.get("annotators") or {}
-    if not isinstance(annotators, dict):
-        raise ConfigError(f"annotators: expected a mapping of name: annotate settings, got {annotators!r}")
-    return AblateConfig(run=run, grid=_grid(values.get("grid") or {}),
-                        annotators={str(name): _section(AnnotateConfig, spec or {}, f"annotators.{name}.", "annotate.")
-                                    for name, spec in annotators.items()})
+    # the shared run starts from the default preset, as `laffi run` does
+    return build_section(AblateConfig, {**values, "run": merge_values(PRESETS["default"], values.get("run") or {}),
+                                        "grid": values.get("grid") or {}, "annotators": values.get("annotators") or {}})
 
 
 def load_ablate_config(path: str | Path, overrides: list[str] | None = None) -> AblateConfig:
     """The file, then key=value overrides with dotted keys (`run.train.steps=8`, `grid.seeds=0,1`)."""
-    values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a YAML mapping with run, grid and annotators")
-    return ablate_config_from(merge_values(values, parse_overrides(overrides or [])))
+    return ablate_config_from(merge_values(read_yaml(path), parse_overrides(overrides or [])))
 
 
 def to_dict(config: AblateConfig) -> dict[str, Any]:

@@ -17,13 +17,13 @@ import functools
 from pathlib import Path
 
 from laffi.backends.answering import load_backend
-from laffi.config import RunConfig, check_resume
+from laffi.config import RunConfig, save_config
 from laffi.distributed.launch import Launcher
 from laffi.experiments.clock import StageClock
 from laffi.layout import RunLayout
 from laffi.report.html import write_report
 from laffi.report.results import write_results
-from laffi.stages.annotate import annotate
+from laffi.stages.annotate import annotate, check_annotator
 from laffi.stages.build import build
 from laffi.stages.evaluate import evaluate
 from laffi.stages.generate import generate
@@ -36,26 +36,27 @@ SYSTEMS = ("base", "sft", "laffi")
 def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) -> dict:
     """With `launcher`, each training runs under it (laffi.distributed.launch); every other stage runs here."""
     layout = RunLayout(out)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    check_resume(layout.config, {name: getattr(config, name) for name in config.__dataclass_fields__})
+    check_annotator(config.annotate)  # a bad template fails now, not after the answers
+    # the whole run's settings; a launched training reads them from there (`laffi train RUN --system X`)
+    save_config(layout.config, config.sections())
     timed = StageClock()
     shared = (config.model, config.data, config.generate, config.eval)
-    timed("prepare", prepare, layout.root, config.data)
+    timed("prepare", prepare, layout, config.data)
     # the base model answers the held-out and then the train questions: one load for both, on first
     # use (a resumed run may need none); trainings and adapter evaluations load their own, since
     # LoRA and merging change the model they get
     base = functools.cache(lambda: load_backend(config.model, config.generate))
-    metrics = {"base": timed("evaluate base", evaluate, layout.root, "base", *shared, backend=base)}
-    timed("generate", generate, layout.root, config.model, config.data, config.generate, backend=base)
+    metrics = {"base": timed("evaluate base", evaluate, layout, "base", *shared, backend=base)}
+    timed("generate", generate, layout, config.model, config.data, config.generate, backend=base)
     base.cache_clear()  # free it before training
-    timed("annotate", annotate, layout.root, config.annotate)
-    timed("build", build, layout.root, config.data)
+    timed("annotate", annotate, layout, config.annotate)
+    timed("build", build, layout, config.data)
     for system in ("sft", "laffi"):
         if launcher is None:
-            adapter = timed(f"train {system}", train, layout.root, system, config.model, config.train)
-        else:  # the child reads the config.yaml written above
-            adapter = timed(f"train {system}", launcher.train, layout.root, system)
-        metrics[system] = timed(f"evaluate {system}", evaluate, layout.root, system, *shared, adapter=adapter)
+            adapter = timed(f"train {system}", train, layout, system, config.model, config.train)
+        else:
+            adapter = timed(f"train {system}", launcher.train, layout, system)
+        metrics[system] = timed(f"evaluate {system}", evaluate, layout, system, *shared, adapter=adapter)
     results = write_results(layout, metrics, timed.seconds, config.eval)
     write_report(layout.root)  # report.html: the results, loss curves and samples in one page
     return results

@@ -77,7 +77,8 @@ def _engine(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     from laffi.human import exchange, store
-    from laffi.human.config import ServeConfig, human_feedback_path
+    from laffi.human.config import ServeConfig
+    from laffi.layout import RunLayout
 
     if args.command == "serve":
         from laffi.human.serve import serve
@@ -99,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{p['name'] + (' (admin)' if p['admin'] else ''):24} {p['state']:9} {p['done']:>6} "
                   f"{p['skipped']:>8} {p['open']:>5}")
     elif args.command == "export-feedback":
-        out = args.out or human_feedback_path(args.run_dir)
+        out = args.out or RunLayout(args.run_dir).human_feedback
         records = exchange.export_feedback(engine, out)
         print(f"{len(records)} human feedback records in {out}")
         print(exchange.format_report(exchange.agreement_report(records, exchange.ai_feedback(args.run_dir))))

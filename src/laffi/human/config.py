@@ -11,17 +11,10 @@ from pathlib import Path
 from laffi.config import ConfigError
 from laffi.layout import RunLayout
 
-DB_FILE = "annotations.db"
-HUMAN_FEEDBACK = "feedback.human.jsonl"  # what `laffi export-feedback` writes, what hybrid builds read
-
-
-def human_feedback_path(run_dir: str | Path) -> Path:
-    return RunLayout(run_dir).root / HUMAN_FEEDBACK
-
 
 def default_db_url(run_dir: str | Path) -> str:
     """SQLite in the run directory, so the annotations travel with the run."""
-    return f"sqlite:///{(RunLayout(run_dir).root / DB_FILE).resolve()}"
+    return f"sqlite:///{RunLayout(run_dir).annotations_db.resolve()}"
 
 
 def check_db_url(url: str, option: str = "--db") -> str:

@@ -7,19 +7,18 @@ Exported records have source "human" and annotator = the person's name, one per 
 annotation (an item annotated by two people gives two records). Revoked people's work is kept.
 Agreement is reported where an item has two or more human verdicts (each pair of people on their
 shared items, and all such pairs pooled) and between each human verdict and the AI verdict on
-the same answer (RUN/feedback.jsonl).
+the same answer (RUN/feedback.jsonl), with the helpers of laffi.analysis.agreement.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from itertools import combinations
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from laffi.analysis.agreement import cohen_kappa, percent_agreement
+from laffi.analysis.agreement import rater_pairs, scores, shared
 from laffi.human import store
 from laffi.layout import RunLayout
 from laffi.records import Answer, Feedback, QAExample, RecordError, read_records, write_records
@@ -61,41 +60,34 @@ def import_feedback(engine: Engine, run_dir: str | Path, path: str | Path) -> tu
         for r in records])
 
 
-def _score(a: list[str], b: list[str]) -> dict:
-    return {"n": len(a), "percent": percent_agreement(a, b), "kappa": cohen_kappa(a, b)}
-
-
 def agreement_report(human: list[Feedback], ai: list[Feedback]) -> dict:
     """Verdict agreement among people and between people and the AI annotator.
 
     Returns {"human_pairs": [{"a", "b", "n", "percent", "kappa"}], "human_pooled": {...} | None,
     "human_ai": [{"annotator", "n", "percent", "kappa"}], "human_ai_pooled": {...} | None}.
     """
-    by_item: dict[str, dict[str, str]] = defaultdict(dict)
+    # Two people agree on an item (they saw the same answer); a person and the AI only where the AI
+    # judged the same answer the person saw.
+    item_verdicts: dict[str, dict[str, str]] = defaultdict(dict)  # person -> {item: verdict}
+    answer_verdicts: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)  # person -> {(item, answer): verdict}
     for f in human:
-        by_item[f.id][f.annotator] = f.verdict
-    pairs: dict[tuple[str, str], tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
-    for verdicts in by_item.values():
-        for a, b in combinations(sorted(verdicts), 2):
-            pairs[a, b][0].append(verdicts[a])
-            pairs[a, b][1].append(verdicts[b])
-    pooled_a = [v for a, _ in pairs.values() for v in a]
-    pooled_b = [v for _, b in pairs.values() for v in b]
-
-    # The AI verdict counts only when it judged the same answer the person saw.
+        item_verdicts[f.annotator][f.id] = f.verdict
+        answer_verdicts[f.annotator][f.id, f.answer] = f.verdict
     ai_by_key = {(f.id, f.answer): f.verdict for f in ai if f.source == "ai"}
-    with_ai: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
-    for f in human:
-        if (f.id, f.answer) in ai_by_key:
-            with_ai[f.annotator][0].append(f.verdict)
-            with_ai[f.annotator][1].append(ai_by_key[f.id, f.answer])
-    all_h = [v for h, _ in with_ai.values() for v in h]
-    all_ai = [v for _, a in with_ai.values() for v in a]
+
+    pairs = list(rater_pairs(item_verdicts))
+    with_ai = {name: shared(verdicts, ai_by_key) for name, verdicts in sorted(answer_verdicts.items())}
+    with_ai = {name: labels for name, labels in with_ai.items() if labels[0]}
+
+    def pooled(groups: list[tuple[list[str], list[str]]]) -> dict | None:
+        a, b = [v for x, _ in groups for v in x], [v for _, y in groups for v in y]
+        return scores(a, b) if a else None
+
     return {
-        "human_pairs": [{"a": a, "b": b, **_score(*pairs[a, b])} for a, b in sorted(pairs)],
-        "human_pooled": _score(pooled_a, pooled_b) if pooled_a else None,
-        "human_ai": [{"annotator": name, **_score(*with_ai[name])} for name in sorted(with_ai)],
-        "human_ai_pooled": _score(all_h, all_ai) if all_h else None,
+        "human_pairs": [{"a": a, "b": b, **scores(x, y)} for a, b, x, y in pairs],
+        "human_pooled": pooled([(x, y) for _, _, x, y in pairs]),
+        "human_ai": [{"annotator": name, **scores(*labels)} for name, labels in with_ai.items()],
+        "human_ai_pooled": pooled(list(with_ai.values())),
     }
 
 

@@ -19,8 +19,17 @@ import json
 import time
 from pathlib import Path
 
-from laffi.layout import RunLayout
-from laffi.records import Answer, Feedback, Prediction, QAExample, TrainLogEntry, read_records
+from laffi.layout import AblationLayout, RunLayout
+from laffi.records import Answer, Feedback, Prediction, QAExample, TrainLogEntry, read_records, write_atomic
+from laffi.report.plots import ablation_charts, loss_curves, results_chart
+from laffi.report.tables import (
+    ablation_differences_table,
+    ablation_table,
+    fixed_axes,
+    paired_differences_table,
+    results_table,
+    varying_axes,
+)
 
 SAMPLES = 8
 STYLE = """
@@ -42,15 +51,13 @@ def image(png: bytes, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
-def table(header: list[str], rows: list[list[object]], numeric: set[int] = frozenset(), id: str = "") -> str:
+def table(header: list[str], rows: list[list[object]], numeric: frozenset[int] | set[int] = frozenset(),
+          id: str = "") -> str:
+    """An HTML table, text escaped; `numeric`: the right-aligned columns (`table(*tables.results_table(r))`)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{esc(c)}</td>'
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f'<table{f" id={esc(id)}" if id else ""}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _interval(values: list[float]) -> str:
-    return f"{values[0]:.2f} to {values[1]:.2f}"
 
 
 def _json(path: Path) -> dict | None:
@@ -58,60 +65,38 @@ def _json(path: Path) -> dict | None:
 
 
 def results_section(root: Path) -> str:
-    from laffi.report.plots import results_chart
-
     results = _json(RunLayout(root).results_json)
     if not results:
         return ""
-    rows = [[s, f"{m['exact']:.2f}", _interval(m["exact_ci95"]), f"{m['f1']:.2f}", _interval(m["f1_ci95"]), m["total"]]
-            for s, m in results.items()]
-    parts = ["<h2>Results</h2>", '<p class="note">Held-out questions, percent, 95% bootstrap intervals.</p>',
-             table(["system", "EM", "EM 95% CI", "F1", "F1 95% CI", "questions"], rows, {1, 3, 5}, id="results")]
-    differences = (_json(root / "run_info.json") or {}).get("paired_differences") or {}
+    parts = ["<h2>Results</h2>",
+             f'<p class="note">{esc(next(iter(results.values()))["total"])} held-out questions, percent, '
+             "95% bootstrap intervals.</p>",
+             table(*results_table(results), id="results")]
+    differences = (_json(RunLayout(root).run_info) or {}).get("paired_differences") or {}
     if differences:
         parts += ['<p class="note">Paired differences (the same questions resampled for both systems; '
                   'percentage points, 95% interval):</p>',
-                  table(["comparison", "EM diff", "EM 95% CI", "F1 diff", "F1 95% CI"],
-                        [[name, f"{d['exact'][0]:+.2f}", _interval(d["exact"][1:]), f"{d['f1'][0]:+.2f}",
-                          _interval(d["f1"][1:])] for name, d in differences.items()], {1, 3})]
+                  table(*paired_differences_table(differences))]
     parts.append(image(results_chart(results), "EM and F1 per system with 95% intervals"))
     return "\n".join(parts)
 
 
 def ablation_section(root: Path) -> str:
-    from laffi.experiments.aggregate import varying_axes
-    from laffi.report.plots import ablation_charts
-
-    summary = _json(root / "ablation.json")
+    summary = _json(AblationLayout(root).summary_json)
     if not summary:
         return ""
-    cells, base = summary["cells"], summary.get("base")
-    axes = varying_axes(cells)
-    fixed = [f"{a}={cells[0][a]}" for a in ("objective", "size", "annotator", "human_ratio", "content")
-             if a not in axes]
-    rows = []
-    if base:
-        rows.append(["", "base", *[""] * (len(axes) - 1), f"{base['exact']:.2f}", _interval(base["exact_ci95"]),
-                     f"{base['f1']:.2f}", _interval(base["f1_ci95"]), "", "no training"])
-    for i, c in enumerate(cells):
-        rows.append([i, *[c[a] for a in axes], f"{c['exact']:.2f}", _interval(c["exact_ci95"]), f"{c['f1']:.2f}",
-                     _interval(c["f1_ci95"]), " / ".join(f"{s['exact']:.1f}" for s in c["per_seed"]),
-                     f"same adapters as #{c['same_adapters_as'][0]}" if c["same_adapters_as"] else ""])
-    n = len(axes)
+    cells = summary["cells"]
     parts = ["<h2>Ablation</h2>",
              f'<p class="note">{esc(cells[0]["questions"])} held-out questions; seeds '
-             f'{esc(", ".join(map(str, cells[0]["seeds"])))}; fixed: {esc(", ".join(fixed) or "nothing")}. '
+             f'{esc(", ".join(map(str, cells[0]["seeds"])))}; '
+             f'fixed: {esc(", ".join(fixed_axes(summary)) or "nothing")}. '
              "Mean over seeds; 95% interval from a bootstrap over seeds and held-out questions.</p>",
-             table(["#", *axes, "EM", "EM 95% CI", "F1", "F1 95% CI", "EM per seed", "note"], rows,
-                   {0, n + 1, n + 3}, id="ablation")]
+             table(*ablation_table(summary), id="ablation")]
     if summary.get("differences"):
-        others = [a for a in axes if a != "objective"]
         parts += ['<p class="note">LaFFi - SFT, paired by seed and question (percentage points):</p>',
-                  table([*others, "EM diff", "EM 95% CI", "F1 diff", "F1 95% CI"],
-                        [[*[d[a] for a in others], f"{d['exact'][0]:+.2f}", _interval(d["exact"][1:]),
-                          f"{d['f1'][0]:+.2f}", _interval(d["f1"][1:])] for d in summary["differences"]],
-                        {len(others), len(others) + 2}, id="differences")]
-    parts += [f"<h3>{esc(title)}</h3>" + image(png, title) for title, png in ablation_charts(summary, axes)]
+                  table(*ablation_differences_table(summary), id="differences")]
+    charts = ablation_charts(summary, varying_axes(summary))
+    parts += [f"<h3>{esc(title)}</h3>" + image(png, title) for title, png in charts]
     jobs = summary.get("jobs") or []
     if jobs:
         trained = sum(j["trained_this_run"] for j in jobs)
@@ -124,23 +109,20 @@ def ablation_section(root: Path) -> str:
 def _loss_logs(root: Path) -> dict[str, list[TrainLogEntry]]:
     """Label -> log of each adapter: the run's adapters/*, or the ablation's jobs, each named by its
     cell's varying axes and seed (only the jobs of the last grid: a directory may hold older ones)."""
-    summary = _json(root / "ablation.json")
+    summary = _json(AblationLayout(root).summary_json)
     if summary:
-        from laffi.experiments.aggregate import varying_axes
-
-        axes = varying_axes(summary["cells"])
-        paths = {", ".join([str(job["cell"][a]) if a == "objective" else f"{a}={job['cell'][a]}" for a in axes]
-                           + [f"seed={job['seed']}"]): root / job["dir"] / "adapters" / job["objective"]
+        axes = varying_axes(summary)
+        paths = {", ".join([str(job["cell"][a]) if a == "system" else f"{a}={job['cell'][a]}" for a in axes]
+                           + [f"seed={job['seed']}"]): RunLayout(root / job["dir"]).train_log(job["system"])
                  for job in summary.get("jobs", [])}
     else:
-        paths = {str(adapter.relative_to(root)): adapter for adapter in sorted(root.glob("adapters/*"))}
-    return {name: read_records(adapter / "train_log.jsonl", TrainLogEntry) for name, adapter in paths.items()
-            if (adapter / "train_log.jsonl").exists()}
+        layout = RunLayout(root)
+        paths = {str(layout.adapter(system).relative_to(root)): layout.train_log(system)
+                 for system in layout.trained_systems()}
+    return {name: read_records(log, TrainLogEntry) for name, log in paths.items() if log.exists()}
 
 
 def loss_section(root: Path) -> str:
-    from laffi.report.plots import loss_curves
-
     logs = {name: entries for name, entries in _loss_logs(root).items() if entries}
     if not logs:
         return ""
@@ -148,46 +130,47 @@ def loss_section(root: Path) -> str:
 
 
 def attention_section(root: Path) -> str:
-    parts = []
-    for folder in sorted(p for p in (root / "attention").glob("*") if p.is_dir()):
-        results = _json(folder / "attention.json") or {}
-        pngs = sorted(folder.glob("*.png"), key=lambda p: (p.stem != "layers", p.stem))
+    parts, layout = [], RunLayout(root)
+    for system in layout.attention_systems():
+        results = _json(layout.attention_json(system)) or {}
+        pngs = sorted(layout.attention_figures(system), key=lambda p: (p.stem != "layers", p.stem))
         if not pngs:
             continue
-        parts.append(f"<h3>base vs {esc(folder.name)}</h3>"
+        parts.append(f"<h3>base vs {esc(system)}</h3>"
                      f'<p class="note">{esc(len(results.get("prompts", [])))} held-out prompts; adapter '
                      f'{esc(results.get("adapter", "?"))}; local = within '
                      f'{esc(results.get("window", "?"))} tokens.</p>')
-        parts += [image(p.read_bytes(), f"attention: {folder.name} {p.stem}") for p in pngs]
+        parts += [image(p.read_bytes(), f"attention: {system} {p.stem}") for p in pngs]
     return "<h2>Attention</h2>\n" + "\n".join(parts) if parts else ""
 
 
 def _systems(root: Path) -> dict[str, Path]:
-    """System name -> its eval folder: the run's, or for an ablation base and one cell per objective
+    """System name -> its predictions: the run's, or for an ablation base and one cell per system
     (the largest size, the first seed)."""
-    summary = _json(root / "ablation.json")
+    layout, summary = RunLayout(root), _json(AblationLayout(root).summary_json)
     if not summary:
-        folders = [p for p in (root / "eval").glob("*") if (p / "predictions.jsonl").exists()]
         order = {name: i for i, name in enumerate(("base", "sft", "laffi"))}  # then any other, by name
-        return {p.name: p for p in sorted(folders, key=lambda p: (order.get(p.name, len(order)), p.name))}
-    systems = {"base": root / "eval" / "base"}
+        return {s: layout.predictions(s) for s in sorted(layout.evaluated_systems(),
+                                                           key=lambda s: (order.get(s, len(order)), s))}
+    systems = {"base": layout.predictions("base")}
     largest = max(c["size"] for c in summary["cells"])
     for cell in summary["cells"]:
-        if cell["size"] == largest and cell["objective"] not in systems:
-            systems[cell["objective"]] = root / cell["artifacts"]["eval"][0]
+        if cell["size"] == largest and cell["system"] not in systems:
+            evaluation = root / cell["artifacts"]["eval"][0]  # JOB/eval/SYSTEM
+            systems[cell["system"]] = RunLayout(evaluation.parent.parent).predictions(evaluation.name)
     return systems
 
 
-def _feedback_file(root: Path) -> Path | None:
-    candidates = [RunLayout(root).feedback, *sorted(root.glob("feedback.*.jsonl"))]
-    return next((p for p in candidates if p.exists() and not p.name.endswith((".failed.jsonl", ".human.jsonl"))),
-                None)
+def _feedback_file(layout: RunLayout) -> Path | None:
+    """The AI feedback of a run, or of an ablation's first annotator."""
+    candidates = [layout.feedback, *layout.feedback_files()]
+    return next((p for p in candidates if p.exists() and p != layout.human_feedback), None)
 
 
 def samples_section(root: Path) -> str:
     layout = RunLayout(root)
     parts = []
-    feedback_path = _feedback_file(root)
+    feedback_path = _feedback_file(layout)
     if feedback_path and layout.train_examples.exists() and layout.answers.exists():
         train = {e.id: e for e in read_records(layout.train_examples, QAExample)}
         answers = {a.id: a for a in read_records(layout.answers, Answer)}
@@ -201,8 +184,8 @@ def samples_section(root: Path) -> str:
     systems = _systems(root)
     if systems and layout.eval_examples.exists():
         examples = read_records(layout.eval_examples, QAExample)[:SAMPLES]
-        predictions = {name: {p.id: p for p in read_records(folder / "predictions.jsonl", Prediction)}
-                       for name, folder in systems.items() if (folder / "predictions.jsonl").exists()}
+        predictions = {name: {p.id: p for p in read_records(path, Prediction)}
+                       for name, path in systems.items() if path.exists()}
         rows = []
         for e in examples:
             cells = []
@@ -210,8 +193,8 @@ def samples_section(root: Path) -> str:
                 p = predictions[name].get(e.id)
                 cells.append("" if p is None else f"{p.prediction or '(no answer)'}  [EM {p.exact:.0f}, F1 {p.f1:.2f}]")
             rows.append([e.question, " | ".join(dict.fromkeys(e.answers)) or "(unanswerable)", *cells])
-        note = ("" if not (root / "ablation.json").exists() else
-                '<p class="note">For the ablation: each objective at the largest size, first seed.</p>')
+        note = ("" if not AblationLayout(root).summary_json.exists() else
+                '<p class="note">For the ablation: each system at the largest size, first seed.</p>')
         parts += ["<h3>Held-out questions: each system's prediction</h3>", note,
                   table(["question", "gold", *predictions], rows, id="prediction-samples")]
     return "<h2>Samples</h2>\n" + "\n".join(parts) if parts else ""
@@ -219,8 +202,9 @@ def samples_section(root: Path) -> str:
 
 def render(root: str | Path) -> str:
     root = Path(root)
-    config = root / "ablate.yaml" if (root / "ablate.yaml").exists() else RunLayout(root).config
-    title = f"LaFFi {'ablation' if (root / 'ablation.json').exists() else 'run'}: {root.resolve().name}"
+    ablation = AblationLayout(root)
+    config = ablation.ablate_config if ablation.ablate_config.exists() else RunLayout(root).config
+    title = f"LaFFi {'ablation' if ablation.summary_json.exists() else 'run'}: {root.resolve().name}"
     body = [f"<h1>{esc(title)}</h1>",
             f'<p class="note">{esc(root)}, report written {esc(time.strftime("%Y-%m-%d %H:%M"))}</p>',
             results_section(root), ablation_section(root), loss_section(root), attention_section(root),
@@ -238,8 +222,4 @@ def render(root: str | Path) -> str:
 
 def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     """Render the page and write it atomically (default ROOT/report.html)."""
-    out = Path(out) if out else Path(root) / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render(root), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_atomic(out or RunLayout(root).report, render(root))

@@ -7,6 +7,7 @@ Matplotlib's Agg backend draws without a display (servers, CI), so it is chosen 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -16,7 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from laffi.layout import RunLayout  # noqa: E402
+
 COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "laffi": "#d62728"}
+ATTENTION_TITLES = {"entropy": "attention entropy (nats)", "distance": "mean attention distance (tokens)",
+                    "local_share": "local share (within the window)", "gold_mass": "mass on the gold answer span"}
 METRIC_NAMES = {"exact": "exact match (%)", "f1": "F1 (%)"}
 
 
@@ -46,11 +51,11 @@ def results_chart(results: dict[str, dict]) -> bytes:
 
 
 def ablation_charts(summary: dict, axes_shown: list[str]) -> list[tuple[str, bytes]]:
-    """One chart per varying axis (x) with a line per objective (and other varying axes), error bars
+    """One chart per varying axis (x) with a line per system (and other varying axes), error bars
     = the 95% intervals; then the paired LaFFi - SFT differences."""
     cells, base = summary["cells"], summary.get("base")
     charts = []
-    for axis in [a for a in axes_shown if a != "objective"] or ["objective"]:
+    for axis in [a for a in axes_shown if a != "system"] or ["system"]:
         values = list(dict.fromkeys(c[axis] for c in cells))
         series: dict[tuple, dict] = {}
         for c in cells:
@@ -63,9 +68,9 @@ def ablation_charts(summary: dict, axes_shown: list[str]) -> list[tuple[str, byt
                 ys = [p[metric] for p in points.values()]
                 err = [[y - p[f"{metric}_ci95"][0] for y, p in zip(ys, points.values())],
                        [p[f"{metric}_ci95"][1] - y for y, p in zip(ys, points.values())]]
-                name = ", ".join(f"{v}" if a == "objective" else f"{a}={v}" for a, v in key) or axis
-                objective = dict(key).get("objective", "")
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=name, color=_color(objective, index),
+                name = ", ".join(f"{v}" if a == "system" else f"{a}={v}" for a, v in key) or axis
+                system = dict(key).get("system", "")
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=name, color=_color(system, index),
                             linestyle="-" if len(values) > 1 else "none", alpha=0.9)
             if base:
                 ax.axhline(base[metric], color=COLORS["base"], linestyle="--", label="base")
@@ -77,7 +82,7 @@ def ablation_charts(summary: dict, axes_shown: list[str]) -> list[tuple[str, byt
         charts.append((f"Exact match and F1 by {axis}", png(fig)))
     differences = summary.get("differences") or []
     if differences:
-        others = [a for a in axes_shown if a != "objective"]
+        others = [a for a in axes_shown if a != "system"]
         names = [", ".join(f"{a}={d[a]}" for a in others) or "all" for d in differences]
         fig, panels = plt.subplots(1, 2, figsize=(10, 0.35 * len(names) + 1.3))
         for ax, metric in zip(panels, ("exact", "f1")):
@@ -96,16 +101,16 @@ def ablation_charts(summary: dict, axes_shown: list[str]) -> list[tuple[str, byt
 def loss_curves(logs: dict[str, list[Any]]) -> bytes:
     """Training loss per optimizer step, a line per adapter; `logs`: label -> TrainLogEntry list."""
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    # shades of each objective's colour, so a dozen lines still read as two families
+    # shades of each system's colour, so a dozen lines still read as two families
     shades = {"sft": plt.get_cmap("Blues"), "laffi": plt.get_cmap("Reds")}
     family = {name: "laffi" if "laffi" in name else "sft" if "sft" in name else "" for name in logs}
     for index, (name, entries) in enumerate(logs.items()):
-        objective = family[name]
-        members = [n for n in logs if family[n] == objective]
-        color = (shades[objective](0.45 + 0.5 * members.index(name) / max(len(members) - 1, 1))
-                 if objective in shades and len(members) > 1 else _color(objective, index))
+        system = family[name]
+        members = [n for n in logs if family[n] == system]
+        color = (shades[system](0.45 + 0.5 * members.index(name) / max(len(members) - 1, 1))
+                 if system in shades and len(members) > 1 else _color(system, index))
         ax.plot([e.step for e in entries], [e.loss for e in entries], label=name, alpha=0.9, color=color,
-                linestyle="-" if objective != "sft" else "--", marker=".")
+                linestyle="-" if system != "sft" else "--", marker=".")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (completion tokens)")
@@ -117,11 +122,10 @@ def loss_curves(logs: dict[str, list[Any]]) -> bytes:
 
 def attention_figures(results: dict) -> dict[str, bytes]:
     """Heatmaps (layer x head; base, adapter, difference) per metric, and per-layer lines."""
-    from laffi.analysis.attention import METRICS, TITLES
-
     system = results["system"]
+    metrics = list(results["base"])  # laffi.analysis.attention.METRICS, in its order
     figures = {}
-    for metric in METRICS:
+    for metric in metrics:
         base, tuned = np.array(results["base"][metric]), np.array(results[system][metric])
         fig, panels = plt.subplots(1, 3, figsize=(12, 0.12 * base.shape[0] + 2.6), layout="constrained")
         low, high = min(base.min(), tuned.min()), max(base.max(), tuned.max())
@@ -139,18 +143,28 @@ def attention_figures(results: dict) -> dict[str, bytes]:
             ax.set_ylabel("layer")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.suptitle(TITLES[metric])
+        fig.suptitle(ATTENTION_TITLES.get(metric, metric))
         figures[f"heatmap-{metric}"] = png(fig)
-    fig, panels = plt.subplots(1, len(METRICS), figsize=(16, 3.4), layout="constrained")
-    for ax, metric in zip(panels, METRICS):
+    fig, panels = plt.subplots(1, len(metrics), figsize=(16, 3.4), layout="constrained")
+    for ax, metric in zip(panels, metrics):
         for name, style in (("base", "--"), (system, "-")):
             values = np.array(results[name][metric])
             ax.plot(range(values.shape[0]), values.mean(axis=1), style, marker=".", label=name,
                     color=_color(name if name == "base" else system, 0))
-        ax.set_title(TITLES[metric], fontsize=10)
+        ax.set_title(ATTENTION_TITLES.get(metric, metric), fontsize=10)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     panels[0].legend()
     figures["layers"] = png(fig)
     return figures
+
+
+def save_attention_figures(results: dict, layout: RunLayout) -> list[Path]:
+    """`laffi attention`'s PNGs beside its attention.json (RUN/attention/SYSTEM/NAME.png)."""
+    paths = []
+    for name, data in attention_figures(results).items():
+        path = layout.attention_figure(results["system"], name)
+        path.write_bytes(data)
+        paths.append(path)
+    return paths

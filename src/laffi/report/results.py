@@ -1,18 +1,23 @@
 """The outcome of a run: results.json (system -> EM/F1 with intervals), results.md, run_info.json.
 
+    from laffi.report.results import write_results
+    results = write_results(layout, metrics, seconds, config)    # metrics: system -> metrics.json
+
 results.md holds the table, paired differences between systems (resampling the same questions
 for both, which is tighter and more honest than comparing two separate intervals), a few
-feedbacks the model was trained to predict, and a few held-out predictions side by side.
+feedbacks the model was trained to predict, and a few held-out predictions side by side. Its
+tables of numbers are those of report.html (laffi.report.tables).
 """
 
 from __future__ import annotations
 
 import json
 
-from laffi.analysis.metrics import paired_bootstrap_difference
+from laffi.analysis.bootstrap import paired_bootstrap_difference
 from laffi.config import EvalConfig
 from laffi.layout import RunLayout
-from laffi.records import Feedback, Prediction, QAExample, read_records
+from laffi.records import Feedback, Prediction, QAExample, read_records, write_atomic, write_json
+from laffi.report.tables import markdown, paired_differences_table, results_table
 
 KEYS = ("exact", "f1", "total", "exact_ci95", "f1_ci95")
 COMPARISONS = (("laffi", "sft"), ("laffi", "base"), ("sft", "base"))
@@ -25,8 +30,7 @@ def _cell(text: str, width: int = 90) -> str:
 
 
 def paired_differences(layout: RunLayout, systems: list[str], config: EvalConfig) -> dict:
-    scores = {s: {p.id: p for p in read_records(layout.evaluation(s) / "predictions.jsonl", Prediction)}
-              for s in systems}
+    scores = {s: {p.id: p for p in read_records(layout.predictions(s), Prediction)} for s in systems}
     ids = [e.id for e in read_records(layout.eval_examples, QAExample)]
     differences = {}
     for a, b in COMPARISONS:
@@ -40,22 +44,16 @@ def paired_differences(layout: RunLayout, systems: list[str], config: EvalConfig
 
 
 def markdown_table(results: dict) -> str:
-    lines = [f"Held-out questions: {next(iter(results.values()))['total']}", "",
-             "| system | EM | EM 95% CI | F1 | F1 95% CI |", "|---|---:|---|---:|---|"]
-    for system, m in results.items():
-        lines.append(f"| {system} | {m['exact']:.2f} | {m['exact_ci95'][0]:.2f}-{m['exact_ci95'][1]:.2f} "
-                     f"| {m['f1']:.2f} | {m['f1_ci95'][0]:.2f}-{m['f1_ci95'][1]:.2f} |")
-    return "\n".join(lines)
+    """The results table under the number of held-out questions (also what `laffi run` prints)."""
+    return f"Held-out questions: {next(iter(results.values()))['total']}\n\n" + markdown(*results_table(results))
 
 
-def markdown(layout: RunLayout, results: dict, differences: dict, seconds: dict) -> str:
+def results_markdown(layout: RunLayout, results: dict, differences: dict, seconds: dict) -> str:
+    """results.md."""
     lines = ["# LaFFi run results", "", markdown_table(results)]
     if differences:
         lines += ["", "Paired differences (same questions resampled for both systems; 95% CI):", "",
-                  "| comparison | EM diff | EM 95% CI | F1 diff | F1 95% CI |", "|---|---:|---|---:|---|"]
-        for name, d in differences.items():
-            lines.append(f"| {name} | {d['exact'][0]:+.2f} | {d['exact'][1]:+.2f} to {d['exact'][2]:+.2f} "
-                         f"| {d['f1'][0]:+.2f} | {d['f1'][1]:+.2f} to {d['f1'][2]:+.2f} |")
+                  markdown(*paired_differences_table(differences))]
     if layout.feedback.exists():
         train = {e.id: e for e in read_records(layout.train_examples, QAExample)}
         lines += ["", "## Feedback the LaFFi model learns to predict", ""]
@@ -64,16 +62,14 @@ def markdown(layout: RunLayout, results: dict, differences: dict, seconds: dict)
                       f"  **model's answer:** {_cell(note.answer)}  ",
                       f"  **feedback ({note.annotator}, {note.verdict}):** {_cell(note.text, 400)}"]
     examples = read_records(layout.eval_examples, QAExample)[:SAMPLES]
-    predictions = {s: {p.id: p.prediction for p in read_records(layout.evaluation(s) / "predictions.jsonl",
-                                                                 Prediction)} for s in results}
-    lines += ["", "## Held-out predictions", "", "| question | gold | " + " | ".join(results) + " |",
-              "|---|---|" + "---|" * len(results)]
-    for e in examples:
-        lines.append(f"| {_cell(e.question, 70)} | {_cell(e.answers[0] if e.answers else '')} | "
-                     + " | ".join(_cell(predictions[s].get(e.id, ""), 40) for s in results) + " |")
+    predictions = {s: {p.id: p.prediction for p in read_records(layout.predictions(s), Prediction)} for s in results}
+    lines += ["", "## Held-out predictions", "",
+              markdown(["question", "gold", *results],
+                       [[_cell(e.question, 70), _cell(e.answers[0] if e.answers else ""),
+                         *[_cell(predictions[s].get(e.id, ""), 40) for s in results]] for e in examples])]
     if seconds:
-        lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---:|"]
-        lines += [f"| {stage} | {s:.1f} |" for stage, s in seconds.items()]
+        lines += ["", "## Wall time per stage (s)", "",
+                  markdown(["stage", "seconds"], [[stage, f"{s:.1f}"] for stage, s in seconds.items()], {1})]
     return "\n".join(lines) + "\n"
 
 
@@ -81,14 +77,14 @@ def write_results(layout: RunLayout, metrics: dict[str, dict], seconds: dict[str
                   config: EvalConfig) -> dict:
     results = {system: {k: m[k] for k in KEYS} for system, m in metrics.items()}
     differences = paired_differences(layout, list(metrics), config)
-    layout.results_json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    layout.results_md.write_text(markdown(layout, results, differences, seconds), encoding="utf-8")
+    write_json(layout.results_json, results)
+    write_atomic(layout.results_md, results_markdown(layout, results, differences, seconds))
     training = {}
     for system in metrics:
-        summary = layout.adapter(system) / "summary.json"
+        summary = layout.train_summary(system)
         if summary.exists():
             training[system] = json.loads(summary.read_text(encoding="utf-8"))
     info = {"stage_seconds": seconds, "paired_differences": differences, "training": training,
             "generation": {s: m.get("generation") for s, m in metrics.items()}}
-    (layout.root / "run_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_json(layout.run_info, info)
     return results

@@ -13,47 +13,59 @@ for `laffi stats`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tqdm import tqdm
 
+from laffi.annotators import llm
 from laffi.annotators.reference import ReferenceAnnotator
-from laffi.config import AnnotateConfig, check_resume
+from laffi.annotators.template import load_template
+from laffi.config import AnnotateConfig, save_config
 from laffi.layout import RunLayout, failures_file, sidecar_config, summary_file
-from laffi.records import AnnotationFailure, Answer, Feedback, QAExample, RecordWriter, read_records, write_records
+from laffi.records import (
+    AnnotationFailure,
+    Answer,
+    Feedback,
+    QAExample,
+    RecordWriter,
+    read_records,
+    write_json,
+    write_records,
+)
 
 BATCH = 32
 
 
+def check_annotator(config: AnnotateConfig) -> None:
+    """What can be checked of an annotator before any work: its prompt template (ConfigError naming
+    annotate.template). `laffi run` and `laffi ablate` call it first, not after minutes of answering."""
+    if config.annotator == "llm":
+        load_template(config.template)
+
+
 def make_annotator(config: AnnotateConfig):
     if config.annotator == "llm":
-        from laffi.annotators.llm import LLMAnnotator
-
-        return LLMAnnotator(config)
+        return llm.LLMAnnotator(config)
     return ReferenceAnnotator(seed=config.seed)
 
 
 def annotator_settings(config: AnnotateConfig) -> dict:
     """The options that decide the feedback: saved beside it, and checked when a run resumes."""
     if config.annotator == "llm":
-        from laffi.annotators.llm import settings
-
-        return settings(config)
+        return llm.settings(config)
     return {"annotator": config.annotator, "seed": config.seed}
 
 
-def annotate(run_dir: str | Path, config: AnnotateConfig, out: str | Path | None = None) -> list[Feedback]:
+def annotate(layout: RunLayout, annotate: AnnotateConfig, out: str | Path | None = None) -> list[Feedback]:
     """Feedback on every answer into `out` (default RUN/feedback.jsonl; a relative path is in the run dir)."""
-    layout = RunLayout(run_dir)
     out = layout.root / out if out else layout.feedback
     examples = {e.id: e for e in read_records(layout.train_examples, QAExample)}
     answers = read_records(layout.answers, Answer)
     unknown = [a.id for a in answers if a.id not in examples]
     if unknown:
         raise ValueError(f"{layout.answers}: answer to unknown question {unknown[0]!r}")
-    annotator = make_annotator(config)  # first: a missing API key must not leave a config behind
-    check_resume(sidecar_config(out), {"annotate": annotator_settings(config)})
+    annotator = make_annotator(annotate)  # first: a missing API key must not leave a config behind
+    save_config(sidecar_config(out), {"annotate": annotator_settings(annotate)})
     size = getattr(annotator, "batch_size", BATCH)
     failures: list[AnnotationFailure] = []
     with RecordWriter(out, Feedback) as writer:
@@ -72,7 +84,7 @@ def annotate(run_dir: str | Path, config: AnnotateConfig, out: str | Path | None
         write_records(failures_file(out), failures)
     if hasattr(annotator, "summary"):
         summary = annotator.summary()
-        summary_file(out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json(summary_file(out), summary)
         print(f"annotate: {summary['feedback']} feedback, {len(failures)} failed, {summary['cache_hits']} from "
               f"the cache, {summary['requests']} requests ({summary['retries']} retries), "
               f"{summary['prompt_tokens'] + summary['completion_tokens']} tokens; {summary_file(out)}")

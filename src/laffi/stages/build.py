@@ -1,28 +1,44 @@
 """Stage 3: the training sets, as prompt/completion JSONL that `datasets` and TRL read as is.
 
     laffi build runs/demo
+    laffi export-feedback runs/demo                       # human feedback -> feedback.human.jsonl
+    laffi build runs/demo --human-ratio 0.25 --size 64    # hybrid: 16 human + 48 AI examples
 
 - sets/laffi.jsonl: prompt = the QA prompt + the model's own answer + a request for feedback;
   completion = the annotator's feedback. The model learns to predict the feedback it gets.
 - sets/sft.jsonl: prompt = the same QA prompt; completion = the gold answer.
 Both hold the same questions: those with feedback, in the order of the train pool.
+
+The hybrid build mixes an exact share of human feedback into the LaFFi set, the rest AI feedback.
+Each question appears at most once: `round(R * N)` questions are drawn (seeded by data.seed) from
+those with human feedback, where several people annotated a question one of them is drawn, and the
+rest from other questions with AI feedback. sets/laffi.meta.json records what a LaFFi set is made
+of: the sizes, the ratio, which questions came from people and which from the AI annotator.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from laffi.analysis.metrics import majority_answer
-from laffi.config import DataConfig, check_resume
+from laffi.config import ConfigError, DataConfig, save_config
 from laffi.layout import RunLayout, failures_file
 from laffi.prompts import choose_shots, feedback_messages, qa_messages
-from laffi.records import AnnotationFailure, Feedback, QAExample, TrainingExample, read_records, write_records
+from laffi.records import (
+    AnnotationFailure,
+    Feedback,
+    QAExample,
+    TrainingExample,
+    read_records,
+    write_json,
+    write_records,
+)
 
 
-def build(run_dir: str | Path, data: DataConfig) -> dict[str, list[TrainingExample]]:
-    layout = RunLayout(run_dir)
+def build(layout: RunLayout, data: DataConfig) -> dict[str, list[TrainingExample]]:
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
     feedback = {f.id: f for f in read_records(layout.feedback, Feedback)}
@@ -30,14 +46,14 @@ def build(run_dir: str | Path, data: DataConfig) -> dict[str, list[TrainingExamp
     if failed.exists() and (skipped := len(read_records(failed, AnnotationFailure))):
         print(f"build: {skipped} answers have no feedback because their annotation failed ({failed}); "
               "both sets leave them out")
-    check_resume(layout.root / "sets" / "config.yaml", {"data": data})
+    save_config(layout.sets_config, {"data": data})
     chosen = {example.id: feedback[example.id] for example in examples if example.id in feedback}
     if not chosen:
         raise ValueError(f"{layout.feedback}: no feedback on any train question; run `laffi annotate` first")
-    return write_sets(run_dir, examples, shots, chosen, data)
+    return write_sets(layout, examples, shots, chosen, data)
 
 
-def write_sets(run_dir: str | Path, examples: list[QAExample], shots: list[QAExample], chosen: dict[str, Feedback],
+def write_sets(layout: RunLayout, examples: list[QAExample], shots: list[QAExample], chosen: dict[str, Feedback],
                data: DataConfig, human_ratio: float | None = None) -> dict[str, list[TrainingExample]]:
     """Both sets on the questions that have `chosen` feedback, in train-pool order, and what the
     LaFFi set is made of (sets/laffi.meta.json)."""
@@ -49,24 +65,11 @@ def write_sets(run_dir: str | Path, examples: list[QAExample], shots: list[QAExa
         note = chosen[example.id]
         laffi.append(TrainingExample(example.id, feedback_messages(example, example_shots, note.answer),
                                      [{"role": "assistant", "content": note.text}]))
-    layout = RunLayout(run_dir)
     write_records(layout.training_set("laffi"), laffi)
     write_records(layout.training_set("sft"), sft)
     seed = None if human_ratio is None else data.seed  # only a hybrid mix is drawn at random
-    write_metadata(run_dir, mix_metadata([chosen[t.id] for t in laffi], human_ratio, seed))
+    write_json(layout.set_metadata("laffi"), mix_metadata([chosen[t.id] for t in laffi], human_ratio, seed))
     return {"laffi": laffi, "sft": sft}
-
-
-def metadata_path(run_dir: str | Path) -> Path:
-    return RunLayout(run_dir).training_set("laffi").with_suffix(".meta.json")
-
-
-def write_metadata(run_dir: str | Path, meta: dict) -> Path:
-    path = metadata_path(run_dir)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def mix_metadata(feedback: list[Feedback], ratio: float | None, seed: int | None) -> dict:
@@ -76,3 +79,62 @@ def mix_metadata(feedback: list[Feedback], ratio: float | None, seed: int | None
             "human": len(human), "ai": len(feedback) - len(human), "seed": seed,
             "human_annotators": dict(sorted(Counter(f.annotator for f in human).items())),
             "human_ids": [f.id for f in human], "ai_ids": [f.id for f in feedback if f.source == "ai"]}
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    human_ratio: float  # R: the share of examples with human feedback, in [0, 1]
+    size: int  # N: examples in the set
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.human_ratio <= 1.0:
+            raise ConfigError(f"--human-ratio: must be in [0, 1], got {self.human_ratio}")
+        if self.size < 1:
+            raise ConfigError(f"--size: must be >= 1, got {self.size}")
+        share = self.human_ratio * self.size
+        if abs(share - round(share)) > 1e-9:
+            raise ConfigError(f"--human-ratio {self.human_ratio} of --size {self.size} is {share:g} examples; "
+                              "choose a ratio and size whose product is a whole number")
+
+    @property
+    def human(self) -> int:
+        return round(self.human_ratio * self.size)
+
+
+def _read_all(paths: list[Path]) -> list[Feedback]:
+    return [f for path in paths if path.exists() for f in read_records(path, Feedback)]
+
+
+def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig) -> dict[str, list[TrainingExample]]:
+    examples = read_records(layout.train_examples, QAExample)
+    shots = read_records(layout.shots, QAExample)
+    sources = [layout.human_feedback, layout.feedback]
+    feedback = [f for f in _read_all(sources) if f.id in {e.id for e in examples}]
+    save_config(layout.sets_config, {"data": data})
+
+    human_by_id: dict[str, list[Feedback]] = defaultdict(list)
+    ai_by_id: dict[str, Feedback] = {}
+    for f in feedback:
+        if f.source == "human":
+            human_by_id[f.id].append(f)
+        else:
+            ai_by_id.setdefault(f.id, f)
+    n_human, n_ai = hybrid.human, hybrid.size - hybrid.human
+    if len(human_by_id) < n_human:
+        raise ValueError(
+            f"--human-ratio {hybrid.human_ratio} --size {hybrid.size} needs human feedback on {n_human} "
+            f"questions; {sources[0]} and {sources[1]} have it on {len(human_by_id)}. Annotate more "
+            f"(`laffi serve`), export it (`laffi export-feedback {layout.root}`), or lower --human-ratio or --size")
+
+    rng = random.Random(data.seed)
+    order = {e.id: position for position, e in enumerate(examples)}
+    human_ids = rng.sample(sorted(human_by_id, key=order.__getitem__), n_human)
+    chosen = {qid: rng.choice(sorted(human_by_id[qid], key=lambda f: f.annotator)) for qid in human_ids}
+    ai_pool = [qid for qid in sorted(ai_by_id, key=order.__getitem__) if qid not in chosen]
+    if len(ai_pool) < n_ai:
+        raise ValueError(
+            f"--size {hybrid.size} with {n_human} human examples needs AI feedback on {n_ai} other questions; "
+            f"{layout.feedback} has it on {len(ai_pool)}. Run `laffi annotate` on more answers or lower --size")
+    chosen.update({qid: ai_by_id[qid] for qid in rng.sample(ai_pool, n_ai)})
+
+    return write_sets(layout, examples, shots, chosen, data, hybrid.human_ratio)

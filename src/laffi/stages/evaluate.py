@@ -14,13 +14,14 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from laffi.analysis.metrics import bootstrap_interval, score_example, summarize
+from laffi.analysis.bootstrap import bootstrap_interval
+from laffi.analysis.metrics import score_example, summarize
 from laffi.backends.answering import answer_questions, load_backend
-from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, check_resume
+from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, save_config
 from laffi.distributed.shards import Shard
-from laffi.layout import RunLayout
+from laffi.layout import RunLayout, is_adapter
 from laffi.prompts import extract_answer
-from laffi.records import Prediction, QAExample, read_records
+from laffi.records import Prediction, QAExample, read_records, write_json
 
 
 def metrics_for(examples: list[QAExample], predictions: list[Prediction], config: EvalConfig) -> dict:
@@ -37,22 +38,20 @@ def metrics_for(examples: list[QAExample], predictions: list[Prediction], config
     return metrics
 
 
-def evaluate(run_dir: str | Path, system: str, model: ModelConfig, data: DataConfig,
-             generate: GenerateConfig, config: EvalConfig, adapter: str | Path | None = None,
+def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfig,
+             generate: GenerateConfig, eval: EvalConfig, adapter: str | Path | None = None,
              backend: Callable[[], tuple] | None = None) -> dict:
     """`backend`: returns the (model, tokenizer) to answer with, loaded by the caller, e.g. the base
     model `laffi run` also generates with; called only if questions are left to answer."""
-    layout = RunLayout(run_dir)
-    out = layout.evaluation(system)
     examples = read_records(layout.eval_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
     adapter_path = str(Path(adapter).resolve()) if adapter else None
-    if adapter_path and not (Path(adapter_path) / "adapter_config.json").exists():
+    if adapter_path and not is_adapter(Path(adapter_path)):
         raise FileNotFoundError(f"--adapter: {adapter_path} holds no PEFT adapter (adapter_config.json)")
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
-    shard.on_main(lambda: check_resume(out / "config.yaml", {"model": model, "data": data, "generate": generate,
-                                                             "eval": config,
-                                                             "system": {"name": system, "adapter": adapter_path}}))
+    shard.on_main(lambda: save_config(layout.eval_config(system), {
+        "model": model, "data": data, "generate": generate, "eval": eval,
+        "system": {"name": system, "adapter": adapter_path}}))
 
     def score(example: QAExample, generation) -> Prediction:
         answer = extract_answer(generation.text)
@@ -60,17 +59,17 @@ def evaluate(run_dir: str | Path, system: str, model: ModelConfig, data: DataCon
         return Prediction(example.id, answer, generation.text, exact, f1)
 
     speed = None
-    with shard.writer(out / "predictions.jsonl", Prediction) as writer:
+    with shard.writer(layout.predictions(system), Prediction) as writer:
         if len(writer.done_ids) < len(examples):
             lm, tokenizer = backend() if backend else load_backend(model, generate, adapter=adapter_path)
             speed = shard.answer(answer_questions, lm, tokenizer, examples, shots, data, generate, writer, score,
                                  desc=f"evaluate {system}")
-    metrics = metrics_for(examples, read_records(out / "predictions.jsonl", Prediction), config)
+    metrics = metrics_for(examples, read_records(layout.predictions(system), Prediction), eval)
     metrics["system"] = system
-    metrics_file = out / "metrics.json"
+    metrics_file = layout.metrics(system)
     if speed is None and metrics_file.exists():  # finished earlier: keep that run's speed
         speed = json.loads(metrics_file.read_text(encoding="utf-8")).get("generation")
     metrics["generation"] = speed
     if shard.is_main:
-        metrics_file.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        write_json(metrics_file, metrics)
     return metrics

@@ -8,28 +8,26 @@ already on disk are kept and only the missing questions are generated.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 from laffi.backends.answering import answer_questions, load_backend
-from laffi.config import DataConfig, GenerateConfig, ModelConfig, check_resume
+from laffi.config import DataConfig, GenerateConfig, ModelConfig, save_config
 from laffi.layout import RunLayout, sidecar_config
 from laffi.prompts import extract_answer
 from laffi.records import Answer, QAExample, RecordWriter, read_records
 
 
-def generate(run_dir: str | Path, model: ModelConfig, data: DataConfig, config: GenerateConfig,
+def generate(layout: RunLayout, model: ModelConfig, data: DataConfig, generate: GenerateConfig,
              backend: Callable[[], tuple] | None = None) -> list[Answer]:
     """`backend`: returns the (model, tokenizer) to answer with, loaded by the caller (`laffi run` and
     `laffi ablate` share the base model with the base evaluation); called only if questions are left."""
-    layout = RunLayout(run_dir)
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
-    check_resume(sidecar_config(layout.answers), {"model": model, "data": data, "generate": config})
+    save_config(sidecar_config(layout.answers), {"model": model, "data": data, "generate": generate})
     with RecordWriter(layout.answers, Answer) as writer:
         if len(writer.done_ids) < len(examples):
-            lm, tokenizer = backend() if backend else load_backend(model, config)
-            answer_questions(lm, tokenizer, examples, shots, data, config, writer,
+            lm, tokenizer = backend() if backend else load_backend(model, generate)
+            answer_questions(lm, tokenizer, examples, shots, data, generate, writer,
                              lambda e, g: Answer(e.id, extract_answer(g.text), g.text, model.name),
                              desc="generate")
     return read_records(layout.answers, Answer)

@@ -9,30 +9,28 @@ pool from the train side. Files are written whole or not at all.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
-from laffi.config import DataConfig, check_resume
+from laffi.config import DataConfig, save_config
 from laffi.data import load_examples, split_by_title
 from laffi.layout import RunLayout
 from laffi.prompts import shot_pool
 from laffi.records import QAExample, read_records, write_records
 
 
-def prepare(run_dir: str | Path, config: DataConfig) -> tuple[list[QAExample], list[QAExample]]:
-    layout = RunLayout(run_dir)
-    check_resume(layout.data / "config.yaml", {"data": config})
+def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[QAExample]]:
+    save_config(layout.data_config, {"data": data})
     if layout.train_examples.exists() and layout.eval_examples.exists() and layout.shots.exists():
         return read_records(layout.train_examples, QAExample), read_records(layout.eval_examples, QAExample)
-    train_pool, held_out = split_by_title(load_examples(config.source), config.eval_size, config.seed)
-    shots = shot_pool(train_pool, config.seed)
-    if len(shots) < config.num_shots + 1:
-        raise ValueError(f"data.num_shots={config.num_shots}: the train pool has only {len(shots)} articles")
+    train_pool, held_out = split_by_title(load_examples(data.source), data.eval_size, data.seed)
+    shots = shot_pool(train_pool, data.seed)
+    if len(shots) < data.num_shots + 1:
+        raise ValueError(f"data.num_shots={data.num_shots}: the train pool has only {len(shots)} articles")
     train = list(train_pool)
-    random.Random(config.seed).shuffle(train)  # a train_size subset then spans many articles
-    if config.train_size:
-        if config.train_size > len(train):
-            raise ValueError(f"data.train_size={config.train_size}: the train pool has {len(train)} questions")
-        train = train[: config.train_size]
+    random.Random(data.seed).shuffle(train)  # a train_size subset then spans many articles
+    if data.train_size:
+        if data.train_size > len(train):
+            raise ValueError(f"data.train_size={data.train_size}: the train pool has {len(train)} questions")
+        train = train[: data.train_size]
     write_records(layout.shots, shots)
     write_records(layout.eval_examples, held_out)
     write_records(layout.train_examples, train)

@@ -1,12 +1,12 @@
 """Stage 4: LoRA fine-tuning on a prompt/completion set, loss on the completion tokens only.
 
-    laffi train runs/demo --set laffi [train.steps=32 train.lr=3e-4]
-    laffi train runs/demo --set sft
-    accelerate launch --config_file configs/accelerate/multi-gpu.yaml -m laffi.cli train runs/demo --set laffi
-    torchrun --nproc_per_node 8 -m laffi.cli train runs/demo --set laffi
+    laffi train runs/demo --system laffi [train.steps=32 train.lr=3e-4]
+    laffi train runs/demo --system sft
+    accelerate launch --config_file configs/accelerate/multi-gpu.yaml -m laffi.cli train runs/demo --system laffi
+    torchrun --nproc_per_node 8 -m laffi.cli train runs/demo --system laffi
 
-Writes adapters/SET/: the adapter in PEFT's format (PeftModel.from_pretrained loads it),
-train_log.jsonl (loss, lr, tokens/s per step), summary.json and train_config.yaml. Every
+Writes adapters/SYSTEM/: the adapter in PEFT's format (PeftModel.from_pretrained loads it),
+train_log.jsonl (loss, lr, tokens/s per step), summary.json and config.yaml. Every
 `train.checkpoint_every` steps it saves a checkpoint (adapter, optimizer, scheduler, RNG);
 run the same command after a crash and training continues from there on the same batches.
 
@@ -18,7 +18,6 @@ whatever the number of processes, so N processes train the adapter that one proc
 
 from __future__ import annotations
 
-import json
 import random
 import resource
 import shutil
@@ -33,7 +32,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from tqdm import tqdm
 from transformers import get_scheduler
 
-from laffi.config import ModelConfig, TrainConfig, check_resume
+from laffi.config import ModelConfig, TrainConfig, save_config
 from laffi.distributed.batching import BatchPlan, configure_deepspeed, plan_batches, shard_window, totals
 from laffi.distributed.checkpoint import (
     full_state_dict,
@@ -42,10 +41,10 @@ from laffi.distributed.checkpoint import (
     save_checkpoint,
 )
 from laffi.distributed.shards import Shard
-from laffi.layout import RunLayout
+from laffi.layout import RunLayout, adapter_finished
 from laffi.models import load_model, pick_device
 from laffi.prompts import prompt_completion_ids
-from laffi.records import TrainingExample, TrainLogEntry, read_records, write_records
+from laffi.records import TrainingExample, TrainLogEntry, read_records, write_json, write_records
 
 IGNORE = -100  # label value that cross-entropy skips
 
@@ -176,49 +175,48 @@ def backward_passes(accelerator: Accelerator, model, rows: list[tuple[list[int],
     return [loss_share, tokens, completion]
 
 
-def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config: TrainConfig) -> Path:
-    layout = RunLayout(run_dir)
-    out = layout.adapter(set_name)
-    examples = read_records(layout.training_set(set_name), TrainingExample)
+def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig) -> Path:
+    out = layout.adapter(system)
+    examples = read_records(layout.training_set(system), TrainingExample)
     # one process, or one of many under accelerate launch / torchrun (read from the environment)
-    accelerator = Accelerator(cpu=pick_device(model_config.device).type == "cpu", step_scheduler_with_optimizer=False)
-    plan = plan_batches(config, accelerator.num_processes)
+    accelerator = Accelerator(cpu=pick_device(model.device).type == "cpu", step_scheduler_with_optimizer=False)
+    plan = plan_batches(train, accelerator.num_processes)
     accelerator.gradient_accumulation_steps = plan.per_device_accum
     main = accelerator.is_main_process
     # the main process writes the config; if it differs from the one there, every process stops
     Shard(accelerator.process_index, accelerator.num_processes).on_main(
-        lambda: check_resume(out / "train_config.yaml", {"model": model_config, "train": config}))
-    if (out / "adapter_model.safetensors").exists():
+        lambda: save_config(layout.train_config(system), {"model": model, "train": train}))
+    if adapter_finished(out):
         return out  # finished earlier
 
-    set_seed(config.seed)  # the same LoRA initialisation on every process
-    model, tokenizer = load_model(replace(model_config, device=model_device(accelerator, model_config)))
-    rows = tokenize(tokenizer, examples, config.max_seq_len)
-    model = add_lora(model, model_config, config)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=config.warmup_steps,
-                              num_training_steps=config.steps)
-    configure_deepspeed(accelerator, plan, config)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    set_seed(train.seed)  # the same LoRA initialisation on every process
+    lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)))
+    rows = tokenize(tokenizer, examples, train.max_seq_len)
+    lm = add_lora(lm, model, train)
+    optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad],
+                                  lr=train.lr, weight_decay=train.weight_decay)
+    scheduler = get_scheduler(train.schedule, optimizer, num_warmup_steps=train.warmup_steps,
+                              num_training_steps=train.steps)
+    configure_deepspeed(accelerator, plan, train)
+    lm, optimizer, scheduler = accelerator.prepare(lm, optimizer, scheduler)
     keep_model_weights_out_of_state(accelerator)
     if accelerator.num_processes > 1:
-        set_seed(config.seed, device_specific=True)  # but each process its own dropout masks
-    accelerator.print(f"train {set_name}: {accelerator.distributed_type.value}, {plan.describe()}")
+        set_seed(train.seed, device_specific=True)  # but each process its own dropout masks
+    accelerator.print(f"train {system}: {accelerator.distributed_type.value}, {plan.describe()}")
 
-    checkpoint = out / "checkpoint"
-    start = load_checkpoint(checkpoint, accelerator, model) if checkpoint.exists() else 0
-    log_path = out / "train_log.jsonl"
+    checkpoint = layout.checkpoint(system)
+    start = load_checkpoint(checkpoint, accelerator, lm) if checkpoint.exists() else 0
+    log_path = layout.train_log(system)
     log = [e for e in read_records(log_path, TrainLogEntry) if e.step <= start] if log_path.exists() else []
-    batches = batch_order([len(ids) for ids, _ in rows], config.batch_size, config.steps * config.grad_accum,
-                          config.seed)
+    batches = batch_order([len(ids) for ids, _ in rows], train.batch_size, train.steps * train.grad_accum,
+                          train.seed)
     pad_id = tokenizer.pad_token_id
     began, tokens_seen, completion_seen = time.perf_counter(), 0, 0
-    bar = tqdm(total=config.steps, initial=start, desc=f"train {set_name}", unit="step", disable=not main)
-    for step in range(start + 1, config.steps + 1):
-        window = batches[(step - 1) * config.grad_accum: step * config.grad_accum]
-        share = backward_passes(accelerator, model, rows, window, plan, pad_id)
-        norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    bar = tqdm(total=train.steps, initial=start, desc=f"train {system}", unit="step", disable=not main)
+    for step in range(start + 1, train.steps + 1):
+        window = batches[(step - 1) * train.grad_accum: step * train.grad_accum]
+        share = backward_passes(accelerator, lm, rows, window, plan, pad_id)
+        norm = accelerator.clip_grad_norm_(lm.parameters(), train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -232,18 +230,18 @@ def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config:
         log.append(entry)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{entry.tokens_per_s:.0f}")
         bar.update()
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+        if train.checkpoint_every and step % train.checkpoint_every == 0 and step < train.steps:
             if main:
                 write_records(log_path, log)
-            save_checkpoint(checkpoint, accelerator, model, step)
+            save_checkpoint(checkpoint, accelerator, lm, step)
     bar.close()
 
-    state_dict = full_state_dict(accelerator, model)  # gathered where sharded; every process takes part
-    unwrapped = accelerator.unwrap_model(model)
+    state_dict = full_state_dict(accelerator, lm)  # gathered where sharded; every process takes part
+    unwrapped = accelerator.unwrap_model(lm)
     if main:
         write_records(log_path, log)
         unwrapped.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
-        summary = {"set": set_name, "examples": len(rows), "steps": config.steps, "resumed_from_step": start,
+        summary = {"system": system, "examples": len(rows), "steps": train.steps, "resumed_from_step": start,
                    "processes": plan.processes, "per_device_batch": plan.per_device_batch,
                    "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
                    "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,
@@ -252,7 +250,7 @@ def train(run_dir: str | Path, set_name: str, model_config: ModelConfig, config:
                    "completion_tokens_per_s": log[-1].completion_tokens_per_s if log else None,
                    "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
                    "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(layout.train_summary(system), summary)
         shutil.rmtree(checkpoint, ignore_errors=True)
     accelerator.wait_for_everyone()  # no process returns before the adapter is on disk
     return out

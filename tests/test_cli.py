@@ -1,0 +1,49 @@
+"""The `laffi` command as a new user meets it: every --help prints, and a broken config file is one line."""
+
+import subprocess
+import sys
+
+import pytest
+
+from laffi.cli import build_parser, main
+
+
+def subcommands() -> list[str]:
+    parser = build_parser()
+    (sub,) = [action for action in parser._actions if action.dest == "command"]
+    return sorted(sub.choices)
+
+
+def test_laffi_help_runs_in_a_fresh_process():
+    # a fresh interpreter, as a user's shell starts it: nothing imported beforehand
+    done = subprocess.run([sys.executable, "-m", "laffi.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: laffi" in done.stdout and "Traceback" not in done.stderr
+    assert all(name in done.stdout for name in subcommands())
+
+
+@pytest.mark.parametrize("command", subcommands())
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: laffi " + command)
+
+
+def test_annotators_subcommands_have_help(capsys):
+    for action in ("add", "list", "revoke"):
+        with pytest.raises(SystemExit) as exited:
+            main(["annotators", action, "--help"])
+        assert exited.value.code == 0
+    assert capsys.readouterr().out.count("usage: laffi annotators") == 3
+
+
+@pytest.mark.parametrize("command", ["run", "ablate"])
+def test_a_yaml_syntax_error_is_a_one_line_error(command, tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("not: [valid\n")
+    assert main([command, str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"laffi {command}: error: {path}:2:1: not valid YAML") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # nothing was started

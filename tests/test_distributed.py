@@ -133,7 +133,7 @@ def test_two_processes_evaluate_the_same_predictions_in_question_order(tiny_over
                  "generate.max_new_tokens=2"]
     config = load_config(overrides=overrides)
     for name in ("one", "two"):
-        prepare(tmp_path / name, config.data)
+        prepare(RunLayout(tmp_path / name), config.data)
     one = evaluate(RunLayout(tmp_path / "one"), "base", config.model, config.data, config.generate, config.eval)
     command = Launcher("accelerate", 2).wrap(["-m", "laffi.cli", "evaluate", str(tmp_path / "two"), *overrides,
                                               "--system", "base"])

@@ -10,10 +10,11 @@ import pytest
 from fault_server import FaultServer
 
 from laffi.annotators.template import ReplyError, load_template
-from laffi.config import ConfigError, load_config
+from laffi.config import ConfigError, load_config, save_config
+from laffi.experiments.run import run
 from laffi.layout import RunLayout, failures_file, summary_file
 from laffi.records import AnnotationFailure, Answer, Feedback, QAExample, read_records, write_records
-from laffi.stages.annotate import annotate
+from laffi.stages.annotate import annotate, check_annotator
 
 
 def make_run(run_dir, n: int) -> list[str]:
@@ -152,8 +153,13 @@ def test_reply_parser(reply, parsed):
 def test_llm_options_are_checked_up_front(tmp_path):
     with pytest.raises(ConfigError, match="annotate.model: required"):
         load_config(overrides=["annotate.annotator=llm"])
+    missing = load_config(overrides=["annotate.annotator=llm", "annotate.model=x",
+                                     f"annotate.template={tmp_path}/no.yaml"])
     with pytest.raises(ConfigError, match="annotate.template"):
-        load_config(overrides=["annotate.annotator=llm", "annotate.model=x", f"annotate.template={tmp_path}/no.yaml"])
+        check_annotator(missing.annotate)
+    with pytest.raises(ConfigError, match="annotate.template"):  # `laffi run` checks it before any work
+        run(missing, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="annotate.concurrency"):
         load_config(overrides=["annotate.annotator=llm", "annotate.model=x", "annotate.concurrency=0"])
     with pytest.raises(ConfigError, match="generate.base_url"):
@@ -190,16 +196,14 @@ def test_local_transformers_annotator_records_unreadable_replies_and_caches_them
 
 
 def test_runs_made_before_the_new_options_still_resume(tmp_path):
-    from laffi.config import check_resume
-
     # a sidecar written before generate.backend & co. existed: their defaults change nothing
     old = load_config().generate
     (tmp_path / "answers.config.yaml").write_text(
         f"generate:\n  batch_size: {old.batch_size}\n  max_new_tokens: {old.max_new_tokens}\n"
         f"  stop_at_newline: {str(old.stop_at_newline).lower()}\n")
-    check_resume(tmp_path / "answers.config.yaml", {"generate": old})
+    save_config(tmp_path / "answers.config.yaml", {"generate": old})
     with pytest.raises(ConfigError, match="generate.backend"):
-        check_resume(tmp_path / "answers.config.yaml",
+        save_config(tmp_path / "answers.config.yaml",
                      {"generate": load_config(overrides=["generate.backend=openai", "generate.base_url=x"]).generate})
 
 

@@ -48,14 +48,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         require(bool(self.name), "model.name", "must not be empty")
         require(self.attention in ("auto", "sdpa", "flash_attention_2", "eager"), "model.attention",
-                 f"must be auto, sdpa, flash_attention_2 or eager, got {self.attention!r}")
+                f"must be auto, sdpa, flash_attention_2 or eager, got {self.attention!r}")
         require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
-                 f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+                f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
-                 "model.device", f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+                "model.device", f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         require(self.threads >= 0, "model.threads", "must be >= 0")
         require(self.prompt_format in ("chat", "plain"), "model.prompt_format",
-                 f"must be chat or plain, got {self.prompt_format!r}")
+                f"must be chat or plain, got {self.prompt_format!r}")
 
 
 @dataclass
@@ -95,9 +95,9 @@ class GenerateConfig:
         require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")
         require(self.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1")
         require(self.backend in ("transformers", "openai"), "generate.backend",
-                 f"must be transformers or openai, got {self.backend!r}")
+                f"must be transformers or openai, got {self.backend!r}")
         require(self.backend != "openai" or bool(self.base_url), "generate.base_url",
-                 "required with generate.backend=openai (e.g. http://localhost:8000/v1)")
+                "required with generate.backend=openai (e.g. http://localhost:8000/v1)")
         require(self.timeout > 0, "generate.timeout", "must be > 0")
         require(self.retries >= 0, "generate.retries", "must be >= 0")
 
@@ -125,11 +125,11 @@ class AnnotateConfig:
 
     def __post_init__(self) -> None:
         require(self.annotator in ("reference", "llm"), "annotate.annotator",
-                 f"unknown annotator {self.annotator!r}; available: reference, llm")
+                f"unknown annotator {self.annotator!r}; available: reference, llm")
         if self.annotator != "llm":
             return
         require(self.backend in ("openai", "transformers"), "annotate.backend",
-                 f"must be openai or transformers, got {self.backend!r}")
+                f"must be openai or transformers, got {self.backend!r}")
         require(bool(self.model), "annotate.model", "required with annotate.annotator=llm (e.g. gpt-4o)")
         # annotate.template is checked where templates live (laffi.annotators.template.load_template),
         # by every command that will annotate, before it starts

@@ -60,19 +60,19 @@ class GridConfig:
             require(len(set(values)) == len(values), f"grid.{name}", f"lists a value twice: {values}")
         for system in self.system:
             require(system in TRAINED_SYSTEMS, "grid.system",
-                     f"unknown system {system!r}; available: sft, laffi")
+                    f"unknown system {system!r}; available: sft, laffi")
         for size in self.size:
             require(size >= 1, "grid.size", f"must be >= 1, got {size}")
         for content in self.content:
             require(content in CONTENTS, "grid.content",
-                     f"unknown content {content!r}; available: {', '.join(CONTENTS)}")
+                    f"unknown content {content!r}; available: {', '.join(CONTENTS)}")
         for ratio in self.human_ratio:
             require(0.0 <= ratio <= 1.0, "grid.human_ratio", f"must be in [0, 1], got {ratio}")
             for size in self.size:
                 share = ratio * size
                 require(abs(share - round(share)) < 1e-9, "grid.human_ratio",
-                         f"{ratio} of grid.size {size} is {share:g} examples; choose ratios and sizes whose "
-                         "products are whole numbers")
+                        f"{ratio} of grid.size {size} is {share:g} examples; choose ratios and sizes whose "
+                        "products are whole numbers")
         if any(self.human_ratio) and "verdict+explanation" in self.content:
             raise ConfigError("grid.content: verdict+explanation needs feedback recorded in parts, and human feedback "
                               "is free text; with grid.human_ratio > 0 use verdict or verdict+explanation+answer")
@@ -89,14 +89,14 @@ class AblateConfig:
         self.annotators = {"reference": AnnotateConfig("reference", seed=self.run.annotate.seed), **self.annotators}
         for name in self.grid.annotator:
             require(name in self.annotators, "grid.annotator",
-                     f"unknown annotator {name!r}; name reference or add it under annotators")
+                    f"unknown annotator {name!r}; name reference or add it under annotators")
         for name in self.annotators:
             require(name not in RESERVED and name.replace("-", "").replace("_", "").isalnum(),
-                     f"annotators.{name}", "names are letters, digits, - and _, and not 'human'")
+                    f"annotators.{name}", "names are letters, digits, - and _, and not 'human'")
         pool = self.run.data.train_size
         for size in self.grid.size:
             require(not pool or size <= pool, "grid.size",
-                     f"{size} is more than the train pool, run.data.train_size={pool}")
+                    f"{size} is more than the train pool, run.data.train_size={pool}")
 
     def annotate_config(self, name: str) -> AnnotateConfig:
         return self.annotators[name]

@@ -7,7 +7,7 @@
   cookie (double submit). A POST whose Origin header names another site is refused as well.
 - Every response forbids framing, sniffing and any script or style without the page's nonce.
 
-    python -m pytest tests/test_human_security.py
+    python -m pytest tests/human/test_human_security.py
 """
 
 from __future__ import annotations

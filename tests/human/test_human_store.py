@@ -1,14 +1,14 @@
 """The annotation database without the web layer: schema upgrades, assignment up to K, skipping,
 revocation, export and import through the CLI, and the agreement report.
 
-    python -m pytest tests/test_human_store.py
+    python -m pytest tests/human/test_human_store.py
 """
 
 from __future__ import annotations
 
 import pytest
-from human_helpers import add_annotator, laffi, make_run
 from sqlalchemy import inspect, select
+from support.human_helpers import add_annotator, laffi, make_run
 
 from laffi.config import ConfigError
 from laffi.human import db, exchange, store
@@ -177,7 +177,7 @@ def test_serve_config_is_checked_and_binds_loopback_by_default(run):
 
 
 def test_admin_page_shows_progress_and_agreement(run, engine):
-    from human_helpers import CSRF
+    from support.human_helpers import CSRF
 
     from laffi.human.app import create_app
 

@@ -1,6 +1,6 @@
 """Hybrid training sets: exactly N examples, exactly R*N with human feedback, the mix in the metadata.
 
-    python -m pytest tests/test_hybrid.py
+    python -m pytest tests/stages/test_hybrid.py
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from human_helpers import laffi, make_run
+from support.human_helpers import laffi, make_run
 
 from laffi.records import Feedback, TrainingExample, read_records, write_records
 

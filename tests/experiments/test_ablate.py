@@ -1,7 +1,7 @@
 """`laffi ablate` end to end on the tiny model: a 2 x 2 x 2 grid over 2 seeds, what it made once and
 what it shared, resuming after a crash, the human-share axis, and `laffi attention` on its adapter.
 
-    python -m pytest tests/test_ablate.py
+    python -m pytest tests/experiments/test_ablate.py
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import json
 import os
 
 import pytest
-from llama_server import LlamaServer
+from support.llama_server import LlamaServer
 
 from laffi.analysis.agreement import stats
 from laffi.backends.answering import build_prompts

@@ -1,7 +1,7 @@
 """The ablation's aggregation on a fixed grid of synthetic results: means, intervals, paired
 differences, and which cells share which artifacts.
 
-    python -m pytest tests/test_aggregate.py
+    python -m pytest tests/experiments/test_aggregate.py
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 Selenium) signs in with a token, annotates three items (keyboard and mouse), skips one, and the
 exported feedback holds exactly those three.
 
-    python -m pytest tests/test_human_browser.py
+    python -m pytest tests/human/test_human_browser.py
 """
 
 from __future__ import annotations
 
-from human_helpers import add_annotator, laffi, make_run, serve
+from support.human_helpers import add_annotator, laffi, make_run, serve
 
 from laffi.records import Feedback, read_records
 

@@ -1,6 +1,6 @@
 """Percent agreement and Cohen's kappa on known tables, and how raters' labels are paired.
 
-    python -m pytest tests/test_agreement.py
+    python -m pytest tests/analysis/test_agreement.py
 """
 
 import math

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-from fault_server import FaultServer
+from support.fault_server import FaultServer
 from test_llm_annotator import make_run
 
 from laffi.layout import RunLayout, summary_file

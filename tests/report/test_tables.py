@@ -1,7 +1,7 @@
 """The tables of numbers, built once and rendered as Markdown (results.md, ablation.md, `laffi stats`)
 and as HTML (report.html): exact text on small hand-made inputs.
 
-    python -m pytest tests/test_tables.py
+    python -m pytest tests/report/test_tables.py
 """
 
 from __future__ import annotations

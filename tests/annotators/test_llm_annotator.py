@@ -1,13 +1,13 @@
 """The LLM annotator against a misbehaving server: retries, the reply cache, failures recorded.
 
-The server (tests/fault_server.py) injects 429, 500, 400, garbage, HTML, slow and unparseable
+The server (tests/support/fault_server.py) injects 429, 500, 400, garbage, HTML, slow and unparseable
 replies; the real-server path is tested against llama.cpp in test_llama_server.py.
 """
 
 import json
 
 import pytest
-from fault_server import FaultServer
+from support.fault_server import FaultServer
 
 from laffi.annotators.template import ReplyError, load_template
 from laffi.config import ConfigError, load_config, save_config

@@ -1,6 +1,6 @@
 """Every shipped ablation config parses and says how to run it; bad grids are refused by option name.
 
-    python -m pytest tests/test_ablate_config.py
+    python -m pytest tests/experiments/test_ablate_config.py
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from laffi.annotators.content import CONTENTS
 from laffi.config import ConfigError
 from laffi.experiments.grid import AblateConfig, ablate_config_from, load_ablate_config
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "ablate").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "ablate").glob("*.yaml"))
 
 
 def test_there_is_an_ablation_config_for_every_axis():

@@ -2,14 +2,14 @@
 missing or forged CSRF tokens, a foreign Origin, script payloads in a passage and in feedback,
 oversized bodies. Each must be refused with the right status code or rendered inert.
 
-    python -m pytest tests/test_human_security.py
+    python -m pytest tests/human/test_human_security.py
 """
 
 from __future__ import annotations
 
 import pytest
 import requests
-from human_helpers import add_annotator, csrf, item_id_of, laffi, make_run, serve, sign_in
+from support.human_helpers import add_annotator, csrf, item_id_of, laffi, make_run, serve, sign_in
 
 PAYLOAD = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
 

@@ -1,6 +1,6 @@
-"""The completion-only loss through FSDP2, for tests/test_completion_loss.py.
+"""The completion-only loss through FSDP2, for tests/stages/test_completion_loss.py.
 
-    torchrun --standalone --nproc_per_node 2 tests/fsdp_loss.py TINY_MODEL_DIR
+    torchrun --standalone --nproc_per_node 2 tests/support/fsdp_loss.py TINY_MODEL_DIR
 
 Shards a LoRA-wrapped tiny model with `fully_shard` over 2 CPU processes (gloo) and checks that
 `completion_loss_sum` gives the full-logits loss and the same LoRA gradients. (accelerate turns an
@@ -16,7 +16,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))  # test_completion_loss
 
 from test_completion_loss import full_logits_loss, rows  # noqa: E402
 

@@ -80,7 +80,7 @@ def test_a_model_that_ignores_logits_to_keep_still_gets_the_right_loss(tiny_mode
 
 
 def test_under_fsdp2_on_two_processes(tiny_model_dir):
-    script = Path(__file__).resolve().parent / "fsdp_loss.py"
+    script = Path(__file__).resolve().parents[1] / "support" / "fsdp_loss.py"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), str(tiny_model_dir)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

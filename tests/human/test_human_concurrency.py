@@ -1,7 +1,7 @@
 """24 annotators at once against one `laffi serve` on loopback, SQLite and PostgreSQL: afterwards
 every submission is in the database once, no item has more than K annotations, none is lost.
 
-    python -m pytest tests/test_human_concurrency.py -s    # -s prints submissions per second
+    python -m pytest tests/human/test_human_concurrency.py -s    # -s prints submissions per second
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections import Counter
 from contextlib import nullcontext
 
 import pytest
-from human_helpers import add_annotator, csrf, item_id_of, laffi, make_run, postgres, serve, sign_in
 from sqlalchemy import select
+from support.human_helpers import add_annotator, csrf, item_id_of, laffi, make_run, postgres, serve, sign_in
 
 from laffi.human import db
 from laffi.records import Feedback, read_records

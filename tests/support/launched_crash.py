@@ -1,6 +1,6 @@
-"""`laffi train` that dies right after its first checkpoint, for tests/test_distributed.py.
+"""`laffi train` that dies right after its first checkpoint, for tests/distributed/test_distributed.py.
 
-    torchrun --standalone --nproc_per_node 2 tests/launched_crash.py train RUN --system sft
+    torchrun --standalone --nproc_per_node 2 tests/support/launched_crash.py train RUN --system sft
 
 Every process exits with code 3 once the checkpoint is on disk, as a crashed job would.
 """

@@ -1,7 +1,7 @@
 """Attention metrics on hand-built attention matrices whose entropy and distance are known, and the
 gold answer span found in a real prompt's tokens.
 
-    python -m pytest tests/test_attention.py
+    python -m pytest tests/analysis/test_attention.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`laffi report` on a run and on an ablation: a self-contained page whose text is escaped, and which
 headless Chromium renders with its tables and every image loaded.
 
-    python -m pytest tests/test_report.py
+    python -m pytest tests/report/test_report.py
 """
 
 from __future__ import annotations

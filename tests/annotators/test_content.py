@@ -1,6 +1,6 @@
 """Feedback content levels come from the recorded parts, never from cutting free text.
 
-    python -m pytest tests/test_content.py
+    python -m pytest tests/annotators/test_content.py
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 SFTTrainer train on the same token sequences with the same completion tokens, and larger batches
 of the in-process backend give batch 1's answers. (The numbers themselves are the benchmark's.)
 
-    python -m pytest tests/test_benchmarks.py
+    python -m pytest tests/benchmarks/test_benchmarks.py
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def bench(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ from laffi.stages.evaluate import evaluate
 from laffi.stages.prepare import prepare
 from laffi.stages.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUESTIONS = [("Who wrote Hamlet?", "William Shakespeare"), ("What is the capital of France?", "Paris"),
              ("How many legs has a spider?", "eight"), ("What colour is the sky?", "blue"),
              ("Which planet is closest to the Sun?", "Mercury"), ("What do bees make?", "honey")]
@@ -106,7 +106,7 @@ def test_a_two_process_checkpoint_resumes_under_torchrun(tiny_model_dir, tmp_pat
     one = train(RunLayout(tmp_path / "one"), "sft", config.model, config.train)
 
     make_run(tmp_path / "two", tiny_model_dir, "train.batch_size=4")
-    crash = Launcher("torchrun", 2).wrap([str(ROOT / "tests" / "launched_crash.py"), "train", str(tmp_path / "two"),
+    crash = Launcher("torchrun", 2).wrap([str(ROOT / "tests" / "support" / "launched_crash.py"), "train", str(tmp_path / "two"),
                                           "--system", "sft"])
     assert subprocess.run(crash, capture_output=True).returncode != 0
     out = RunLayout(tmp_path / "two").adapter("sft")

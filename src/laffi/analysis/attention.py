@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from laffi.config import DataConfig, ModelConfig
-from laffi.layout import RunLayout, is_adapter
+from laffi.layout import ADAPTER_CONFIG, RunLayout, is_adapter
 from laffi.models import load_model
 from laffi.prompts import choose_shots, qa_messages
 from laffi.records import QAExample, read_records, write_atomic
@@ -121,7 +121,7 @@ def analyse(layout: RunLayout, model_config: ModelConfig, data: DataConfig, syst
         raise ValueError(f"--limit and --window must be >= 1, got {limit} and {window}")
     adapter = Path(adapter) if adapter else layout.adapter(system)
     if not is_adapter(adapter):
-        raise FileNotFoundError(f"--adapter: {adapter} holds no PEFT adapter (adapter_config.json); train one first")
+        raise FileNotFoundError(f"--adapter: {adapter} holds no PEFT adapter ({ADAPTER_CONFIG}); train one first")
     results: dict = {"system": system, "adapter": str(adapter), "window": window}
     for name, path in (("base", None), (system, adapter)):
         model, tokenizer = load_eager(model_config, path)

@@ -19,7 +19,7 @@ from laffi.analysis.metrics import score_example, summarize
 from laffi.backends.answering import answer_questions, load_backend
 from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, save_config
 from laffi.distributed.shards import Shard
-from laffi.layout import RunLayout, is_adapter
+from laffi.layout import ADAPTER_CONFIG, RunLayout, is_adapter
 from laffi.prompts import extract_answer
 from laffi.records import Prediction, QAExample, read_records, write_json
 
@@ -47,7 +47,7 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     shots = read_records(layout.shots, QAExample)
     adapter_path = str(Path(adapter).resolve()) if adapter else None
     if adapter_path and not is_adapter(Path(adapter_path)):
-        raise FileNotFoundError(f"--adapter: {adapter_path} holds no PEFT adapter (adapter_config.json)")
+        raise FileNotFoundError(f"--adapter: {adapter_path} holds no PEFT adapter ({ADAPTER_CONFIG})")
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
     shard.on_main(lambda: save_config(layout.eval_config(system), {
         "model": model, "data": data, "generate": generate, "eval": eval,

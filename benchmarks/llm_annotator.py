@@ -24,7 +24,7 @@ import time
 from laffi.analysis.agreement import stats
 from laffi.config import load_config
 from laffi.layout import RunLayout, summary_file
-from laffi.records import Answer, read_records
+from laffi.records import Answer, read_records, write_json
 from laffi.report.tables import stats_markdown
 from laffi.stages.annotate import annotate
 from laffi.stages.generate import generate
@@ -77,7 +77,7 @@ def main() -> None:
     annotate(out, config.annotate, out="feedback-llm.jsonl")
     result["annotation"] = json.loads(summary_file(out.root / "feedback-llm.jsonl").read_text())
     result["stats"] = stats(out.root)
-    (out.root / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out.results_json, result)
 
     print(stats_markdown(result["stats"]))
     g, a = result["generation"], result["annotation"]
@@ -87,7 +87,7 @@ def main() -> None:
     print(f"LLM annotation: {a['requests']} requests in {a['seconds']} s ({a['requests_per_s']} req/s), "
           f"{a['feedback']} feedback, {a['failed_unparseable']} unparseable, {a['failed_request']} request failures, "
           f"{a['prompt_tokens']} prompt + {a['completion_tokens']} completion tokens")
-    print(f"\nwritten: {out.root / 'results.json'}")
+    print(f"\nwritten: {out.results_json}")
 
 
 if __name__ == "__main__":

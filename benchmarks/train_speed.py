@@ -56,10 +56,9 @@ def run_laffi(run_dir: Path, run: RunConfig) -> list[float]:
     """Seconds at the end of each step, from laffi's own log (a fresh copy of the run: no resume)."""
     work = Path(tempfile.mkdtemp(prefix="laffi-train-speed-"))
     try:
-        (work / "sets").mkdir()
-        shutil.copy(RunLayout(run_dir).training_set("laffi"), RunLayout(work).training_set("laffi"))
-        adapter = train(RunLayout(work), "laffi", run.model, run.train)
-        return [e.elapsed_s for e in read_records(adapter / "train_log.jsonl", TrainLogEntry)]
+        layout = RunLayout(work, sets=RunLayout(run_dir).sets)  # trains on the run's set where it is
+        train(layout, "laffi", run.model, run.train)
+        return [e.elapsed_s for e in read_records(layout.train_log("laffi"), TrainLogEntry)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

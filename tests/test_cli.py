@@ -47,3 +47,13 @@ def test_a_yaml_syntax_error_is_a_one_line_error(command, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"laffi {command}: error: {path}:2:1: not valid YAML") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_the_command_starts_without_loading_the_model_stack():
+    # `laffi --help`, `laffi score` and the annotation app's commands need none of these; each command
+    # imports its stages itself
+    probe = ("import sys, laffi.cli; print(sorted(m for m in ('torch', 'transformers', 'peft', 'accelerate', "
+             "'flask', 'sqlalchemy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

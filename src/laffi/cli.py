@@ -29,7 +29,6 @@ from pathlib import Path
 from laffi.backends.chat import RequestFailed
 from laffi.config import ConfigError, RunConfig, load_config
 from laffi.distributed.launch import Launcher, LaunchFailed
-from laffi.distributed.shards import Shard
 from laffi.human.commands import COMMANDS as HUMAN_COMMANDS
 from laffi.human.commands import register as register_human_commands
 from laffi.human.commands import run as run_human_command
@@ -97,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ablate = sub.add_parser("ablate", help="a grid of variants (system, size, annotator, human share, "
                                            "feedback content) over seeds, with means and 95%% intervals")
-    ablate.add_argument("config", help="an ablation config, e.g. configs/ablate/size-objective.yaml")
+    ablate.add_argument("config", help="an ablation config, e.g. configs/ablate/size-system.yaml")
     ablate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. grid.seeds=0,1 run.train.steps=8")
     ablate.add_argument("--out", help="the ablation directory (default: runs/ablate-CONFIG_NAME)")
     attention = sub.add_parser("attention", help="attention entropy, distance and gold-span mass: base vs adapter")
@@ -229,12 +228,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name, examples in sets.items():
             print(f"{len(examples)} examples in {layout.training_set(name)}")
     elif args.command == "train":
+        from laffi.distributed.shards import Shard
         from laffi.stages.train import train
 
         out = train(layout, args.system, config.model, config.train)
         if Shard.current().is_main:  # under a launcher, one line, not one per process
             print(f"adapter saved in {out}")
     elif args.command == "evaluate":
+        from laffi.distributed.shards import Shard
         from laffi.stages.evaluate import evaluate
 
         metrics = evaluate(layout, args.system, config.model, config.data, config.generate, config.eval,

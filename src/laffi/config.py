@@ -330,10 +330,6 @@ def non_default(section: Any) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(section).items() if v != default[k]}
 
 
-def to_yaml(section: Any) -> str:
-    return yaml.safe_dump(plain(section), sort_keys=False)
-
-
 def save_config(path: str | Path, sections: dict[str, Any]) -> None:
     """Write the settings an artifact is made with, e.g. {"model": ..., "train": ...}, beside it.
 

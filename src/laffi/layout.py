@@ -19,16 +19,22 @@ writes as one file has FILE.config.yaml beside it.
 
 An ablation directory is a run directory (the split, the answers and the base evaluation every cell
 shares) with the grid's own parts around it; see `AblationLayout`. Its variants and jobs are run
-directories of their own whose data/ is the ablation's: `RunLayout.of(path)` finds it from where the
-directory sits, so stages run by hand in a job (`laffi attention`, `laffi report`) read the shared split.
+directories of their own whose data/ (and, for a job, sets/) are elsewhere in the ablation: their
+layout.json says where, relative to them, and `RunLayout.of(path)` reads it, so a stage run by hand in
+a job (`laffi train`, `laffi attention`, `laffi report`) uses the split and the set the ablation used.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from laffi.records import write_json
+
 CONFIG = "config.yaml"
+LAYOUT_FILE = "layout.json"  # a variant's or job's shared folders (`RunLayout.record`)
 # PEFT's file names: an adapter folder is finished once its weights are there
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -76,13 +82,21 @@ class RunLayout:
 
     @classmethod
     def of(cls, run_dir: str | Path) -> "RunLayout":
-        """The layout of an existing directory: a run, or a variant or job of an ablation (its data is the
-        ablation's)."""
+        """The layout of an existing directory: its own folders, or the shared ones its layout.json names
+        (an ablation's variants and jobs), so any stage run by hand there finds what the ablation used."""
         root = Path(run_dir)
-        ablation = AblationLayout(root.parent.parent)
-        if root.parent.name in ("sets", "jobs") and ablation.ablate_config.exists():
-            return cls(root, data=ablation.run.data)
-        return cls(root)
+        pointers = root / LAYOUT_FILE
+        if not pointers.exists():
+            return cls(root)
+        folders = json.loads(pointers.read_text(encoding="utf-8"))
+        return cls(root, **{name: root / relative for name, relative in folders.items()})
+
+    def record(self) -> None:
+        """Write layout.json: where this directory's data/ and sets/ are when they are not its own,
+        relative to it (so the directory tree can move as a whole). `RunLayout.of` reads it back."""
+        folders = {name: os.path.relpath(getattr(self, name), self.root) for name in ("data", "sets")
+                   if getattr(self, name) != self.root / name}
+        write_json(self.root / LAYOUT_FILE, folders)
 
     @property
     def config(self) -> Path:
@@ -149,6 +163,10 @@ class RunLayout:
 
     def train_config(self, system: str) -> Path:
         return self.adapter(system) / CONFIG
+
+    def old_train_config(self, system: str) -> Path:
+        """Where laffi wrote `train_config(system)` before one rule named every saved config."""
+        return self.adapter(system) / "train_config.yaml"
 
     def train_log(self, system: str) -> Path:
         return self.adapter(system) / "train_log.jsonl"
@@ -225,7 +243,7 @@ class AblationLayout:
         feedback.human.jsonl          people's feedback, for grid.human_ratio > 0
         sets/VARIANT/                 one variant's feedback and its training sets, on the shared data/
         jobs/SYSTEM-HASH/             one training and its evaluation, on the shared data/ and its
-                                      variant's sets
+                                      variant's sets (each: layout.json says where they are)
         ablation.json, ablation.md    per cell: mean and 95% interval over seeds, per-seed scores
         report.html
     """

@@ -14,7 +14,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from peft import PeftModel
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers.utils import is_flash_attn_2_available
 
 from laffi.config import ConfigError, ModelConfig
 from laffi.prompts import PLAIN_CHAT_TEMPLATE, ensure_chat_template
@@ -50,8 +54,6 @@ def pick_attention(requested: str, path: str, device: torch.device, dtype: torch
     choice: SDPA where the architecture has it, else eager."""
     if requested not in ("auto", "flash_attention_2"):
         return requested
-    from transformers.utils import is_flash_attn_2_available
-
     flash_missing = [what for what, absent in (
         ("a CUDA GPU", device.type != "cuda"), ("model.dtype bfloat16 or float16", dtype == torch.float32),
         ("the flash-attn package (pip install flash-attn)", not is_flash_attn_2_available())) if absent]
@@ -63,9 +65,6 @@ def pick_attention(requested: str, path: str, device: torch.device, dtype: torch
 
 
 def _supports_flash_attention(path: str) -> bool:
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(AutoConfig.from_pretrained(path)))
     return bool(getattr(model_class, "_supports_flash_attn", False))
 
@@ -134,8 +133,6 @@ def four_bit_kwargs(config: ModelConfig, device: torch.device) -> dict:
                                           importlib.util.find_spec("bitsandbytes") is None)) if absent]
     if missing:
         raise ConfigError(f"model.load_in_4bit: needs {' and '.join(missing)}; this process runs on {device}")
-    from transformers import BitsAndBytesConfig
-
     compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=compute)
@@ -154,8 +151,6 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **four_bit,
                                                  attn_implementation=pick_attention(config.attention, path, device, dtype))
     if adapter is not None:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, str(adapter))
         if not four_bit:  # merged weights answer exactly like the adapter, without its extra matmuls
             model = model.merge_and_unload()  # (merging into 4-bit weights would round them again)

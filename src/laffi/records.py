@@ -179,14 +179,14 @@ def read_records(path: str | Path, cls: type[R]) -> list[R]:
                 if line.strip()]
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write a whole file so that readers see the old file or the new one, never half of it (a temporary
     file of this process and thread, made durable, then renamed over the old one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
+    with tmp.open("wb") as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

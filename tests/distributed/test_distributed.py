@@ -106,8 +106,8 @@ def test_a_two_process_checkpoint_resumes_under_torchrun(tiny_model_dir, tmp_pat
     one = train(RunLayout(tmp_path / "one"), "sft", config.model, config.train)
 
     make_run(tmp_path / "two", tiny_model_dir, "train.batch_size=4")
-    crash = Launcher("torchrun", 2).wrap([str(ROOT / "tests" / "support" / "launched_crash.py"), "train", str(tmp_path / "two"),
-                                          "--system", "sft"])
+    script = ROOT / "tests" / "support" / "launched_crash.py"
+    crash = Launcher("torchrun", 2).wrap([str(script), "train", str(tmp_path / "two"), "--system", "sft"])
     assert subprocess.run(crash, capture_output=True).returncode != 0
     out = RunLayout(tmp_path / "two").adapter("sft")
     assert json.loads((out / "checkpoint" / "step.json").read_text()) == {"step": 2, "processes": 2}

@@ -17,7 +17,7 @@ from laffi.cli import main
 from laffi.config import ModelConfig, TrainConfig, non_default
 from laffi.experiments.ablate import ablate
 from laffi.experiments.grid import ablate_config_from
-from laffi.layout import adapter_finished
+from laffi.layout import RunLayout, adapter_finished
 from laffi.records import Feedback, TrainingExample, read_records, write_records
 
 
@@ -163,6 +163,20 @@ def test_human_share_axis_uses_the_hybrid_build(grid_run):
     # only the new cell trained: the h0 set is the grid's, already trained under the same settings
     assert [j["trained_this_run"] for j in summary["jobs"]] == [False, True]
     assert "human_feedback" in summary["cells"][1]["artifacts"]
+
+
+def test_a_job_is_a_run_directory_that_finds_the_shared_split_and_its_set(grid_run, monkeypatch):
+    root, _, summary, _ = grid_run
+    assert not any(p.is_symlink() for p in root.rglob("*"))  # no links, and no copied sets:
+    assert not any((root / job["dir"] / "sets").exists() for job in summary["jobs"])
+    for job in summary["jobs"]:
+        layout = RunLayout.of(root / job["dir"])
+        assert layout.data == root / job["dir"] / ".." / ".." / "data" and layout.eval_examples.exists()
+        assert layout.training_set(job["system"]).exists()  # its variant's, where the ablation built it
+    monkeypatch.chdir(root / summary["jobs"][0]["dir"])  # a relative path, as `laffi attention .` gives
+    here = RunLayout.of(".")
+    assert here.train_examples.resolve() == (root / "data" / "train.jsonl").resolve()
+    assert here.training_set(summary["jobs"][0]["system"]).exists()
 
 
 def test_attention_compares_the_base_model_with_an_adapter(grid_run, capsys):

@@ -91,8 +91,9 @@ def ablation_dir(tmp_path) -> Path:
                 cell = {"system": system, "size": size, "annotator": "reference", "human_ratio": 0.0,
                         "content": "verdict+explanation+answer"}
                 scores = [float(i < right) for i in range(10)]
-                runs.append(CellRun(cell, seed, scores, scores, {"eval": f"{job}/eval/{system}",
-                                                                 "adapter": f"{job}/adapters/{system}"}))
+                runs.append(CellRun(cell, seed, scores, scores, {
+                    "eval": f"{job}/eval/{system}", "predictions": f"{job}/eval/{system}/predictions.jsonl",
+                    "adapter": f"{job}/adapters/{system}"}))
                 jobs.append({"dir": job, "system": system, "seed": seed, "trained_this_run": True,
                              "cell": cell, "cells": ["..."]})
     summary = aggregate(runs, samples=200)
@@ -133,6 +134,17 @@ def test_an_ablation_report_has_its_table_differences_and_charts(ablation_dir):
     assert re.findall(r"<th>(.*?)</th>", header) == ["question", "gold", "base", "sft", "laffi"]
     # ...from seed 0: base right on 2 questions, SFT (size 8, seed 0) on 4, LaFFi on 5; seed 2 would be 6 and 7
     assert page.count("north  [EM 1, F1 1.00]") == 2 + 4 + 5
+
+
+def test_an_ablation_json_of_an_older_laffi_is_refused_with_what_to_do(ablation_dir, tmp_path, capsys):
+    old = tmp_path / "old"
+    old.mkdir()
+    summary = json.loads((ablation_dir / "ablation.json").read_text())
+    del summary["axes"]
+    (old / "ablation.json").write_text(json.dumps(summary))
+    assert main(["report", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert "written by an older laffi" in err and "rerun `laffi ablate" in err and err.count("\n") == 1
 
 
 def test_the_reports_render_in_chromium_with_their_tables_and_every_image_loaded(run_dir, ablation_dir, browser,

@@ -86,8 +86,6 @@ def test_ablation_markdown():
 
 def test_varying_axes_come_from_the_summary():
     assert varying_axes(SUMMARY) == ["system", "size"]
-    old = {k: v for k, v in SUMMARY.items() if k != "axes"}  # an ablation.json from before "axes"
-    assert varying_axes(old) == ["system", "size"] and ablation_markdown(old) == ablation_markdown(SUMMARY)
     assert varying_axes({**SUMMARY, "axes": ["size", "system"]}) == ["size", "system"]
 
 

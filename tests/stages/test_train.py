@@ -99,7 +99,8 @@ def test_interrupted_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_pa
 
     config = load_config(overrides=overrides(tiny_model_dir))
     make_set(tmp_path / "straight")
-    straight = load_file(train(RunLayout(tmp_path / "straight"), "sft", config.model, config.train) / "adapter_model.safetensors")
+    straight = load_file(train(RunLayout(tmp_path / "straight"), "sft", config.model, config.train)
+                         / "adapter_model.safetensors")
 
     make_set(tmp_path / "crashed")
     real_save = train_module.save_checkpoint
@@ -115,7 +116,8 @@ def test_interrupted_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_pa
     assert (out / "checkpoint").exists() and not (out / "adapter_model.safetensors").exists()
 
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
-    resumed = load_file(train(RunLayout(tmp_path / "crashed"), "sft", config.model, config.train) / "adapter_model.safetensors")
+    resumed = load_file(train(RunLayout(tmp_path / "crashed"), "sft", config.model, config.train)
+                        / "adapter_model.safetensors")
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 3
     assert [e.step for e in read_records(out / "train_log.jsonl", TrainLogEntry)] == [1, 2, 3, 4, 5, 6]
     assert not (out / "checkpoint").exists()
@@ -133,3 +135,17 @@ def test_changed_settings_do_not_mix_with_a_finished_adapter(tiny_model_dir, tmp
     changed = load_config(overrides=overrides(tiny_model_dir, "train.steps=3"))
     with pytest.raises(ConfigError, match="train.steps"):
         train(RunLayout(tmp_path), "sft", changed.model, changed.train)
+
+
+def test_an_adapter_begun_by_an_older_laffi_is_checked_against_its_old_config(tiny_model_dir, tmp_path):
+    from laffi.config import ConfigError, save_config
+
+    make_set(tmp_path)
+    layout = RunLayout(tmp_path)
+    before = load_config(overrides=overrides(tiny_model_dir, "train.steps=2"))
+    # what an older laffi left: adapters/sft/train_config.yaml (and, say, a checkpoint to resume)
+    save_config(layout.old_train_config("sft"), {"model": before.model, "train": before.train})
+    changed = load_config(overrides=overrides(tiny_model_dir, "train.steps=3"))
+    with pytest.raises(ConfigError, match="train.steps"):
+        train(layout, "sft", changed.model, changed.train)
+    assert layout.train_config("sft").exists() and not layout.old_train_config("sft").exists()  # taken over

@@ -15,8 +15,9 @@ prompts:
 - gold mass: the attention of the last prompt token (the one that predicts the answer's first
   token) on the tokens of the gold answer span in the question's own passage.
 
-Writes RUN/attention/SYSTEM/attention.json (every number, both models) and PNGs: a heatmap per
-metric (base, adapter, difference) and per-layer lines; `laffi report` embeds them.
+`analyse` writes RUN/attention/SYSTEM/attention.json (every number, both models); the command then
+draws its PNGs beside it (laffi.report.plots: a heatmap per metric, base, adapter and difference, and
+per-layer lines), which `laffi report` embeds.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def load_eager(model_config: ModelConfig, adapter: str | Path | None = None):
 
 def analyse(layout: RunLayout, model_config: ModelConfig, data: DataConfig, system: str = "laffi",
             adapter: str | Path | None = None, limit: int = 24, window: int = 8) -> dict:
-    """Base model vs `adapter` (default RUN/adapters/SYSTEM) on held-out prompts; writes JSON and PNGs."""
+    """Base model vs `adapter` (default RUN/adapters/SYSTEM) on held-out prompts; writes attention.json."""
     if limit < 1 or window < 1:
         raise ValueError(f"--limit and --window must be >= 1, got {limit} and {window}")
     adapter = Path(adapter) if adapter else layout.adapter(system)

@@ -82,10 +82,11 @@ def _render(source: str, values: dict, path: Path, part: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def load_template(name: str) -> Template:
+def load_template(name: str, option: str = "annotate.template") -> Template:
+    """The template `name`; if there is none, a ConfigError naming `option`, where the name was set."""
     path = template_path(name)
     if not path.is_file():
-        raise ConfigError(f"annotate.template: {name!r} is neither a packaged template nor a file")
+        raise ConfigError(f"{option}: {name!r} is neither a packaged template nor a file")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise TemplateError(f"{path}: expected a YAML mapping with version, system, user and reply")

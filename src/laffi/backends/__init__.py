@@ -1,9 +1,13 @@
-"""Ways to get text out of a model besides the in-process transformers path of `laffi.stages.generate`.
+"""The answering engines, and the chat backends the LLM annotator talks to.
 
+- local.py: in-process greedy decoding with transformers (`greedy_generate`), yielding `Generation`s.
+- openai_backend.py: `generate.backend=openai`, the same prompt tokens on an OpenAI-compatible server.
+- answering.py: picks the engine a config names (`load_backend`) and answers questions with it,
+  appending a record per answer (`answer_questions`): what the generate and evaluate stages call.
 - openai_client.py: the official `openai` client with laffi's retry, backoff and timeout policy and
   request/token counters; works against any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama).
-- openai_backend.py: `generate.backend=openai`, the generate/evaluate prompts on such a server.
 - local_chat.py: chat replies from a local transformers model, for the LLM annotator.
+- chat.py: what a chat backend takes and gives.
 
 A chat backend (openai_client.OpenAIChat, local_chat.LocalChat) has a `name` (backend and model, part
 of the annotator's cache key) and `complete_many(requests) -> list[Reply | RequestFailed]`.

@@ -19,9 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from laffi.config import ConfigError
+from laffi.config import require
 from laffi.layout import RunLayout, adapter_finished
 
 LAUNCHERS = ("accelerate", "torchrun")
@@ -45,15 +43,12 @@ class Launcher:
     config_file: str | None = None  # an accelerate config, e.g. configs/accelerate/fsdp.yaml
 
     def __post_init__(self) -> None:
-        if self.name not in LAUNCHERS:
-            raise ConfigError(f"--launcher: must be one of {', '.join(LAUNCHERS)}, got {self.name!r}")
-        if self.num_processes is not None and self.num_processes < 1:
-            raise ConfigError(f"--num-processes: must be >= 1, got {self.num_processes}")
+        require(self.name in LAUNCHERS, "--launcher", f"must be one of {', '.join(LAUNCHERS)}, got {self.name!r}")
+        require(self.num_processes is None or self.num_processes >= 1, "--num-processes",
+                f"must be >= 1, got {self.num_processes}")
         if self.config_file is not None:
-            if self.name != "accelerate":
-                raise ConfigError("--accelerate-config: only with --launcher accelerate")
-            if not Path(self.config_file).is_file():
-                raise ConfigError(f"--accelerate-config: {self.config_file} does not exist")
+            require(self.name == "accelerate", "--accelerate-config", "only with --launcher accelerate")
+            require(Path(self.config_file).is_file(), "--accelerate-config", f"{self.config_file} does not exist")
 
     def command(self, run_dir: str | Path, system: str) -> list[str]:
         """The command that runs `laffi train RUN --system NAME` under this launcher."""
@@ -80,6 +75,8 @@ class Launcher:
         out = layout.adapter(system)
         if adapter_finished(out):
             return out  # finished earlier; `laffi run` has checked that the config is the same
+        import torch  # here, not at the top: the CLI imports this module, and `laffi --help` needs no torch
+
         if torch.cuda.is_available():  # the GPU memory this process cached for generation, to the children
             gc.collect()
             torch.cuda.empty_cache()

@@ -1,6 +1,6 @@
 """`laffi ablate`: a grid of pipeline variants over several seeds, each artifact made once.
 
-    laffi ablate configs/ablate/size-objective.yaml --out runs/ablate-size
+    laffi ablate configs/ablate/size-system.yaml --out runs/ablate-size
     laffi ablate configs/ablate/content.yaml grid.seeds=0,1 run.data.eval_size=50
 
 The grid (laffi.experiments.grid) crosses system, training-set size, annotator, share of human
@@ -60,6 +60,7 @@ def build_variant(ablation: AblationLayout, config: AblateConfig, annotator: str
     """The LaFFi and SFT sets of one variant, in a run directory of its own (sets/NAME/). The seed
     draws the questions (and their few-shot examples); `content` cuts the feedback to its parts."""
     variant = ablation.variant(annotator, content, ratio, size, seed)
+    variant.record()  # its layout.json: the shared data/
     notes = read_records(ablation.feedback(annotator), Feedback)
     write_records(variant.feedback, [with_content(n, content) for n in notes])
     if ratio > 0:
@@ -82,6 +83,7 @@ def job_for(config: AblateConfig, system: str, variant: RunLayout, seed: int) ->
 def run_job(ablation: AblationLayout, config: AblateConfig, job: Job) -> bool:
     """Train and evaluate one job (each stage resumes); True if it had anything left to do."""
     layout = job.layout(ablation)
+    layout.record()  # its layout.json: the shared data/ and its variant's sets/
     adapter = layout.adapter(job.system)
     if adapter_finished(adapter) and layout.metrics(job.system).exists():
         return False
@@ -104,7 +106,7 @@ def ablate(config: AblateConfig, out: str | Path) -> dict:
     layout, root = ablation.run, ablation.root
     run, grid = config.run, config.grid
     for name in grid.annotator:
-        check_annotator(config.annotate_config(name))
+        check_annotator(config.annotate_config(name), option=f"annotators.{name}")
     # the shared run's settings may not change under existing artifacts; train and the grid may
     save_config(layout.config, run.sections("model", "data", "generate", "eval"))
     write_atomic(ablation.ablate_config, yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -153,7 +155,8 @@ def ablate(config: AblateConfig, out: str | Path) -> dict:
                      "feedback": relative(ablation.feedback(cell["annotator"])),
                      "set": relative(variant.training_set(job.system)),
                      "adapter": relative(trained.adapter(job.system)),
-                     "eval": relative(trained.evaluation(job.system))}
+                     "eval": relative(trained.evaluation(job.system)),
+                     "predictions": relative(trained.predictions(job.system))}
         if cell["human_ratio"] > 0:
             artifacts["human_feedback"] = relative(layout.human_feedback)
         runs.append(CellRun(cell, seed, exact, f1, artifacts))

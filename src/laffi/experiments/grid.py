@@ -1,6 +1,6 @@
 """The config of an ablation: the run every cell shares, the grid of variants, and the annotators.
 
-    config = load_ablate_config("configs/ablate/size-objective.yaml", ["grid.seeds=0,1"])
+    config = load_ablate_config("configs/ablate/size-system.yaml", ["grid.seeds=0,1"])
 
 A file has three sections (configs/ablate/ has one per axis):
 
@@ -105,6 +105,8 @@ class AblateConfig:
 def ablate_config_from(values: Any) -> AblateConfig:
     if not isinstance(values, dict):
         raise ConfigError("ablation config: expected a YAML mapping with run, grid and annotators")
+    if isinstance(values.get("grid"), dict) and "objective" in values["grid"]:
+        raise ConfigError("grid.objective: now called grid.system (which systems to train: sft, laffi)")
     # the shared run starts from the default preset, as `laffi run` does
     return build_section(AblateConfig, {**values, "run": merge_values(PRESETS["default"], values.get("run") or {}),
                                         "grid": values.get("grid") or {}, "annotators": values.get("annotators") or {}})

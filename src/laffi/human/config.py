@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from laffi.config import ConfigError
+from laffi.config import ConfigError, require
 from laffi.layout import RunLayout
 
 
@@ -37,20 +37,16 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         self.db = check_db_url(self.db or default_db_url(self.run_dir))
-        if not self.host:
-            raise ConfigError("--host: must not be empty")
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"--port: must be in [0, 65535], got {self.port}")
-        if not 1 <= self.per_item <= 100:
-            raise ConfigError(f"--per-item: must be in [1, 100], got {self.per_item}")
-        if not 1 <= self.threads <= 256:
-            raise ConfigError(f"--threads: must be in [1, 256], got {self.threads}")
-        if not 1 <= self.max_feedback_chars <= 100_000:
-            raise ConfigError(f"max_feedback_chars: must be in [1, 100000], got {self.max_feedback_chars}")
-        if not 1 <= self.max_answer_chars <= 10_000:
-            raise ConfigError(f"max_answer_chars: must be in [1, 10000], got {self.max_answer_chars}")
+        require(bool(self.host), "--host", "must not be empty")
+        require(0 <= self.port <= 65535, "--port", f"must be in [0, 65535], got {self.port}")
+        require(1 <= self.per_item <= 100, "--per-item", f"must be in [1, 100], got {self.per_item}")
+        require(1 <= self.threads <= 256, "--threads", f"must be in [1, 256], got {self.threads}")
+        require(1 <= self.max_feedback_chars <= 100_000, "max_feedback_chars",
+                f"must be in [1, 100000], got {self.max_feedback_chars}")
+        require(1 <= self.max_answer_chars <= 10_000, "max_answer_chars",
+                f"must be in [1, 10000], got {self.max_answer_chars}")
         # Room for both text fields at their longest when percent-encoded (up to 4 UTF-8 bytes a
         # character, 3 characters a byte), plus the other fields.
         least = 12 * (self.max_feedback_chars + self.max_answer_chars) + 1024
-        if self.max_body_bytes < least:
-            raise ConfigError(f"max_body_bytes: must be >= {least} to fit the longest allowed feedback")
+        require(self.max_body_bytes >= least, "max_body_bytes",
+                f"must be >= {least} to fit the longest allowed feedback")

@@ -64,15 +64,26 @@ def _json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def _ablation_summary(root: Path) -> dict | None:
+    """ablation.json, if `root` is an ablation; one written before its grid's axes were named in it
+    (they were "objective", ... then) is refused with what to do."""
+    summary = _json(AblationLayout(root).summary_json)
+    if summary is not None and "axes" not in summary:
+        raise ValueError(f"{AblationLayout(root).summary_json} was written by an older laffi (it says objective "
+                         f"where laffi now says system): rerun `laffi ablate CONFIG --out {root}`, which reuses "
+                         "every artifact and rewrites it")
+    return summary
+
+
 def results_section(root: Path) -> str:
-    results = _json(RunLayout(root).results_json)
+    results = _json(RunLayout.of(root).results_json)
     if not results:
         return ""
     parts = ["<h2>Results</h2>",
              f'<p class="note">{esc(next(iter(results.values()))["total"])} held-out questions, percent, '
              "95% bootstrap intervals.</p>",
              table(*results_table(results), id="results")]
-    differences = (_json(RunLayout(root).run_info) or {}).get("paired_differences") or {}
+    differences = (_json(RunLayout.of(root).run_info) or {}).get("paired_differences") or {}
     if differences:
         parts += ['<p class="note">Paired differences (the same questions resampled for both systems; '
                   'percentage points, 95% interval):</p>',
@@ -82,7 +93,7 @@ def results_section(root: Path) -> str:
 
 
 def ablation_section(root: Path) -> str:
-    summary = _json(AblationLayout(root).summary_json)
+    summary = _ablation_summary(root)
     if not summary:
         return ""
     cells = summary["cells"]
@@ -109,14 +120,14 @@ def ablation_section(root: Path) -> str:
 def _loss_logs(root: Path) -> dict[str, list[TrainLogEntry]]:
     """Label -> log of each adapter: the run's adapters/*, or the ablation's jobs, each named by its
     cell's varying axes and seed (only the jobs of the last grid: a directory may hold older ones)."""
-    summary = _json(AblationLayout(root).summary_json)
+    summary = _ablation_summary(root)
     if summary:
         axes = varying_axes(summary)
         paths = {", ".join([str(job["cell"][a]) if a == "system" else f"{a}={job['cell'][a]}" for a in axes]
                            + [f"seed={job['seed']}"]): RunLayout(root / job["dir"]).train_log(job["system"])
                  for job in summary.get("jobs", [])}
     else:
-        layout = RunLayout(root)
+        layout = RunLayout.of(root)
         paths = {str(layout.adapter(system).relative_to(root)): layout.train_log(system)
                  for system in layout.trained_systems()}
     return {name: read_records(log, TrainLogEntry) for name, log in paths.items() if log.exists()}
@@ -130,7 +141,7 @@ def loss_section(root: Path) -> str:
 
 
 def attention_section(root: Path) -> str:
-    parts, layout = [], RunLayout(root)
+    parts, layout = [], RunLayout.of(root)
     for system in layout.attention_systems():
         results = _json(layout.attention_json(system)) or {}
         pngs = sorted(layout.attention_figures(system), key=lambda p: (p.stem != "layers", p.stem))
@@ -147,7 +158,7 @@ def attention_section(root: Path) -> str:
 def _systems(root: Path) -> dict[str, Path]:
     """System name -> its predictions: the run's, or for an ablation base and one cell per system
     (the largest size, the first seed)."""
-    layout, summary = RunLayout(root), _json(AblationLayout(root).summary_json)
+    layout, summary = RunLayout.of(root), _ablation_summary(root)
     if not summary:
         order = {name: i for i, name in enumerate(("base", "sft", "laffi"))}  # then any other, by name
         return {s: layout.predictions(s) for s in sorted(layout.evaluated_systems(),
@@ -156,8 +167,7 @@ def _systems(root: Path) -> dict[str, Path]:
     largest = max(c["size"] for c in summary["cells"])
     for cell in summary["cells"]:
         if cell["size"] == largest and cell["system"] not in systems:
-            evaluation = root / cell["artifacts"]["eval"][0]  # JOB/eval/SYSTEM
-            systems[cell["system"]] = RunLayout(evaluation.parent.parent).predictions(evaluation.name)
+            systems[cell["system"]] = root / cell["artifacts"]["predictions"][0]
     return systems
 
 
@@ -168,7 +178,7 @@ def _feedback_file(layout: RunLayout) -> Path | None:
 
 
 def samples_section(root: Path) -> str:
-    layout = RunLayout(root)
+    layout = RunLayout.of(root)
     parts = []
     feedback_path = _feedback_file(layout)
     if feedback_path and layout.train_examples.exists() and layout.answers.exists():
@@ -203,7 +213,7 @@ def samples_section(root: Path) -> str:
 def render(root: str | Path) -> str:
     root = Path(root)
     ablation = AblationLayout(root)
-    config = ablation.ablate_config if ablation.ablate_config.exists() else RunLayout(root).config
+    config = ablation.ablate_config if ablation.ablate_config.exists() else RunLayout.of(root).config
     title = f"LaFFi {'ablation' if ablation.summary_json.exists() else 'run'}: {root.resolve().name}"
     body = [f"<h1>{esc(title)}</h1>",
             f'<p class="note">{esc(root)}, report written {esc(time.strftime("%Y-%m-%d %H:%M"))}</p>',
@@ -222,4 +232,4 @@ def render(root: str | Path) -> str:
 
 def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     """Render the page and write it atomically (default ROOT/report.html)."""
-    return write_atomic(out or RunLayout(root).report, render(root))
+    return write_atomic(out or RunLayout.of(root).report, render(root))

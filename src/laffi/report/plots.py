@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from laffi.layout import RunLayout  # noqa: E402
+from laffi.records import write_atomic  # noqa: E402
 
 COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "laffi": "#d62728"}
 ATTENTION_TITLES = {"entropy": "attention entropy (nats)", "distance": "mean attention distance (tokens)",
@@ -164,7 +165,5 @@ def save_attention_figures(results: dict, layout: RunLayout) -> list[Path]:
     """`laffi attention`'s PNGs beside its attention.json (RUN/attention/SYSTEM/NAME.png)."""
     paths = []
     for name, data in attention_figures(results).items():
-        path = layout.attention_figure(results["system"], name)
-        path.write_bytes(data)
-        paths.append(path)
+        paths.append(write_atomic(layout.attention_figure(results["system"], name), data))
     return paths

@@ -17,10 +17,6 @@ from typing import NamedTuple
 
 from laffi.records import VERDICTS
 
-# The axes of ablation.json files written before the summary named its own ("axes").
-DEFAULT_AXES = ("system", "size", "annotator", "human_ratio", "content")
-
-
 class Table(NamedTuple):
     header: list[str]
     rows: list[list[str]]
@@ -72,13 +68,13 @@ def paired_differences_table(differences: dict) -> Table:
 def varying_axes(summary: dict) -> list[str]:
     """The axes with more than one value in the grid (system always): the columns worth showing."""
     cells = summary["cells"]
-    return [a for a in summary.get("axes") or DEFAULT_AXES if a == "system" or len({c[a] for c in cells}) > 1]
+    return [a for a in summary["axes"] if a == "system" or len({c[a] for c in cells}) > 1]
 
 
 def fixed_axes(summary: dict) -> list[str]:
     """"axis=value" for each axis with one value throughout the grid."""
     axes, first = varying_axes(summary), summary["cells"][0]
-    return [f"{a}={first[a]}" for a in summary.get("axes") or DEFAULT_AXES if a not in axes]
+    return [f"{a}={first[a]}" for a in summary["axes"] if a not in axes]
 
 
 def ablation_table(summary: dict) -> Table:

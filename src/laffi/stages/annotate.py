@@ -36,11 +36,11 @@ from laffi.records import (
 BATCH = 32
 
 
-def check_annotator(config: AnnotateConfig) -> None:
-    """What can be checked of an annotator before any work: its prompt template (ConfigError naming
-    annotate.template). `laffi run` and `laffi ablate` call it first, not after minutes of answering."""
+def check_annotator(config: AnnotateConfig, option: str = "annotate") -> None:
+    """What can be checked of an annotator before any work: its prompt template (a ConfigError naming
+    OPTION.template). `laffi run` and `laffi ablate` call it first, not after minutes of answering."""
     if config.annotator == "llm":
-        load_template(config.template)
+        load_template(config.template, option=f"{option}.template")
 
 
 def make_annotator(config: AnnotateConfig):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from laffi.analysis.metrics import majority_answer
-from laffi.config import ConfigError, DataConfig, save_config
+from laffi.config import ConfigError, DataConfig, require, save_config
 from laffi.layout import RunLayout, failures_file
 from laffi.prompts import choose_shots, feedback_messages, qa_messages
 from laffi.records import (
@@ -87,10 +87,8 @@ class HybridConfig:
     size: int  # N: examples in the set
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.human_ratio <= 1.0:
-            raise ConfigError(f"--human-ratio: must be in [0, 1], got {self.human_ratio}")
-        if self.size < 1:
-            raise ConfigError(f"--size: must be >= 1, got {self.size}")
+        require(0.0 <= self.human_ratio <= 1.0, "--human-ratio", f"must be in [0, 1], got {self.human_ratio}")
+        require(self.size >= 1, "--size", f"must be >= 1, got {self.size}")
         share = self.human_ratio * self.size
         if abs(share - round(share)) > 1e-9:
             raise ConfigError(f"--human-ratio {self.human_ratio} of --size {self.size} is {share:g} examples; "

@@ -175,6 +175,14 @@ def backward_passes(accelerator: Accelerator, model, rows: list[tuple[list[int],
     return [loss_share, tokens, completion]
 
 
+def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig) -> None:
+    """save_config for the adapter; an adapter begun by an older laffi has its config under the old name,
+    which is taken over first, so a resumed checkpoint is still checked against it."""
+    if layout.old_train_config(system).exists() and not layout.train_config(system).exists():
+        layout.old_train_config(system).rename(layout.train_config(system))
+    save_config(layout.train_config(system), {"model": model, "train": train})
+
+
 def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig) -> Path:
     out = layout.adapter(system)
     examples = read_records(layout.training_set(system), TrainingExample)
@@ -184,8 +192,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     accelerator.gradient_accumulation_steps = plan.per_device_accum
     main = accelerator.is_main_process
     # the main process writes the config; if it differs from the one there, every process stops
-    Shard(accelerator.process_index, accelerator.num_processes).on_main(
-        lambda: save_config(layout.train_config(system), {"model": model, "train": train}))
+    shard = Shard(accelerator.process_index, accelerator.num_processes)
+    shard.on_main(lambda: save_train_config(layout, system, model, train))
     if adapter_finished(out):
         return out  # finished earlier
 

@@ -15,7 +15,7 @@ import laffi.experiments.ablate as ablate_module
 from laffi.annotators.reference import VERDICTS
 from laffi.cli import main
 from laffi.config import ModelConfig, TrainConfig, non_default
-from laffi.experiments.ablate import ablate
+from laffi.experiments.ablate import ablate, job_for
 from laffi.experiments.grid import ablate_config_from
 from laffi.layout import RunLayout, adapter_finished
 from laffi.records import Feedback, TrainingExample, read_records, write_records
@@ -201,3 +201,13 @@ def test_job_keys_hold_only_the_options_that_differ_from_defaults():
     # so an option a later version adds, at its default, leaves the jobs of an existing ablation alone
     assert non_default(ModelConfig()) == {}
     assert non_default(TrainConfig(steps=4, seed=2)) == {"steps": 4, "seed": 2}
+
+
+def test_job_keys_are_those_of_earlier_versions(tmp_path):
+    # the key an earlier laffi (60a0ee5) gave these inputs: existing ablations keep their trained jobs
+    variant = RunLayout(tmp_path)
+    variant.training_set("sft").parent.mkdir(parents=True)
+    variant.training_set("sft").write_text('{"id": "q1", "prompt": [], "completion": []}\n')
+    config = ablate_config_from({"run": {"model": {"name": "some/model"}, "train": {"steps": 8}},
+                                 "grid": {"system": ["sft"], "size": [4], "seeds": [1]}})
+    assert job_for(config, "sft", variant, 1).key == "d37df2d66aba"

@@ -88,7 +88,12 @@ class RunLayout:
         pointers = root / LAYOUT_FILE
         if not pointers.exists():
             return cls(root)
-        folders = json.loads(pointers.read_text(encoding="utf-8"))
+        try:
+            folders = json.loads(pointers.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{pointers}: not valid JSON ({error.msg})") from None
+        if not isinstance(folders, dict) or set(folders) - {"data", "sets"}:
+            raise ValueError(f"{pointers}: expected {{\"data\": PATH, \"sets\": PATH}}, got {folders!r:.80}")
         return cls(root, **{name: root / relative for name, relative in folders.items()})
 
     def record(self) -> None:

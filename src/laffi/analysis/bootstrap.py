@@ -45,7 +45,6 @@ def bootstrap_interval(scores: Scores, samples: int = 1000, seed: int = 0,
                        confidence: float = 0.95) -> tuple[float, float]:
     """Percentile interval of the mean of `scores`, in their unit: per-question scores (resampling
     questions) or seeds x questions (resampling seeds and, independently, questions)."""
-    per_question = np.ndim(scores) == 1
     scores = _grid(scores)
     if samples < 1 or not 0 < confidence < 1:
         raise ValueError(f"need samples >= 1 and 0 < confidence < 1, got {samples} and {confidence}")
@@ -53,7 +52,7 @@ def bootstrap_interval(scores: Scores, samples: int = 1000, seed: int = 0,
     rng = np.random.default_rng(seed)
     # questions first: one seed draws what a per-question bootstrap draws
     questions = rng.integers(0, n_questions, size=(samples, n_questions))
-    if per_question:  # and the same arithmetic as ever, so evaluate's intervals stay bit for bit
+    if n_seeds == 1:  # the per-question bootstrap's own arithmetic too: evaluate's intervals, bit for bit
         return _percentiles(scores[0][questions].mean(axis=1), confidence)
     seeds = rng.integers(0, n_seeds, size=(samples, n_seeds))
     question_weights = np.zeros((samples, n_questions))

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from laffi.records import VERDICTS
 
+
 class Table(NamedTuple):
     header: list[str]
     rows: list[list[str]]

@@ -30,6 +30,7 @@ from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.train import train
 
+
 def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) -> dict:
     """With `launcher`, each training runs under it (laffi.distributed.launch); every other stage runs here."""
     layout = RunLayout(out)

@@ -83,3 +83,9 @@ def test_every_shipped_config_parses_and_says_how_to_run_it(path):
     assert first_line.startswith("# laffi run") and path.name in first_line
     assert isinstance(yaml.safe_load(path.read_text()), dict)
     load_config(path)
+
+
+def test_a_number_is_not_taken_for_a_name():
+    with pytest.raises(ConfigError, match="model.name: expected str, got 5"):
+        load_config(overrides=["model.name=5"])
+    assert load_config(overrides=["train.target_modules=q_proj,v_proj"]).train.target_modules == ["q_proj", "v_proj"]

@@ -231,17 +231,18 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
         raise
 
 
-def _coerce(value: Any, hint: Any, option: str) -> Any:
+def _coerce(value: Any, hint: Any, option: str, in_list: bool = False) -> Any:
     """`value` as the type `hint`: a section, a list or a mapping of them, or a scalar."""
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, option + ".")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
-        if isinstance(value, str):  # key=value overrides write lists as a,b,c
-            value = [yaml.safe_load(v.strip()) for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # key=value overrides write lists as a,b,c; names stay as written
+            parts = [v.strip() for v in value.split(",") if v.strip()]
+            value = parts if args[0] is str else [yaml.safe_load(v) for v in parts]
         if not isinstance(value, list):
             value = [value]
-        return [_coerce(v, args[0], option) for v in value]
+        return [_coerce(v, args[0], option, in_list=True) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{option}: expected a mapping, got {value!r}")
@@ -251,8 +252,8 @@ def _coerce(value: Any, hint: Any, option: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    elif hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # a name that YAML read as a number (grid.annotator: [1])
+    elif in_list and hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # a name in a list that YAML read as a number (grid.annotator: [1])
     elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{option}: expected {getattr(hint, '__name__', hint)}, got {value!r}")

@@ -35,14 +35,15 @@ from laffi.config import RunConfig, load_config
 from laffi.layout import RunLayout
 from laffi.models import load_model, load_tokenizer, pick_device
 from laffi.records import TrainingExample, TrainLogEntry, read_records
-from laffi.stages.train import IGNORE, batch_order, tokenize, train
+from laffi.stages.batches import IGNORE, batch_order, tokenize
+from laffi.stages.train import train
 
 
 def step_batches(run: RunConfig, examples: list[TrainingExample], tokenizer) -> tuple[list, list[list[int]]]:
     """laffi's tokenised rows and the batches (lists of example indices) of every forward pass."""
     rows = tokenize(tokenizer, examples, run.train.max_seq_len)
-    batches = batch_order([len(ids) for ids, _ in rows], run.train.batch_size,
-                          run.train.steps * run.train.grad_accum, run.train.seed)
+    batches = batch_order(rows, run.train.batch_size, run.train.steps * run.train.grad_accum, run.train.seed,
+                          packed=run.train.pack)
     return rows, batches
 
 

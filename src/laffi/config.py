@@ -63,12 +63,16 @@ class DataConfig:
     source: str = "embedded"  # "embedded", a SQuAD v1.1/v2.0 JSON file, or a JSONL of QA examples
     eval_size: int = 200  # held-out questions, from articles never seen in training
     train_size: int = 128  # questions of the train pool the model answers and trains on; 0 = all
-    num_shots: int = 2  # few-shot examples in the QA prompt, drawn from the train pool
+    # questions for choosing settings (data/dev.jsonl): whole articles of the train pool that neither
+    # training nor the held-out set uses; 0 = none
+    dev_size: int = 100
+    num_shots: int = 2  # few-shot examples in the QA prompt, drawn from the train pool, the same for one article
     seed: int = 0
 
     def __post_init__(self) -> None:
         require(self.eval_size >= 1, "data.eval_size", "must be >= 1")
         require(self.train_size >= 0, "data.train_size", "must be >= 0 (0 = the whole train pool)")
+        require(self.dev_size >= 0, "data.dev_size", "must be >= 0 (0 = no dev set)")
         require(0 <= self.num_shots <= 8, "data.num_shots", "must be between 0 and 8")
 
 
@@ -79,6 +83,9 @@ class GenerateConfig:
     batch_size: int = 8
     max_new_tokens: int = 24
     stop_at_newline: bool = True  # answers are one line; stop decoding there
+    # in-process: a batch of prompts as one packed row, so a prefix they share (one article's system
+    # prompt and shots, one passage) runs once; same answers. false: padded batches (model.generate)
+    share_prefix: bool = True
     # transformers: in-process; openai: an OpenAI-compatible server (vLLM, llama.cpp) gets the same
     # prompt tokens on its completions endpoint, generate.batch_size requests at a time
     backend: str = "transformers"
@@ -158,6 +165,10 @@ class TrainConfig:
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     gradient_checkpointing: bool = False
+    # batches mostly of one article, each run as one packed row in which the prefix its examples share
+    # (system prompt, shots, a passage) runs once; same loss and gradients as that batch padded.
+    # false: batches grouped by length, padded
+    pack: bool = True
     checkpoint_every: int = 8  # steps between resumable checkpoints; 0 = none
     seed: int = 0
 

@@ -3,7 +3,8 @@
 A run directory reads as the story of the experiment:
 
     config.yaml                     the resolved config of the whole run (`laffi run`)
-    data/{train,eval,shots}.jsonl   QA examples: train pool, held-out set, few-shot pool; data/config.yaml
+    data/{train,dev,eval,shots}.jsonl  QA examples: training questions, dev set, held-out set, few-shot
+                                    pool; data/config.yaml
     answers.jsonl                   the model's answers on the train pool (+ answers.config.yaml)
     feedback.jsonl                  feedback on those answers, source ai (+ .config.yaml, .failed.jsonl,
                                     .summary.json); feedback.human.jsonl: people's (`laffi export-feedback`)
@@ -119,6 +120,11 @@ class RunLayout:
     @property
     def eval_examples(self) -> Path:
         return self.data / "eval.jsonl"
+
+    @property
+    def dev_examples(self) -> Path:
+        """Questions for choosing settings: train-pool articles neither training nor the held-out set uses."""
+        return self.data / "dev.jsonl"
 
     @property
     def shots(self) -> Path:

@@ -63,11 +63,13 @@ def shot_pool(train: list[QAExample], seed: int) -> list[QAExample]:
 
 
 def choose_shots(example: QAExample, pool: list[QAExample], k: int, seed: int) -> list[QAExample]:
-    """k shots from other articles, chosen by (seed, question id) so any order gives the same prompt."""
+    """k shots from other articles, chosen by (seed, article), so any order gives the same prompt and
+    every question of one article gets the same shots: their prompts share the system prompt and the
+    shots (and, on one passage, the passage), which answering and training compute once."""
     candidates = [shot for shot in pool if shot.title != example.title]
     if len(candidates) < k:
         raise ValueError(f"only {len(candidates)} few-shot examples from other articles; need {k}")
-    return random.Random(f"{seed}:{example.id}").sample(candidates, k)
+    return random.Random(f"{seed}:{example.title}").sample(candidates, k)
 
 
 def qa_messages(example: QAExample, shots: list[QAExample]) -> list[Message]:

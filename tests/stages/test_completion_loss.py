@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from laffi.config import load_config
-from laffi.stages.train import IGNORE, add_lora, collate, completion_loss_sum
+from laffi.stages.batches import IGNORE, collate, completion_loss_sum, loss_sum
+from laffi.stages.train import add_lora
 
 
 def full_logits_loss(model, batch):
@@ -84,3 +85,47 @@ def test_under_fsdp2_on_two_processes(tiny_model_dir):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), str(tiny_model_dir)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def shared_prefix_rows(vocab: int) -> list[tuple[list[int], list[int]]]:
+    """Rows as one article gives them: a shared head; two on one "passage"; one whose prompt is another's
+    whole prompt (so a shared position predicts two different first completion tokens); equal prompts."""
+    generator = torch.Generator().manual_seed(1)
+    ids = lambda n: torch.randint(0, vocab, (n,), generator=generator).tolist()  # noqa: E731
+    head, passage = ids(15), ids(8)
+    prompts = [head + ids(6), head + passage + ids(3), head + passage + ids(4), head + passage, head + passage]
+    out = []
+    for prompt, completion in zip(prompts, (5, 1, 9, 3, 2)):
+        tokens = ids(completion)
+        out.append((prompt + tokens, [IGNORE] * len(prompt) + tokens))
+    return out
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("peft", [False, True])
+def test_a_packed_row_gives_the_padded_batch_loss_and_gradients(tiny_model_dir, peft, attention):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
+    if peft:
+        config = load_config(overrides=[f"model.name={tiny_model_dir}", "train.lora_dropout=0"])
+        model = add_lora(model, config.model, config.train)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+    else:
+        model.train()
+    batch = shared_prefix_rows(model.config.vocab_size)
+    cpu = torch.device("cpu")
+
+    padded = loss_sum(model, batch, 0, cpu, packed=False, additive=attention == "eager")
+    padded.backward()
+    padded_grads = lora_gradients(model)
+    model.zero_grad(set_to_none=True)
+    packed = loss_sum(model, batch, 0, cpu, packed=True, additive=attention == "eager")
+    packed.backward()
+
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+    grads = lora_gradients(model)
+    assert grads.keys() == padded_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], padded_grads[name], rtol=1e-4, atol=1e-6)

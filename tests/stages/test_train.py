@@ -11,7 +11,8 @@ from laffi.layout import RunLayout
 from laffi.models import load_tokenizer
 from laffi.prompts import prompt_ids
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_records
-from laffi.stages.train import IGNORE, batch_order, tokenize, train
+from laffi.stages.batches import IGNORE, batch_order, tokenize
+from laffi.stages.train import train
 
 QUESTIONS = [("Who wrote Hamlet?", "William Shakespeare"), ("What is the capital of France?", "Paris"),
              ("How many legs has a spider?", "eight"), ("What colour is the sky?", "blue")]
@@ -49,13 +50,23 @@ def test_truncation_keeps_the_completion(tiny_model_dir, tmp_path):
     assert sum(label != IGNORE for label in labels) < 12  # some prompt is kept, masked
 
 
-def test_batch_order_is_deterministic_and_covers_every_example():
-    lengths = [5, 50, 7, 48, 6, 49, 8, 47, 9, 46]
-    batches = batch_order(lengths, batch_size=2, num_batches=5, seed=3)
-    assert batches == batch_order(lengths, batch_size=2, num_batches=5, seed=3)
+@pytest.mark.parametrize("packed", [False, True])
+def test_batch_order_is_deterministic_and_covers_every_example(packed):
+    rows = [([n % 3, 7, n], [IGNORE, IGNORE, n]) for n in (5, 50, 7, 48, 6, 49, 8, 47, 9, 46)]
+    batches = batch_order(rows, batch_size=2, num_batches=5, seed=3, packed=packed)
+    assert batches == batch_order(rows, batch_size=2, num_batches=5, seed=3, packed=packed)
     assert sorted(i for b in batches for i in b) == list(range(10))  # one epoch: each example once
-    assert batches != batch_order(lengths, batch_size=2, num_batches=5, seed=4)
-    assert len(batch_order(lengths, batch_size=2, num_batches=12, seed=3)) == 12  # more than one epoch
+    assert batches != batch_order(rows, batch_size=2, num_batches=5, seed=4, packed=packed)
+    assert len(batch_order(rows, batch_size=2, num_batches=12, seed=3, packed=packed)) == 12  # more than one epoch
+
+
+def test_packed_batches_hold_one_family_where_they_can():
+    """Three "articles" (first token 0, 1, 2) of 4 examples each, batches of 2: every batch is one article,
+    and across epochs the pairs inside an article change."""
+    rows = [([article, 9, k], [IGNORE, IGNORE, k]) for article in range(3) for k in range(4)]
+    batches = batch_order(rows, batch_size=2, num_batches=60, seed=0, packed=True)
+    assert all(len({rows[i][0][0] for i in batch}) == 1 for batch in batches)
+    assert len({tuple(sorted(b)) for b in batches}) > 6
 
 
 def overrides(tiny_model_dir, *extra):

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))  # test_
 from test_completion_loss import full_logits_loss, rows  # noqa: E402
 
 from laffi.config import load_config  # noqa: E402
-from laffi.stages.train import add_lora, collate, completion_loss_sum  # noqa: E402
+from laffi.stages.batches import collate, completion_loss_sum  # noqa: E402
+from laffi.stages.train import add_lora  # noqa: E402
 
 
 def loss_and_gradients(tiny: str, loss_fn, mesh) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

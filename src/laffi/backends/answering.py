@@ -17,8 +17,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from laffi.backends.local import Generation, greedy_generate
 from laffi.backends.openai_backend import OpenAIGenerator
+from laffi.backends.prefix_sharing import shared_prefix_generate
 from laffi.config import DataConfig, GenerateConfig, ModelConfig
 from laffi.models import load_model, load_tokenizer
+from laffi.packing import block_mask_unsupported
 from laffi.prompts import choose_shots, prompt_ids, qa_messages
 from laffi.records import QAExample, RecordWriter
 
@@ -38,6 +40,24 @@ def build_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[QAExample],
             for e in examples}
 
 
+def _engine(model, config: GenerateConfig) -> Callable:
+    """How to decode: the server (generate.backend=openai), shared-prefix packing, or padded batches."""
+    server = getattr(model, "greedy_batches", None)
+    if server:
+        return lambda _model, _tokenizer, *args: server(*args)
+    if config.share_prefix:
+        unsupported = block_mask_unsupported(model)
+        if unsupported is None:
+            return shared_prefix_generate
+        if unsupported not in _SAID:
+            _SAID.add(unsupported)
+            tqdm.write(f"generate.share_prefix: off for this model ({unsupported}); answering in padded batches")
+    return greedy_generate
+
+
+_SAID: set[str] = set()  # fallbacks already reported in this process
+
+
 def answer_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      examples: list[QAExample], shots: list[QAExample], data: DataConfig,
                      config: GenerateConfig, writer: RecordWriter,
@@ -50,9 +70,8 @@ def answer_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     started = time.perf_counter()
     with tqdm(total=len(examples), initial=len(examples) - len(todo), desc=desc, unit="q") as bar:
         stop_strings = ["\n"] if config.stop_at_newline else None
-        server = getattr(model, "greedy_batches", None)  # generate.backend=openai
-        batches = (server(prompts, config.batch_size, config.max_new_tokens, stop_strings) if server else
-                   greedy_generate(model, tokenizer, prompts, config.batch_size, config.max_new_tokens, stop_strings))
+        batches = _engine(model, config)(model, tokenizer, prompts, config.batch_size, config.max_new_tokens,
+                                         stop_strings)
         for batch in batches:
             writer.write(make_record(by_id[g.id], g) for g in batch)
             new_tokens += sum(g.new_tokens for g in batch)

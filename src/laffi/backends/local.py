@@ -41,6 +41,16 @@ def tokens_containing(tokenizer: PreTrainedTokenizerBase, characters: list[str])
     return [i for i, text in enumerate(texts) if any(c in text for c in characters)]
 
 
+def stop_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                stop_strings: list[str] | None) -> tuple[list[int], list[str]]:
+    """The tokens that end an answer (end of turn, and any token holding a one-character stop string),
+    and the longer stop strings, which only the decoded text can show."""
+    stop_strings = stop_strings or []
+    single = [s for s in stop_strings if len(s) == 1]
+    tokens = set(stop_token_ids(model, tokenizer)) | set(tokens_containing(tokenizer, single) if single else [])
+    return sorted(tokens), [s for s in stop_strings if len(s) > 1]
+
+
 @torch.inference_mode()
 def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                     prompts: dict[str, list[int]], batch_size: int, max_new_tokens: int,
@@ -49,11 +59,9 @@ def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     order = sorted(prompts, key=lambda i: len(prompts[i]))  # similar lengths: little padding
     eos = stop_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    stop_strings = stop_strings or []
-    single = [s for s in stop_strings if len(s) == 1]  # as stop tokens, computed once per call
-    stop_strings = [s for s in stop_strings if len(s) > 1] or None
-    stops = sorted(set(eos) | set(tokens_containing(tokenizer, single) if single else []))
+    stops, stop_strings = stop_tokens(model, tokenizer, stop_strings)
     stop_set = set(stops)
+    stop_strings = stop_strings or None
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]

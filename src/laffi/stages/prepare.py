@@ -2,8 +2,9 @@
 
     laffi prepare runs/demo [data.source=squad-v2.json] [data.eval_size=200]
 
-Splits by article, so no passage is both trained on and evaluated, then draws the few-shot
-pool from the train side. Files are written whole or not at all.
+Splits by article, so no passage is both trained on and evaluated: first the held-out set, then
+the dev set (data.dev_size questions for choosing settings) from the rest; then draws the few-shot
+pool and the training questions from what is left. Files are written whole or not at all.
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from laffi.records import QAExample, read_records, write_records
 
 def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[QAExample]]:
     save_config(layout.data_config, {"data": data})
-    if layout.train_examples.exists() and layout.eval_examples.exists() and layout.shots.exists():
+    written = [p.exists() for p in (layout.train_examples, layout.eval_examples, layout.shots)]
+    if all(written):
+        if data.dev_size and not layout.dev_examples.exists():
+            raise ValueError(f"{layout.data}: split by a laffi without a dev set; use a new run directory, "
+                             "or data.dev_size=0 to go on without one")
         return read_records(layout.train_examples, QAExample), read_records(layout.eval_examples, QAExample)
     train_pool, held_out = split_by_title(load_examples(data.source), data.eval_size, data.seed)
+    dev: list[QAExample] = []
+    if data.dev_size:
+        try:
+            train_pool, dev = split_by_title(train_pool, data.dev_size, data.seed)
+        except ValueError as error:
+            raise ValueError(f"data.dev_size={data.dev_size}: {error}") from None
     shots = shot_pool(train_pool, data.seed)
     if len(shots) < data.num_shots + 1:
         raise ValueError(f"data.num_shots={data.num_shots}: the train pool has only {len(shots)} articles")
@@ -32,6 +43,8 @@ def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[
             raise ValueError(f"data.train_size={data.train_size}: the train pool has {len(train)} questions")
         train = train[: data.train_size]
     write_records(layout.shots, shots)
+    if data.dev_size:
+        write_records(layout.dev_examples, dev)
     write_records(layout.eval_examples, held_out)
     write_records(layout.train_examples, train)
     return train, held_out

@@ -18,7 +18,6 @@ whatever the number of processes, so N processes train the adapter that one proc
 
 from __future__ import annotations
 
-import random
 import resource
 import shutil
 import time
@@ -43,78 +42,9 @@ from laffi.distributed.checkpoint import (
 from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, adapter_finished
 from laffi.models import load_model, pick_device
-from laffi.prompts import prompt_completion_ids
+from laffi.packing import additive_mask, block_mask_unsupported
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_json, write_records
-
-IGNORE = -100  # label value that cross-entropy skips
-
-
-def tokenize(tokenizer, examples: list[TrainingExample], max_seq_len: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per example; prompt positions are masked by count, not by text search.
-
-    Too-long examples lose prompt tokens from the left, so the completion is always trained on.
-    """
-    rows = []
-    for example in examples:
-        prompt, completion = prompt_completion_ids(tokenizer, example.prompt, example.completion)
-        completion = completion[:max_seq_len]
-        prompt = prompt[len(prompt) - (max_seq_len - len(completion)):] if len(prompt) + len(completion) > max_seq_len else prompt
-        rows.append((prompt + completion, [IGNORE] * len(prompt) + completion))
-    return rows
-
-
-def batch_order(lengths: list[int], batch_size: int, num_batches: int, seed: int) -> list[list[int]]:
-    """A fixed sequence of batches: shuffled each epoch, grouped by length to avoid padding waste.
-
-    It depends only on the data and the seed, so a resumed run sees the same batches.
-    """
-    batches: list[list[int]] = []
-    epoch = 0
-    while len(batches) < num_batches:
-        rng = random.Random(seed * 1_000_003 + epoch)
-        order = list(range(len(lengths)))
-        rng.shuffle(order)
-        group = batch_size * 16  # sort within groups: similar lengths, still random across groups
-        epoch_batches = []
-        for start in range(0, len(order), group):
-            chunk = sorted(order[start:start + group], key=lambda i: lengths[i])
-            epoch_batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-        rng.shuffle(epoch_batches)
-        batches += epoch_batches
-        epoch += 1
-    return batches[:num_batches]
-
-
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
-    return {
-        "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows], device=device),
-        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows], device=device),
-        "labels": torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in rows], device=device),
-    }
-
-
-def completion_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed cross-entropy of the next-token predictions on completion tokens.
-
-    The LM head runs only on the positions whose next token is a label: with a 49k vocabulary the
-    head is a fifth of the forward FLOPs, and its fp32 logits over whole prompts dominated memory.
-    `logits_to_keep` (a boolean mask: transformers flattens the kept rows) goes through the model's
-    own forward, so PEFT, DDP, FSDP and DeepSpeed wrappers see an ordinary call.
-
-    No padding mask: `collate` pads on the right, and under the causal mask a real token never
-    attends to the padding after it, so the mask would change nothing that reaches the loss.
-    Without it SDPA runs its causal kernel; with it, transformers repeats K/V for every query head
-    (GQA) and the step took 1.8 GB more on the embedded model at batch 4 x ~570 tokens.
-    """
-    targets = batch["labels"][:, 1:]
-    keep = torch.nn.functional.pad(targets != IGNORE, (0, 1))  # position t predicts token t + 1
-    logits = model(input_ids=batch["input_ids"], use_cache=False, logits_to_keep=keep).logits
-    if logits.ndim == 3:  # a model without logits_to_keep computed every position
-        return torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return torch.nn.functional.cross_entropy(logits.float(), targets[targets != IGNORE], reduction="sum")
-
+from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, tokenize
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
@@ -151,28 +81,36 @@ def add_lora(model, model_config: ModelConfig, config: TrainConfig):
     return model
 
 
-def backward_passes(accelerator: Accelerator, model, rows: list[tuple[list[int], list[int]]],
-                    window: list[list[int]], plan: BatchPlan, pad_id: int) -> list[float]:
+def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: list[list[int]], plan: BatchPlan,
+                    pad_id: int, packed: bool, additive: bool) -> list[float]:
     """This process's forward and backward passes for one optimizer step (`window`: the step's
     batches). Returns its share of [loss, tokens, completion tokens], for the log."""
     # normalise by the completion tokens of the whole step (all processes), so the gradient
     # is that of one big batch however the step is cut into passes and processes
-    window_tokens = sum(sum(label != IGNORE for label in rows[i][1][1:]) for batch in window for i in batch)
+    window_tokens = sum(completion_tokens(rows[i]) for batch in window for i in batch)
     # accelerate divides each backward by the passes per device, and DDP, FSDP and DeepSpeed
     # average over processes; undo both (exact for powers of two, so 1 process is unchanged)
     scale = plan.processes * plan.per_device_accum
     loss_share, tokens, completion = 0.0, 0, 0
     for indices in shard_window(window, plan, accelerator.process_index):
         # a process with nothing left in a short step still joins the gradient reduction, weighing 0
-        batch = collate([rows[i] for i in indices or window[0][:1]], pad_id, accelerator.device)
+        chosen = [rows[i] for i in indices or window[0][:1]]
         with accelerator.accumulate(model):
-            loss = completion_loss_sum(model, batch) / max(window_tokens, 1)
+            loss = loss_sum(model, chosen, pad_id, accelerator.device, packed, additive) / max(window_tokens, 1)
             accelerator.backward(loss * (scale if indices else 0.0))
         if indices:
             loss_share += loss.item()
-            tokens += int(batch["attention_mask"].sum())
-            completion += int((batch["labels"] != IGNORE).sum())
+            tokens += sum(len(ids) for ids, _ in chosen)  # the examples' tokens, however many ran
+            completion += sum(completion_tokens(row) for row in chosen)
     return [loss_share, tokens, completion]
+
+
+def _packing_possible(model, accelerator: Accelerator) -> bool:
+    """train.pack needs attention that takes a block mask; else the same batches run padded, said once."""
+    unsupported = block_mask_unsupported(model)
+    if unsupported:
+        accelerator.print(f"train.pack: this model's batches run padded ({unsupported})")
+    return unsupported is None
 
 
 def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig) -> None:
@@ -200,6 +138,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     set_seed(train.seed)  # the same LoRA initialisation on every process
     lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)))
     rows = tokenize(tokenizer, examples, train.max_seq_len)
+    packed = train.pack and _packing_possible(lm, accelerator)
+    additive = additive_mask(lm)
     lm = add_lora(lm, model, train)
     optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad],
                                   lr=train.lr, weight_decay=train.weight_decay)
@@ -216,14 +156,13 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     start = load_checkpoint(checkpoint, accelerator, lm) if checkpoint.exists() else 0
     log_path = layout.train_log(system)
     log = [e for e in read_records(log_path, TrainLogEntry) if e.step <= start] if log_path.exists() else []
-    batches = batch_order([len(ids) for ids, _ in rows], train.batch_size, train.steps * train.grad_accum,
-                          train.seed)
+    batches = batch_order(rows, train.batch_size, train.steps * train.grad_accum, train.seed, packed=train.pack)
     pad_id = tokenizer.pad_token_id
     began, tokens_seen, completion_seen = time.perf_counter(), 0, 0
     bar = tqdm(total=train.steps, initial=start, desc=f"train {system}", unit="step", disable=not main)
     for step in range(start + 1, train.steps + 1):
         window = batches[(step - 1) * train.grad_accum: step * train.grad_accum]
-        share = backward_passes(accelerator, lm, rows, window, plan, pad_id)
+        share = backward_passes(accelerator, lm, rows, window, plan, pad_id, packed, additive)
         norm = accelerator.clip_grad_norm_(lm.parameters(), train.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -250,7 +189,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         write_records(log_path, log)
         unwrapped.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         summary = {"system": system, "examples": len(rows), "steps": train.steps, "resumed_from_step": start,
-                   "processes": plan.processes, "per_device_batch": plan.per_device_batch,
+                   "packed": packed, "processes": plan.processes, "per_device_batch": plan.per_device_batch,
                    "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
                    "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,
                    "seconds_this_process": round(time.perf_counter() - began, 2),

@@ -1,0 +1,161 @@
+"""Shared-prefix packing: sequences that begin alike, as one row in which a common beginning runs once.
+
+Questions of one article share the system prompt and the shots (`prompts.choose_shots`), questions on
+one passage the passage too, and a LaFFi example its whole QA prompt with the SFT example of its
+question. A packed row holds the sequences as a prefix tree (a trie, in depth-first order): each
+shared run of tokens once, then each sequence's own rest. The block attention mask lets a token see
+the tokens of its own path through the tree only (its ancestors' segments and its own segment, up to
+itself), and position ids count from the sequence's own start, so every token is computed exactly as
+in its own unpacked sequence, while the prefix costs one forward (and backward) pass instead of one
+per sequence.
+
+    row = pack([ids_a, ids_b])
+    out = model(input_ids=row.input_ids(), position_ids=row.position_ids(),
+                attention_mask=row.mask(row.segments, row.rows, additive_mask(model)))
+    out.logits[0, row.last[0]]   # the prediction after sequence a, as model(ids_a) gives it
+
+Decoding continues a packed row: `extend` appends a new segment per sequence (its generated tokens),
+each a child of the node where that sequence ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# attention implementations that take a custom 4D mask as it is (transformers' masking_utils returns a
+# 4D mask unchanged; flash-attention kernels take no mask at all)
+MASKED_ATTENTION = ("sdpa", "eager")
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def additive_mask(model) -> bool:
+    """Whether `model`'s attention adds its mask to the scores (eager) rather than taking a boolean one."""
+    return getattr(model.config, "_attn_implementation", None) == "eager"
+
+
+def block_mask_unsupported(model) -> str | None:
+    """Why `model` cannot take a packed row (None if it can): its attention must accept a 4D mask."""
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation not in MASKED_ATTENTION:
+        return f"attention implementation {implementation!r} takes no custom 4D mask (only {', '.join(MASKED_ATTENTION)})"
+    if getattr(model.config, "sliding_window", None) and getattr(model.config, "use_sliding_window", True) is not False:
+        return "sliding-window attention would be ignored by a custom 4D mask"
+    return None
+
+
+@dataclass
+class PackedRow:
+    """A prefix tree of token sequences laid out in one row.
+
+    Every token belongs to a segment; segment s spans [enter[s], leave[s]) in depth-first numbering, so
+    segment a is on the path to segment b exactly when enter[a] <= enter[b] < leave[a].
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # each token's index in its own sequence
+    segments: list[int] = field(default_factory=list)  # each token's segment
+    enter: list[int] = field(default_factory=list)
+    leave: list[int] = field(default_factory=list)
+    paths: list[list[int]] = field(default_factory=list)  # per sequence: the row index of each of its tokens
+    last: list[int] = field(default_factory=list)  # per sequence: the row index of its last token
+    tail: list[int] = field(default_factory=list)  # per sequence: the segment its continuation goes in
+
+    @property
+    def rows(self) -> list[int]:
+        return list(range(len(self.tokens)))
+
+    def input_ids(self, device=None) -> torch.Tensor:
+        return torch.tensor([self.tokens], device=device)
+
+    def position_ids(self, device=None) -> torch.Tensor:
+        return torch.tensor([self.positions], device=device)
+
+    def mask(self, query_segments: list[int], query_rows: list[int], additive: bool, device=None) -> torch.Tensor:
+        """The 4D mask (1, 1, queries, keys) over every token of the row so far: True where a query may
+        attend (what SDPA takes), or with `additive` 0 there and -inf elsewhere in fp32 (what eager
+        attention adds to its scores, in any compute dtype)."""
+        enter = torch.tensor(self.enter, device=device)
+        leave = torch.tensor(self.leave, device=device)
+        keys = torch.tensor(self.segments, device=device)
+        queries = torch.tensor(query_segments, device=device)
+        on_path = (enter[keys][None, :] <= enter[queries][:, None]) & (enter[queries][:, None] < leave[keys][None, :])
+        causal = torch.arange(len(self.tokens), device=device)[None, :] <= torch.tensor(query_rows, device=device)[:, None]
+        allowed = (on_path & causal)[None, None]
+        if not additive:
+            return allowed
+        return torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+
+    def extend(self, sequences: list[int], tokens: list[int]) -> list[int]:
+        """Append one token to each of `sequences` (a generated token after each); returns their rows."""
+        rows = []
+        for sequence, token in zip(sequences, tokens):
+            rows.append(len(self.tokens))
+            self.tokens.append(token)
+            self.positions.append(self.positions[self.last[sequence]] + 1)
+            self.segments.append(self.tail[sequence])
+            self.last[sequence] = rows[-1]
+        return rows
+
+
+def pack(sequences: list[list[int]]) -> PackedRow:
+    """Lay `sequences` out as a prefix tree in one row (see PackedRow); each gets a segment of its own
+    after its last token (`tail`), for tokens appended later, even where sequences are equal."""
+    if any(not s for s in sequences):
+        raise ValueError("pack: a sequence is empty")
+    row = PackedRow(paths=[[] for _ in sequences], last=[0] * len(sequences), tail=[0] * len(sequences))
+    order = sorted(range(len(sequences)), key=lambda i: sequences[i])  # shared beginnings are neighbours
+    counter = 0
+
+    def new_segment() -> int:
+        nonlocal counter
+        row.enter.append(counter)
+        row.leave.append(-1)
+        counter += 1
+        return len(row.enter) - 1
+
+    def close(segment: int) -> None:
+        nonlocal counter
+        row.leave[segment] = counter
+        counter += 1
+
+    def place(members: list[int], depth: int) -> None:
+        """The subtree of `members` (sorted, sharing their first `depth` tokens), below the current node."""
+        first, final = sequences[members[0]], sequences[members[-1]]
+        shared = common_prefix_length(first, final)  # of a sorted run: that of its first and last
+        segment = new_segment()
+        begin = len(row.tokens)
+        for position in range(depth, shared):
+            row.tokens.append(first[position])
+            row.positions.append(position)
+            row.segments.append(segment)
+        for m in members:
+            row.paths[m].extend(range(begin, len(row.tokens)))
+        ended = [m for m in members if len(sequences[m]) == shared]
+        for m in ended:  # these end here: their prediction is this segment's last token
+            row.last[m] = len(row.tokens) - 1
+        rest = [m for m in members if len(sequences[m]) > shared]
+        start = 0
+        while start < len(rest):  # children: runs with the same next token
+            token = sequences[rest[start]][shared]
+            stop = start
+            while stop < len(rest) and sequences[rest[stop]][shared] == token:
+                stop += 1
+            place(rest[start:stop], shared)
+            start = stop
+        for m in ended:  # each continues in a segment of its own, below this one
+            row.tail[m] = new_segment()
+            close(row.tail[m])
+        close(segment)
+
+    if sequences:
+        place(order, 0)
+    return row

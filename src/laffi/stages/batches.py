@@ -1,0 +1,164 @@
+"""What a training step computes on: tokenized examples, the order of batches, a batch as padded rows
+or as one packed row, and the completion-only loss.
+
+    rows = tokenize(tokenizer, examples, max_seq_len=1024)
+    batches = batch_order(rows, batch_size=4, num_batches=32, seed=0, pack=True)
+    loss = completion_loss_sum(model, to_device_batch(rows, batches[0], pad_id, device, pack=True))
+
+With `train.pack` (the default), a batch is mostly one article's examples (`family_batch_order`) and
+runs as one packed row (`laffi.packing`): the system prompt and shots they share, and a passage two
+questions share, run forward and backward once per step instead of once per example, with the loss
+and gradients of the same batch unpacked (tests/stages/test_completion_loss.py).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from laffi.packing import common_prefix_length, pack
+from laffi.prompts import prompt_completion_ids
+from laffi.records import TrainingExample
+
+Row = tuple[list[int], list[int]]  # input ids, labels (IGNORE on the prompt)
+
+IGNORE = -100  # label value that cross-entropy skips
+
+
+def tokenize(tokenizer, examples: list[TrainingExample], max_seq_len: int) -> list[Row]:
+    """(input_ids, labels) per example; prompt positions are masked by count, not by text search.
+
+    Too-long examples lose prompt tokens from the left, so the completion is always trained on.
+    """
+    rows = []
+    for example in examples:
+        prompt, completion = prompt_completion_ids(tokenizer, example.prompt, example.completion)
+        completion = completion[:max_seq_len]
+        prompt = prompt[len(prompt) - (max_seq_len - len(completion)):] if len(prompt) + len(completion) > max_seq_len else prompt
+        rows.append((prompt + completion, [IGNORE] * len(prompt) + completion))
+    return rows
+
+
+def batch_order(rows: list[Row], batch_size: int, num_batches: int, seed: int, packed: bool = False) -> list[list[int]]:
+    """A fixed sequence of batches; it depends only on the data and the seed, so a resumed run sees the
+    same batches. Padded (pack=False): shuffled each epoch, grouped by length to avoid padding waste;
+    packed: grouped by shared prefix (`family_batch_order`)."""
+    if packed:
+        return family_batch_order([ids for ids, _ in rows], batch_size, num_batches, seed)
+    lengths = [len(ids) for ids, _ in rows]
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < num_batches:
+        rng = random.Random(seed * 1_000_003 + epoch)
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        group = batch_size * 16  # sort within groups: similar lengths, still random across groups
+        epoch_batches = []
+        for start in range(0, len(order), group):
+            chunk = sorted(order[start:start + group], key=lambda i: lengths[i])
+            epoch_batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+        rng.shuffle(epoch_batches)
+        batches += epoch_batches
+        epoch += 1
+    return batches[:num_batches]
+
+
+def completion_tokens(row: Row) -> int:
+    """The tokens of a row the loss scores (a label after the first position)."""
+    return sum(label != IGNORE for label in row[1][1:])
+
+
+def collate(rows: list[Row], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    return {
+        "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows], device=device),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows], device=device),
+        "labels": torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in rows], device=device),
+    }
+
+
+def completion_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy of the next-token predictions on completion tokens.
+
+    The LM head runs only on the positions whose next token is a label: with a 49k vocabulary the
+    head is a fifth of the forward FLOPs, and its fp32 logits over whole prompts dominated memory.
+    `logits_to_keep` (a boolean mask: transformers flattens the kept rows) goes through the model's
+    own forward, so PEFT, DDP, FSDP and DeepSpeed wrappers see an ordinary call.
+
+    No padding mask: `collate` pads on the right, and under the causal mask a real token never
+    attends to the padding after it, so the mask would change nothing that reaches the loss.
+    Without it SDPA runs its causal kernel; with it, transformers repeats K/V for every query head
+    (GQA) and the step took 1.8 GB more on the embedded model at batch 4 x ~570 tokens.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = torch.nn.functional.pad(targets != IGNORE, (0, 1))  # position t predicts token t + 1
+    logits = model(input_ids=batch["input_ids"], use_cache=False, logits_to_keep=keep).logits
+    if logits.ndim == 3:  # a model without logits_to_keep computed every position
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return torch.nn.functional.cross_entropy(logits.float(), targets[targets != IGNORE], reduction="sum")
+
+
+def families(sequences: list[list[int]]) -> list[list[int]]:
+    """Indices of `sequences` grouped by what they share beyond what all of them share: for QA prompts,
+    one group per article (its shots), or per passage without shots. Groups and members in token order."""
+    order = sorted(range(len(sequences)), key=lambda i: sequences[i])
+    if not order:
+        return []
+    first, final = sequences[order[0]], sequences[order[-1]]
+    common = common_prefix_length(first, final)
+    groups: dict[int | None, list[int]] = {}
+    for i in order:  # the first token after the common part names the branch of the prefix tree
+        groups.setdefault(sequences[i][common] if len(sequences[i]) > common else None, []).append(i)
+    return list(groups.values())
+
+
+def family_batch_order(sequences: list[list[int]], batch_size: int, num_batches: int, seed: int) -> list[list[int]]:
+    """Batches that share prefixes: each epoch shuffles the families and the examples inside each, lays
+    them end to end and cuts batches; the batches are then shuffled. So a batch is mostly one article,
+    and which of its questions go together changes from epoch to epoch."""
+    groups = families(sequences)
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < num_batches:
+        rng = random.Random(seed * 1_000_003 + epoch)
+        shuffled = [rng.sample(group, len(group)) for group in rng.sample(groups, len(groups))]
+        flat = [i for group in shuffled for i in group]
+        epoch_batches = [flat[k:k + batch_size] for k in range(0, len(flat), batch_size)]
+        rng.shuffle(epoch_batches)
+        batches += epoch_batches
+        epoch += 1
+    return batches[:num_batches]
+
+
+def pack_rows(rows: list[Row], device: torch.device, additive: bool) -> dict[str, torch.Tensor]:
+    """A batch as one packed row: input ids, position ids, the block mask, and for every completion token
+    the row position that predicts it (`predict_at`, a position a shared prefix may hold for several)."""
+    row = pack([ids for ids, _ in rows])
+    predict_at, targets = [], []
+    for path, (ids, labels) in zip(row.paths, rows):
+        for k in range(1, len(ids)):
+            if labels[k] != IGNORE:
+                predict_at.append(path[k - 1])
+                targets.append(labels[k])
+    return {"input_ids": row.input_ids(device), "position_ids": row.position_ids(device),
+            "attention_mask": row.mask(row.segments, row.rows, additive, device),
+            "predict_at": torch.tensor([predict_at], device=device), "targets": torch.tensor(targets, device=device)}
+
+
+def packed_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy of the completion tokens of a packed row (`pack_rows`); the LM head runs only
+    at the positions that predict them."""
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                   attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=batch["predict_at"]).logits
+    if logits.shape[1] != batch["targets"].shape[0]:  # a model without logits_to_keep computed every position
+        logits = logits[:, batch["predict_at"][0]]
+    return torch.nn.functional.cross_entropy(logits[0].float(), batch["targets"], reduction="sum")
+
+
+def loss_sum(model, rows: list[Row], pad_id: int, device: torch.device, packed: bool, additive: bool) -> torch.Tensor:
+    """The summed completion loss of `rows` as one batch: one packed row, or padded rows."""
+    if packed:
+        return packed_loss_sum(model, pack_rows(rows, device, additive))
+    return completion_loss_sum(model, collate(rows, pad_id, device))

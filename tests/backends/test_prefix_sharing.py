@@ -1,0 +1,71 @@
+"""Shared-prefix answering gives exactly the answers of each prompt decoded without sharing."""
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from laffi.backends.local import greedy_generate
+from laffi.backends.prefix_sharing import shared_prefix_generate
+
+
+def prompts_with_shared_prefixes(seed: int = 0) -> dict[str, list[int]]:
+    """Like QA prompts: two "articles" (a shared head), "passages" shared by some questions, equal prompts."""
+    rng = random.Random(seed)
+    words = lambda n: [rng.randrange(100, 5000) for _ in range(n)]  # noqa: E731
+    system = words(6)
+    prompts = {}
+    for article in range(2):
+        shots = system + words(10)
+        for passage in range(3):
+            context = shots + words(rng.randrange(3, 12))
+            for question in range(passage + 1):
+                prompts[f"a{article}p{passage}q{question}"] = context + words(rng.randrange(1, 6))
+    prompts["duplicate"] = list(prompts["a0p2q1"])
+    prompts["prefix-of-another"] = prompts["a1p1q0"][:-1]
+    prompts["alone"] = words(4)
+    return prompts
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():  # a model that writes a newline often, but not always at once
+        model.get_input_embeddings().weight[newline] *= 8
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+def test_shared_prefix_answers_equal_unshared(tiny, attention, batch_size):
+    model, tokenizer = tiny
+    model.config._attn_implementation = attention
+    prompts = prompts_with_shared_prefixes()
+    plain = {g.id: g for batch in greedy_generate(model, tokenizer, prompts, 1, 12, ["\n"]) for g in batch}
+    shared = {g.id: g for batch in shared_prefix_generate(model, tokenizer, prompts, batch_size, 12, ["\n"])
+              for g in batch}
+    assert shared.keys() == plain.keys()
+    for question_id in prompts:
+        assert (shared[question_id].text, shared[question_id].new_tokens) == \
+            (plain[question_id].text, plain[question_id].new_tokens), question_id
+    lengths = [g.new_tokens for g in shared.values()]
+    assert min(lengths) < 12 == max(lengths)  # some stop at a newline, some run to the limit
+    model.config._attn_implementation = "sdpa"
+
+
+def test_shared_prefix_logits_equal_unshared(tiny):
+    """Not just the argmax: the next-token distribution after each prompt is the unpacked one."""
+    from laffi.packing import pack
+    model, _ = tiny
+    prompts = list(prompts_with_shared_prefixes().values())
+    row = pack(prompts)
+    with torch.no_grad():
+        packed = model(input_ids=row.input_ids(), position_ids=row.position_ids(),
+                       attention_mask=row.mask(row.segments, row.rows, additive=False)).logits[0]
+        for i, ids in enumerate(prompts):
+            alone = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            torch.testing.assert_close(packed[row.last[i]], alone, atol=1e-4, rtol=1e-4)
+    assert len(row.tokens) < sum(map(len, prompts)) / 2  # the shared parts ran once

@@ -1,8 +1,10 @@
-"""Generation throughput on the held-out prompts: the in-process backend at several batch sizes,
-and llama.cpp (llama-cpp-python) on the same GGUF, batch 1, when it is installed.
+"""Generation throughput on the held-out prompts: the in-process backend at several batch sizes, with
+shared-prefix packing (generate.share_prefix=true, the default) or padded batches (false), and
+llama.cpp (llama-cpp-python) on the same GGUF, batch 1, when it is installed.
 
     python benchmarks/speed_setup.py runs/bench-speed
-    python benchmarks/generate_speed.py runs/bench-speed --backend transformers --batch-sizes 1,4,8,16 --json gen.json
+    python benchmarks/generate_speed.py runs/bench-speed --batch-sizes 1,8 generate.share_prefix=false --json gen.json
+    python benchmarks/generate_speed.py runs/bench-speed --batch-sizes 8,16 model.dtype=bfloat16 --json gen.json
     python benchmarks/generate_speed.py runs/bench-speed --backend llama.cpp --json llamacpp.json
 
 The prompts are those `laffi evaluate` builds with the default preset (plain layout, 2 shots),
@@ -25,8 +27,7 @@ import os
 import time
 from pathlib import Path
 
-from laffi.backends.answering import build_prompts
-from laffi.backends.local import greedy_generate
+from laffi.backends.answering import build_prompts, decoder
 from laffi.config import load_config
 from laffi.layout import RunLayout
 from laffi.models import embedded_gguf, load_model, load_tokenizer
@@ -42,18 +43,20 @@ def held_out_prompts(run_dir: Path, questions: int, tokenizer, run) -> dict[str,
 def in_process(prompts: dict[str, list[int]], batch_sizes: list[int], run) -> list[dict]:
     model, tokenizer = load_model(run.model)
     stops = ["\n"] if run.generate.stop_at_newline else None
+    generate = decoder(model, run.generate)  # what `laffi evaluate` decodes with under this config
     warm = dict(list(prompts.items())[:2])
-    for _ in greedy_generate(model, tokenizer, warm, 2, run.generate.max_new_tokens, stops):
+    for _ in generate(model, tokenizer, warm, 2, run.generate.max_new_tokens, stops):
         pass
     rows = []
     for batch_size in batch_sizes:
         load_before, started = os.getloadavg()[0], time.perf_counter()
         new_tokens, answers = 0, {}
-        for batch in greedy_generate(model, tokenizer, prompts, batch_size, run.generate.max_new_tokens, stops):
+        for batch in generate(model, tokenizer, prompts, batch_size, run.generate.max_new_tokens, stops):
             new_tokens += sum(g.new_tokens for g in batch)
             answers.update((g.id, extract_answer(g.text)) for g in batch)
         seconds = time.perf_counter() - started
-        rows.append({"backend": "transformers", "batch_size": batch_size, "questions": len(prompts),
+        rows.append({"backend": "transformers", "engine": "shared prefix" if generate.__name__ == "shared_prefix_generate"
+                     else "padded", "batch_size": batch_size, "questions": len(prompts),
                      "prompt_tokens": sum(len(p) for p in prompts.values()), "new_tokens": new_tokens,
                      "seconds": round(seconds, 2), "new_tokens_per_s": round(new_tokens / seconds, 2),
                      "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),

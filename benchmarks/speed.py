@@ -3,11 +3,15 @@
     python benchmarks/speed.py                      # about 6-10 minutes on 2 CPU cores
     python benchmarks/speed.py --json benchmarks/results/speed.json --train-steps 8 --questions 32
 
-- training: laffi's LoRA loop and TRL's SFTTrainer on the same batches (benchmarks/train_speed.py):
-  tokens/s, completion tokens/s, peak memory, and the FLOP/s achieved as a fraction of the peak;
-- generation over held-out prompts (benchmarks/generate_speed.py): the in-process backend at
-  batch 1 and larger batches, bf16 for reference, and llama.cpp on the same GGUF when
-  llama-cpp-python is installed;
+- training (benchmarks/train_speed.py): laffi's LoRA loop as it ran before packing (fp32, batches
+  grouped by length, padded), then fp32 and bf16 on prefix-grouped batches, padded and packed (the
+  same batches, so the losses must agree), and TRL's SFTTrainer on the length-grouped batches in fp32
+  and bf16: examples/s, tokens/s, peak memory, the loss, and the FLOP/s as a fraction of the peak
+  (counted on the unpacked examples, so packing can exceed what the hardware computes);
+- generation over held-out prompts (benchmarks/generate_speed.py): the in-process backend with padded
+  batches (batch 1 is the reference every other row's answers are compared with) and with
+  shared-prefix packing, in fp32 and bf16, and llama.cpp on the same GGUF when llama-cpp-python is
+  installed;
 - the peak: the best FLOP/s of large matmuls in the training dtype here (benchmarks/flops.py).
 Every measurement runs in a process of its own. Prints a table and writes JSON (the machine, the
 load average before and after each measurement, every number). Other work on the machine slows
@@ -71,26 +75,79 @@ def table(result: dict) -> str:
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, torch {m['torch']} "
              f"({m['torch_threads']} threads){', ' + m['gpu'] if m['gpu'] else ''}",
              f"peak on {p['device']}, measured: {p['fp32_flops'] / 1e9:.0f} GFLOP/s fp32 matmul, "
-             f"{p['bf16_flops'] / 1e9:.0f} bf16; the fraction is of {p['training_dtype']}'s",
+             f"{p['bf16_flops'] / 1e9:.0f} bf16; each row's fraction is of its dtype's peak",
              "", f"training: {result['train_setup']}",
-             "| tool | s/step | tokens/s | completion tokens/s | peak memory MB | GFLOP/s | fraction of peak | load |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| tool | dtype | batches | rows | examples/s | s/step | tokens/s | peak memory MB | final loss "
+             "| GFLOP/s | fraction of peak | load |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in result["train"]:
-        lines.append(f"| {row['tool']} | {row['seconds_per_step']:.2f} | {row['tokens_per_s']:.0f} | "
-                     f"{row['completion_tokens_per_s']:.1f} | {row['peak_memory_mb']:.0f} | "
-                     f"{row['achieved_flops'] / 1e9:.1f} | {row['fraction_of_peak']:.2f} | "
-                     f"{row['load_before']:.1f}-{row['load_after']:.1f} |")
-    if len(result["train"]) == 2:
-        lines.append(f"laffi / TRL tokens/s: {result['train_ratio']:.2f}x")
+        loss = f"{row['losses'][-1]:.4f}" if row.get("losses") else ""
+        lines.append(f"| {row['label']} | {row['dtype']} | {row['group_by']} | {'packed' if row['pack'] else 'padded'} | "
+                     f"{row['examples_per_s']:.2f} | {row['seconds_per_step']:.2f} | {row['tokens_per_s']:.0f} | "
+                     f"{row['peak_memory_mb']:.0f} | {loss} | {row['achieved_flops'] / 1e9:.1f} | "
+                     f"{row['fraction_of_peak']:.2f} | {row['load_before']:.1f}-{row['load_after']:.1f} |")
+    lines += [f"{name}: {value}" for name, value in result.get("train_comparisons", {}).items()]
     lines += ["", f"generation: {result['generate_setup']}",
-              "| backend | batch | new tokens/s | seconds | same answers as fp32 batch 1 | load |",
-              "|---|---:|---:|---:|---|---|"]
+              "| backend | engine | dtype | batch | new tokens/s | seconds | same answers as fp32 padded batch 1 | load |",
+              "|---|---|---|---:|---:|---:|---|---|"]
     for row in result["generate"]:
-        lines.append(f"| {row['backend']} | {row['batch_size']} | {row['new_tokens_per_s']:.1f} | "
-                     f"{row['seconds']:.1f} | "
+        lines.append(f"| {row['backend']} | {row.get('engine', '')} | {row.get('dtype', '')} | {row['batch_size']} | "
+                     f"{row['new_tokens_per_s']:.1f} | {row['seconds']:.1f} | "
                      f"{row.get('same_answers', '')} | {row['load_before']:.1f}-{row['load_after']:.1f} |")
+    lines += [f"{name}: {value}" for name, value in result.get("generate_comparisons", {}).items()]
     lines += [f"llama.cpp: {result['llamacpp_skipped']}"] if result.get("llamacpp_skipped") else []
     return "\n".join(lines)
+
+
+# (label, overrides): laffi before packing and bf16, then each lever alone and together, and TRL
+TRAIN_ROWS = [
+    ("laffi before", "laffi", ["model.dtype=float32", "train.group_by=length", "train.pack=false"]),
+    ("laffi", "laffi", ["model.dtype=float32", "train.pack=false"]),
+    ("laffi", "laffi", ["model.dtype=float32"]),
+    ("laffi", "laffi", ["model.dtype=bfloat16", "train.pack=false"]),
+    ("laffi default", "laffi", ["model.dtype=bfloat16"]),
+    ("trl", "trl", ["model.dtype=float32", "train.group_by=length"]),
+    ("trl", "trl", ["model.dtype=bfloat16", "train.group_by=length"]),
+]
+
+
+def train_comparisons(rows: list[dict]) -> dict:
+    def find(label, dtype, pack, group_by="prefix"):
+        return next((r for r in rows if r["label"] == label and r["dtype"] == dtype and r["pack"] == pack
+                     and r["group_by"] == group_by), None)
+    out = {}
+    before, default = find("laffi before", "float32", False, "length"), find("laffi default", "bfloat16", True)
+    for dtype in ("float32", "bfloat16"):
+        padded = find("laffi", dtype, False)
+        packed = find("laffi default" if dtype == "bfloat16" else "laffi", dtype, True)
+        if padded and packed:
+            gap = max(abs(a - b) for a, b in zip(padded["losses"], packed["losses"]))
+            out[f"packed / padded examples/s, {dtype}, same batches"] = (
+                f"{packed['examples_per_s'] / padded['examples_per_s']:.2f}x (step losses differ by at most {gap:.2g})")
+    if before and default:
+        out["default / before examples/s"] = f"{default['examples_per_s'] / before['examples_per_s']:.2f}x"
+    for dtype in ("float32", "bfloat16"):
+        trl = next((r for r in rows if r["tool"] == "trl" and r["dtype"] == dtype), None)
+        ours = default if dtype == "bfloat16" else find("laffi", "float32", True)
+        if trl and ours:
+            out[f"laffi packed / TRL examples/s, {dtype}"] = f"{ours['examples_per_s'] / trl['examples_per_s']:.2f}x"
+    return out
+
+
+def generate_comparisons(rows: list[dict]) -> dict:
+    def find(engine, dtype, batch=None):
+        found = [r for r in rows if r.get("engine") == engine and r.get("dtype") == dtype
+                 and (batch is None or r["batch_size"] == batch)]
+        return max(found, key=lambda r: r["new_tokens_per_s"]) if found else None
+    before = find("padded", "float32", 8)
+    out = {}
+    for engine, dtype in (("shared prefix", "float32"), ("shared prefix", "bfloat16"), ("padded", "bfloat16")):
+        row = find(engine, dtype)
+        if before and row:
+            out[f"best {engine} {dtype} / padded float32 batch 8 (before)"] = (
+                f"{row['new_tokens_per_s'] / before['new_tokens_per_s']:.2f}x at batch {row['batch_size']}, "
+                f"{row.get('same_answers', '')} answers as the reference")
+    return out
 
 
 def main() -> None:
@@ -99,12 +156,10 @@ def main() -> None:
     parser.add_argument("--json", default=str(HERE / "results" / "speed.json"))
     parser.add_argument("--train-steps", type=int, default=8, help="the first is a warm-up, not measured")
     parser.add_argument("--questions", type=int, default=32, help="held-out questions for generation")
-    parser.add_argument("--batch-sizes", default="1,4,8,16")
+    parser.add_argument("--batch-sizes", default="8,16,32", help="for shared-prefix answering")
     parser.add_argument("--skip", default="", help="comma-separated: trl, llama.cpp, bf16")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    if "1" not in args.batch_sizes.split(","):
-        parser.error("--batch-sizes: include 1, the reference the other answers are compared with")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.time()
 
@@ -116,39 +171,48 @@ def main() -> None:
     result = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_start": os.getloadavg()}
     training_dtype = next(name for name, d in DTYPES.items() if d == dtype)
     result["peak"] = peak(str(device), training_dtype)
-    peak_flops = result["peak"][f"{training_dtype}_flops"]
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the children measure their GPU memory; this process should hold little
     lora = lora_params(model_config, run.train.lora_r, run.train.target_modules)
     steps = str(args.train_steps)
-    result["train"] = [with_flops(child("train_speed.py", args.run_dir, "--tool", tool, "--steps", steps),
-                                  model_config, lora, peak_flops)
-                       for tool in ("laffi", "trl") if tool not in skip]
-    if len(result["train"]) == 2:
-        result["train_ratio"] = result["train"][0]["tokens_per_s"] / result["train"][1]["tokens_per_s"]
+    result["train"] = []
+    for label, tool, overrides in TRAIN_ROWS:
+        if tool in skip or ("bf16" in skip and "model.dtype=bfloat16" in overrides):
+            continue
+        row = child("train_speed.py", args.run_dir, "--tool", tool, "--steps", steps, "--label", label, *overrides)
+        dtype = "bf16" if row["dtype"] == "bfloat16" else "fp32"
+        result["train"].append(with_flops(row, model_config, lora, result["peak"][f"{dtype}_flops"]))
+    result["train_comparisons"] = train_comparisons(result["train"])
     first = result["train"][0]
     result["train_setup"] = (f"LaFFi set, batch {first['batch_size']}, LoRA r={first['lora_r']} on "
                              f"{','.join(first['target_modules'])}, steps 2-{args.train_steps} of {args.train_steps} "
-                             f"({first['tokens']} tokens, {first['completion_tokens']} completion tokens)")
+                             f"({first['examples']} examples, {first['tokens']} tokens, "
+                             f"{first['completion_tokens']} completion tokens)")
 
     questions = str(args.questions)
-    generated = child("generate_speed.py", args.run_dir, "--batch-sizes", args.batch_sizes, "--questions", questions)
-    rows = generated["rows"]
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as answers:  # batch 1, fp32: the reference
+    sizes = args.batch_sizes.split(",")
+    padded = ["generate.share_prefix=false"]
+    reference = child("generate_speed.py", args.run_dir, "--batch-sizes", "1,8", "--questions", questions,
+                      "model.dtype=float32", *padded)
+    rows = reference["rows"]
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as answers:  # fp32, padded, batch 1: the reference
         json.dump(next(r["answers"] for r in rows if r["batch_size"] == 1), answers)
         answers.flush()
-        if "bf16" not in skip:  # for reference: what bf16 would give here, at the best batch size
-            best = max(rows, key=lambda r: r["new_tokens_per_s"])["batch_size"]
-            bf16 = child("generate_speed.py", args.run_dir, "--batch-sizes", str(best), "--questions", questions,
-                         "--answers", answers.name, "model.dtype=bfloat16")
-            rows += [{**row, "backend": "transformers bf16"} for row in bf16["rows"]]
+        compare = ["--questions", questions, "--answers", answers.name]
+        rows += child("generate_speed.py", args.run_dir, "--batch-sizes", ",".join(sizes), *compare,
+                      "model.dtype=float32")["rows"]
+        if "bf16" not in skip:
+            rows += child("generate_speed.py", args.run_dir, "--batch-sizes", ",".join(sizes), *compare,
+                          "model.dtype=bfloat16")["rows"]
+            rows += child("generate_speed.py", args.run_dir, "--batch-sizes", "8", *compare, "model.dtype=bfloat16",
+                          *padded)["rows"]
         if "llama.cpp" not in skip:
-            cpp = child("generate_speed.py", args.run_dir, "--backend", "llama.cpp", "--questions", questions,
-                        "--answers", answers.name)
+            cpp = child("generate_speed.py", args.run_dir, "--backend", "llama.cpp", *compare)
             rows += cpp["rows"]
             if cpp.get("skipped"):
                 result["llamacpp_skipped"] = cpp["skipped"]
     result["generate"] = rows
+    result["generate_comparisons"] = generate_comparisons(rows)
     result["generate_setup"] = (f"{args.questions} held-out questions, default preset prompts, greedy, "
                                 f"at most {run.generate.max_new_tokens} new tokens, stop at newline")
     result["load_end"] = os.getloadavg()

@@ -7,7 +7,7 @@
 Run each tool in a process of its own (benchmarks/speed.py does): peak memory is the process's
 peak resident set (on a GPU: the peak of allocated memory), so tools must not share a process.
 
-Same model (the embedded SmolLM2-135M, fp32 on CPU, bf16 on GPUs that have it), LoRA settings
+Same model (the embedded SmolLM2-135M, in the dtype the overrides name), LoRA settings
 (the run's train section), data (sets/laffi.jsonl), learning rate and schedule, batch size,
 sequence lengths and steps. Same batches too: TRL gets the examples in the order laffi's
 length-grouped sampler draws them, with its sequential sampler, so both pad the same rows
@@ -43,7 +43,7 @@ def step_batches(run: RunConfig, examples: list[TrainingExample], tokenizer) -> 
     """laffi's tokenised rows and the batches (lists of example indices) of every forward pass."""
     rows = tokenize(tokenizer, examples, run.train.max_seq_len)
     batches = batch_order(rows, run.train.batch_size, run.train.steps * run.train.grad_accum, run.train.seed,
-                          packed=run.train.pack)
+                          group_by=run.train.group_by)
     return rows, batches
 
 
@@ -53,13 +53,15 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_laffi(run_dir: Path, run: RunConfig) -> list[float]:
-    """Seconds at the end of each step, from laffi's own log (a fresh copy of the run: no resume)."""
+def run_laffi(run_dir: Path, run: RunConfig) -> tuple[list[float], list[float]]:
+    """Seconds at the end of each step and each step's loss, from laffi's own log (a fresh copy of the
+    run: no resume)."""
     work = Path(tempfile.mkdtemp(prefix="laffi-train-speed-"))
     try:
         layout = RunLayout(work, sets=RunLayout(run_dir).sets)  # trains on the run's set where it is
         train(layout, "laffi", run.model, run.train)
-        return [e.elapsed_s for e in read_records(layout.train_log("laffi"), TrainLogEntry)]
+        log = read_records(layout.train_log("laffi"), TrainLogEntry)
+        return [e.elapsed_s for e in log], [e.loss for e in log]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--tool", choices=["laffi", "trl"], required=True)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--json", help="write the result here")
+    parser.add_argument("--label", help="the row's name in the table")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.batch_size=2")
     args = parser.parse_intermixed_args()  # key=value overrides may come before the options
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -124,9 +127,9 @@ def main() -> None:
     examples = read_records(RunLayout(args.run_dir).training_set("laffi"), TrainingExample)
     rows, batches = step_batches(run, examples, load_tokenizer(run.model))
     load_before = os.getloadavg()[0]
-    check = None
+    check = losses = None
     if args.tool == "laffi":
-        ends = run_laffi(Path(args.run_dir), run)
+        ends, losses = run_laffi(Path(args.run_dir), run)
     else:
         ends, check = run_trl(run, examples, batches, rows)
     if len(ends) != args.steps:
@@ -137,7 +140,11 @@ def main() -> None:
     completion = sum(sum(label != IGNORE for label in rows[i][1]) for batch in measured for i in batch)
     padded = sum(len(batch) * max(len(rows[i][0]) for i in batch) for batch in measured)
     seconds = ends[-1] - ends[0]
-    result = {"tool": args.tool, "steps": args.steps, "measured_steps": args.steps - 1, "seconds": round(seconds, 2),
+    examples = sum(len(batch) for batch in measured)
+    dtype = "bfloat16" if run.model.dtype == "bfloat16" else "float32" if run.model.dtype == "float32" else "auto"
+    result = {"tool": args.tool, "label": args.label or args.tool, "dtype": dtype, "pack": run.train.pack,
+              "group_by": run.train.group_by, "examples": examples, "examples_per_s": round(examples / seconds, 3),
+              "losses": losses, "steps": args.steps, "measured_steps": args.steps - 1, "seconds": round(seconds, 2),
               "seconds_per_step": round(seconds / (args.steps - 1), 2),
               "tokens": sum(lengths), "completion_tokens": completion, "padded_tokens": padded,
               "tokens_per_s": round(sum(lengths) / seconds, 1),

@@ -312,3 +312,38 @@ def test_split_single_article_or_empty():
         split_by_title(EXAMPLES[1:], 1, seed=0)
     with pytest.raises(ValueError, match="leaves no article for training"):
         split_by_title([], 1, seed=0)
+
+
+def test_prepare_splits_held_out_dev_and_train_by_article_and_gives_one_article_one_set_of_shots(tmp_path):
+    from laffi.config import DataConfig
+    from laffi.layout import RunLayout
+    from laffi.prompts import choose_shots
+    from laffi.records import read_records
+    from laffi.stages.prepare import prepare
+
+    layout = RunLayout(tmp_path)
+    data = DataConfig(eval_size=100, dev_size=60, train_size=0)
+    train, held_out = prepare(layout, data)
+    dev = read_records(layout.dev_examples, QAExample)
+    titles = [{e.title for e in part} for part in (train, dev, held_out)]
+    assert len(dev) == 60 and len(held_out) == 100
+    assert not (titles[0] & titles[1] or titles[0] & titles[2] or titles[1] & titles[2])
+    assert len(train) + len(dev) + len(held_out) <= 1000 and len(train) > 700  # only the last article's rest is dropped
+    shots = read_records(layout.shots, QAExample)
+    assert not {s.title for s in shots} & (titles[1] | titles[2])  # shots come from the training side
+    by_article: dict[str, set] = {}
+    for example in train + dev + held_out:
+        chosen = tuple(s.id for s in choose_shots(example, shots, data.num_shots, data.seed))
+        by_article.setdefault(example.title, set()).add(chosen)
+        assert example.title not in {s.title for s in choose_shots(example, shots, data.num_shots, data.seed)}
+    assert all(len(sets) == 1 for sets in by_article.values())
+    assert len({next(iter(sets)) for sets in by_article.values()}) > 10  # but articles differ from each other
+
+
+def test_prepare_names_a_dev_size_the_data_cannot_give(tmp_path):
+    from laffi.config import DataConfig
+    from laffi.layout import RunLayout
+    from laffi.stages.prepare import prepare
+
+    with pytest.raises(ValueError, match="data.dev_size=900: .*leaves no article"):
+        prepare(RunLayout(tmp_path), DataConfig(eval_size=100, dev_size=900))

@@ -9,7 +9,7 @@ from laffi.backends.local import greedy_generate
 from laffi.config import ConfigError, ModelConfig
 from laffi.models import cpu_has_bf16, load_model, pick_attention, pick_device, pick_dtype, resolve_model_path
 from laffi.prompts import extract_answer, prompt_ids, qa_messages
-from laffi.records import QAExample
+from laffi.records import QAExample, read_records
 
 
 @pytest.mark.slow
@@ -52,3 +52,26 @@ def test_attention_kernel_choice(tiny_model_dir):
 def test_missing_gguf_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.gguf"):
         resolve_model_path(str(tmp_path / "nothing.gguf"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_embedded_model_answers_held_out_prompts_alike_with_and_without_prefix_sharing(tmp_path, dtype):
+    """24 held-out questions of 2 articles, with the default preset's prompts: the shared-prefix engine gives
+    the answers of padded batches, in fp32 and in bf16 (each against its own dtype)."""
+    from laffi.backends.answering import build_prompts
+    from laffi.backends.prefix_sharing import shared_prefix_generate
+    from laffi.config import load_config
+    from laffi.layout import RunLayout
+    from laffi.stages.prepare import prepare
+
+    config = load_config(overrides=[f"model.dtype={dtype}"])
+    _, held_out = prepare(RunLayout(tmp_path), config.data)
+    articles = sorted({e.title for e in held_out})[:2]
+    examples = [e for e in held_out if e.title in articles][:24]
+    model, tokenizer = load_model(config.model)
+    prompts = build_prompts(tokenizer, examples, read_records(RunLayout(tmp_path).shots, QAExample), config.data)
+    padded = {g.id: g.text for batch in greedy_generate(model, tokenizer, prompts, 8, 24, ["\n"]) for g in batch}
+    shared = {g.id: g.text for batch in shared_prefix_generate(model, tokenizer, prompts, 8, 24, ["\n"])
+              for g in batch}
+    assert shared == padded

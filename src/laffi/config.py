@@ -80,7 +80,7 @@ class DataConfig:
 class GenerateConfig:
     """Decoding, shared by `generate` (train pool) and `evaluate` (held-out set)."""
 
-    batch_size: int = 8
+    batch_size: int = 16  # prompts decoded together; shared-prefix answering prefills them in packed rows
     max_new_tokens: int = 24
     stop_at_newline: bool = True  # answers are one line; stop decoding there
     # in-process: a batch of prompts as one packed row, so a prefix they share (one article's system
@@ -165,9 +165,11 @@ class TrainConfig:
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     gradient_checkpointing: bool = False
-    # batches mostly of one article, each run as one packed row in which the prefix its examples share
-    # (system prompt, shots, a passage) runs once; same loss and gradients as that batch padded.
-    # false: batches grouped by length, padded
+    # which examples share a batch: prefix (mostly one article's, so they share system prompt and shots)
+    # or length (similar lengths, little padding)
+    group_by: str = "prefix"
+    # a batch as one packed row in which the prefix its examples share runs once (same loss and
+    # gradients as the batch padded); false: padded rows
     pack: bool = True
     checkpoint_every: int = 8  # steps between resumable checkpoints; 0 = none
     seed: int = 0
@@ -183,15 +185,21 @@ class TrainConfig:
         schedules = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
                      "polynomial", "inverse_sqrt")
         require(self.schedule in schedules, "train.schedule", f"must be one of {schedules}")
+        require(self.group_by in ("prefix", "length"), "train.group_by",
+                f"must be prefix or length, got {self.group_by!r}")
 
 
 @dataclass
 class EvalConfig:
     bootstrap_samples: int = 1000
     seed: int = 0
+    # heldout: the held-out set (data/eval.jsonl, into eval/SYSTEM/); dev: the dev set (data/dev.jsonl,
+    # into eval-dev/SYSTEM/), which is what to choose settings on
+    split: str = "heldout"
 
     def __post_init__(self) -> None:
         require(self.bootstrap_samples >= 100, "eval.bootstrap_samples", "must be >= 100")
+        require(self.split in ("heldout", "dev"), "eval.split", f"must be heldout or dev, got {self.split!r}")
 
 
 @dataclass

@@ -11,7 +11,8 @@ A run directory reads as the story of the experiment:
     sets/{laffi,sft}.jsonl          prompt/completion training sets; sets/config.yaml, sets/laffi.meta.json
     adapters/SYSTEM/                a LoRA adapter in PEFT format, train_log.jsonl, summary.json,
                                     config.yaml, checkpoint/
-    eval/SYSTEM/                    predictions.jsonl, metrics.json, config.yaml
+    eval/SYSTEM/                    predictions.jsonl, metrics.json, config.yaml (eval-dev/SYSTEM/: the
+                                    same on the dev set, eval.split=dev)
     attention/SYSTEM/               attention.json and its PNGs (`laffi attention`)
     results.{json,md}, run_info.json, report.html, stats.json, annotations.db
 
@@ -188,21 +189,25 @@ class RunLayout:
     def checkpoint(self, system: str) -> Path:
         return self.adapter(system) / "checkpoint"
 
-    # stage 5: evaluate
-    def evaluation(self, system: str) -> Path:
-        return self.root / "eval" / system
+    # stage 5: evaluate, on the held-out set (eval/) or the dev set (eval-dev/, eval.split=dev)
+    def questions(self, split: str = "heldout") -> Path:
+        return {"heldout": self.eval_examples, "dev": self.dev_examples}[split]
+
+    def evaluation(self, system: str, split: str = "heldout") -> Path:
+        return self.root / {"heldout": "eval", "dev": "eval-dev"}[split] / system
 
     def evaluated_systems(self) -> list[str]:
+        """The systems scored on the held-out set."""
         return sorted(p.name for p in (self.root / "eval").glob("*") if self.predictions(p.name).exists())
 
-    def eval_config(self, system: str) -> Path:
-        return self.evaluation(system) / CONFIG
+    def eval_config(self, system: str, split: str = "heldout") -> Path:
+        return self.evaluation(system, split) / CONFIG
 
-    def predictions(self, system: str) -> Path:
-        return self.evaluation(system) / "predictions.jsonl"
+    def predictions(self, system: str, split: str = "heldout") -> Path:
+        return self.evaluation(system, split) / "predictions.jsonl"
 
-    def metrics(self, system: str) -> Path:
-        return self.evaluation(system) / "metrics.json"
+    def metrics(self, system: str, split: str = "heldout") -> Path:
+        return self.evaluation(system, split) / "metrics.json"
 
     # the outcome
     @property

@@ -30,14 +30,14 @@ def test_generate_resumes_after_a_crash_without_losing_or_repeating(tiny_overrid
     config = load_config(overrides=tiny_overrides)
     prepare(RunLayout(tmp_path), config.data)
     layout = RunLayout(tmp_path)
-    real = answering_module.greedy_generate
+    real = answering_module.shared_prefix_generate  # the default engine
 
     def one_batch_then_crash(*args, **kwargs):
         batches = real(*args, **kwargs)
         yield next(batches)
         raise Crash("killed after the first batch")
 
-    monkeypatch.setattr(answering_module, "greedy_generate", one_batch_then_crash)
+    monkeypatch.setattr(answering_module, "shared_prefix_generate", one_batch_then_crash)
     with pytest.raises(Crash):
         generate(RunLayout(tmp_path), config.model, config.data, config.generate)
     first = read_records(layout.answers, Answer)
@@ -45,7 +45,7 @@ def test_generate_resumes_after_a_crash_without_losing_or_repeating(tiny_overrid
     with layout.answers.open("a") as handle:  # and the crash tore the line being written
         handle.write('{"id": "half a rec')
 
-    monkeypatch.setattr(answering_module, "greedy_generate", real)
+    monkeypatch.setattr(answering_module, "shared_prefix_generate", real)
     answers = generate(RunLayout(tmp_path), config.model, config.data, config.generate)
     ids = [a.id for a in answers]
     assert sorted(ids) == sorted(e.id for e in read_records(layout.train_examples, QAExample))
@@ -88,8 +88,11 @@ def test_laffi_run_end_to_end_on_a_tiny_model(tiny_overrides, tmp_path, capsys):
         assert metrics["f1_ci95"][0] <= metrics["f1"] <= metrics["f1_ci95"][1]
 
     train_ids = [e.id for e in read_records(layout.train_examples, QAExample)]
-    eval_examples = read_records(layout.eval_examples, QAExample)
-    assert not {e.title for e in eval_examples} & {e.title for e in read_records(layout.train_examples, QAExample)}
+    titles = {name: {e.title for e in read_records(path, QAExample)} for name, path in
+              (("train", layout.train_examples), ("dev", layout.dev_examples), ("heldout", layout.eval_examples))}
+    assert all(titles.values())
+    assert not titles["train"] & titles["heldout"] and not titles["dev"] & (titles["train"] | titles["heldout"])
+    assert len(read_records(layout.dev_examples, QAExample)) == 100  # data.dev_size, the default
     assert [a.id for a in read_records(layout.answers, Answer)] != []
     feedback = read_records(layout.feedback, Feedback)
     assert sorted(f.id for f in feedback) == sorted(train_ids)
@@ -106,6 +109,15 @@ def test_laffi_run_end_to_end_on_a_tiny_model(tiny_overrides, tmp_path, capsys):
 
     # a second run finds everything done and gives the same numbers
     assert main(["run", "--preset", "smoke", "--out", str(out), *tiny_overrides]) == 0
+    assert json.loads(layout.results_json.read_text()) == results
+
+    # the dev set is scored apart, into eval-dev/, and leaves the held-out results alone
+    adapter = str(layout.adapter("sft"))
+    assert main(["evaluate", str(out), "--system", "sft", "--adapter", adapter, *tiny_overrides, "eval.split=dev"]) == 0
+    dev = json.loads(layout.metrics("sft", "dev").read_text())
+    assert dev["split"] == "dev" and dev["total"] == 100 and layout.evaluation("sft", "dev").parent.name == "eval-dev"
+    assert len(read_records(layout.predictions("sft", "dev"), Prediction)) == 100
+    assert layout.evaluated_systems() == ["base", "laffi", "sft"]
     assert json.loads(layout.results_json.read_text()) == results
 
 

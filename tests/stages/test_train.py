@@ -50,21 +50,21 @@ def test_truncation_keeps_the_completion(tiny_model_dir, tmp_path):
     assert sum(label != IGNORE for label in labels) < 12  # some prompt is kept, masked
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_batch_order_is_deterministic_and_covers_every_example(packed):
+@pytest.mark.parametrize("group_by", ["length", "prefix"])
+def test_batch_order_is_deterministic_and_covers_every_example(group_by):
     rows = [([n % 3, 7, n], [IGNORE, IGNORE, n]) for n in (5, 50, 7, 48, 6, 49, 8, 47, 9, 46)]
-    batches = batch_order(rows, batch_size=2, num_batches=5, seed=3, packed=packed)
-    assert batches == batch_order(rows, batch_size=2, num_batches=5, seed=3, packed=packed)
+    batches = batch_order(rows, batch_size=2, num_batches=5, seed=3, group_by=group_by)
+    assert batches == batch_order(rows, batch_size=2, num_batches=5, seed=3, group_by=group_by)
     assert sorted(i for b in batches for i in b) == list(range(10))  # one epoch: each example once
-    assert batches != batch_order(rows, batch_size=2, num_batches=5, seed=4, packed=packed)
-    assert len(batch_order(rows, batch_size=2, num_batches=12, seed=3, packed=packed)) == 12  # more than one epoch
+    assert batches != batch_order(rows, batch_size=2, num_batches=5, seed=4, group_by=group_by)
+    assert len(batch_order(rows, batch_size=2, num_batches=12, seed=3, group_by=group_by)) == 12  # more than one epoch
 
 
 def test_packed_batches_hold_one_family_where_they_can():
     """Three "articles" (first token 0, 1, 2) of 4 examples each, batches of 2: every batch is one article,
     and across epochs the pairs inside an article change."""
     rows = [([article, 9, k], [IGNORE, IGNORE, k]) for article in range(3) for k in range(4)]
-    batches = batch_order(rows, batch_size=2, num_batches=60, seed=0, packed=True)
+    batches = batch_order(rows, batch_size=2, num_batches=60, seed=0, group_by="prefix")
     assert all(len({rows[i][0][0] for i in batch}) == 1 for batch in batches)
     assert len({tuple(sorted(b)) for b in batches}) > 6
 

@@ -40,7 +40,7 @@ def build_prompts(tokenizer: PreTrainedTokenizerBase, examples: list[QAExample],
             for e in examples}
 
 
-def _engine(model, config: GenerateConfig) -> Callable:
+def decoder(model, config: GenerateConfig) -> Callable:
     """How to decode: the server (generate.backend=openai), shared-prefix packing, or padded batches."""
     server = getattr(model, "greedy_batches", None)
     if server:
@@ -70,7 +70,7 @@ def answer_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     started = time.perf_counter()
     with tqdm(total=len(examples), initial=len(examples) - len(todo), desc=desc, unit="q") as bar:
         stop_strings = ["\n"] if config.stop_at_newline else None
-        batches = _engine(model, config)(model, tokenizer, prompts, config.batch_size, config.max_new_tokens,
+        batches = decoder(model, config)(model, tokenizer, prompts, config.batch_size, config.max_new_tokens,
                                          stop_strings)
         for batch in batches:
             writer.write(make_record(by_id[g.id], g) for g in batch)

@@ -5,11 +5,12 @@
         ...   # a list of Generation, as soon as each batch is done
 
 Prompts are taken in token order, so questions of one article (same system prompt and shots) and
-of one passage fall into one batch; `laffi.packing` lays the batch out as a prefix tree in a single
-row, whose shared parts run once. Each decoding step then feeds one token per unfinished prompt,
-every one attending to its own path through the tree and its own earlier tokens, and reading the
-LM head at those positions only (never the whole vocabulary over the prompt). The answers are those
-of each prompt decoded alone; tests compare them with `greedy_generate` on the same prompts.
+of one passage fall into one batch; `laffi.packing` lays neighbours out as a prefix tree in one row,
+whose shared parts run once, reading the LM head at each prompt's last token only (never the whole
+vocabulary over the prompt). The rows' keys and values are then regathered into one padded row per
+prompt (its own path through the tree) in a static cache, and decoding steps one token per row as a
+padded batch does. The answers are those of each prompt decoded alone; tests compare them with
+`greedy_generate` on the same prompts.
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from laffi.backends.local import Generation, stop_tokens
-from laffi.packing import additive_mask, pack
+from laffi.packing import additive_mask, common_prefix_length, pack
+
+
+# Tokens of one packed prefill row, at most (unless one prompt is longer): its block mask makes
+# attention quadratic in the row, while decoding is cheapest in large batches, so a batch of
+# generate.batch_size prompts is prefilled in rows of neighbours up to this size.
+PREFILL_TOKENS = 2048
 
 
 @torch.inference_mode()
@@ -29,41 +36,77 @@ def shared_prefix_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenize
                            stop_strings: list[str] | None = None) -> Iterator[list[Generation]]:
     """Greedy decoding of `prompts` in batches of neighbours in token order; yields each batch when done."""
     stops, long_stops = stop_tokens(model, tokenizer, stop_strings)
-    stop_set = set(stops)
     order = sorted(prompts, key=lambda i: prompts[i])
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]
-        yield _decode_batch(model, tokenizer, ids, [prompts[i] for i in ids], max_new_tokens, stop_set,
-                            long_stops, device)
+        sequences = [prompts[i] for i in ids]
+        logits, cache, padding = _prefill(model, sequences, max_new_tokens, device)
+        new = _decode(model, tokenizer, logits, cache, padding, [len(s) for s in sequences], max_new_tokens,
+                      set(stops), long_stops)
+        yield [Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens))
+               for i, tokens in zip(ids, new)]
 
 
-def _decode_batch(model, tokenizer, ids: list[str], sequences: list[list[int]], max_new_tokens: int,
-                  stop_set: set[int], long_stops: list[str], device) -> list[Generation]:
-    row = pack(sequences)
+def prefill_rows(sequences: list[list[int]], budget: int = PREFILL_TOKENS) -> list[list[int]]:
+    """Consecutive runs of `sequences` (sorted) whose prefix tree holds at most `budget` tokens: in token
+    order a sequence adds to the tree its length less what it shares with the one before."""
+    rows: list[list[int]] = []
+    size = 0
+    for i, sequence in enumerate(sequences):
+        added = len(sequence) - (common_prefix_length(sequence, sequences[i - 1]) if rows else 0)
+        if not rows or size + added > budget:
+            rows.append([])
+            size, added = 0, len(sequence)
+        rows[-1].append(i)
+        size += added
+    return rows
+
+
+def _prefill(model, sequences: list[list[int]], max_new_tokens: int, device):
+    """Run the prompts as packed rows; returns the logits after each prompt, a static cache holding each
+    prompt's own keys and values as one left-padded row (room for `max_new_tokens` more), and the padding
+    mask. Decoding then steps one token per row, the way a padded batch does, never attending over
+    other prompts' tokens."""
+    width = max(len(s) for s in sequences)
     additive = additive_mask(model)
-    output = model(input_ids=row.input_ids(device), position_ids=row.position_ids(device),
-                   attention_mask=row.mask(row.segments, row.rows, additive, device), use_cache=True,
-                   logits_to_keep=torch.tensor(row.last, device=device))
-    cache, logits = output.past_key_values, output.logits[0]
-    new: list[list[int]] = [[] for _ in sequences]
-    active = list(range(len(sequences)))
-    for _ in range(max_new_tokens):
-        chosen = logits.float().argmax(-1).tolist()
-        for sequence, token in zip(active, chosen):
-            new[sequence].append(token)
-        active_tokens = dict(zip(active, chosen))
-        active = [s for s in active if not _finished(new[s], stop_set, long_stops, tokenizer)]
-        if not active or len(new[active[0]]) == max_new_tokens:
+    logits, states = [], []
+    for members in prefill_rows(sequences):
+        row = pack([sequences[m] for m in members])
+        output = model(input_ids=row.input_ids(device), position_ids=row.position_ids(device),
+                       attention_mask=row.mask(row.segments, row.rows, additive, device), use_cache=True,
+                       logits_to_keep=torch.tensor(row.last, device=device))
+        logits.append(output.logits[0])
+        # each prompt's path through the tree, left-padded to the batch's longest prompt
+        index = torch.tensor([[path[0]] * (width - len(path)) + path for path in row.paths], device=device)
+        states.append([tuple(t[0][:, index].transpose(0, 1) for t in (layer.keys, layer.values))
+                       for layer in output.past_key_values.layers])
+    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+    for number in range(len(states[0])):
+        keys, values = (torch.cat([chunk[number][k] for chunk in states]) for k in (0, 1))
+        cache.update(keys.contiguous(), values.contiguous(), number)
+    padding = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
+    return torch.cat(logits), cache, padding
+
+
+def _decode(model, tokenizer, logits: torch.Tensor, cache, padding: torch.Tensor, lengths: list[int],
+            max_new_tokens: int, stop_set: set[int], long_stops: list[str]) -> list[list[int]]:
+    positions = torch.tensor([[n] for n in lengths], device=padding.device)
+    new: list[list[int]] = [[] for _ in lengths]
+    active = set(range(len(lengths)))
+    for step in range(max_new_tokens):
+        chosen = logits.float().argmax(-1)
+        for sequence in sorted(active):
+            new[sequence].append(int(chosen[sequence]))
+        active = {s for s in active if not _finished(new[s], stop_set, long_stops, tokenizer)}
+        if not active or step == max_new_tokens - 1:
             break
-        rows = row.extend(active, [active_tokens[s] for s in active])
-        output = model(input_ids=torch.tensor([[row.tokens[r] for r in rows]], device=device),
-                       position_ids=torch.tensor([[row.positions[r] for r in rows]], device=device),
-                       attention_mask=row.mask([row.segments[r] for r in rows], rows, additive, device),
+        # every row steps on (a finished one's tokens are dropped), as padded batches do
+        padding = torch.cat([padding, torch.ones_like(positions)], dim=1)
+        output = model(input_ids=chosen[:, None], attention_mask=padding, position_ids=positions,
                        past_key_values=cache, use_cache=True)
-        cache, logits = output.past_key_values, output.logits[0]
-    return [Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens))
-            for i, tokens in zip(ids, new)]
+        logits, positions = output.logits[:, -1], positions + 1
+    return new
 
 
 def _finished(tokens: list[int], stop_set: set[int], long_stops: list[str], tokenizer) -> bool:

@@ -17,7 +17,7 @@ import functools
 from pathlib import Path
 
 from laffi.backends.answering import load_backend
-from laffi.config import RunConfig, save_config
+from laffi.config import RunConfig, require, save_config
 from laffi.distributed.launch import Launcher
 from laffi.experiments.clock import StageClock
 from laffi.layout import RunLayout
@@ -34,6 +34,8 @@ from laffi.stages.train import train
 def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) -> dict:
     """With `launcher`, each training runs under it (laffi.distributed.launch); every other stage runs here."""
     layout = RunLayout(out)
+    require(config.eval.split == "heldout", "eval.split", "laffi run scores the held-out set; score the dev set "
+            "with `laffi evaluate RUN --system NAME eval.split=dev`")
     check_annotator(config.annotate)  # a bad template fails now, not after the answers
     # the whole run's settings; a launched training reads them from there (`laffi train RUN --system X`)
     save_config(layout.config, config.sections())

@@ -2,11 +2,11 @@
 or as one packed row, and the completion-only loss.
 
     rows = tokenize(tokenizer, examples, max_seq_len=1024)
-    batches = batch_order(rows, batch_size=4, num_batches=32, seed=0, pack=True)
+    batches = batch_order(rows, batch_size=4, num_batches=32, seed=0, group_by="prefix")
     loss = completion_loss_sum(model, to_device_batch(rows, batches[0], pad_id, device, pack=True))
 
-With `train.pack` (the default), a batch is mostly one article's examples (`family_batch_order`) and
-runs as one packed row (`laffi.packing`): the system prompt and shots they share, and a passage two
+By default (`train.group_by=prefix`, `train.pack=true`) a batch is mostly one article's examples
+(`family_batch_order`) and runs as one packed row (`laffi.packing`): the system prompt and shots they share, and a passage two
 questions share, run forward and backward once per step instead of once per example, with the loss
 and gradients of the same batch unpacked (tests/stages/test_completion_loss.py).
 """
@@ -40,11 +40,12 @@ def tokenize(tokenizer, examples: list[TrainingExample], max_seq_len: int) -> li
     return rows
 
 
-def batch_order(rows: list[Row], batch_size: int, num_batches: int, seed: int, packed: bool = False) -> list[list[int]]:
+def batch_order(rows: list[Row], batch_size: int, num_batches: int, seed: int,
+                group_by: str = "length") -> list[list[int]]:
     """A fixed sequence of batches; it depends only on the data and the seed, so a resumed run sees the
-    same batches. Padded (pack=False): shuffled each epoch, grouped by length to avoid padding waste;
-    packed: grouped by shared prefix (`family_batch_order`)."""
-    if packed:
+    same batches. group_by="length": shuffled each epoch, grouped by length to avoid padding waste;
+    "prefix": grouped by shared prefix (`family_batch_order`)."""
+    if group_by == "prefix":
         return family_batch_order([ids for ids, _ in rows], batch_size, num_batches, seed)
     lengths = [len(ids) for ids, _ in rows]
     batches: list[list[int]] = []

@@ -1,11 +1,13 @@
 """Stage 5: answer the held-out questions and score them with the official SQuAD semantics.
 
     laffi evaluate runs/demo --system base
+    laffi evaluate runs/demo --system sft --adapter runs/demo/adapters/sft eval.split=dev
     laffi evaluate runs/demo --system laffi --adapter runs/demo/adapters/laffi
     accelerate launch --config_file configs/accelerate/multi-gpu.yaml -m laffi.cli evaluate runs/demo --system base
 
 Writes eval/SYSTEM/predictions.jsonl (per question: answer, raw output, EM, F1), metrics.json
-(EM/F1 in percent with 95% bootstrap intervals) and config.yaml. Resumable like `generate`.
+(EM/F1 in percent with 95% bootstrap intervals) and config.yaml; with eval.split=dev the same for
+the dev set, into eval-dev/SYSTEM/. Resumable like `generate`.
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
              backend: Callable[[], tuple] | None = None) -> dict:
     """`backend`: returns the (model, tokenizer) to answer with, loaded by the caller, e.g. the base
     model `laffi run` also generates with; called only if questions are left to answer."""
-    examples = read_records(layout.eval_examples, QAExample)
+    split = eval.split
+    if not layout.questions(split).exists():
+        raise FileNotFoundError(f"eval.split={split}: {layout.questions(split)} is missing; run `laffi prepare` "
+                                "(with data.dev_size > 0 for a dev set)")
+    examples = read_records(layout.questions(split), QAExample)
     shots = read_records(layout.shots, QAExample)
     adapter_path = str(Path(adapter).resolve()) if adapter else None
     if adapter_path and not is_adapter(Path(adapter_path)):
         raise FileNotFoundError(f"--adapter: {adapter_path} holds no PEFT adapter ({ADAPTER_CONFIG})")
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
-    shard.on_main(lambda: save_config(layout.eval_config(system), {
+    shard.on_main(lambda: save_config(layout.eval_config(system, split), {
         "model": model, "data": data, "generate": generate, "eval": eval,
         "system": {"name": system, "adapter": adapter_path}}))
 
@@ -59,14 +65,14 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
         return Prediction(example.id, answer, generation.text, exact, f1)
 
     speed = None
-    with shard.writer(layout.predictions(system), Prediction) as writer:
+    with shard.writer(layout.predictions(system, split), Prediction) as writer:
         if len(writer.done_ids) < len(examples):
             lm, tokenizer = backend() if backend else load_backend(model, generate, adapter=adapter_path)
             speed = shard.answer(answer_questions, lm, tokenizer, examples, shots, data, generate, writer, score,
-                                 desc=f"evaluate {system}")
-    metrics = metrics_for(examples, read_records(layout.predictions(system), Prediction), eval)
-    metrics["system"] = system
-    metrics_file = layout.metrics(system)
+                                 desc=f"evaluate {system}{' (dev)' if split == 'dev' else ''}")
+    metrics = metrics_for(examples, read_records(layout.predictions(system, split), Prediction), eval)
+    metrics["system"], metrics["split"] = system, split
+    metrics_file = layout.metrics(system, split)
     if speed is None and metrics_file.exists():  # finished earlier: keep that run's speed
         speed = json.loads(metrics_file.read_text(encoding="utf-8")).get("generation")
     metrics["generation"] = speed

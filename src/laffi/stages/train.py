@@ -156,7 +156,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     start = load_checkpoint(checkpoint, accelerator, lm) if checkpoint.exists() else 0
     log_path = layout.train_log(system)
     log = [e for e in read_records(log_path, TrainLogEntry) if e.step <= start] if log_path.exists() else []
-    batches = batch_order(rows, train.batch_size, train.steps * train.grad_accum, train.seed, packed=train.pack)
+    batches = batch_order(rows, train.batch_size, train.steps * train.grad_accum, train.seed, group_by=train.group_by)
     pad_id = tokenizer.pad_token_id
     began, tokens_seen, completion_seen = time.perf_counter(), 0, 0
     bar = tqdm(total=train.steps, initial=start, desc=f"train {system}", unit="step", disable=not main)

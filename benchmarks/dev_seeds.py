@@ -1,0 +1,123 @@
+"""Compare settings on the dev set over several seeds: how far apart two arms are, against the seed spread.
+
+    laffi run --out runs/demo     # or any run whose training sets are built
+    python benchmarks/dev_seeds.py runs/demo --arm fp32 model.dtype=float32 --arm bf16 model.dtype=bfloat16
+
+Each arm is the run's own config (RUN/config.yaml) with its overrides. For every arm and seed
+(train.seed: the LoRA initialisation and the batch order) it trains SFT and LaFFi on the run's
+training sets, and scores them and the base model on the dev set (data/dev.jsonl: train-pool articles
+neither training nor the held-out set uses), never on the held-out set. Everything lands in
+RUN/dev-seeds/ARM/sSEED/ (run directories on the run's data/ and sets/; resumable), the summary in
+RUN/dev-seeds/summary.{json,md}: per system and arm, mean F1 and EM over seeds and their standard
+deviation; per system, the mean paired difference of each arm from the first with the seed-to-seed
+spread it is to be compared with, and the share of dev questions both arms answer identically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from laffi.config import build_section, merge_values, parse_overrides, read_yaml, RunConfig
+from laffi.layout import RunLayout
+from laffi.records import Prediction, read_records
+from laffi.stages.evaluate import evaluate
+from laffi.stages.train import train
+
+SYSTEMS = ("base", "sft", "laffi")
+
+
+def arm_config(run_dir: Path, overrides: list[str], seed: int) -> RunConfig:
+    values = merge_values(read_yaml(run_dir / "config.yaml"), parse_overrides([*overrides, f"train.seed={seed}",
+                                                                               "eval.split=dev"]))
+    return build_section(RunConfig, values)
+
+
+def run_arm(run_dir: Path, name: str, overrides: list[str], seed: int) -> dict[str, dict]:
+    """Base (seed 0 only: it has no seed), SFT and LaFFi of one arm and seed, scored on dev."""
+    shared = RunLayout.of(run_dir)
+    layout = RunLayout(run_dir / "dev-seeds" / name / f"s{seed}", data=shared.data, sets=shared.sets)
+    layout.record()
+    config = arm_config(run_dir, overrides, seed)
+    common = (config.model, config.data, config.generate, config.eval)
+    scores = {}
+    for system in SYSTEMS:
+        if system == "base" and seed != 0:
+            continue
+        adapter = None if system == "base" else train(layout, system, config.model, config.train)
+        metrics = evaluate(layout, system, *common, adapter=adapter)
+        answers = {p.id: p.answer for p in read_records(layout.predictions(system, "dev"), Prediction)}
+        scores[system] = {"f1": metrics["f1"], "exact": metrics["exact"], "answers": answers}
+    return scores
+
+
+def summarize(results: dict[str, dict[int, dict]], arms: list[str]) -> dict:
+    summary: dict = {"systems": {}}
+    first = arms[0]
+    for system in SYSTEMS:
+        per_arm = {}
+        for arm in arms:
+            runs = [results[arm][s][system] for s in sorted(results[arm]) if system in results[arm][s]]
+            f1, em = [r["f1"] for r in runs], [r["exact"] for r in runs]
+            per_arm[arm] = {"f1": f1, "exact": em, "f1_mean": round(statistics.mean(f1), 2),
+                            "exact_mean": round(statistics.mean(em), 2),
+                            "f1_sd": round(statistics.stdev(f1), 2) if len(f1) > 1 else None}
+        comparisons = {}
+        for arm in arms[1:]:
+            seeds = [s for s in sorted(results[arm]) if system in results[arm][s] and system in results[first].get(s, {})]
+            diffs = [results[arm][s][system]["f1"] - results[first][s][system]["f1"] for s in seeds]
+            same = [sum(results[arm][s][system]["answers"][q] == a for q, a in results[first][s][system]["answers"].items())
+                    / len(results[first][s][system]["answers"]) for s in seeds]
+            spread = per_arm[first]["f1_sd"]
+            mean = statistics.mean(diffs)
+            comparisons[arm] = {"f1_differences": [round(d, 2) for d in diffs], "f1_difference_mean": round(mean, 2),
+                                "seed_sd_of_first": spread, "same_answers": round(statistics.mean(same), 3),
+                                "within_seed_spread": None if spread is None else abs(mean) <= spread}
+        summary["systems"][system] = {"arms": per_arm, "vs_" + first: comparisons}
+    return summary
+
+
+def markdown(summary: dict, arms: list[str]) -> str:
+    lines = ["| system | " + " | ".join(f"{a} F1 (sd) / EM" for a in arms) + " | "
+             + " | ".join(f"{a} - {arms[0]} F1 (per seed) | same answers" for a in arms[1:]) + " |",
+             "|---|" + "---:|" * len(arms) + "---:|---:|" * (len(arms) - 1)]
+    for system, entry in summary["systems"].items():
+        cells = []
+        for arm in arms:
+            a = entry["arms"][arm]
+            sd = f" ({a['f1_sd']:.2f})" if a["f1_sd"] is not None else ""
+            cells.append(f"{a['f1_mean']:.2f}{sd} / {a['exact_mean']:.2f}")
+        for arm in arms[1:]:
+            c = entry[f"vs_{arms[0]}"][arm]
+            cells.append(f"{c['f1_difference_mean']:+.2f} ({', '.join(f'{d:+.2f}' for d in c['f1_differences'])})")
+            cells.append(f"{100 * c['same_answers']:.1f}%")
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--arm", nargs="+", action="append", required=True, metavar=("NAME", "KEY=VALUE"),
+                        help="a name and its overrides; the first arm is the one the others are compared with")
+    parser.add_argument("--seeds", default="0,1,2")
+    args = parser.parse_args()
+    arms = {arm[0]: arm[1:] for arm in args.arm}
+    if len(arms) < 2:
+        parser.error("--arm: give at least two arms to compare")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = {name: {seed: run_arm(args.run_dir, name, overrides, seed) for seed in seeds}
+               for name, overrides in arms.items()}
+    summary = summarize(results, list(arms))
+    summary["arms"], summary["seeds"] = arms, seeds
+    out = args.run_dir / "dev-seeds"
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = markdown(summary, list(arms))
+    (out / "summary.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

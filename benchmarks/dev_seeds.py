@@ -35,7 +35,7 @@ def arm_config(run_dir: Path, overrides: list[str], seed: int) -> RunConfig:
     return build_section(RunConfig, values)
 
 
-def run_arm(run_dir: Path, name: str, overrides: list[str], seed: int) -> dict[str, dict]:
+def run_arm(run_dir: Path, name: str, overrides: list[str], seed: int, systems: list[str]) -> dict[str, dict]:
     """Base (seed 0 only: it has no seed), SFT and LaFFi of one arm and seed, scored on dev."""
     shared = RunLayout.of(run_dir)
     layout = RunLayout(run_dir / "dev-seeds" / name / f"s{seed}", data=shared.data, sets=shared.sets)
@@ -43,20 +43,20 @@ def run_arm(run_dir: Path, name: str, overrides: list[str], seed: int) -> dict[s
     config = arm_config(run_dir, overrides, seed)
     common = (config.model, config.data, config.generate, config.eval)
     scores = {}
-    for system in SYSTEMS:
+    for system in systems:
         if system == "base" and seed != 0:
             continue
         adapter = None if system == "base" else train(layout, system, config.model, config.train)
         metrics = evaluate(layout, system, *common, adapter=adapter)
-        answers = {p.id: p.answer for p in read_records(layout.predictions(system, "dev"), Prediction)}
+        answers = {p.id: p.prediction for p in read_records(layout.predictions(system, "dev"), Prediction)}
         scores[system] = {"f1": metrics["f1"], "exact": metrics["exact"], "answers": answers}
     return scores
 
 
-def summarize(results: dict[str, dict[int, dict]], arms: list[str]) -> dict:
+def summarize(results: dict[str, dict[int, dict]], arms: list[str], systems: list[str]) -> dict:
     summary: dict = {"systems": {}}
     first = arms[0]
-    for system in SYSTEMS:
+    for system in systems:
         per_arm = {}
         for arm in arms:
             runs = [results[arm][s][system] for s in sorted(results[arm]) if system in results[arm][s]]
@@ -103,15 +103,17 @@ def main() -> None:
     parser.add_argument("--arm", nargs="+", action="append", required=True, metavar=("NAME", "KEY=VALUE"),
                         help="a name and its overrides; the first arm is the one the others are compared with")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="of base, sft, laffi")
     args = parser.parse_args()
     arms = {arm[0]: arm[1:] for arm in args.arm}
     if len(arms) < 2:
         parser.error("--arm: give at least two arms to compare")
     seeds = [int(s) for s in args.seeds.split(",")]
-    results = {name: {seed: run_arm(args.run_dir, name, overrides, seed) for seed in seeds}
+    systems = [s for s in SYSTEMS if s in args.systems.split(",")]
+    results = {name: {seed: run_arm(args.run_dir, name, overrides, seed, systems) for seed in seeds}
                for name, overrides in arms.items()}
-    summary = summarize(results, list(arms))
-    summary["arms"], summary["seeds"] = arms, seeds
+    summary = summarize(results, list(arms), systems)
+    summary["arms"], summary["seeds"], summary["systems_run"] = arms, seeds, systems
     out = args.run_dir / "dev-seeds"
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = markdown(summary, list(arms))

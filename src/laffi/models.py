@@ -8,6 +8,8 @@ Nothing here downloads from a hub unless `model.name` is a hub id.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import importlib.util
 import os
 import shutil
@@ -78,6 +80,18 @@ def pick_attention(requested: str, path: str, device: torch.device, dtype: torch
 def _supports_flash_attention(path: str) -> bool:
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(AutoConfig.from_pretrained(path)))
     return bool(getattr(model_class, "_supports_flash_attn", False))
+
+
+def release_memory() -> None:
+    """Give memory that finished work freed back to the system: the CUDA cache, and the C heap, where
+    glibc keeps freed blocks (after one stage's training, the next stage's peak would add to it)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def embedded_gguf() -> Path:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from laffi.models import release_memory
+
 
 class StageClock:
     """Call it with a stage's name and function; `.seconds` holds each finished stage's wall time."""
@@ -19,5 +21,6 @@ class StageClock:
         print(f"== {stage}", flush=True)
         started = time.perf_counter()
         result = fn(*args, **kwargs)
+        release_memory()  # so one stage's peak memory does not stay on top of the next one's
         self.seconds[stage] = round(time.perf_counter() - started, 1)
         return result

@@ -163,3 +163,4 @@ def loss_sum(model, rows: list[Row], pad_id: int, device: torch.device, packed: 
     if packed:
         return packed_loss_sum(model, pack_rows(rows, device, additive))
     return completion_loss_sum(model, collate(rows, pad_id, device))
+

@@ -29,8 +29,9 @@ QUESTIONS = [("Who wrote Hamlet?", "William Shakespeare"), ("What is the capital
 
 
 def make_run(run_dir: Path, tiny_model_dir: Path, *extra: str):
-    """A run directory with an SFT set of 6 questions and its config.yaml, as `laffi run` leaves it."""
-    config = load_config(overrides=[f"model.name={tiny_model_dir}", "train.steps=4", "train.lr=5e-3",
+    """A run directory with an SFT set of 6 questions and its config.yaml, as `laffi run` leaves it; fp32,
+    since the processes' passes are packed differently from one process's, which bf16 rounds apart."""
+    config = load_config(overrides=[f"model.name={tiny_model_dir}", "model.dtype=float32", "train.steps=4", "train.lr=5e-3",
                                     "train.warmup_steps=0", "train.schedule=constant", "train.max_seq_len=256",
                                     "train.checkpoint_every=2", "train.lora_dropout=0", *extra])
     examples = [TrainingExample(f"q{i}", [{"role": "user", "content": q}], [{"role": "assistant", "content": a}])

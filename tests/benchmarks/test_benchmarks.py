@@ -69,3 +69,31 @@ def test_llama_cpp_answers_the_same_prompts_from_the_embedded_gguf(bench_dir, tm
     (row,) = json.loads(out.read_text())["rows"]
     assert row["backend"] == "llama.cpp" and row["questions"] == 2 and row["new_tokens"] > 0
     assert len(row["answers"]) == 2
+
+
+@pytest.mark.slow
+def test_packed_and_padded_training_take_the_same_steps_and_the_table_shows_both(bench_dir, tiny_model_dir, tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    from speed import table, train_comparisons  # noqa: E402
+
+    tiny = [f"model.name={tiny_model_dir}", "model.threads=2", "train.batch_size=4", "train.warmup_steps=1",
+            "model.dtype=float32", "train.lora_dropout=0"]
+    rows = []
+    for label, extra in (("laffi", ["train.pack=false"]), ("laffi", [])):
+        out = tmp_path / "train.json"
+        bench("train_speed.py", bench_dir, "--tool", "laffi", "--steps", "3", "--label", label, "--json", out,
+              *tiny, *extra)
+        rows.append(json.loads(out.read_text()))
+    padded, packed = rows
+    assert (padded["pack"], packed["pack"]) == (False, True) and padded["group_by"] == packed["group_by"] == "prefix"
+    assert packed["losses"] == pytest.approx(padded["losses"], rel=1e-4)  # the same batches, the same loss
+    assert padded["examples"] == packed["examples"] == 8 and packed["examples_per_s"] > 0
+    comparisons = train_comparisons(rows)
+    assert list(comparisons) == ["packed / padded examples/s, float32, same batches"]
+    for row in rows:
+        row.update(achieved_flops=1e9, fraction_of_peak=0.1)
+    result = {"machine": {"cpu": "x", "cores": 2, "memory_gb": 1, "torch": "t", "torch_threads": 2, "gpu": None},
+              "peak": {"device": "cpu", "fp32_flops": 1e11, "bf16_flops": 2e11}, "train_setup": "tiny",
+              "train": rows, "train_comparisons": comparisons, "generate_setup": "none", "generate": []}
+    printed = table(result)
+    assert "| laffi | float32 | prefix | packed |" in printed and "| laffi | float32 | prefix | padded |" in printed

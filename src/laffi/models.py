@@ -50,14 +50,12 @@ def cpu_has_bf16() -> bool:
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """model.dtype=auto: bf16 on GPUs that support it and on CPUs with bf16 matrix units (where it ran
-    2.4x faster than fp32 and agreed with it within the seed-to-seed spread; see the README), else fp32
-    (bf16 without them is emulated, and slower than fp32)."""
+    """model.dtype=auto: bf16 on GPUs that support it, else fp32. On CPUs with bf16 matrix units
+    (`cpu_has_bf16`) model.dtype=bfloat16 answers about 2x faster; it becomes the CPU default once the
+    dev set shows it within the seed-to-seed spread of fp32 (benchmarks/dev_seeds.py; see the README)."""
     if requested != "auto":
         return getattr(torch, requested)
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
 
@@ -184,6 +182,8 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
     if not four_bit and device.type != "cpu":
         model.to(device)
     model.eval()
+    hint = (", model.dtype=bfloat16 runs on this CPU's bf16 units" if device.type == "cpu"
+            and dtype == torch.float32 and config.dtype == "auto" and cpu_has_bf16() else "")
     print(f"model {config.name}: {str(dtype).removeprefix('torch.')} on {device}"
-          f"{' (model.dtype=auto)' if config.dtype == 'auto' else ''}", flush=True)
+          f"{' (model.dtype=auto' + hint + ')' if config.dtype == 'auto' else ''}", flush=True)
     return model, load_tokenizer(config)

@@ -1,9 +1,10 @@
 """Stopping at the end of the line by token ids answers exactly as generate(stop_strings=["\\n"])."""
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StopStringCriteria
+from transformers import AutoTokenizer, StopStringCriteria
 
 from laffi.backends.local import greedy_generate, tokens_containing
+from support.newline_model import newline_prone_model
 
 
 def test_newline_tokens_are_the_ones_stop_strings_stops_on(tiny_model_dir):
@@ -18,11 +19,7 @@ def test_newline_tokens_are_the_ones_stop_strings_stops_on(tiny_model_dir):
 
 
 def test_greedy_generate_matches_hf_stop_strings(tiny_model_dir):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
-    with torch.no_grad():  # a model that writes a newline often, but not always at once
-        model.get_input_embeddings().weight[newline] *= 8
+    model, tokenizer = newline_prone_model(tiny_model_dir)
     generator = torch.Generator().manual_seed(1)
     prompts = {f"q{i}": torch.randint(100, 5000, (n,), generator=generator).tolist()
                for i, n in enumerate((5, 9, 9, 14, 3, 20))}

@@ -4,10 +4,11 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from laffi.backends.local import greedy_generate
 from laffi.backends.prefix_sharing import shared_prefix_generate
+from laffi.packing import pack
+from support.newline_model import newline_prone_model
 
 
 def prompts_with_shared_prefixes(seed: int = 0) -> dict[str, list[int]]:
@@ -30,12 +31,7 @@ def prompts_with_shared_prefixes(seed: int = 0) -> dict[str, list[int]]:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
-    with torch.no_grad():  # a model that writes a newline often, but not always at once
-        model.get_input_embeddings().weight[newline] *= 8
-    return model, tokenizer
+    return newline_prone_model(tiny_model_dir)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -58,7 +54,6 @@ def test_shared_prefix_answers_equal_unshared(tiny, attention, batch_size):
 
 def test_shared_prefix_logits_equal_unshared(tiny):
     """Not just the argmax: the next-token distribution after each prompt is the unpacked one."""
-    from laffi.packing import pack
     model, _ = tiny
     prompts = list(prompts_with_shared_prefixes().values())
     row = pack(prompts)

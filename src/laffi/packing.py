@@ -11,11 +11,11 @@ per sequence.
 
     row = pack([ids_a, ids_b])
     out = model(input_ids=row.input_ids(), position_ids=row.position_ids(),
-                attention_mask=row.mask(row.segments, row.rows, additive_mask(model)))
+                attention_mask=row.mask(additive_mask(model)))
     out.logits[0, row.last[0]]   # the prediction after sequence a, as model(ids_a) gives it
 
-Decoding continues a packed row: `extend` appends a new segment per sequence (its generated tokens),
-each a child of the node where that sequence ends.
+Answering (`backends.prefix_sharing`) prefills prompts this way and training (`stages.batches`)
+runs a batch this way.
 """
 
 from __future__ import annotations
@@ -67,11 +67,6 @@ class PackedRow:
     leave: list[int] = field(default_factory=list)
     paths: list[list[int]] = field(default_factory=list)  # per sequence: the row index of each of its tokens
     last: list[int] = field(default_factory=list)  # per sequence: the row index of its last token
-    tail: list[int] = field(default_factory=list)  # per sequence: the segment its continuation goes in
-
-    @property
-    def rows(self) -> list[int]:
-        return list(range(len(self.tokens)))
 
     def input_ids(self, device=None) -> torch.Tensor:
         return torch.tensor([self.tokens], device=device)
@@ -79,39 +74,24 @@ class PackedRow:
     def position_ids(self, device=None) -> torch.Tensor:
         return torch.tensor([self.positions], device=device)
 
-    def mask(self, query_segments: list[int], query_rows: list[int], additive: bool, device=None) -> torch.Tensor:
-        """The 4D mask (1, 1, queries, keys) over every token of the row so far: True where a query may
-        attend (what SDPA takes), or with `additive` 0 there and -inf elsewhere in fp32 (what eager
-        attention adds to its scores, in any compute dtype)."""
-        enter = torch.tensor(self.enter, device=device)
-        leave = torch.tensor(self.leave, device=device)
-        keys = torch.tensor(self.segments, device=device)
-        queries = torch.tensor(query_segments, device=device)
-        on_path = (enter[keys][None, :] <= enter[queries][:, None]) & (enter[queries][:, None] < leave[keys][None, :])
-        causal = torch.arange(len(self.tokens), device=device)[None, :] <= torch.tensor(query_rows, device=device)[:, None]
-        allowed = (on_path & causal)[None, None]
+    def mask(self, additive: bool, device=None) -> torch.Tensor:
+        """The 4D mask (1, 1, tokens, tokens): True where a token may attend (what SDPA takes), or with
+        `additive` 0 there and -inf elsewhere in fp32 (what eager attention adds to its scores, in any
+        compute dtype)."""
+        enter = torch.tensor(self.enter, device=device)[torch.tensor(self.segments, device=device)]
+        leave = torch.tensor(self.leave, device=device)[torch.tensor(self.segments, device=device)]
+        on_path = (enter[None, :] <= enter[:, None]) & (enter[:, None] < leave[None, :])
+        allowed = torch.tril(on_path)[None, None]  # and causal: no token sees one after it
         if not additive:
             return allowed
         return torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
 
-    def extend(self, sequences: list[int], tokens: list[int]) -> list[int]:
-        """Append one token to each of `sequences` (a generated token after each); returns their rows."""
-        rows = []
-        for sequence, token in zip(sequences, tokens):
-            rows.append(len(self.tokens))
-            self.tokens.append(token)
-            self.positions.append(self.positions[self.last[sequence]] + 1)
-            self.segments.append(self.tail[sequence])
-            self.last[sequence] = rows[-1]
-        return rows
-
 
 def pack(sequences: list[list[int]]) -> PackedRow:
-    """Lay `sequences` out as a prefix tree in one row (see PackedRow); each gets a segment of its own
-    after its last token (`tail`), for tokens appended later, even where sequences are equal."""
+    """Lay `sequences` out as a prefix tree in one row (see PackedRow); equal sequences share all of it."""
     if any(not s for s in sequences):
         raise ValueError("pack: a sequence is empty")
-    row = PackedRow(paths=[[] for _ in sequences], last=[0] * len(sequences), tail=[0] * len(sequences))
+    row = PackedRow(paths=[[] for _ in sequences], last=[0] * len(sequences))
     order = sorted(range(len(sequences)), key=lambda i: sequences[i])  # shared beginnings are neighbours
     counter = 0
 
@@ -151,9 +131,6 @@ def pack(sequences: list[list[int]]) -> PackedRow:
                 stop += 1
             place(rest[start:stop], shared)
             start = stop
-        for m in ended:  # each continues in a segment of its own, below this one
-            row.tail[m] = new_segment()
-            close(row.tail[m])
         close(segment)
 
     if sequences:

@@ -59,8 +59,22 @@ def test_shared_prefix_logits_equal_unshared(tiny):
     row = pack(prompts)
     with torch.no_grad():
         packed = model(input_ids=row.input_ids(), position_ids=row.position_ids(),
-                       attention_mask=row.mask(row.segments, row.rows, additive=False)).logits[0]
+                       attention_mask=row.mask(additive=False)).logits[0]
         for i, ids in enumerate(prompts):
             alone = model(input_ids=torch.tensor([ids])).logits[0, -1]
             torch.testing.assert_close(packed[row.last[i]], alone, atol=1e-4, rtol=1e-4)
     assert len(row.tokens) < sum(map(len, prompts)) / 2  # the shared parts ran once
+
+
+def test_a_packed_row_holds_each_sequence_on_its_own_path_and_each_token_sees_only_that_path():
+    sequences = [[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 7], [1, 2, 3, 4], [9]]
+    row = pack(sequences)
+    assert row.tokens == [1, 2, 3, 4, 5, 6, 7, 9]  # each shared run once; the equal sequences share all
+    allowed = row.mask(additive=False)[0, 0]
+    for i, sequence in enumerate(sequences):
+        path = row.paths[i]
+        assert [row.tokens[k] for k in path] == sequence and [row.positions[k] for k in path] == list(range(len(sequence)))
+        assert path[-1] == row.last[i]
+        assert torch.nonzero(allowed[row.last[i]]).flatten().tolist() == path
+    additive = row.mask(additive=True)[0, 0]
+    assert torch.equal(additive == 0, allowed)

@@ -74,7 +74,7 @@ def _prefill(model, sequences: list[list[int]], max_new_tokens: int, device):
     for members in prefill_rows(sequences):
         row = pack([sequences[m] for m in members])
         output = model(input_ids=row.input_ids(device), position_ids=row.position_ids(device),
-                       attention_mask=row.mask(row.segments, row.rows, additive, device), use_cache=True,
+                       attention_mask=row.mask(additive, device), use_cache=True,
                        logits_to_keep=torch.tensor(row.last, device=device))
         logits.append(output.logits[0])
         # each prompt's path through the tree, left-padded to the batch's longest prompt

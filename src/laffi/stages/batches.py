@@ -144,7 +144,7 @@ def pack_rows(rows: list[Row], device: torch.device, additive: bool) -> dict[str
                 predict_at.append(path[k - 1])
                 targets.append(labels[k])
     return {"input_ids": row.input_ids(device), "position_ids": row.position_ids(device),
-            "attention_mask": row.mask(row.segments, row.rows, additive, device),
+            "attention_mask": row.mask(additive, device),
             "predict_at": torch.tensor([predict_at], device=device), "targets": torch.tensor(targets, device=device)}
 
 

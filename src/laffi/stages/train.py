@@ -5,6 +5,9 @@
     accelerate launch --config_file configs/accelerate/multi-gpu.yaml -m laffi.cli train runs/demo --system laffi
     torchrun --nproc_per_node 8 -m laffi.cli train runs/demo --system laffi
 
+Batches are mostly one article's examples, each run as one packed row in which the prefix they
+share runs once (laffi.stages.batches; train.group_by, train.pack).
+
 Writes adapters/SYSTEM/: the adapter in PEFT's format (PeftModel.from_pretrained loads it),
 train_log.jsonl (loss, lr, tokens/s per step), summary.json and config.yaml. Every
 `train.checkpoint_every` steps it saves a checkpoint (adapter, optimizer, scheduler, RNG);
@@ -45,6 +48,7 @@ from laffi.models import load_model, pick_device
 from laffi.packing import additive_mask, block_mask_unsupported
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_json, write_records
 from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, tokenize
+
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":

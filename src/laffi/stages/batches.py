@@ -3,12 +3,13 @@ or as one packed row, and the completion-only loss.
 
     rows = tokenize(tokenizer, examples, max_seq_len=1024)
     batches = batch_order(rows, batch_size=4, num_batches=32, seed=0, group_by="prefix")
-    loss = completion_loss_sum(model, to_device_batch(rows, batches[0], pad_id, device, pack=True))
+    loss = loss_sum(model, [rows[i] for i in batches[0]], pad_id, device, packed=True, additive=False)
 
 By default (`train.group_by=prefix`, `train.pack=true`) a batch is mostly one article's examples
-(`family_batch_order`) and runs as one packed row (`laffi.packing`): the system prompt and shots they share, and a passage two
-questions share, run forward and backward once per step instead of once per example, with the loss
-and gradients of the same batch unpacked (tests/stages/test_completion_loss.py).
+(`family_batch_order`) and runs as one packed row (`laffi.packing`): the system prompt and shots
+they share, and a passage two questions share, run forward and backward once per step instead of
+once per example, with the loss and gradients of the same batch unpacked
+(tests/stages/test_completion_loss.py).
 """
 
 from __future__ import annotations

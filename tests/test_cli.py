@@ -57,3 +57,12 @@ def test_the_command_starts_without_loading_the_model_stack():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_run_takes_overrides_after_a_flag(tmp_path, capsys):
+    """`laffi run CONFIG --out X key=value`: the override after --out reaches the config (here, and
+    invalid, it stops the run with its own name) instead of being an unrecognized argument."""
+    assert main(["run", "configs/smollm2-cpu.yaml", "--out", str(tmp_path / "run"), "train.steps=0"]) == 2
+    error = capsys.readouterr().err
+    assert "train.steps" in error and "unrecognized" not in error
+    assert not (tmp_path / "run").exists()

@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse stops collecting key=value overrides at the first flag; take the ones after it too
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides += extra
+    # (`laffi run` names its positionals "args": a config file, then overrides)
+    collected = "overrides" if hasattr(args, "overrides") else "args" if args.command == "run" else None
+    if extra and collected and all("=" in e and not e.startswith("-") for e in extra):
+        setattr(args, collected, getattr(args, collected) + extra)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -171,11 +171,15 @@ class TrainConfig:
     # a batch as one packed row in which the prefix its examples share runs once (same loss and
     # gradients as the batch padded); false: padded rows
     pack: bool = True
+    # a packed batch whose row would be longer runs as several rows, a backward each (same gradients;
+    # the prefix they share runs once per row): it bounds a step's activations (about 1.3 MB a token
+    # on the embedded model in bf16). With several processes a batch always runs as one row.
+    max_row_tokens: int = 2048
     checkpoint_every: int = 8  # steps between resumable checkpoints; 0 = none
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "max_seq_len", "lora_r"):
+        for name in ("steps", "batch_size", "grad_accum", "max_seq_len", "lora_r", "max_row_tokens"):
             require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         require(self.lr > 0, "train.lr", "must be > 0")
         require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", "must be in [0, train.steps]")

@@ -11,11 +11,12 @@ per sequence.
 
     row = pack([ids_a, ids_b])
     out = model(input_ids=row.input_ids(), position_ids=row.position_ids(),
-                attention_mask=row.mask(additive_mask(model)))
+                attention_mask=row.mask(additive=False))
     out.logits[0, row.last[0]]   # the prediction after sequence a, as model(ids_a) gives it
 
 Answering (`backends.prefix_sharing`) prefills prompts this way and training (`stages.batches`)
-runs a batch this way.
+runs a batch this way, both with `laffi.tree_attention`, which computes only the blocks the mask
+allows (the mask itself is the definition the tests check it against).
 """
 
 from __future__ import annotations
@@ -37,9 +38,20 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-def additive_mask(model) -> bool:
-    """Whether `model`'s attention adds its mask to the scores (eager) rather than taking a boolean one."""
-    return getattr(model.config, "_attn_implementation", None) == "eager"
+def rows_within(sequences: list[list[int]], budget: int) -> list[list[int]]:
+    """`sequences` (sorted) cut into consecutive runs whose prefix tree holds at most `budget` tokens
+    (a longer sequence alone is a run of its own): in token order a sequence adds to the tree its
+    length less what it shares with the one before. Returns indices into `sequences`."""
+    rows: list[list[int]] = []
+    size = 0
+    for i, sequence in enumerate(sequences):
+        added = len(sequence) - (common_prefix_length(sequence, sequences[i - 1]) if rows else 0)
+        if not rows or size + added > budget:
+            rows.append([])
+            size, added = 0, len(sequence)
+        rows[-1].append(i)
+        size += added
+    return rows
 
 
 def block_mask_unsupported(model) -> str | None:

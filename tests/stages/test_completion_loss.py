@@ -117,11 +117,11 @@ def test_a_packed_row_gives_the_padded_batch_loss_and_gradients(tiny_model_dir, 
     batch = shared_prefix_rows(model.config.vocab_size)
     cpu = torch.device("cpu")
 
-    padded = loss_sum(model, batch, 0, cpu, packed=False, additive=attention == "eager")
+    padded = loss_sum(model, batch, 0, cpu, packed=False)
     padded.backward()
     padded_grads = lora_gradients(model)
     model.zero_grad(set_to_none=True)
-    packed = loss_sum(model, batch, 0, cpu, packed=True, additive=attention == "eager")
+    packed = loss_sum(model, batch, 0, cpu, packed=True)
     packed.backward()
 
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
@@ -129,3 +129,31 @@ def test_a_packed_row_gives_the_padded_batch_loss_and_gradients(tiny_model_dir, 
     assert grads.keys() == padded_grads.keys() and grads
     for name in grads:
         torch.testing.assert_close(grads[name], padded_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_batch_cut_into_rows_within_a_token_budget_sums_to_the_whole_rows_loss_and_gradients(tiny_model_dir):
+    from laffi.packing import pack
+    from laffi.stages.batches import packed_parts
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.train()
+    batch = shared_prefix_rows(model.config.vocab_size)
+    cpu = torch.device("cpu")
+    whole = loss_sum(model, batch, 0, cpu, packed=True)
+    whole.backward()
+    whole_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    parts = packed_parts(batch, budget=40)
+    assert len(parts) > 1 and sorted(map(tuple, (r for part in parts for r in part))) == sorted(map(tuple, batch))
+    assert all(len(pack([ids for ids, _ in part]).tokens) <= 40 or len(part) == 1 for part in parts)
+    total = 0.0
+    for part in parts:  # a backward per part, as train's backward_passes runs them
+        loss = loss_sum(model, part, 0, cpu, packed=True)
+        loss.backward()
+        total += loss.item()
+    assert total == pytest.approx(whole.item(), rel=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, whole_grads[name], rtol=1e-4, atol=1e-6)
+    assert packed_parts(batch, budget=10_000) == [sorted(batch)]  # within the budget: one row

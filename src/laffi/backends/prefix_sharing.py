@@ -21,12 +21,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from laffi.backends.local import Generation, stop_tokens
-from laffi.packing import additive_mask, common_prefix_length, pack
+from laffi.packing import pack, rows_within
+from laffi.tree_attention import TreeSpans, tree_attention
 
 
-# Tokens of one packed prefill row, at most (unless one prompt is longer): its block mask makes
-# attention quadratic in the row, while decoding is cheapest in large batches, so a batch of
-# generate.batch_size prompts is prefilled in rows of neighbours up to this size.
+# Tokens of one packed prefill row, at most (unless one prompt is longer): decoding is cheapest in
+# large batches, while a row's activations (and, before segment-wise attention, its block mask) grow
+# with it, so a batch of generate.batch_size prompts is prefilled in rows of neighbours up to this size.
 PREFILL_TOKENS = 2048
 
 
@@ -48,34 +49,19 @@ def shared_prefix_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenize
                for i, tokens in zip(ids, new)]
 
 
-def prefill_rows(sequences: list[list[int]], budget: int = PREFILL_TOKENS) -> list[list[int]]:
-    """Consecutive runs of `sequences` (sorted) whose prefix tree holds at most `budget` tokens: in token
-    order a sequence adds to the tree its length less what it shares with the one before."""
-    rows: list[list[int]] = []
-    size = 0
-    for i, sequence in enumerate(sequences):
-        added = len(sequence) - (common_prefix_length(sequence, sequences[i - 1]) if rows else 0)
-        if not rows or size + added > budget:
-            rows.append([])
-            size, added = 0, len(sequence)
-        rows[-1].append(i)
-        size += added
-    return rows
-
-
 def _prefill(model, sequences: list[list[int]], max_new_tokens: int, device):
     """Run the prompts as packed rows; returns the logits after each prompt, a static cache holding each
     prompt's own keys and values as one left-padded row (room for `max_new_tokens` more), and the padding
     mask. Decoding then steps one token per row, the way a padded batch does, never attending over
     other prompts' tokens."""
     width = max(len(s) for s in sequences)
-    additive = additive_mask(model)
     logits, states = [], []
-    for members in prefill_rows(sequences):
+    for members in rows_within(sequences, PREFILL_TOKENS):
         row = pack([sequences[m] for m in members])
-        output = model(input_ids=row.input_ids(device), position_ids=row.position_ids(device),
-                       attention_mask=row.mask(additive, device), use_cache=True,
-                       logits_to_keep=torch.tensor(row.last, device=device))
+        with tree_attention(model):
+            output = model(input_ids=row.input_ids(device), position_ids=row.position_ids(device),
+                           packed_tree=TreeSpans.of(row, device), use_cache=True,
+                           logits_to_keep=torch.tensor(row.last, device=device))
         logits.append(output.logits[0])
         # each prompt's path through the tree, left-padded to the batch's longest prompt
         index = torch.tensor([[path[0]] * (width - len(path)) + path for path in row.paths], device=device)

@@ -1,9 +1,12 @@
 """The stages of `laffi run` and `laffi ablate`, announced as they start and timed: the seconds
 each took go into run_info.json and results.md (`laffi run`) or ablation.json (`laffi ablate`), so
-a slow stage shows up in the numbers, not only in the log."""
+a slow stage shows up in the numbers, not only in the log. The process's peak resident memory at
+the end of each stage goes into run_info.json too: it only grows, so the stage that raised it is
+the one whose number jumps."""
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any, Callable
 
@@ -11,10 +14,12 @@ from laffi.models import release_memory
 
 
 class StageClock:
-    """Call it with a stage's name and function; `.seconds` holds each finished stage's wall time."""
+    """Call it with a stage's name and function; `.seconds` holds each finished stage's wall time and
+    `.peak_mb` the process's peak resident memory when it ended."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
 
     def __call__(self, stage: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` as the stage named `stage`; return what it returns."""
@@ -23,4 +28,5 @@ class StageClock:
         result = fn(*args, **kwargs)
         release_memory()  # so one stage's peak memory does not stay on top of the next one's
         self.seconds[stage] = round(time.perf_counter() - started, 1)
+        self.peak_mb[stage] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
         return result

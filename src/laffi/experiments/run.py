@@ -57,6 +57,6 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
         else:
             adapter = timed(f"train {system}", launcher.train, layout, system)
         metrics[system] = timed(f"evaluate {system}", evaluate, layout, system, *shared, adapter=adapter)
-    results = write_results(layout, metrics, timed.seconds, config.eval)
+    results = write_results(layout, metrics, timed.seconds, config.eval, timed.peak_mb)
     write_report(layout.root)  # report.html: the results, loss curves and samples in one page
     return results

@@ -74,7 +74,7 @@ def results_markdown(layout: RunLayout, results: dict, differences: dict, second
 
 
 def write_results(layout: RunLayout, metrics: dict[str, dict], seconds: dict[str, float],
-                  config: EvalConfig) -> dict:
+                  config: EvalConfig, peak_mb: dict[str, float] | None = None) -> dict:
     results = {system: {k: m[k] for k in KEYS} for system, m in metrics.items()}
     differences = paired_differences(layout, list(metrics), config)
     write_json(layout.results_json, results)
@@ -84,7 +84,7 @@ def write_results(layout: RunLayout, metrics: dict[str, dict], seconds: dict[str
         summary = layout.train_summary(system)
         if summary.exists():
             training[system] = json.loads(summary.read_text(encoding="utf-8"))
-    info = {"stage_seconds": seconds, "paired_differences": differences, "training": training,
+    info = {"stage_seconds": seconds, "peak_rss_mb_after_stage": peak_mb or {}, "paired_differences": differences, "training": training,
             "generation": {s: m.get("generation") for s, m in metrics.items()}}
     write_json(layout.run_info, info)
     return results

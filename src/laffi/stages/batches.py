@@ -3,13 +3,13 @@ or as one packed row, and the completion-only loss.
 
     rows = tokenize(tokenizer, examples, max_seq_len=1024)
     batches = batch_order(rows, batch_size=4, num_batches=32, seed=0, group_by="prefix")
-    loss = loss_sum(model, [rows[i] for i in batches[0]], pad_id, device, packed=True, additive=False)
+    loss = loss_sum(model, [rows[i] for i in batches[0]], pad_id, device, packed=True)
 
 By default (`train.group_by=prefix`, `train.pack=true`) a batch is mostly one article's examples
-(`family_batch_order`) and runs as one packed row (`laffi.packing`): the system prompt and shots
-they share, and a passage two questions share, run forward and backward once per step instead of
-once per example, with the loss and gradients of the same batch unpacked
-(tests/stages/test_completion_loss.py).
+(`family_batch_order`) and runs as one packed row (`laffi.packing`, attended segment by segment by
+`laffi.tree_attention`): the system prompt and shots they share, and a passage two questions share,
+run forward and backward once per step instead of once per example, with the loss and gradients of
+the same batch unpacked (tests/stages/test_completion_loss.py).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import random
 
 import torch
 
-from laffi.packing import common_prefix_length, pack
+from laffi.packing import common_prefix_length, pack, rows_within
 from laffi.prompts import prompt_completion_ids
 from laffi.records import TrainingExample
+from laffi.tree_attention import TreeSpans, tree_attention
 
 Row = tuple[list[int], list[int]]  # input ids, labels (IGNORE on the prompt)
 
@@ -134,8 +135,8 @@ def family_batch_order(sequences: list[list[int]], batch_size: int, num_batches:
     return batches[:num_batches]
 
 
-def pack_rows(rows: list[Row], device: torch.device, additive: bool) -> dict[str, torch.Tensor]:
-    """A batch as one packed row: input ids, position ids, the block mask, and for every completion token
+def pack_rows(rows: list[Row], device: torch.device) -> dict:
+    """A batch as one packed row: input ids, position ids, its segments, and for every completion token
     the row position that predicts it (`predict_at`, a position a shared prefix may hold for several)."""
     row = pack([ids for ids, _ in rows])
     predict_at, targets = [], []
@@ -145,23 +146,31 @@ def pack_rows(rows: list[Row], device: torch.device, additive: bool) -> dict[str
                 predict_at.append(path[k - 1])
                 targets.append(labels[k])
     return {"input_ids": row.input_ids(device), "position_ids": row.position_ids(device),
-            "attention_mask": row.mask(additive, device),
+            "packed_tree": TreeSpans.of(row, device),
             "predict_at": torch.tensor([predict_at], device=device), "targets": torch.tensor(targets, device=device)}
 
 
-def packed_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def packed_parts(rows: list[Row], budget: int) -> list[list[Row]]:
+    """A batch cut into packed rows of at most `budget` tokens each (one row if it fits); their summed
+    losses are the batch's."""
+    order = sorted(range(len(rows)), key=lambda i: rows[i][0])
+    return [[rows[order[k]] for k in run] for run in rows_within([rows[i][0] for i in order], budget)]
+
+
+def packed_loss_sum(model, batch: dict) -> torch.Tensor:
     """Summed cross-entropy of the completion tokens of a packed row (`pack_rows`); the LM head runs only
     at the positions that predict them."""
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                   attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=batch["predict_at"]).logits
+    with tree_attention(getattr(model, "module", model)):  # DDP and DeepSpeed hold the model as .module
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], packed_tree=batch["packed_tree"],
+                       use_cache=False, logits_to_keep=batch["predict_at"]).logits
     if logits.shape[1] != batch["targets"].shape[0]:  # a model without logits_to_keep computed every position
         logits = logits[:, batch["predict_at"][0]]
     return torch.nn.functional.cross_entropy(logits[0].float(), batch["targets"], reduction="sum")
 
 
-def loss_sum(model, rows: list[Row], pad_id: int, device: torch.device, packed: bool, additive: bool) -> torch.Tensor:
+def loss_sum(model, rows: list[Row], pad_id: int, device: torch.device, packed: bool) -> torch.Tensor:
     """The summed completion loss of `rows` as one batch: one packed row, or padded rows."""
     if packed:
-        return packed_loss_sum(model, pack_rows(rows, device, additive))
+        return packed_loss_sum(model, pack_rows(rows, device))
     return completion_loss_sum(model, collate(rows, pad_id, device))
 

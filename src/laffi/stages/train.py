@@ -31,6 +31,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from tqdm import tqdm
 from transformers import get_scheduler
 
@@ -45,9 +46,9 @@ from laffi.distributed.checkpoint import (
 from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, adapter_finished
 from laffi.models import load_model, pick_device
-from laffi.packing import additive_mask, block_mask_unsupported
+from laffi.packing import block_mask_unsupported
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_json, write_records
-from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, tokenize
+from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_parts, tokenize
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -71,13 +72,20 @@ def model_device(accelerator: Accelerator, model_config: ModelConfig) -> str:
     return str(device) if device.type == "cuda" else device.type
 
 
-def add_lora(model, model_config: ModelConfig, config: TrainConfig):
+def add_lora(model, model_config: ModelConfig, config: TrainConfig, autocast: bool = False):
+    """The LoRA adapter on `model`, in fp32 (PEFT's default). With `autocast` (bf16 base weights) the
+    adapters' matmuls run in bf16 under autocast, and PEFT's own cast of each adapted module's input to
+    fp32 is switched off: it kept an fp32 copy of the input and of its dropout mask per module for the
+    backward, which on a 1,900-token row of the embedded model came to about 1 GB."""
     if model_config.load_in_4bit:  # QLoRA: fp32 norms, input grads for the frozen 4-bit base
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     target = config.target_modules[0] if config.target_modules == ["all-linear"] else config.target_modules
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=target, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
+    for module in model.modules() if autocast else ():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -86,9 +94,10 @@ def add_lora(model, model_config: ModelConfig, config: TrainConfig):
 
 
 def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: list[list[int]], plan: BatchPlan,
-                    pad_id: int, packed: bool, additive: bool) -> list[float]:
+                    pad_id: int, packed: bool, autocast: bool, max_row_tokens: int) -> list[float]:
     """This process's forward and backward passes for one optimizer step (`window`: the step's
-    batches). Returns its share of [loss, tokens, completion tokens], for the log."""
+    batches), under bf16 autocast with `autocast`. Returns its share of [loss, tokens, completion
+    tokens], for the log."""
     # normalise by the completion tokens of the whole step (all processes), so the gradient
     # is that of one big batch however the step is cut into passes and processes
     window_tokens = sum(completion_tokens(rows[i]) for batch in window for i in batch)
@@ -99,11 +108,15 @@ def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: li
     for indices in shard_window(window, plan, accelerator.process_index):
         # a process with nothing left in a short step still joins the gradient reduction, weighing 0
         chosen = [rows[i] for i in indices or window[0][:1]]
-        with accelerator.accumulate(model):
-            loss = loss_sum(model, chosen, pad_id, accelerator.device, packed, additive) / max(window_tokens, 1)
-            accelerator.backward(loss * (scale if indices else 0.0))
+        # one process may cut a long packed row (every process must run the same number of backwards)
+        parts = packed_parts(chosen, max_row_tokens) if packed and plan.processes == 1 else [chosen]
+        with accelerator.accumulate(model), torch.autocast(accelerator.device.type, torch.bfloat16, enabled=autocast):
+            for part in parts:
+                loss = loss_sum(model, part, pad_id, accelerator.device, packed) / max(window_tokens, 1)
+                accelerator.backward(loss * (scale if indices else 0.0))
+                if indices:
+                    loss_share += loss.item()
         if indices:
-            loss_share += loss.item()
             tokens += sum(len(ids) for ids, _ in chosen)  # the examples' tokens, however many ran
             completion += sum(completion_tokens(row) for row in chosen)
     return [loss_share, tokens, completion]
@@ -143,8 +156,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)))
     rows = tokenize(tokenizer, examples, train.max_seq_len)
     packed = train.pack and _packing_possible(lm, accelerator)
-    additive = additive_mask(lm)
-    lm = add_lora(lm, model, train)
+    # bf16 base weights: the fp32 adapters run under autocast, as TRL's bf16=True does
+    autocast = not model.load_in_4bit and lm.dtype == torch.bfloat16
+    lm = add_lora(lm, model, train, autocast)
     optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad],
                                   lr=train.lr, weight_decay=train.weight_decay)
     scheduler = get_scheduler(train.schedule, optimizer, num_warmup_steps=train.warmup_steps,
@@ -166,7 +180,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     bar = tqdm(total=train.steps, initial=start, desc=f"train {system}", unit="step", disable=not main)
     for step in range(start + 1, train.steps + 1):
         window = batches[(step - 1) * train.grad_accum: step * train.grad_accum]
-        share = backward_passes(accelerator, lm, rows, window, plan, pad_id, packed, additive)
+        share = backward_passes(accelerator, lm, rows, window, plan, pad_id, packed, autocast, train.max_row_tokens)
         norm = accelerator.clip_grad_norm_(lm.parameters(), train.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -193,7 +207,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         write_records(log_path, log)
         unwrapped.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         summary = {"system": system, "examples": len(rows), "steps": train.steps, "resumed_from_step": start,
-                   "packed": packed, "processes": plan.processes, "per_device_batch": plan.per_device_batch,
+                   "packed": packed, "autocast": autocast, "processes": plan.processes, "per_device_batch": plan.per_device_batch,
                    "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
                    "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,
                    "seconds_this_process": round(time.perf_counter() - began, 2),

@@ -1,0 +1,65 @@
+"""Segment-wise attention over a packed row computes what the row's block mask allows, no more, no less."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from laffi.packing import pack
+from laffi.tree_attention import NAME, TreeSpans, tree_attention
+
+
+def sequences() -> list[list[int]]:
+    head, passage = list(range(10, 25)), list(range(40, 48))
+    return [head + [60, 61, 62], head + passage + [70, 71], head + passage + [72], head + passage,
+            head + passage, [90, 91, 92, 93], head]
+
+
+def test_each_token_attends_to_exactly_the_keys_its_mask_allows():
+    row = pack(sequences())
+    allowed = row.mask(additive=False)[0, 0]
+    spans = TreeSpans.of(row)
+    covered = []
+    for segment in spans.segments:
+        covered += range(segment.start, segment.stop)
+        ancestors = [] if segment.ancestors is None else segment.ancestors.tolist()
+        for offset, token in enumerate(range(segment.start, segment.stop)):
+            sees = ancestors + list(range(segment.start, token + 1))
+            if segment.mask is not None:  # the segment's mask row says the same
+                keys = ancestors + list(range(segment.start, segment.stop))
+                assert [k for k, ok in zip(keys, segment.mask[offset].tolist()) if ok] == sees
+            assert torch.nonzero(allowed[token]).flatten().tolist() == sees
+    assert covered == list(range(len(row.tokens)))  # segments tile the row, in order
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_logits_equal_the_block_masked_row_and_each_sequence_alone(tiny_model_dir, attention):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
+    model.eval()
+    row = pack(sequences())
+    with torch.no_grad():
+        masked = model(input_ids=row.input_ids(), position_ids=row.position_ids(),
+                       attention_mask=row.mask(additive=attention == "eager")).logits[0]
+        with tree_attention(model):
+            tree = model(input_ids=row.input_ids(), position_ids=row.position_ids(),
+                         packed_tree=TreeSpans.of(row)).logits[0]
+        torch.testing.assert_close(tree, masked, atol=1e-5, rtol=1e-5)
+        for path, ids in zip(row.paths, sequences()):
+            alone = model(input_ids=torch.tensor([ids])).logits[0]
+            torch.testing.assert_close(tree[path], alone, atol=1e-5, rtol=1e-5)
+    assert model.config._attn_implementation == attention  # the switch is undone
+
+
+def test_inside_the_switch_a_batch_without_a_tree_runs_as_before_and_an_error_undoes_it(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model.eval()
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])}
+    with torch.no_grad():
+        before = model(**batch).logits
+        with tree_attention(model):
+            assert model.config._attn_implementation == NAME
+            inside = model(**batch).logits
+    torch.testing.assert_close(inside, before)
+    with pytest.raises(RuntimeError), tree_attention(model):
+        raise RuntimeError("a failed forward")
+    assert model.config._attn_implementation == "sdpa"

@@ -31,10 +31,16 @@ def test_embedded_model_converts_once_and_answers(tmp_path, monkeypatch):
     assert extract_answer(generation.text) == "Paris"
 
 
-def test_device_and_dtype_choice():
-    assert pick_device("cpu").type == "cpu"
-    assert str(pick_dtype("auto", pick_device("cpu"))) == "torch.float32"
-    assert str(pick_dtype("bfloat16", pick_device("cpu"))) == "torch.bfloat16"
+def test_device_and_dtype_choice(monkeypatch):
+    import laffi.models as models
+
+    cpu = pick_device("cpu")
+    assert cpu.type == "cpu"
+    assert pick_dtype("auto", cpu) == (torch.bfloat16 if models.cpu_has_bf16() else torch.float32)
+    for has_bf16, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(models, "cpu_has_bf16", lambda: has_bf16)
+        assert pick_dtype("auto", cpu) == dtype
+    assert pick_dtype("bfloat16", cpu) == torch.bfloat16 and pick_dtype("float32", cpu) == torch.float32
 
 
 def test_attention_kernel_choice(tiny_model_dir):

@@ -63,3 +63,21 @@ def test_inside_the_switch_a_batch_without_a_tree_runs_as_before_and_an_error_un
     with pytest.raises(RuntimeError), tree_attention(model):
         raise RuntimeError("a failed forward")
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_model_that_cannot_take_packed_rows_falls_back_and_says_so_once_per_option(monkeypatch):
+    from types import SimpleNamespace
+
+    from laffi import packing
+
+    monkeypatch.setattr(packing, "_SAID", set())  # what earlier tests in this process reported
+    windowed = SimpleNamespace(config=SimpleNamespace(sliding_window=4096, use_sliding_window=True))
+    said = []
+    assert not packing.can_pack(windowed, "train.pack", "its batches run padded", said.append)
+    assert not packing.can_pack(windowed, "train.pack", "its batches run padded", said.append)
+    assert not packing.can_pack(windowed, "generate.share_prefix", "answering in padded batches", said.append)
+    reason = "sliding-window attention, which tree attention does not reproduce"
+    assert said == [f"train.pack: off for this model ({reason}); its batches run padded",
+                    f"generate.share_prefix: off for this model ({reason}); answering in padded batches"]
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2", sliding_window=None))
+    assert packing.can_pack(flash, "train.pack", "", said.append) and len(said) == 2  # tree attention replaces it

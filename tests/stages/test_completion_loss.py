@@ -4,6 +4,7 @@ wrapped in PEFT, and sharded by FSDP2 over 2 processes."""
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from transformers import AutoModelForCausalLM
 from laffi.config import load_config
 from laffi.stages.batches import IGNORE, collate, completion_loss_sum, loss_sum
 from laffi.stages.train import add_lora
+from laffi.tree_attention import tree_attention
 
 
 def full_logits_loss(model, batch):
@@ -121,8 +123,9 @@ def test_a_packed_row_gives_the_padded_batch_loss_and_gradients(tiny_model_dir, 
     padded.backward()
     padded_grads = lora_gradients(model)
     model.zero_grad(set_to_none=True)
-    packed = loss_sum(model, batch, 0, cpu, packed=True)
-    packed.backward()
+    with tree_attention(model):
+        packed = loss_sum(model, batch, 0, cpu, packed=True)
+        packed.backward()
 
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
     grads = lora_gradients(model)
@@ -140,8 +143,9 @@ def test_a_batch_cut_into_rows_within_a_token_budget_sums_to_the_whole_rows_loss
     model.train()
     batch = shared_prefix_rows(model.config.vocab_size)
     cpu = torch.device("cpu")
-    whole = loss_sum(model, batch, 0, cpu, packed=True)
-    whole.backward()
+    with tree_attention(model):
+        whole = loss_sum(model, batch, 0, cpu, packed=True)
+        whole.backward()
     whole_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
 
@@ -150,10 +154,65 @@ def test_a_batch_cut_into_rows_within_a_token_budget_sums_to_the_whole_rows_loss
     assert all(len(pack([ids for ids, _ in part]).tokens) <= 40 or len(part) == 1 for part in parts)
     total = 0.0
     for part in parts:  # a backward per part, as train's backward_passes runs them
-        loss = loss_sum(model, part, 0, cpu, packed=True)
-        loss.backward()
+        with tree_attention(model):
+            loss = loss_sum(model, part, 0, cpu, packed=True)
+            loss.backward()
         total += loss.item()
     assert total == pytest.approx(whole.item(), rel=1e-5)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, whole_grads[name], rtol=1e-4, atol=1e-6)
     assert packed_parts(batch, budget=10_000) == [sorted(batch)]  # within the budget: one row
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_bf16_weights_train_fp32_adapters_under_autocast_without_fp32_input_copies(tiny_model_dir, packed):
+    """add_lora(autocast=True): PEFT's cast of each input to the adapters' fp32 is off, the adapters stay
+    fp32 and get fp32 gradients, and the loss is the fp32 model's within bf16 rounding."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    config = load_config(overrides=[f"model.name={tiny_model_dir}", "train.lora_dropout=0"])
+    batch = shared_prefix_rows(1000)
+    cpu = torch.device("cpu")
+    losses = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
+        model = add_lora(model, config.model, config.train, autocast=dtype == torch.bfloat16)
+        layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        assert layers and all(m.cast_input_dtype_enabled == (dtype == torch.float32) for m in layers)
+        for name, p in model.named_parameters():  # B starts at zero; move it so the adapter matters
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(2))
+        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16), tree_attention(model):
+            loss = loss_sum(model, batch, 0, cpu, packed=packed)
+            loss.backward()
+        grads = lora_gradients(model)
+        assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
+        losses[dtype] = loss.item()
+    assert losses[torch.bfloat16] == pytest.approx(losses[torch.float32], rel=2e-2)
+
+
+def test_a_packed_row_outside_tree_attention_is_refused(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="inside laffi.tree_attention"):
+        loss_sum(model, shared_prefix_rows(1000), 0, torch.device("cpu"), packed=True)
+
+
+def test_gradient_checkpointing_reruns_packed_forwards_with_tree_attention(tiny_model_dir):
+    """Checkpointing runs each layer's forward again in the backward: the switch must still be on then."""
+    config = load_config(overrides=[f"model.name={tiny_model_dir}", "train.lora_dropout=0"])
+    batch = shared_prefix_rows(1000)
+    grads = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        train = replace(config.train, gradient_checkpointing=checkpointing)
+        model = add_lora(model, config.model, train)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(2))
+        with tree_attention(model):
+            loss_sum(model, batch, 0, torch.device("cpu"), packed=True).backward()
+        grads[checkpointing] = lora_gradients(model)
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6)

@@ -101,6 +101,29 @@ def test_lora_training_learns_and_saves_a_peft_adapter(tiny_model_dir, tmp_path)
     assert summary["steps"] == 6 and summary["final_loss"] == log[-1].loss
 
 
+def test_a_step_cut_into_rows_within_max_row_tokens_trains_the_same_adapter(tiny_model_dir, tmp_path):
+    """backward_passes runs a backward per row; with accelerate's scaling the step's gradient is the whole
+    row's (in fp32, where sums in another order agree; and no dropout: a cut draws the shared prefix's
+    dropout mask once per row)."""
+    adapters = {}
+    for budget in (4096, 48):
+        make_set(tmp_path / str(budget))
+        config = load_config(overrides=overrides(tiny_model_dir) + ["model.dtype=float32", "train.lora_dropout=0",
+                                                                    f"train.max_row_tokens={budget}"])
+        out = train(RunLayout(tmp_path / str(budget)), "sft", config.model, config.train)
+        adapters[budget] = load_file(out / "adapter_model.safetensors")
+        losses = [e.loss for e in read_records(out / "train_log.jsonl", TrainLogEntry)]
+        adapters[f"{budget} losses"] = losses
+    from laffi.models import load_tokenizer
+    from laffi.stages.batches import packed_parts, tokenize
+
+    rows = tokenize(load_tokenizer(config.model), make_set(tmp_path / "rows"), config.train.max_seq_len)
+    assert len(packed_parts(rows, 48)) > 1 and len(packed_parts(rows, 4096)) == 1  # the cut happened
+    assert adapters["48 losses"] == pytest.approx(adapters["4096 losses"], rel=1e-4)
+    for name in adapters[4096]:
+        torch.testing.assert_close(adapters[48][name], adapters[4096][name], rtol=1e-4, atol=1e-6)
+
+
 class Crash(Exception):
     pass
 

@@ -20,7 +20,7 @@ from laffi.backends.openai_backend import OpenAIGenerator
 from laffi.backends.prefix_sharing import shared_prefix_generate
 from laffi.config import DataConfig, GenerateConfig, ModelConfig
 from laffi.models import load_model, load_tokenizer
-from laffi.packing import block_mask_unsupported
+from laffi.packing import can_pack
 from laffi.prompts import choose_shots, prompt_ids, qa_messages
 from laffi.records import QAExample, RecordWriter
 
@@ -45,17 +45,9 @@ def decoder(model, config: GenerateConfig) -> Callable:
     server = getattr(model, "greedy_batches", None)
     if server:
         return lambda _model, _tokenizer, *args: server(*args)
-    if config.share_prefix:
-        unsupported = block_mask_unsupported(model)
-        if unsupported is None:
-            return shared_prefix_generate
-        if unsupported not in _SAID:
-            _SAID.add(unsupported)
-            tqdm.write(f"generate.share_prefix: off for this model ({unsupported}); answering in padded batches")
+    if config.share_prefix and can_pack(model, "generate.share_prefix", "answering in padded batches", tqdm.write):
+        return shared_prefix_generate
     return greedy_generate
-
-
-_SAID: set[str] = set()  # fallbacks already reported in this process
 
 
 def answer_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,

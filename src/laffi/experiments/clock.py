@@ -1,8 +1,8 @@
 """The stages of `laffi run` and `laffi ablate`, announced as they start and timed: the seconds
 each took go into run_info.json and results.md (`laffi run`) or ablation.json (`laffi ablate`), so
-a slow stage shows up in the numbers, not only in the log. The process's peak resident memory at
-the end of each stage goes into run_info.json too: it only grows, so the stage that raised it is
-the one whose number jumps."""
+a slow stage shows up in the numbers, not only in the log. The peak resident memory of the process (or of
+a launched child) at the end of each stage goes into run_info.json too: it only grows, so the stage
+that raised it is the one whose number jumps."""
 
 from __future__ import annotations
 
@@ -28,5 +28,6 @@ class StageClock:
         result = fn(*args, **kwargs)
         release_memory()  # so one stage's peak memory does not stay on top of the next one's
         self.seconds[stage] = round(time.perf_counter() - started, 1)
-        self.peak_mb[stage] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+        peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        self.peak_mb[stage] = round(peak / 1024, 1)  # Linux reports KiB; children: a launched training
         return result

@@ -9,7 +9,8 @@ By default (`train.group_by=prefix`, `train.pack=true`) a batch is mostly one ar
 (`family_batch_order`) and runs as one packed row (`laffi.packing`, attended segment by segment by
 `laffi.tree_attention`): the system prompt and shots they share, and a passage two questions share,
 run forward and backward once per step instead of once per example, with the loss and gradients of
-the same batch unpacked (tests/stages/test_completion_loss.py).
+the same batch unpacked (tests/stages/test_completion_loss.py; without LoRA dropout: with it, a
+shared prefix draws one dropout mask for all the examples that share it, not one each).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from laffi.packing import common_prefix_length, pack, rows_within
 from laffi.prompts import prompt_completion_ids
 from laffi.records import TrainingExample
-from laffi.tree_attention import TreeSpans, tree_attention
+from laffi.tree_attention import NAME, TreeSpans
 
 Row = tuple[list[int], list[int]]  # input ids, labels (IGNORE on the prompt)
 
@@ -159,13 +160,19 @@ def packed_parts(rows: list[Row], budget: int) -> list[list[Row]]:
 
 def packed_loss_sum(model, batch: dict) -> torch.Tensor:
     """Summed cross-entropy of the completion tokens of a packed row (`pack_rows`); the LM head runs only
-    at the positions that predict them."""
-    with tree_attention(getattr(model, "module", model)):  # DDP and DeepSpeed hold the model as .module
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], packed_tree=batch["packed_tree"],
-                       use_cache=False, logits_to_keep=batch["predict_at"]).logits
+    at the positions that predict them. Run it, and its backward, inside `tree_attention(model)`."""
+    if unwrapped(model).config._attn_implementation != NAME:  # else the row would attend across sequences
+        raise RuntimeError("packed_loss_sum: run it (and its backward) inside laffi.tree_attention.tree_attention")
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], packed_tree=batch["packed_tree"],
+                   use_cache=False, logits_to_keep=batch["predict_at"]).logits
     if logits.shape[1] != batch["targets"].shape[0]:  # a model without logits_to_keep computed every position
         logits = logits[:, batch["predict_at"][0]]
     return torch.nn.functional.cross_entropy(logits[0].float(), batch["targets"], reduction="sum")
+
+
+def unwrapped(model):
+    """The model inside DDP's and DeepSpeed's wrappers (they hold it as .module); PEFT's shares its config."""
+    return getattr(model, "module", model)
 
 
 def loss_sum(model, rows: list[Row], pad_id: int, device: torch.device, packed: bool) -> torch.Tensor:

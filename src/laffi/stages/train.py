@@ -24,6 +24,7 @@ from __future__ import annotations
 import resource
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,9 +47,10 @@ from laffi.distributed.checkpoint import (
 from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, adapter_finished
 from laffi.models import load_model, pick_device
-from laffi.packing import block_mask_unsupported
+from laffi.packing import can_pack
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_json, write_records
-from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_parts, tokenize
+from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_parts, tokenize, unwrapped
+from laffi.tree_attention import tree_attention
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -108,9 +110,13 @@ def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: li
     for indices in shard_window(window, plan, accelerator.process_index):
         # a process with nothing left in a short step still joins the gradient reduction, weighing 0
         chosen = [rows[i] for i in indices or window[0][:1]]
-        # one process may cut a long packed row (every process must run the same number of backwards)
-        parts = packed_parts(chosen, max_row_tokens) if packed and plan.processes == 1 else [chosen]
-        with accelerator.accumulate(model), torch.autocast(accelerator.device.type, torch.bfloat16, enabled=autocast):
+        # a plain single process may cut a long packed row: every process must run the same number of
+        # backwards, and DeepSpeed steps its optimizer inside the last micro-batch's first backward
+        alone = accelerator.distributed_type == DistributedType.NO
+        parts = packed_parts(chosen, max_row_tokens) if packed and alone else [chosen]
+        with (accelerator.accumulate(model),
+              torch.autocast(accelerator.device.type, torch.bfloat16, enabled=autocast),
+              tree_attention(unwrapped(model)) if packed else nullcontext()):  # backward inside: checkpointing reruns forwards
             for part in parts:
                 loss = loss_sum(model, part, pad_id, accelerator.device, packed) / max(window_tokens, 1)
                 accelerator.backward(loss * (scale if indices else 0.0))
@@ -120,14 +126,6 @@ def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: li
             tokens += sum(len(ids) for ids, _ in chosen)  # the examples' tokens, however many ran
             completion += sum(completion_tokens(row) for row in chosen)
     return [loss_share, tokens, completion]
-
-
-def _packing_possible(model, accelerator: Accelerator) -> bool:
-    """train.pack needs attention that takes a block mask; else the same batches run padded, said once."""
-    unsupported = block_mask_unsupported(model)
-    if unsupported:
-        accelerator.print(f"train.pack: this model's batches run padded ({unsupported})")
-    return unsupported is None
 
 
 def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig) -> None:
@@ -155,7 +153,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     set_seed(train.seed)  # the same LoRA initialisation on every process
     lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)))
     rows = tokenize(tokenizer, examples, train.max_seq_len)
-    packed = train.pack and _packing_possible(lm, accelerator)
+    packed = train.pack and can_pack(lm, "train.pack", "its batches run padded", accelerator.print)
     # bf16 base weights: the fp32 adapters run under autocast, as TRL's bf16=True does
     autocast = not model.load_in_4bit and lm.dtype == torch.bfloat16
     lm = add_lora(lm, model, train, autocast)

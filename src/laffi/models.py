@@ -89,6 +89,12 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the C heap's free blocks to the system: glibc keeps them, and its fragmentation made a
+    CPU training's resident memory grow step after step (5.8 GB against 4.3 over 32 LaFFi steps)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim

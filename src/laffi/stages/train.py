@@ -46,7 +46,7 @@ from laffi.distributed.checkpoint import (
 )
 from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, adapter_finished
-from laffi.models import load_model, pick_device, release_memory
+from laffi.models import load_model, pick_device, trim_heap
 from laffi.packing import can_pack
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_json, write_records
 from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_parts, tokenize, unwrapped
@@ -183,7 +183,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        release_memory()  # glibc keeps a step's freed activations: the peak grew 2 GB over 32 steps without
+        if accelerator.device.type == "cpu":
+            trim_heap()  # the step's freed activations, which glibc would keep
         step_loss, step_tokens, step_completion = totals(accelerator, share)
         tokens_seen += step_tokens
         completion_seen += step_completion
@@ -201,10 +202,10 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     bar.close()
 
     state_dict = full_state_dict(accelerator, lm)  # gathered where sharded; every process takes part
-    unwrapped = accelerator.unwrap_model(lm)
+    trained = accelerator.unwrap_model(lm)
     if main:
         write_records(log_path, log)
-        unwrapped.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
+        trained.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         summary = {"system": system, "examples": len(rows), "steps": train.steps, "resumed_from_step": start,
                    "packed": packed, "autocast": autocast, "processes": plan.processes, "per_device_batch": plan.per_device_batch,
                    "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
@@ -213,7 +214,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
                    "tokens_per_s": log[-1].tokens_per_s if log else None,
                    "completion_tokens_per_s": log[-1].completion_tokens_per_s if log else None,
                    "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
-                   "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)}
+                   "trainable_parameters": sum(p.numel() for p in trained.parameters() if p.requires_grad)}
         write_json(layout.train_summary(system), summary)
         shutil.rmtree(checkpoint, ignore_errors=True)
     accelerator.wait_for_everyone()  # no process returns before the adapter is on disk

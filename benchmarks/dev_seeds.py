@@ -1,16 +1,19 @@
-"""Compare settings on the dev set over several seeds: how far apart two arms are, against the seed spread.
+"""Compare settings and systems on the dev set over several seeds, against the seed-to-seed spread.
 
-    laffi run --out runs/demo     # or any run whose training sets are built
+    laffi run --out runs/demo     # or any run whose answers are annotated
     python benchmarks/dev_seeds.py runs/demo --arm fp32 model.dtype=float32 --arm bf16 model.dtype=bfloat16
+    python benchmarks/dev_seeds.py runs/demo --arm default --systems sft,laffi-mix,laffi-refine-mix
 
-Each arm is the run's own config (RUN/config.yaml) with its overrides. For every arm and seed
-(train.seed: the LoRA initialisation and the batch order) it trains SFT and LaFFi on the run's
-training sets, and scores them and the base model on the dev set (data/dev.jsonl: train-pool articles
-neither training nor the held-out set uses), never on the held-out set. Everything lands in
+Each arm is the run's own config (RUN/config.yaml) with its overrides. The training sets of the
+systems (laffi.systems) are built into the run's sets/ first. For every arm and seed (train.seed:
+the LoRA initialisation and the batch order) it trains each system that has a train recipe and
+scores every system on the dev set (data/dev.jsonl: train-pool articles neither training nor the
+held-out set uses), never on the held-out set; the base model on seed 0 only. Everything lands in
 RUN/dev-seeds/ARM/sSEED/ (run directories on the run's data/ and sets/; resumable), the summary in
 RUN/dev-seeds/summary.{json,md}: per system and arm, mean F1 and EM over seeds and their standard
 deviation; per system, the mean paired difference of each arm from the first with the seed-to-seed
-spread it is to be compared with, and the share of dev questions both arms answer identically.
+spread it is to be compared with, and the share of dev questions both arms answer identically; and
+within each arm, each system minus SFT of the same seed.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import statistics
 from pathlib import Path
 
 from laffi.config import build_section, merge_values, parse_overrides, read_yaml, RunConfig
+from laffi.experiments.run import evaluate_system
 from laffi.layout import RunLayout
 from laffi.records import Prediction, read_records
-from laffi.stages.evaluate import evaluate
+from laffi.stages.build import build
 from laffi.stages.train import train
+from laffi.systems import load_systems
 
 SYSTEMS = ("base", "sft", "laffi")
 
@@ -36,20 +41,22 @@ def arm_config(run_dir: Path, overrides: list[str], seed: int) -> RunConfig:
 
 
 def run_arm(run_dir: Path, name: str, overrides: list[str], seed: int, systems: list[str]) -> dict[str, dict]:
-    """Base (seed 0 only: it has no seed), SFT and LaFFi of one arm and seed, scored on dev."""
+    """Every system of one arm and seed, scored on dev; untrained ones (base) on seed 0 only: they have no seed."""
     shared = RunLayout.of(run_dir)
     layout = RunLayout(run_dir / "dev-seeds" / name / f"s{seed}", data=shared.data, sets=shared.sets)
     layout.record()
     config = arm_config(run_dir, overrides, seed)
     common = (config.model, config.data, config.generate, config.eval)
     scores = {}
-    for system in systems:
-        if system == "base" and seed != 0:
+    chosen = load_systems(systems)
+    for system in (s for s in chosen if s.recipe):
+        train(layout, system.name, config.model, config.train)
+    for system in chosen:
+        if system.adapter is None and not system.guided and seed != 0:
             continue
-        adapter = None if system == "base" else train(layout, system, config.model, config.train)
-        metrics = evaluate(layout, system, *common, adapter=adapter)
-        answers = {p.id: p.prediction for p in read_records(layout.predictions(system, "dev"), Prediction)}
-        scores[system] = {"f1": metrics["f1"], "exact": metrics["exact"], "answers": answers}
+        metrics = evaluate_system(layout, system, *common)
+        answers = {p.id: p.prediction for p in read_records(layout.predictions(system.name, "dev"), Prediction)}
+        scores[system.name] = {"f1": metrics["f1"], "exact": metrics["exact"], "answers": answers}
     return scores
 
 
@@ -76,13 +83,26 @@ def summarize(results: dict[str, dict[int, dict]], arms: list[str], systems: lis
                                 "seed_sd_of_first": spread, "same_answers": round(statistics.mean(same), 3),
                                 "within_seed_spread": None if spread is None else abs(mean) <= spread}
         summary["systems"][system] = {"arms": per_arm, "vs_" + first: comparisons}
+        if system != "sft":
+            summary["systems"][system]["minus_sft"] = {arm: minus_sft(results[arm], system) for arm in arms}
     return summary
+
+
+def minus_sft(by_seed: dict[int, dict], system: str) -> dict | None:
+    """The system's dev F1 minus SFT's, seed by seed (same seed: same batches and LoRA initialisation)."""
+    seeds = [s for s in sorted(by_seed) if system in by_seed[s] and "sft" in by_seed[s]]
+    if not seeds:
+        return None
+    diffs = [by_seed[s][system]["f1"] - by_seed[s]["sft"]["f1"] for s in seeds]
+    return {"seeds": seeds, "f1_differences": [round(d, 2) for d in diffs], "f1_difference_mean": round(statistics.mean(diffs), 2),
+            "f1_difference_sd": round(statistics.stdev(diffs), 2) if len(diffs) > 1 else None}
 
 
 def markdown(summary: dict, arms: list[str]) -> str:
     lines = ["| system | " + " | ".join(f"{a} F1 (sd) / EM" for a in arms) + " | "
-             + " | ".join(f"{a} - {arms[0]} F1 (per seed) | same answers" for a in arms[1:]) + " |",
-             "|---|" + "---:|" * len(arms) + "---:|---:|" * (len(arms) - 1)]
+             + " | ".join(f"{a} - {arms[0]} F1 (per seed) | same answers" for a in arms[1:])
+             + f"{' | ' if len(arms) > 1 else ''}{arms[0]}: minus SFT F1 (per seed) |",
+             "|---|" + "---:|" * len(arms) + "---:|---:|" * (len(arms) - 1) + "---:|"]
     for system, entry in summary["systems"].items():
         cells = []
         for arm in arms:
@@ -93,6 +113,9 @@ def markdown(summary: dict, arms: list[str]) -> str:
             c = entry[f"vs_{arms[0]}"][arm]
             cells.append(f"{c['f1_difference_mean']:+.2f} ({', '.join(f'{d:+.2f}' for d in c['f1_differences'])})")
             cells.append(f"{100 * c['same_answers']:.1f}%")
+        versus = (entry.get("minus_sft") or {}).get(arms[0])
+        cells.append(f"{versus['f1_difference_mean']:+.2f} ({', '.join(f'{d:+.2f}' for d in versus['f1_differences'])})"
+                     if versus else "")
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -103,13 +126,13 @@ def main() -> None:
     parser.add_argument("--arm", nargs="+", action="append", required=True, metavar=("NAME", "KEY=VALUE"),
                         help="a name and its overrides; the first arm is the one the others are compared with")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="of base, sft, laffi")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="systems (laffi.systems), in table order")
     args = parser.parse_args()
     arms = {arm[0]: arm[1:] for arm in args.arm}
-    if len(arms) < 2:
-        parser.error("--arm: give at least two arms to compare")
     seeds = [int(s) for s in args.seeds.split(",")]
-    systems = [s for s in SYSTEMS if s in args.systems.split(",")]
+    systems = args.systems.split(",")
+    shared = RunLayout.of(args.run_dir)
+    build(shared, arm_config(args.run_dir, [], 0).data, load_systems(systems))  # every arm trains on these
     results = {name: {seed: run_arm(args.run_dir, name, overrides, seed, systems) for seed in seeds}
                for name, overrides in arms.items()}
     summary = summarize(results, list(arms), systems)

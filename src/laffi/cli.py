@@ -88,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = _stage_parser(sub, "train", "LoRA fine-tuning on a training set")
     train.add_argument("--system", required=True, help="which system's training set (sets/SYSTEM.jsonl): laffi or sft")
     evaluate = _stage_parser(sub, "evaluate", "answer and score the held-out questions")
-    evaluate.add_argument("--system", required=True, help="name of the results folder, e.g. base")
-    evaluate.add_argument("--adapter", help="a PEFT adapter directory to evaluate")
+    evaluate.add_argument("--system", required=True,
+                          help="a system (laffi.systems: base, sft, laffi-refine-mix-guided, or a .yaml), answered with "
+                               "its adapter and procedure; or, with --adapter, the name of the results folder")
+    evaluate.add_argument("--adapter", help="a PEFT adapter directory to evaluate, answering directly")
     for stage in (generate, evaluate):
         stage.add_argument("--backend", help="transformers (in-process) or openai (generate.backend)")
         stage.add_argument("--base-url", help="the OpenAI-compatible server for --backend openai (generate.base_url)")
@@ -220,13 +222,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{len(feedback)} feedback records in {out}")
     elif args.command == "build":
         from laffi.stages.build import HybridConfig, build, build_hybrid
+        from laffi.systems import load_systems
 
         if args.human_ratio is not None or args.size is not None:
             if args.human_ratio is None or args.size is None:
                 raise ConfigError("--human-ratio and --size go together: a hybrid set of N examples, share R human")
             sets = build_hybrid(layout, config.data, HybridConfig(args.human_ratio, args.size))
         else:
-            sets = build(layout, config.data)
+            sets = build(layout, config.data, load_systems(config.systems.names))
         for name, examples in sets.items():
             print(f"{len(examples)} examples in {layout.training_set(name)}")
     elif args.command == "train":
@@ -238,10 +241,15 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"adapter saved in {out}")
     elif args.command == "evaluate":
         from laffi.distributed.shards import Shard
+        from laffi.experiments.run import evaluate_system
         from laffi.stages.evaluate import evaluate
+        from laffi.systems import load_system, system_path
 
-        metrics = evaluate(layout, args.system, config.model, config.data, config.generate, config.eval,
-                           adapter=args.adapter)
+        shared = (config.model, config.data, config.generate, config.eval)
+        if args.adapter or not system_path(args.system).is_file():  # an adapter of your own, or the base model
+            metrics = evaluate(layout, args.system, *shared, adapter=args.adapter)
+        else:  # a system (laffi.systems): its adapter, a reviewer's, its answering procedure
+            metrics = evaluate_system(layout, load_system(args.system), *shared)
         if Shard.current().is_main:  # under a launcher, one line, not one per process
             print(json.dumps({k: metrics[k] for k in ("exact", "f1", "total", "exact_ci95", "f1_ci95")}))
     return 0

@@ -9,6 +9,7 @@ how each artifact was made.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +209,16 @@ class EvalConfig:
 
 
 @dataclass
+class SystemsConfig:
+    # what `laffi run` trains and evaluates (laffi.systems): packaged names (base, sft, laffi,
+    # laffi-mix, laffi-refine, laffi-refine-mix, laffi-refine-mix-guided, sft-reviewed) or .yaml paths
+    names: list[str] = field(default_factory=lambda: ["base", "sft", "laffi"])
+
+    def __post_init__(self) -> None:
+        require(bool(self.names), "systems.names", "must name at least one system")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -215,6 +226,7 @@ class RunConfig:
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    systems: SystemsConfig = field(default_factory=SystemsConfig)
 
     def sections(self, *names: str) -> dict[str, Any]:
         """The named sections (all of them by default), as the stages save them: {"model": ..., ...}."""
@@ -260,6 +272,11 @@ def _coerce(value: Any, hint: Any, option: str, in_list: bool = False) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, option + ".")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:  # an optional option
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _coerce(value, hint, option, in_list)
     if origin is list:
         if isinstance(value, str):  # key=value overrides write lists as a,b,c; names stay as written
             parts = [v.strip() for v in value.split(",") if v.strip()]

@@ -17,7 +17,7 @@ import re
 
 from transformers import PreTrainedTokenizerBase
 
-from laffi.records import QAExample
+from laffi.records import VERDICTS, QAExample
 
 Message = dict[str, str]
 
@@ -31,6 +31,11 @@ FEEDBACK_REQUEST = (
     "your answer is correct, partially correct or incorrect, what is wrong with it, the sentence "
     "of the passage that supports the right answer, and the right answer."
 )
+
+# The fields that end a refinement completion (the refine set): written from the Feedback record when
+# the set is built, read back from a predicted feedback by `read_review`, never searched for in free text.
+VERDICT_FIELD = "Verdict: "
+REVISED_FIELD = "Revised answer: "
 
 # For base models without a chat template: a plain "passage / question / Answer:" layout.
 PLAIN_CHAT_TEMPLATE = (
@@ -86,6 +91,22 @@ def feedback_messages(example: QAExample, shots: list[QAExample], answer: str) -
         {"role": "assistant", "content": answer},
         {"role": "user", "content": FEEDBACK_REQUEST},
     ]
+
+
+def review_completion(feedback: str, verdict: str, revised: str) -> str:
+    """A refinement completion: the feedback, then the verdict and the revised answer, a line each."""
+    return f"{feedback}\n{VERDICT_FIELD}{verdict}\n{REVISED_FIELD}{revised}"
+
+
+def read_review(text: str) -> tuple[str, str] | None:
+    """(verdict, revised answer) from the last verdict line of a predicted refinement completion and
+    the line right after it; None if the fields are not there as `review_completion` writes them."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    for i in range(len(lines) - 2, -1, -1):
+        if lines[i].startswith(VERDICT_FIELD) and lines[i + 1].startswith(REVISED_FIELD):
+            verdict = lines[i].removeprefix(VERDICT_FIELD).strip()
+            return (verdict, lines[i + 1].removeprefix(REVISED_FIELD).strip()) if verdict in VERDICTS else None
+    return None
 
 
 def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

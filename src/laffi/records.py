@@ -99,14 +99,26 @@ class TrainingExample:
 
 
 @dataclass(frozen=True)
+class Review:
+    """One round of feedback-guided answering: the feedback a model predicted on an answer, and the
+    verdict and revised answer read from its fields (None where it did not write them)."""
+
+    answer: str
+    feedback: str
+    verdict: str | None
+    revised: str | None
+
+
+@dataclass(frozen=True)
 class Prediction:
     """A held-out answer with its SQuAD scores (0/1 exact match, token F1 in [0, 1])."""
 
     id: str
     prediction: str
-    output: str
+    output: str  # the generated text of the first answer
     exact: float
     f1: float
+    reviews: list[Review] | None = None  # feedback-guided answering: each round, in order
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,13 @@
     laffi run --preset smoke --out runs/smoke   # a few minutes on a laptop
     laffi run configs/qwen7b-gpu.yaml train.steps=200
     laffi run configs/qwen2.5-7b-gpu.yaml --launcher accelerate --num-processes 8
+    laffi run systems.names=base,sft,laffi,laffi-refine-mix,laffi-refine-mix-guided
 
 Evaluates the base model, lets it answer the train questions, annotates the answers, builds the
-LaFFi and SFT sets on the same questions, trains both with the same steps, LoRA settings and
-seed, evaluates both, and writes results.json, results.md, run_info.json and report.html. Every stage
-resumes, so rerunning after a crash continues where it stopped.
+training sets on the same questions, trains each system that has a train recipe (laffi.systems;
+by default sft and laffi) with the same steps, LoRA settings and seed, evaluates every system, and
+writes results.json, results.md, run_info.json and report.html. Every stage resumes, so rerunning
+after a crash continues where it stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import functools
 from pathlib import Path
 
 from laffi.backends.answering import load_backend
-from laffi.config import RunConfig, require, save_config
+from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, RunConfig, require, save_config
 from laffi.distributed.launch import Launcher
 from laffi.experiments.clock import StageClock
 from laffi.layout import RunLayout
@@ -29,6 +31,18 @@ from laffi.stages.evaluate import evaluate
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.train import train
+from laffi.systems import System, load_systems
+
+
+def evaluate_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig,
+                    generate: GenerateConfig, eval: EvalConfig) -> dict:
+    """`evaluate` with the adapter a system answers with and its answering procedure; its adapter (and
+    a reviewer's) must be trained already."""
+    def adapter(name: str | None):
+        return layout.adapter(name) if name else None
+
+    return evaluate(layout, system.name, model, data, generate, eval, adapter=adapter(system.adapter),
+                    answering=system.answer, reviewer=adapter(system.reviewer))
 
 
 def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) -> dict:
@@ -37,6 +51,7 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     require(config.eval.split == "heldout", "eval.split", "laffi run scores the held-out set; score the dev set "
             "with `laffi evaluate RUN --system NAME eval.split=dev`")
     check_annotator(config.annotate)  # a bad template fails now, not after the answers
+    systems = load_systems(config.systems.names)  # and a bad system file
     # the whole run's settings; a launched training reads them from there (`laffi train RUN --system X`)
     save_config(layout.config, config.sections())
     timed = StageClock()
@@ -46,17 +61,21 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     # use (a resumed run may need none); trainings and adapter evaluations load their own, since
     # LoRA and merging change the model they get
     base = functools.cache(lambda: load_backend(config.model, config.generate))
-    metrics = {"base": timed("evaluate base", evaluate, layout, "base", *shared, backend=base)}
+    metrics = {}
+    for system in (s for s in systems if s.adapter is None and not s.guided):  # the base model, answering directly
+        metrics[system.name] = timed(f"evaluate {system.name}", evaluate, layout, system.name, *shared, backend=base)
     timed("generate", generate, layout, config.model, config.data, config.generate, backend=base)
     base.cache_clear()  # free it before training
     timed("annotate", annotate, layout, config.annotate)
-    timed("build", build, layout, config.data)
-    for system in ("sft", "laffi"):
+    timed("build", build, layout, config.data, systems)
+    for system in (s for s in systems if s.recipe):
         if launcher is None:
-            adapter = timed(f"train {system}", train, layout, system, config.model, config.train)
+            timed(f"train {system.name}", train, layout, system.name, config.model, config.train)
         else:
-            adapter = timed(f"train {system}", launcher.train, layout, system)
-        metrics[system] = timed(f"evaluate {system}", evaluate, layout, system, *shared, adapter=adapter)
-    results = write_results(layout, metrics, timed.seconds, config.eval, timed.peak_mb)
+            timed(f"train {system.name}", launcher.train, layout, system.name)
+    for system in (s for s in systems if s.name not in metrics):  # every adapter is there now, reviewers too
+        metrics[system.name] = timed(f"evaluate {system.name}", evaluate_system, layout, system, *shared)
+    results = write_results(layout, {s.name: metrics[s.name] for s in systems}, timed.seconds, config.eval,
+                            timed.peak_mb)
     write_report(layout.root)  # report.html: the results, loss curves and samples in one page
     return results

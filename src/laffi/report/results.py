@@ -20,7 +20,7 @@ from laffi.records import Feedback, Prediction, QAExample, read_records, write_a
 from laffi.report.tables import markdown, paired_differences_table, results_table
 
 KEYS = ("exact", "f1", "total", "exact_ci95", "f1_ci95")
-COMPARISONS = (("laffi", "sft"), ("laffi", "base"), ("sft", "base"))
+BASELINES = ("sft", "base")  # every other system is compared with these, where the run has them
 SAMPLES = 5
 
 
@@ -29,17 +29,22 @@ def _cell(text: str, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def comparisons(systems: list[str]) -> list[tuple[str, str]]:
+    """(a, b) for "a - b": each other system against sft, then against base, then sft against base."""
+    pairs = [(a, b) for b in BASELINES if b in systems for a in systems if a not in BASELINES]
+    return pairs + ([("sft", "base")] if set(BASELINES) <= set(systems) else [])
+
+
 def paired_differences(layout: RunLayout, systems: list[str], config: EvalConfig) -> dict:
     scores = {s: {p.id: p for p in read_records(layout.predictions(s), Prediction)} for s in systems}
     ids = [e.id for e in read_records(layout.eval_examples, QAExample)]
     differences = {}
-    for a, b in COMPARISONS:
-        if a in scores and b in scores:
-            differences[f"{a} - {b}"] = {
-                metric: [round(100 * v, 2) for v in paired_bootstrap_difference(
-                    [getattr(scores[a][i], metric) for i in ids], [getattr(scores[b][i], metric) for i in ids],
-                    samples=config.bootstrap_samples, seed=config.seed)]
-                for metric in ("exact", "f1")}
+    for a, b in comparisons(systems):
+        differences[f"{a} - {b}"] = {
+            metric: [round(100 * v, 2) for v in paired_bootstrap_difference(
+                [getattr(scores[a][i], metric) for i in ids], [getattr(scores[b][i], metric) for i in ids],
+                samples=config.bootstrap_samples, seed=config.seed)]
+            for metric in ("exact", "f1")}
     return differences
 
 

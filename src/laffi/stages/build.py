@@ -8,6 +8,10 @@
   completion = the annotator's feedback. The model learns to predict the feedback it gets.
 - sets/sft.jsonl: prompt = the same QA prompt; completion = the gold answer.
 Both hold the same questions: those with feedback, in the order of the train pool.
+- sets/SYSTEM.jsonl for every other system with a train recipe (laffi.systems): each question once,
+  an exact share of them in each set's format, drawn by data.seed; sets/SYSTEM.meta.json says which.
+  The refine format: the LaFFi prompt -> the feedback, then "Verdict: ..." and "Revised answer: ..."
+  lines from the Feedback record (its corrected answer; the answer itself when it is correct).
 
 The hybrid build mixes an exact share of human feedback into the LaFFi set, the rest AI feedback.
 Each question appears at most once: `round(R * N)` questions are drawn (seeded by data.seed) from
@@ -26,7 +30,7 @@ from pathlib import Path
 from laffi.analysis.metrics import majority_answer
 from laffi.config import ConfigError, DataConfig, require, save_config
 from laffi.layout import RunLayout, failures_file
-from laffi.prompts import choose_shots, feedback_messages, qa_messages
+from laffi.prompts import choose_shots, feedback_messages, qa_messages, review_completion
 from laffi.records import (
     AnnotationFailure,
     Feedback,
@@ -36,9 +40,10 @@ from laffi.records import (
     write_json,
     write_records,
 )
+from laffi.systems import System
 
 
-def build(layout: RunLayout, data: DataConfig) -> dict[str, list[TrainingExample]]:
+def build(layout: RunLayout, data: DataConfig, systems: list[System] = ()) -> dict[str, list[TrainingExample]]:
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
     feedback = {f.id: f for f in read_records(layout.feedback, Feedback)}
@@ -50,21 +55,78 @@ def build(layout: RunLayout, data: DataConfig) -> dict[str, list[TrainingExample
     chosen = {example.id: feedback[example.id] for example in examples if example.id in feedback}
     if not chosen:
         raise ValueError(f"{layout.feedback}: no feedback on any train question; run `laffi annotate` first")
-    return write_sets(layout, examples, shots, chosen, data)
+    sets = write_sets(layout, examples, shots, chosen, data)
+    for system in systems:
+        if system.recipe and system.recipe.sets != {system.name: 1.0}:  # sft and laffi are written above
+            sets[system.name] = write_system_set(layout, system, examples, shots, chosen, data)
+    return sets
+
+
+def revised_answer(note: Feedback) -> str | None:
+    """The right answer a feedback names: the answer itself when correct, else its corrected answer;
+    None for free-text feedback that gives none (the LLM annotator's, a person's who left it empty)."""
+    return note.answer if note.verdict == "correct" else note.corrected_answer
+
+
+def _reply(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def sft_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
+    return TrainingExample(example.id, qa_messages(example, shots), _reply(majority_answer(example.answers)))
+
+
+def laffi_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
+    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(note.text))
+
+
+def refine_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
+    completion = review_completion(note.text, note.verdict, revised_answer(note))
+    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion))
+
+
+# the training sets a system's recipe can draw on (laffi.systems.SETS)
+SET_FORMATS = {"sft": sft_example, "laffi": laffi_example, "refine": refine_example}
+
+
+def write_system_set(layout: RunLayout, system: System, examples: list[QAExample], shots: list[QAExample],
+                     chosen: dict[str, Feedback], data: DataConfig) -> list[TrainingExample]:
+    """A system's own set: every question with feedback once, round(share x N) of them in each set's format."""
+    questions = [e for e in examples if e.id in chosen]
+    counts = dict(zip(system.recipe.sets, shares_of(list(system.recipe.sets.values()), len(questions))))
+    rng = random.Random(f"{data.seed}:{system.name}")
+    left = [e.id for e in questions]
+    rng.shuffle(left)
+    assigned: dict[str, str] = {}
+    for name in sorted(counts, key=lambda n: n != "refine"):  # refine first: not every question has one
+        usable = [q for q in left if name != "refine" or revised_answer(chosen[q]) is not None]
+        if len(usable) < counts[name]:
+            raise ValueError(f"{system.name}: {counts[name]} {name} examples asked for, but only {len(usable)} questions "
+                             "have feedback that names a right answer (a corrected answer, or verdict correct)")
+        assigned.update({q: name for q in usable[:counts[name]]})
+        left = [q for q in left if q not in assigned]
+    rows = [SET_FORMATS[assigned[e.id]](e, choose_shots(e, shots, data.num_shots, data.seed), chosen[e.id])
+            for e in questions]
+    write_records(layout.training_set(system.name), rows)
+    write_json(layout.set_metadata(system.name), {
+        "set": system.name, "size": len(rows), "shares": system.recipe.sets, "examples": counts,
+        "seed": data.seed, "ids": {name: [e.id for e in questions if assigned[e.id] == name] for name in counts}})
+    return rows
+
+
+def shares_of(shares: list[float], total: int) -> list[int]:
+    """Whole counts for `shares` of `total` that sum to it: each rounded, the last one taking the rest."""
+    counts = [round(share * total) for share in shares[:-1]]
+    return [*counts, total - sum(counts)]
 
 
 def write_sets(layout: RunLayout, examples: list[QAExample], shots: list[QAExample], chosen: dict[str, Feedback],
                data: DataConfig, human_ratio: float | None = None) -> dict[str, list[TrainingExample]]:
     """Both sets on the questions that have `chosen` feedback, in train-pool order, and what the
     LaFFi set is made of (sets/laffi.meta.json)."""
-    laffi, sft = [], []
-    for example in (e for e in examples if e.id in chosen):
-        example_shots = choose_shots(example, shots, data.num_shots, data.seed)
-        sft.append(TrainingExample(example.id, qa_messages(example, example_shots),
-                                   [{"role": "assistant", "content": majority_answer(example.answers)}]))
-        note = chosen[example.id]
-        laffi.append(TrainingExample(example.id, feedback_messages(example, example_shots, note.answer),
-                                     [{"role": "assistant", "content": note.text}]))
+    questions = [(e, choose_shots(e, shots, data.num_shots, data.seed), chosen[e.id]) for e in examples if e.id in chosen]
+    laffi = [laffi_example(*question) for question in questions]
+    sft = [sft_example(*question) for question in questions]
     write_records(layout.training_set("laffi"), laffi)
     write_records(layout.training_set("sft"), sft)
     seed = None if human_ratio is None else data.seed  # only a hybrid mix is drawn at random

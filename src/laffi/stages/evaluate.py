@@ -19,11 +19,13 @@ from typing import Callable
 from laffi.analysis.bootstrap import bootstrap_interval
 from laffi.analysis.metrics import score_example, summarize
 from laffi.backends.answering import answer_questions, load_backend
-from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, save_config
+from laffi.backends.feedback_guided import answer_with_feedback
+from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, plain, save_config
 from laffi.distributed.shards import Shard
 from laffi.layout import ADAPTER_CONFIG, RunLayout, is_adapter
 from laffi.prompts import extract_answer
-from laffi.records import Prediction, QAExample, read_records, write_json
+from laffi.records import Prediction, QAExample, Review, read_records, write_json
+from laffi.systems import Answering
 
 
 def metrics_for(examples: list[QAExample], predictions: list[Prediction], config: EvalConfig) -> dict:
@@ -42,9 +44,12 @@ def metrics_for(examples: list[QAExample], predictions: list[Prediction], config
 
 def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfig,
              generate: GenerateConfig, eval: EvalConfig, adapter: str | Path | None = None,
-             backend: Callable[[], tuple] | None = None) -> dict:
+             backend: Callable[[], tuple] | None = None, answering: Answering | None = None,
+             reviewer: str | Path | None = None) -> dict:
     """`backend`: returns the (model, tokenizer) to answer with, loaded by the caller, e.g. the base
-    model `laffi run` also generates with; called only if questions are left to answer."""
+    model `laffi run` also generates with; called only if questions are left to answer.
+    `answering`: how the system answers (laffi.systems; direct if None); feedback-guided answering
+    reviews with the adapter `reviewer` (the answering model itself if None)."""
     split = eval.split
     if not layout.questions(split).exists():
         raise FileNotFoundError(f"eval.split={split}: {layout.questions(split)} is missing; run `laffi prepare` "
@@ -52,24 +57,43 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     examples = read_records(layout.questions(split), QAExample)
     shots = read_records(layout.shots, QAExample)
     adapter_path = str(Path(adapter).resolve()) if adapter else None
-    if adapter_path and not is_adapter(Path(adapter_path)):
-        raise FileNotFoundError(f"--adapter: {adapter_path} holds no PEFT adapter ({ADAPTER_CONFIG})")
+    guided = answering is not None and answering.procedure == "feedback-guided"
+    reviewer_path = str(Path(reviewer).resolve()) if guided and reviewer else None
+    for option, path in (("--adapter", adapter_path), ("reviewer", reviewer_path)):
+        if path and not is_adapter(Path(path)):
+            raise FileNotFoundError(f"{option}: {path} holds no PEFT adapter ({ADAPTER_CONFIG})")
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
+    described = {"name": system, "adapter": adapter_path}  # a direct system's, as before systems had procedures
+    if guided:
+        described.update(answer=plain(answering), reviewer=reviewer_path)
     shard.on_main(lambda: save_config(layout.eval_config(system, split), {
-        "model": model, "data": data, "generate": generate, "eval": eval,
-        "system": {"name": system, "adapter": adapter_path}}))
+        "model": model, "data": data, "generate": generate, "eval": eval, "system": described}))
 
     def score(example: QAExample, generation) -> Prediction:
         answer = extract_answer(generation.text)
         exact, f1 = score_example(example, answer)
         return Prediction(example.id, answer, generation.text, exact, f1)
 
+    def revised(example: QAExample, answer: str, output: str, reviews: list[Review]) -> Prediction:
+        exact, f1 = score_example(example, answer)
+        return Prediction(example.id, answer, output, exact, f1, reviews)
+
     speed = None
     with shard.writer(layout.predictions(system, split), Prediction) as writer:
         if len(writer.done_ids) < len(examples):
             lm, tokenizer = backend() if backend else load_backend(model, generate, adapter=adapter_path)
-            speed = shard.answer(answer_questions, lm, tokenizer, examples, shots, data, generate, writer, score,
-                                 desc=f"evaluate {system}{' (dev)' if split == 'dev' else ''}")
+            desc = f"evaluate {system}{' (dev)' if split == 'dev' else ''}"
+            if guided:
+                critic = lm if reviewer_path in (None, adapter_path) else load_backend(model, generate, reviewer_path)[0]
+
+                def answer(lm, tokenizer, examples, shots, data, config, writer, make_record, desc):
+                    return answer_with_feedback(lm, critic, tokenizer, examples, shots, data, config, answering.rounds,
+                                                answering.review_tokens, writer, make_record, desc)
+
+                speed = shard.answer(answer, lm, tokenizer, examples, shots, data, generate, writer, revised, desc=desc)
+            else:
+                speed = shard.answer(answer_questions, lm, tokenizer, examples, shots, data, generate, writer, score,
+                                     desc=desc)
     metrics = metrics_for(examples, read_records(layout.predictions(system, split), Prediction), eval)
     metrics["system"], metrics["split"] = system, split
     metrics_file = layout.metrics(system, split)

@@ -1,0 +1,133 @@
+"""Systems as data: what a system trains on and how it answers, one small YAML file each.
+
+    from laffi.systems import load_systems
+    systems = load_systems(["base", "sft", "laffi", "laffi-refine-mix-guided"])   # or paths to .yaml
+
+A system is a training recipe (which training sets, and the share of each in its examples) and an
+answering procedure (direct, or feedback-guided: answer, predict the feedback on that answer, take
+the revised answer the feedback names where its verdict is not "correct", up to `rounds` times). A
+system without a recipe answers with another system's adapter (`adapter_of`), or with the base model.
+Every system trains with the run's `train` section, so all of them get the same steps, LoRA settings,
+learning-rate schedule and seed: the budget held equal is optimizer steps of train.batch_size
+examples, not tokens.
+
+The packaged systems are in `laffi/systems/definitions/`; each file documents itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from laffi.config import ConfigError, build_section, read_yaml, require
+
+DEFINITIONS = Path(__file__).parent / "definitions"
+# the training sets the build stage can make (laffi.stages.build.SET_FORMATS)
+SETS = ("sft", "laffi", "refine")
+PROCEDURES = ("direct", "feedback-guided")
+
+
+@dataclass
+class Recipe:
+    # training set -> its share of the system's examples; shares sum to 1. The examples are as many as
+    # the questions with feedback, each question once: a share s of them in that set's format.
+    sets: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(bool(self.sets), "train.sets", "name at least one training set")
+        for name, share in self.sets.items():
+            require(name in SETS, "train.sets", f"unknown set {name!r}; available: {', '.join(SETS)}")
+            require(0 < share <= 1, f"train.sets.{name}", f"a share in (0, 1], got {share}")
+        require(abs(sum(self.sets.values()) - 1) < 1e-9, "train.sets",
+                f"shares must sum to 1, got {sum(self.sets.values()):g}")
+
+
+@dataclass
+class Answering:
+    procedure: str = "direct"  # direct | feedback-guided
+    rounds: int = 1  # feedback-guided: at most this many reviews (and revisions) of an answer
+    # feedback-guided: the system whose adapter predicts the feedback (trained on the refine set);
+    # empty: the answering model itself
+    reviewer: str = ""
+    review_tokens: int = 160  # feedback-guided: new tokens for one predicted feedback and its fields
+
+    def __post_init__(self) -> None:
+        require(self.procedure in PROCEDURES, "answer.procedure",
+                f"must be one of {', '.join(PROCEDURES)}, got {self.procedure!r}")
+        require(self.rounds >= 1, "answer.rounds", "must be >= 1")
+        require(self.review_tokens >= 8, "answer.review_tokens", "must be >= 8")
+
+
+@dataclass
+class SystemFile:
+    description: str = ""
+    train: Recipe | None = None  # its own training; None: none
+    adapter_of: str = ""  # without a recipe: answer with this system's adapter ("" : the base model)
+    answer: Answering = field(default_factory=Answering)
+
+    def __post_init__(self) -> None:
+        require(self.train is None or not self.adapter_of, "adapter_of",
+                "a system with its own train recipe answers with its own adapter")
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    description: str
+    recipe: Recipe | None
+    adapter_of: str
+    answer: Answering
+
+    @property
+    def adapter(self) -> str | None:
+        """The name of the adapter it answers with (adapters/NAME), or None for the base model."""
+        return self.name if self.recipe else self.adapter_of or None
+
+    @property
+    def guided(self) -> bool:
+        return self.answer.procedure == "feedback-guided"
+
+    @property
+    def reviewer(self) -> str | None:
+        """The adapter that predicts the feedback in feedback-guided answering."""
+        return (self.answer.reviewer or self.adapter) if self.guided else None
+
+
+def system_path(name: str) -> Path:
+    """A packaged system by name ("laffi"), else the path of a user's file."""
+    packaged = DEFINITIONS / f"{name}.yaml"
+    return packaged if "/" not in name and packaged.is_file() else Path(name).expanduser()
+
+
+def packaged_systems() -> list[str]:
+    return sorted(p.stem for p in DEFINITIONS.glob("*.yaml"))
+
+
+def load_system(spec: str) -> System:
+    path = system_path(spec)
+    if not path.is_file():
+        raise ConfigError(f"systems.names: unknown system {spec!r}; packaged: {', '.join(packaged_systems())}, "
+                          "or the path of a .yaml file")
+    name = path.stem
+    require(name.replace("-", "").replace("_", "").isalnum(), "systems.names",
+            f"{path}: a system's name (its file name) is letters, digits, - and _")
+    parsed = build_section(SystemFile, read_yaml(path), f"{path}: ")
+    return System(name, parsed.description, parsed.train, parsed.adapter_of, parsed.answer)
+
+
+def load_systems(specs: list[str]) -> list[System]:
+    """The systems in order, checked together: names unique, every adapter and reviewer one of them."""
+    systems = [load_system(spec) for spec in specs]
+    names = [s.name for s in systems]
+    require(len(set(names)) == len(names), "systems.names", f"names a system twice: {names}")
+    trained = {s.name for s in systems if s.recipe}
+    for system in systems:
+        for role, needed in (("adapter_of", system.adapter_of), ("answer.reviewer", system.reviewer)):
+            require(not needed or needed in trained, "systems.names",
+                    f"{system.name}'s {role} is {needed!r}, which is not a system with a train recipe in the list "
+                    f"({', '.join(sorted(trained)) or 'none'}); add it")
+        reviewer = next((s for s in systems if s.name == system.reviewer), None)
+        require(reviewer is None or "refine" in reviewer.recipe.sets, "systems.names",
+                f"{system.name} is feedback-guided, but its reviewer {reviewer.name if reviewer else ''} never trained "
+                "on the refine set, whose completions end with the fields it reads")
+    return systems

@@ -102,10 +102,11 @@ def read_review(text: str) -> tuple[str, str] | None:
     """(verdict, revised answer) from the last verdict line of a predicted refinement completion and
     the line right after it; None if the fields are not there as `review_completion` writes them."""
     lines = [line.strip() for line in text.strip().splitlines()]
+    verdict_field, revised_field = VERDICT_FIELD.strip(), REVISED_FIELD.strip()  # an empty answer ends the line
     for i in range(len(lines) - 2, -1, -1):
-        if lines[i].startswith(VERDICT_FIELD) and lines[i + 1].startswith(REVISED_FIELD):
-            verdict = lines[i].removeprefix(VERDICT_FIELD).strip()
-            return (verdict, lines[i + 1].removeprefix(REVISED_FIELD).strip()) if verdict in VERDICTS else None
+        if lines[i].startswith(verdict_field) and lines[i + 1].startswith(revised_field):
+            verdict = lines[i].removeprefix(verdict_field).strip()
+            return (verdict, lines[i + 1].removeprefix(revised_field).strip()) if verdict in VERDICTS else None
     return None
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 import laffi.backends.answering as answering_module
 from laffi.cli import main
@@ -20,6 +21,7 @@ from laffi.records import (
 )
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
+from laffi.systems import load_systems, packaged_systems
 
 
 class Crash(Exception):
@@ -131,3 +133,29 @@ def test_training_sets_load_with_datasets(tiny_overrides, tmp_path):
     assert dataset.column_names == ["id", "prompt", "completion"]
     assert dataset[0]["prompt"][-1]["role"] == "user" and dataset[0]["completion"][0]["role"] == "assistant"
 
+
+
+def test_every_packaged_system_trains_once_and_is_evaluated_end_to_end(tiny_overrides, tmp_path):
+    names = ["base", *(n for n in packaged_systems() if n != "base")]
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--out", str(out), *tiny_overrides, "train.steps=2",
+                 "train.checkpoint_every=0", f"systems.names={','.join(names)}"]) == 0
+    layout = RunLayout(out)
+    results = json.loads(layout.results_json.read_text())
+    assert list(results) == names
+    systems = load_systems(names)
+    assert layout.trained_systems() == sorted(s.name for s in systems if s.recipe)  # one adapter per recipe, none for the others
+    seconds = json.loads(layout.run_info.read_text())["stage_seconds"]
+    assert [stage for stage in seconds if stage.startswith("train ")] == [f"train {s.name}" for s in systems if s.recipe]
+    for system in systems:
+        predictions = read_records(layout.predictions(system.name), Prediction)
+        assert len(predictions) == 8
+        if system.guided:  # each answer reviewed at least once and at most `rounds` times
+            assert all(1 <= len(p.reviews) <= system.answer.rounds for p in predictions)
+        else:
+            assert all(p.reviews is None for p in predictions)
+    differences = json.loads(layout.run_info.read_text())["paired_differences"]
+    assert {f"{n} - sft" for n in names if n not in ("base", "sft")} | {"sft - base"} <= set(differences)
+    saved = yaml.safe_load(layout.eval_config("sft-reviewed").read_text())["system"]
+    assert saved["adapter"] == str(layout.adapter("sft").resolve())
+    assert saved["reviewer"] == str(layout.adapter("laffi-refine-mix").resolve())

@@ -1,0 +1,119 @@
+"""Systems as data: every packaged system parses and says how to run it; bad files are named; the
+training sets a recipe asks for hold exactly its shares; the refine format's fields read back.
+
+    python -m pytest tests/systems
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.human_helpers import laffi, make_run
+
+from laffi.config import ConfigError
+from laffi.prompts import read_review, review_completion
+from laffi.records import Feedback, TrainingExample, read_records, write_records
+from laffi.stages.build import SET_FORMATS, shares_of
+from laffi.systems import DEFINITIONS, SETS, load_system, load_systems, packaged_systems
+
+
+@pytest.mark.parametrize("name", packaged_systems())
+def test_every_packaged_system_parses_and_starts_with_the_command_that_runs_it(name):
+    system = load_system(name)
+    first = (DEFINITIONS / f"{name}.yaml").read_text().splitlines()[0]
+    assert first.startswith("# laffi run systems.names=") and name in first.split("=", 1)[1].split(",")
+    assert system.description
+    load_systems(first.split("=", 1)[1].split(","))  # the command's list is complete: adapters, reviewers
+
+
+def test_the_paper_method_keeps_its_recipe_and_the_sets_match_the_build_stage():
+    laffi_system, sft = load_system("laffi"), load_system("sft")
+    assert laffi_system.recipe.sets == {"laffi": 1.0} and laffi_system.answer.procedure == "direct"
+    assert sft.recipe.sets == {"sft": 1.0} and load_system("base").adapter is None
+    assert set(SETS) == set(SET_FORMATS)
+
+
+def write_system(tmp_path, name, text):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  sets: {sft: 0.5, laffi: 0.4}\n", "train.sets: shares must sum to 1"),
+    ("train:\n  sets: {gold: 1.0}\n", "unknown set 'gold'"),
+    ("answer:\n  procedure: vote\n", "answer.procedure: must be one of direct, feedback-guided"),
+    ("answer:\n  rounds: 0\n", "answer.rounds: must be >= 1"),
+    ("train:\n  sets: {sft: 1.0}\nadapter_of: laffi\n", "adapter_of: a system with its own train recipe"),
+    ("trian: {}\n", "trian: unknown option"),
+])
+def test_a_bad_system_file_is_named_with_its_option(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_system(write_system(tmp_path, "mine", text))
+
+
+def test_systems_must_name_what_they_answer_and_review_with(tmp_path):
+    with pytest.raises(ConfigError, match="unknown system 'nope'"):
+        load_systems(["nope"])
+    with pytest.raises(ConfigError, match="laffi-refine-mix-guided's adapter_of is 'laffi-refine-mix'"):
+        load_systems(["sft", "laffi-refine-mix-guided"])
+    reviewed_by_laffi = write_system(tmp_path, "odd", "adapter_of: sft\nanswer: {procedure: feedback-guided, "
+                                                      "reviewer: laffi}\n")
+    with pytest.raises(ConfigError, match="never trained on the refine set"):
+        load_systems(["sft", "laffi", reviewed_by_laffi])
+    with pytest.raises(ConfigError, match="names a system twice"):
+        load_systems(["sft", "sft"])
+
+
+@pytest.mark.parametrize("shares, total, expected", [([0.5, 0.5], 8, [4, 4]), ([0.25, 0.75], 12, [3, 9]),
+                                                     ([1 / 3, 2 / 3], 10, [3, 7]), ([1.0], 5, [5])])
+def test_shares_are_whole_counts_that_sum_to_the_total(shares, total, expected):
+    assert shares_of(shares, total) == expected
+
+
+def test_a_mix_holds_exactly_the_share_asked_for_each_question_once(tmp_path):
+    run = make_run(tmp_path / "run", n_items=12)
+    # the reference annotator's records name the right answer; make every incorrect one do so
+    notes = [Feedback(f.id, f.answer, f.verdict, f.text, f.source, f.annotator,
+                      corrected_answer=None if f.verdict == "correct" else "north")
+             for f in read_records(run / "feedback.jsonl", Feedback)]
+    write_records(run / "feedback.jsonl", notes)
+    mix = write_system(tmp_path, "quarter", "train:\n  sets: {refine: 0.25, sft: 0.75}\n")
+    code, out, err = laffi("build", str(run), "data.num_shots=1", f"systems.names=base,sft,laffi,{mix}")
+    assert code == 0, err
+    rows = read_records(run / "sets" / "quarter.jsonl", TrainingExample)
+    meta = json.loads((run / "sets" / "quarter.meta.json").read_text())
+    assert meta["examples"] == {"refine": 3, "sft": 9} and meta["size"] == 12
+    assert sorted(meta["ids"]["refine"] + meta["ids"]["sft"]) == sorted(r.id for r in rows)  # each question once
+    assert [r.id for r in rows] == [r.id for r in read_records(run / "sets" / "sft.jsonl", TrainingExample)]
+    by_id = {n.id: n for n in notes}
+    for row in rows:
+        completion = row.completion[0]["content"]
+        if row.id in meta["ids"]["refine"]:
+            note = by_id[row.id]
+            assert read_review(completion) == (note.verdict, note.answer if note.verdict == "correct" else "north")
+            assert completion.startswith(note.text) and row.prompt[-2]["content"] == note.answer
+        else:
+            assert completion == "north" and row.prompt[-1]["content"].startswith("Passage:")
+    # the same build again draws the same questions
+    assert laffi("build", str(run), "data.num_shots=1", f"systems.names=base,sft,laffi,{mix}")[0] == 0
+    assert json.loads((run / "sets" / "quarter.meta.json").read_text()) == meta
+
+
+def test_a_refine_set_needs_feedback_that_names_the_right_answer(tmp_path):
+    run = make_run(tmp_path / "run", n_items=6)  # free-text feedback: the incorrect ones have no corrected answer
+    code, _, err = laffi("build", str(run), "data.num_shots=1", "systems.names=base,sft,laffi-refine")
+    assert code == 2 and "laffi-refine: 6 refine examples asked for, but only 3 questions" in err
+
+
+def test_the_review_fields_read_back_as_written_and_nothing_else_does():
+    text = review_completion('The answer is incorrect. It should be "Denver".', "incorrect", "Denver Broncos")
+    assert read_review(text) == ("incorrect", "Denver Broncos")
+    assert read_review(text + "\n") == ("incorrect", "Denver Broncos")
+    assert read_review(review_completion("Correct.", "correct", "")) == ("correct", "")
+    assert read_review('The answer is incorrect. The right answer is "Denver".') is None  # free text is not read
+    assert read_review("Verdict: wrong\nRevised answer: x") is None  # not a verdict
+    assert read_review("Verdict: incorrect") is None  # cut off before its revised answer
+    # a model that repeats the fields: the last complete pair counts
+    assert read_review("Verdict: correct\nRevised answer: a\nVerdict: incorrect\nRevised answer: b") == ("incorrect", "b")

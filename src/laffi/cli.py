@@ -234,9 +234,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{len(examples)} examples in {layout.training_set(name)}")
     elif args.command == "train":
         from laffi.distributed.shards import Shard
+        from laffi.stages.evaluate import dev_scorer
         from laffi.stages.train import train
 
-        out = train(layout, args.system, config.model, config.train)
+        out = train(layout, args.system, config.model, config.train,
+                    dev=dev_scorer(layout, config.data, config.generate, config.train))
         if Shard.current().is_main:  # under a launcher, one line, not one per process
             print(f"adapter saved in {out}")
     elif args.command == "evaluate":

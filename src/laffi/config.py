@@ -179,8 +179,17 @@ class TrainConfig:
     max_row_tokens: int = 1536
     checkpoint_every: int = 8  # steps between resumable checkpoints; 0 = none
     seed: int = 0
+    # QA evaluation during training: every eval_every steps, and after the last, the adapter answers the
+    # first eval_questions dev questions (data/dev.jsonl) by generation, and their EM/F1 go into
+    # train_log.jsonl and the progress bar next to the loss; 0 = never. Needs a dev set and one process.
+    eval_every: int = 0
+    eval_questions: int = 50
+    keep_best: bool = False  # with eval_every: save the adapter of the step with the best dev F1, not the last
 
     def __post_init__(self) -> None:
+        require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = no evaluation during training)")
+        require(self.eval_questions >= 1, "train.eval_questions", "must be >= 1")
+        require(not self.keep_best or self.eval_every, "train.keep_best", "needs train.eval_every > 0")
         for name in ("steps", "batch_size", "grad_accum", "max_seq_len", "lora_r", "max_row_tokens"):
             require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         require(self.lr > 0, "train.lr", "must be > 0")

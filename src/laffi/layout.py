@@ -170,6 +170,10 @@ class RunLayout:
     def adapter(self, system: str) -> Path:
         return self.root / "adapters" / system
 
+    def best_adapter(self, system: str) -> Path:
+        """train.keep_best: the adapter of the step with the best dev F1 so far."""
+        return self.adapter(system) / "best"
+
     def trained_systems(self) -> list[str]:
         return sorted(p.name for p in (self.root / "adapters").glob("*") if self.train_log(p.name).exists())
 

@@ -130,6 +130,8 @@ class TrainLogEntry:
     completion_tokens_per_s: float
     elapsed_s: float
     grad_norm: float | None = None  # before clipping, over all processes (None if the engine reports none)
+    dev_exact: float | None = None  # train.eval_every: EM and F1 (percent) on the dev questions after this step
+    dev_f1: float | None = None
 
 
 class RecordError(ValueError):

@@ -183,3 +183,43 @@ def test_an_adapter_begun_by_an_older_laffi_is_checked_against_its_old_config(ti
     with pytest.raises(ConfigError, match="train.steps"):
         train(layout, "sft", changed.model, changed.train)
     assert layout.train_config("sft").exists() and not layout.old_train_config("sft").exists()  # taken over
+
+
+def test_qa_evaluation_during_training_logs_dev_scores_at_the_configured_steps(tiny_overrides, tmp_path):
+    from laffi.stages.evaluate import dev_scorer
+    from laffi.stages.prepare import prepare
+
+    def run(out, *extra):
+        config = load_config(overrides=[*tiny_overrides, "train.steps=5", "train.eval_every=2",
+                                        "train.eval_questions=3", *extra])
+        layout = RunLayout(out)
+        prepare(layout, config.data)
+        make_set(out)
+        train(layout, "sft", config.model, config.train, dev=dev_scorer(layout, config.data, config.generate, config.train))
+        return layout
+
+    layout = run(tmp_path / "last")
+    log = read_records(layout.train_log("sft"), TrainLogEntry)
+    assert [e.step for e in log if e.dev_f1 is not None] == [2, 4, 5]  # every 2 steps, and after the last
+    assert all(0 <= e.dev_f1 <= 100 and 0 <= e.dev_exact <= 100 for e in log if e.dev_f1 is not None)
+    summary = json.loads(layout.train_summary("sft").read_text())
+    assert summary["kept"] == "last step" and summary["dev_best"]["step"] in (2, 4, 5)
+
+    best = run(tmp_path / "best", "train.keep_best=true")
+    summary = json.loads(best.train_summary("sft").read_text())
+    step = summary["dev_best"]["step"]
+    assert summary["kept"] == f"step {step} (best dev F1)" and not best.best_adapter("sft").exists()
+    weights = [load_file(path / "adapter_model.safetensors") for path in (layout.adapter("sft"), best.adapter("sft"))]
+    same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert same == (step == 5)  # the best step's adapter, which is the last one only if step 5 was best
+
+
+def test_qa_evaluation_during_training_needs_a_dev_set(tiny_overrides, tmp_path):
+    from laffi.config import ConfigError
+    from laffi.stages.evaluate import dev_scorer
+
+    config = load_config(overrides=[*tiny_overrides, "train.eval_every=2"])
+    with pytest.raises(ConfigError, match="train.eval_every: .*dev.jsonl is missing"):
+        dev_scorer(RunLayout(tmp_path), config.data, config.generate, config.train)
+    with pytest.raises(ConfigError, match="train.keep_best: needs train.eval_every > 0"):
+        load_config(overrides=["train.keep_best=true"])

@@ -116,6 +116,15 @@ def loss_curves(logs: dict[str, list[Any]]) -> bytes:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (completion tokens)")
     ax.grid(alpha=0.3)
+    scored = {name: [e for e in entries if getattr(e, "dev_f1", None) is not None] for name, entries in logs.items()}
+    if any(scored.values()):  # train.eval_every: dev F1 on a second axis, in each line's colour
+        dev = ax.twinx()
+        colors = {line.get_label(): line.get_color() for line in ax.get_lines()}
+        for name, entries in scored.items():
+            if entries:
+                dev.plot([e.step for e in entries], [e.dev_f1 for e in entries], color=colors.get(name),
+                         linestyle=":", marker="s", label=f"{name} dev F1")
+        dev.set_ylabel("dev F1 (%), dotted")
     if len(logs) <= 12:
         ax.legend(fontsize=7, loc="upper right")
     return png(fig)

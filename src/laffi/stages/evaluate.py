@@ -20,8 +20,8 @@ from laffi.analysis.bootstrap import bootstrap_interval
 from laffi.analysis.metrics import score_example, summarize
 from laffi.backends.answering import answer_questions, load_backend
 from laffi.backends.feedback_guided import answer_with_feedback
-from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, plain, save_config
-from laffi.distributed.shards import Shard
+from laffi.config import ConfigError, DataConfig, EvalConfig, GenerateConfig, ModelConfig, TrainConfig, plain, save_config
+from laffi.distributed.shards import Collector, Shard
 from laffi.layout import ADAPTER_CONFIG, RunLayout, is_adapter
 from laffi.prompts import extract_answer
 from laffi.records import Prediction, QAExample, Review, read_records, write_json
@@ -40,6 +40,30 @@ def metrics_for(examples: list[QAExample], predictions: list[Prediction], config
         low, high = bootstrap_interval(values, samples=config.bootstrap_samples, seed=config.seed)
         metrics[f"{name}_ci95"] = [round(100 * low, 2), round(100 * high, 2)]
     return metrics
+
+
+DevScorer = Callable[[object, object, str], dict]
+
+
+def dev_scorer(layout: RunLayout, data: DataConfig, generate: GenerateConfig, train: TrainConfig) -> DevScorer | None:
+    """What training calls every train.eval_every steps: (model, tokenizer, label) -> {"exact", "f1"} in
+    percent, answering the first train.eval_questions dev questions directly. None when it is off."""
+    if not train.eval_every:
+        return None
+    if not layout.questions("dev").exists():
+        raise ConfigError(f"train.eval_every: {layout.questions('dev')} is missing; QA evaluation during training "
+                          "answers the dev set (data.dev_size > 0, then `laffi prepare`)")
+    examples = read_records(layout.questions("dev"), QAExample)[:train.eval_questions]
+    shots = read_records(layout.shots, QAExample)
+
+    def score(model, tokenizer, label: str) -> dict:
+        out = Collector()
+        answer_questions(model, tokenizer, examples, shots, data, generate, out,
+                         lambda e, g: score_example(e, extract_answer(g.text)), desc=f"dev {label}")
+        exact, f1 = zip(*out.records)
+        return {"exact": round(100 * sum(exact) / len(exact), 2), "f1": round(100 * sum(f1) / len(f1), 2)}
+
+    return score
 
 
 def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfig,

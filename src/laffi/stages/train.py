@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from tqdm import tqdm
+from safetensors.torch import load_file
 from transformers import get_scheduler
 
-from laffi.config import ModelConfig, TrainConfig, save_config
+from laffi.config import ConfigError, ModelConfig, TrainConfig, save_config
 from laffi.distributed.batching import BatchPlan, configure_deepspeed, plan_batches, shard_window, totals
 from laffi.distributed.checkpoint import (
     full_state_dict,
@@ -45,11 +46,12 @@ from laffi.distributed.checkpoint import (
     save_checkpoint,
 )
 from laffi.distributed.shards import Shard
-from laffi.layout import RunLayout, adapter_finished
+from laffi.layout import ADAPTER_WEIGHTS, RunLayout, adapter_finished
 from laffi.models import load_model, pick_device, trim_heap
 from laffi.packing import can_pack
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_json, write_records
 from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_parts, tokenize, unwrapped
+from laffi.stages.evaluate import DevScorer
 from laffi.tree_attention import tree_attention
 
 
@@ -136,12 +138,29 @@ def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train:
     save_config(layout.train_config(system), {"model": model, "train": train})
 
 
-def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig) -> Path:
+def score_on_dev(dev: DevScorer, lm, tokenizer, autocast: bool, step: int) -> dict:
+    """The adapter as it is after `step`, answering dev questions: no dropout, no gradients, then back to training."""
+    model = unwrapped(lm)
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(model.device.type, torch.bfloat16, enabled=autocast):
+            return dev(model, tokenizer, f"at step {step}")
+    finally:
+        model.train()
+
+
+def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig, dev: DevScorer | None = None) -> Path:
+    """`dev`: with train.eval_every, how to score the adapter on dev questions (laffi.stages.evaluate.dev_scorer)."""
     out = layout.adapter(system)
     examples = read_records(layout.training_set(system), TrainingExample)
     # one process, or one of many under accelerate launch / torchrun (read from the environment)
     accelerator = Accelerator(cpu=pick_device(model.device).type == "cpu", step_scheduler_with_optimizer=False)
     plan = plan_batches(train, accelerator.num_processes)
+    if train.eval_every and accelerator.num_processes > 1:
+        raise ConfigError("train.eval_every: QA evaluation during training runs in one process; set it to 0 "
+                          "under a launcher and score the dev set after (`laffi evaluate RUN --system NAME eval.split=dev`)")
+    if train.eval_every and dev is None:
+        raise ValueError("train.eval_every is set, but no dev scorer was given (laffi.stages.evaluate.dev_scorer)")
     accelerator.gradient_accumulation_steps = plan.per_device_accum
     main = accelerator.is_main_process
     # the main process writes the config; if it differs from the one there, every process stops
@@ -192,8 +211,14 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         entry = TrainLogEntry(step, round(step_loss, 5), scheduler.get_last_lr()[0],
                               round(tokens_seen / elapsed, 1), round(completion_seen / elapsed, 1), round(elapsed, 2),
                               grad_norm(norm))
+        if train.eval_every and (step % train.eval_every == 0 or step == train.steps):
+            scores = score_on_dev(dev, lm, tokenizer, autocast, step)
+            entry = replace(entry, dev_exact=scores["exact"], dev_f1=scores["f1"])
+            if train.keep_best and scores["f1"] > max((e.dev_f1 for e in log if e.dev_f1 is not None), default=-1):
+                accelerator.unwrap_model(lm).save_pretrained(layout.best_adapter(system))
         log.append(entry)
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{entry.tokens_per_s:.0f}")
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{entry.tokens_per_s:.0f}",
+                        **({"dev_f1": f"{entry.dev_f1:.1f}"} if entry.dev_f1 is not None else {}))
         bar.update()
         if train.checkpoint_every and step % train.checkpoint_every == 0 and step < train.steps:
             if main:
@@ -201,6 +226,10 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
             save_checkpoint(checkpoint, accelerator, lm, step)
     bar.close()
 
+    best = max((e for e in log if e.dev_f1 is not None), key=lambda e: e.dev_f1, default=None)  # first of ties
+    if train.keep_best and best is not None:  # the best step's weights, saved when it happened
+        set_peft_model_state_dict(accelerator.unwrap_model(lm),
+                                  load_file(layout.best_adapter(system) / ADAPTER_WEIGHTS, device="cpu"))
     state_dict = full_state_dict(accelerator, lm)  # gathered where sharded; every process takes part
     trained = accelerator.unwrap_model(lm)
     if main:
@@ -214,8 +243,11 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
                    "tokens_per_s": log[-1].tokens_per_s if log else None,
                    "completion_tokens_per_s": log[-1].completion_tokens_per_s if log else None,
                    "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
+                   "dev_best": {"step": best.step, "f1": best.dev_f1, "exact": best.dev_exact} if best else None,
+                   "kept": f"step {best.step} (best dev F1)" if train.keep_best and best else "last step",
                    "trainable_parameters": sum(p.numel() for p in trained.parameters() if p.requires_grad)}
         write_json(layout.train_summary(system), summary)
         shutil.rmtree(checkpoint, ignore_errors=True)
+        shutil.rmtree(layout.best_adapter(system), ignore_errors=True)
     accelerator.wait_for_everyone()  # no process returns before the adapter is on disk
     return out

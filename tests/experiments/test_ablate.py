@@ -45,10 +45,10 @@ def grid_run(tiny_model_dir, tmp_path_factory):
     calls = {"train": [], "evaluate": [], "generate": 0}
     real_train, real_evaluate, real_generate = ablate_module.train, ablate_module.evaluate, ablate_module.generate
 
-    def train(layout, name, *args):
+    def train(layout, name, *args, **kwargs):
         if not adapter_finished(layout.adapter(name)):  # else it returns at once
             calls["train"].append(str(layout.root))
-        return real_train(layout, name, *args)
+        return real_train(layout, name, *args, **kwargs)
 
     def evaluate(layout, system, *args, **kwargs):
         calls["evaluate"].append(system)
@@ -211,3 +211,17 @@ def test_job_keys_are_those_of_earlier_versions(tmp_path):
     config = ablate_config_from({"run": {"model": {"name": "some/model"}, "train": {"steps": 8}},
                                  "grid": {"system": ["sft"], "size": [4], "seeds": [1]}})
     assert job_for(config, "sft", variant, 1).key == "d37df2d66aba"
+
+
+def test_any_system_with_a_train_recipe_is_a_grid_value(tiny_model_dir, tmp_path):
+    config = ablate_config_from({"run": tiny_run(tiny_model_dir),
+                                 "grid": {"system": ["sft", "laffi", "laffi-refine-mix"], "size": [8], "seeds": [0]}})
+    summary = ablate(config, tmp_path / "grid")
+    assert [d["system"] for d in summary["differences"]] == ["laffi", "laffi-refine-mix"]
+    cell = next(c for c in summary["cells"] if c["system"] == "laffi-refine-mix")
+    mix = tmp_path / "grid" / cell["artifacts"]["set"][0]
+    meta = json.loads(mix.with_name("laffi-refine-mix.meta.json").read_text())
+    assert meta["examples"] == {"refine": 4, "sft": 4} and len(read_records(mix, TrainingExample)) == 8
+    assert "| laffi-refine-mix |" in (tmp_path / "grid" / "ablation.md").read_text()
+    with pytest.raises(Exception, match="sft-reviewed has no train recipe"):
+        ablate_config_from({"grid": {"system": ["sft", "sft-reviewed"]}})

@@ -72,7 +72,7 @@ def test_ablation_markdown():
         "| 1 | laffi | 4 | 40.00 | 30.00-50.00 | 45.00 | 35.00-55.00 | 39.0 / 41.0 |  |",
         "| 2 | sft | 8 | 35.00 | 25.00-45.00 | 40.00 | 30.00-50.00 | 34.0 / 36.0 | same adapters as #0 |",
         "",
-        "LaFFi - SFT, paired by seed and question (percentage points, 95% interval):",
+        "Each system - SFT, paired by seed and question (percentage points, 95% interval):",
         "",
         "| size | EM diff | EM 95% CI | F1 diff | F1 95% CI |",
         "|---|---:|---|---:|---|",

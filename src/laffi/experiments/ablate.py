@@ -36,10 +36,11 @@ from laffi.report.html import write_report
 from laffi.report.tables import ablation_markdown
 from laffi.stages.annotate import annotate, check_annotator
 from laffi.stages.build import HybridConfig, build_hybrid
-from laffi.stages.evaluate import evaluate
+from laffi.stages.evaluate import dev_scorer, evaluate
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.train import train
+from laffi.systems import load_system
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def build_variant(ablation: AblationLayout, config: AblateConfig, annotator: str
     if ratio > 0:
         people = read_records(ablation.run.human_feedback, Feedback)
         write_records(variant.human_feedback, [with_content(n, content) for n in people])
-    build_hybrid(variant, replace(config.run.data, seed=seed), HybridConfig(ratio, size))
+    systems = [load_system(name) for name in config.grid.system]
+    build_hybrid(variant, replace(config.run.data, seed=seed), HybridConfig(ratio, size), systems)
     return variant
 
 
@@ -91,8 +93,10 @@ def run_job(ablation: AblationLayout, config: AblateConfig, job: Job) -> bool:
     training = replace(run.train, seed=job.seed)
     # the job's own config.yaml: stages run by hand in it (laffi attention, laffi report) read it
     save_config(layout.config, {**run.sections("model", "data", "generate"), "train": training, "eval": run.eval})
-    train(layout, job.system, run.model, training)
-    evaluate(layout, job.system, run.model, run.data, run.generate, run.eval, adapter=adapter)
+    train(layout, job.system, run.model, training, dev=dev_scorer(layout, run.data, run.generate, training))
+    system = load_system(job.system)  # the grid allows only systems that answer with their own adapter
+    evaluate(layout, job.system, run.model, run.data, run.generate, run.eval, adapter=adapter,
+             answering=system.answer, reviewer=adapter if system.guided else None)
     return True
 
 

@@ -9,8 +9,9 @@ batch order) and with the held-out questions it happens to be scored on. The int
 the two-level bootstrap of laffi.analysis.bootstrap over seeds and held-out questions. With one
 seed it is exactly the per-question interval of `laffi evaluate` (same draws).
 
-LaFFi - SFT differences pair each LaFFi cell with the SFT cell that differs only in the system,
-seed by seed and question by question, and resample the pairs the same way.
+System - SFT differences pair each cell of another system (LaFFi, or any laffi.systems one) with
+the SFT cell that differs only in the system, seed by seed and question by question, and resample
+the pairs the same way.
 
 The summary (ablation.json) names its grid's axes under "axes"; laffi.report.tables renders it
 (ablation.md, the ablation section of report.html).
@@ -99,7 +100,7 @@ def _differences(by_cell: dict[tuple, list[CellRun]], samples: int, seed: int) -
     system = AXES.index("system")
     out = []
     for key, laffi in by_cell.items():
-        if key[system] != "laffi":
+        if key[system] == "sft":
             continue
         sft = by_cell.get(key[:system] + ("sft",) + key[system + 1:])
         if not sft:
@@ -109,7 +110,7 @@ def _differences(by_cell: dict[tuple, list[CellRun]], samples: int, seed: int) -
             continue
         pick = lambda group: [r for r in group if r.seed in shared]  # noqa: E731
         entry = {axis: value for axis, value in zip(AXES, key) if axis != "system"}
-        entry["seeds"] = shared
+        entry["system"], entry["seeds"] = key[system], shared
         for metric in METRICS:
             mean, low, high = paired_bootstrap_difference(_scores(pick(laffi), metric), _scores(pick(sft), metric),
                                                           samples, seed)

@@ -7,7 +7,7 @@ A file has three sections (configs/ablate/ has one per axis):
     run:          # the shared run: the sections of a `laffi run` config, on top of the default preset
       data: {eval_size: 100, train_size: 64}
     grid:         # every combination of these values is a cell, each run once per seed
-      system: [sft, laffi]
+      system: [sft, laffi]                 # systems with a train recipe (laffi.systems)
       size: [16, 64]                     # training examples (questions), drawn from the train pool
       seeds: [0, 1, 2]                   # the draw, the LoRA initialisation and the batch order
       annotator: [reference]             # names: reference, or one of `annotators`
@@ -38,6 +38,7 @@ from laffi.config import (
     read_yaml,
     require,
 )
+from laffi.systems import load_system
 
 TRAINED_SYSTEMS = ("sft", "laffi")
 AXES = ("system", "size", "annotator", "human_ratio", "content")  # a cell's coordinates, in table order
@@ -58,9 +59,12 @@ class GridConfig:
             values = getattr(self, name)
             require(bool(values), f"grid.{name}", "must list at least one value")
             require(len(set(values)) == len(values), f"grid.{name}", f"lists a value twice: {values}")
-        for system in self.system:
-            require(system in TRAINED_SYSTEMS, "grid.system",
-                    f"unknown system {system!r}; available: sft, laffi")
+        for name in self.system:
+            system = load_system(name)
+            require(system.recipe is not None, "grid.system",
+                    f"{name} has no train recipe of its own; a grid cell trains one (e.g. sft, laffi, laffi-mix)")
+            require(system.reviewer in (None, system.name), "grid.system",
+                    f"{name} is reviewed by another system's adapter; a grid cell answers with its own only")
         for size in self.size:
             require(size >= 1, "grid.size", f"must be >= 1, got {size}")
         for content in self.content:

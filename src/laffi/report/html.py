@@ -104,7 +104,7 @@ def ablation_section(root: Path) -> str:
              "Mean over seeds; 95% interval from a bootstrap over seeds and held-out questions.</p>",
              table(*ablation_table(summary), id="ablation")]
     if summary.get("differences"):
-        parts += ['<p class="note">LaFFi - SFT, paired by seed and question (percentage points):</p>',
+        parts += ['<p class="note">Each system - SFT, paired by seed and question (percentage points):</p>',
                   table(*ablation_differences_table(summary), id="differences")]
     charts = ablation_charts(summary, varying_axes(summary))
     parts += [f"<h3>{esc(title)}</h3>" + image(png, title) for title, png in charts]

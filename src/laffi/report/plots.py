@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from laffi.layout import RunLayout  # noqa: E402
 from laffi.records import write_atomic  # noqa: E402
+from laffi.report.tables import difference_axes  # noqa: E402
 
 COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "laffi": "#d62728"}
 ATTENTION_TITLES = {"entropy": "attention entropy (nats)", "distance": "mean attention distance (tokens)",
@@ -53,7 +54,7 @@ def results_chart(results: dict[str, dict]) -> bytes:
 
 def ablation_charts(summary: dict, axes_shown: list[str]) -> list[tuple[str, bytes]]:
     """One chart per varying axis (x) with a line per system (and other varying axes), error bars
-    = the 95% intervals; then the paired LaFFi - SFT differences."""
+    = the 95% intervals; then the paired system - SFT differences."""
     cells, base = summary["cells"], summary.get("base")
     charts = []
     for axis in [a for a in axes_shown if a != "system"] or ["system"]:
@@ -83,7 +84,7 @@ def ablation_charts(summary: dict, axes_shown: list[str]) -> list[tuple[str, byt
         charts.append((f"Exact match and F1 by {axis}", png(fig)))
     differences = summary.get("differences") or []
     if differences:
-        others = [a for a in axes_shown if a != "system"]
+        others = difference_axes(summary)
         names = [", ".join(f"{a}={d[a]}" for a in others) or "all" for d in differences]
         fig, panels = plt.subplots(1, 2, figsize=(10, 0.35 * len(names) + 1.3))
         for ax, metric in zip(panels, ("exact", "f1")):
@@ -93,9 +94,9 @@ def ablation_charts(summary: dict, axes_shown: list[str]) -> list[tuple[str, byt
             ax.errorbar(mean, range(len(names)), xerr=err, fmt="o", capsize=4, color=COLORS["laffi"])
             ax.axvline(0, color="black", linewidth=0.8)
             ax.set_yticks(range(len(names)), names if ax is panels[0] else [""] * len(names))
-            ax.set_title(f"LaFFi - SFT, {METRIC_NAMES[metric].replace('(%)', '(points)')}")
+            ax.set_title(f"system - SFT, {METRIC_NAMES[metric].replace('(%)', '(points)')}")
             ax.grid(alpha=0.3)
-        charts.append(("LaFFi - SFT, paired by seed and question", png(fig)))
+        charts.append(("system - SFT, paired by seed and question", png(fig)))
     return charts
 
 

@@ -94,9 +94,17 @@ def ablation_table(summary: dict) -> Table:
     return Table(["#", *axes, *SCORES, "EM per seed", "note"], rows, frozenset({0, n + 1, n + 3}))
 
 
-def ablation_differences_table(summary: dict) -> Table:
-    """LaFFi - SFT per pair of cells that differ only in the system (its other varying axes)."""
+def difference_axes(summary: dict) -> list[str]:
+    """The axes that tell the system - SFT differences apart: the other varying axes, and the system
+    once the grid has more than LaFFi besides SFT."""
     others = [a for a in varying_axes(summary) if a != "system"]
+    several = {d.get("system", "laffi") for d in summary["differences"]} != {"laffi"}
+    return ["system", *others] if several else others
+
+
+def ablation_differences_table(summary: dict) -> Table:
+    """System - SFT per pair of cells that differ only in the system (its other varying axes)."""
+    others = difference_axes(summary)
     return Table([*others, *DIFFERENCES],
                  [[*[str(d[a]) for a in others], *difference(d["exact"]), *difference(d["f1"])]
                   for d in summary["differences"]],
@@ -112,7 +120,7 @@ def ablation_markdown(summary: dict) -> str:
              "Mean over seeds, 95% interval over seeds and held-out questions (percent).", "",
              markdown(*ablation_table(summary))]
     if summary["differences"]:
-        lines += ["", "LaFFi - SFT, paired by seed and question (percentage points, 95% interval):", "",
+        lines += ["", "Each system - SFT, paired by seed and question (percentage points, 95% interval):", "",
                   markdown(*ablation_differences_table(summary))]
     return "\n".join(lines) + "\n"
 

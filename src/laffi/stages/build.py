@@ -11,7 +11,8 @@ Both hold the same questions: those with feedback, in the order of the train poo
 - sets/SYSTEM.jsonl for every other system with a train recipe (laffi.systems): each question once,
   an exact share of them in each set's format, drawn by data.seed; sets/SYSTEM.meta.json says which.
   The refine format: the LaFFi prompt -> the feedback, then "Verdict: ..." and "Revised answer: ..."
-  lines from the Feedback record (its corrected answer; the answer itself when it is correct).
+  lines from the Feedback record (its corrected answer; the answer itself when it is correct). The
+  critique format: the same, with the feedback's verdict sentence alone before the fields.
 
 The hybrid build mixes an exact share of human feedback into the LaFFi set, the rest AI feedback.
 Each question appears at most once: `round(R * N)` questions are drawn (seeded by data.seed) from
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from laffi.analysis.metrics import majority_answer
+from laffi.annotators.content import content_text
 from laffi.config import ConfigError, DataConfig, require, save_config
 from laffi.layout import RunLayout, failures_file
 from laffi.prompts import choose_shots, feedback_messages, qa_messages, review_completion
@@ -40,7 +42,7 @@ from laffi.records import (
     write_json,
     write_records,
 )
-from laffi.systems import System
+from laffi.systems import REVIEW_SETS, System
 
 
 def build(layout: RunLayout, data: DataConfig, systems: list[System] = ()) -> dict[str, list[TrainingExample]]:
@@ -55,11 +57,7 @@ def build(layout: RunLayout, data: DataConfig, systems: list[System] = ()) -> di
     chosen = {example.id: feedback[example.id] for example in examples if example.id in feedback}
     if not chosen:
         raise ValueError(f"{layout.feedback}: no feedback on any train question; run `laffi annotate` first")
-    sets = write_sets(layout, examples, shots, chosen, data)
-    for system in systems:
-        if system.recipe and system.recipe.sets != {system.name: 1.0}:  # sft and laffi are written above
-            sets[system.name] = write_system_set(layout, system, examples, shots, chosen, data)
-    return sets
+    return write_sets(layout, examples, shots, chosen, data, systems=systems)
 
 
 def revised_answer(note: Feedback) -> str | None:
@@ -85,8 +83,16 @@ def refine_example(example: QAExample, shots: list[QAExample], note: Feedback) -
     return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion))
 
 
+def critique_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
+    """A short critique: the feedback's verdict sentence alone, then the same fields as refine. At 32
+    steps the embedded 135M model does not learn to write the whole feedback and its fields (on 100 dev
+    questions no predicted refine completion had them), so this variant asks for much less text."""
+    completion = review_completion(content_text(note, "verdict"), note.verdict, revised_answer(note))
+    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion))
+
+
 # the training sets a system's recipe can draw on (laffi.systems.SETS)
-SET_FORMATS = {"sft": sft_example, "laffi": laffi_example, "refine": refine_example}
+SET_FORMATS = {"sft": sft_example, "laffi": laffi_example, "refine": refine_example, "critique": critique_example}
 
 
 def write_system_set(layout: RunLayout, system: System, examples: list[QAExample], shots: list[QAExample],
@@ -98,8 +104,8 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
     left = [e.id for e in questions]
     rng.shuffle(left)
     assigned: dict[str, str] = {}
-    for name in sorted(counts, key=lambda n: n != "refine"):  # refine first: not every question has one
-        usable = [q for q in left if name != "refine" or revised_answer(chosen[q]) is not None]
+    for name in sorted(counts, key=lambda n: n not in REVIEW_SETS):  # these first: not every question has one
+        usable = [q for q in left if name not in REVIEW_SETS or revised_answer(chosen[q]) is not None]
         if len(usable) < counts[name]:
             raise ValueError(f"{system.name}: {counts[name]} {name} examples asked for, but only {len(usable)} questions "
                              "have feedback that names a right answer (a corrected answer, or verdict correct)")
@@ -121,9 +127,10 @@ def shares_of(shares: list[float], total: int) -> list[int]:
 
 
 def write_sets(layout: RunLayout, examples: list[QAExample], shots: list[QAExample], chosen: dict[str, Feedback],
-               data: DataConfig, human_ratio: float | None = None) -> dict[str, list[TrainingExample]]:
-    """Both sets on the questions that have `chosen` feedback, in train-pool order, and what the
-    LaFFi set is made of (sets/laffi.meta.json)."""
+               data: DataConfig, human_ratio: float | None = None,
+               systems: list[System] = ()) -> dict[str, list[TrainingExample]]:
+    """Both sets on the questions that have `chosen` feedback, in train-pool order, what the LaFFi set
+    is made of (sets/laffi.meta.json), and the own set of each of `systems` that needs one."""
     questions = [(e, choose_shots(e, shots, data.num_shots, data.seed), chosen[e.id]) for e in examples if e.id in chosen]
     laffi = [laffi_example(*question) for question in questions]
     sft = [sft_example(*question) for question in questions]
@@ -131,7 +138,11 @@ def write_sets(layout: RunLayout, examples: list[QAExample], shots: list[QAExamp
     write_records(layout.training_set("sft"), sft)
     seed = None if human_ratio is None else data.seed  # only a hybrid mix is drawn at random
     write_json(layout.set_metadata("laffi"), mix_metadata([chosen[t.id] for t in laffi], human_ratio, seed))
-    return {"laffi": laffi, "sft": sft}
+    sets = {"laffi": laffi, "sft": sft}
+    for system in systems:
+        if system.recipe and system.recipe.sets != {system.name: 1.0}:  # sft and laffi are written above
+            sets[system.name] = write_system_set(layout, system, examples, shots, chosen, data)
+    return sets
 
 
 def mix_metadata(feedback: list[Feedback], ratio: float | None, seed: int | None) -> dict:
@@ -165,7 +176,8 @@ def _read_all(paths: list[Path]) -> list[Feedback]:
     return [f for path in paths if path.exists() for f in read_records(path, Feedback)]
 
 
-def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig) -> dict[str, list[TrainingExample]]:
+def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig,
+                 systems: list[System] = ()) -> dict[str, list[TrainingExample]]:
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
     sources = [layout.human_feedback, layout.feedback]
@@ -197,4 +209,4 @@ def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig) -> d
             f"{layout.feedback} has it on {len(ai_pool)}. Run `laffi annotate` on more answers or lower --size")
     chosen.update({qid: ai_by_id[qid] for qid in rng.sample(ai_pool, n_ai)})
 
-    return write_sets(layout, examples, shots, chosen, data, hybrid.human_ratio)
+    return write_sets(layout, examples, shots, chosen, data, hybrid.human_ratio, systems)

@@ -23,7 +23,8 @@ from laffi.config import ConfigError, build_section, read_yaml, require
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 # the training sets the build stage can make (laffi.stages.build.SET_FORMATS)
-SETS = ("sft", "laffi", "refine")
+SETS = ("sft", "laffi", "refine", "critique")
+REVIEW_SETS = ("refine", "critique")  # their completions end with the fields feedback-guided answering reads
 PROCEDURES = ("direct", "feedback-guided")
 
 
@@ -46,7 +47,7 @@ class Recipe:
 class Answering:
     procedure: str = "direct"  # direct | feedback-guided
     rounds: int = 1  # feedback-guided: at most this many reviews (and revisions) of an answer
-    # feedback-guided: the system whose adapter predicts the feedback (trained on the refine set);
+    # feedback-guided: the system whose adapter predicts the feedback (trained on a REVIEW_SETS set);
     # empty: the answering model itself
     reviewer: str = ""
     review_tokens: int = 160  # feedback-guided: new tokens for one predicted feedback and its fields
@@ -127,7 +128,7 @@ def load_systems(specs: list[str]) -> list[System]:
                     f"{system.name}'s {role} is {needed!r}, which is not a system with a train recipe in the list "
                     f"({', '.join(sorted(trained)) or 'none'}); add it")
         reviewer = next((s for s in systems if s.name == system.reviewer), None)
-        require(reviewer is None or "refine" in reviewer.recipe.sets, "systems.names",
+        require(reviewer is None or any(name in reviewer.recipe.sets for name in REVIEW_SETS), "systems.names",
                 f"{system.name} is feedback-guided, but its reviewer {reviewer.name if reviewer else ''} never trained "
-                "on the refine set, whose completions end with the fields it reads")
+                f"on a set whose completions end with the fields it reads ({', '.join(REVIEW_SETS)})")
     return systems

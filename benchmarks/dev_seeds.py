@@ -35,17 +35,23 @@ from laffi.systems import load_systems
 SYSTEMS = ("base", "sft", "laffi")
 
 
-def arm_config(run_dir: Path, overrides: list[str], seed: int) -> RunConfig:
+def arm_config(run_dir: Path, overrides: list[str], seed: int, split: str = "dev") -> RunConfig:
     values = merge_values(read_yaml(run_dir / "config.yaml"), parse_overrides([*overrides, f"train.seed={seed}",
-                                                                               "eval.split=dev"]))
+                                                                               f"eval.split={split}"]))
     return build_section(RunConfig, values)
+
+
+def seed_layout(run_dir: Path, arm: str, seed: int) -> RunLayout:
+    """RUN/dev-seeds/ARM/sSEED: a run directory on the run's data/ and sets/."""
+    shared = RunLayout.of(run_dir)
+    layout = RunLayout(run_dir / "dev-seeds" / arm / f"s{seed}", data=shared.data, sets=shared.sets)
+    layout.record()
+    return layout
 
 
 def run_arm(run_dir: Path, name: str, overrides: list[str], seed: int, systems: list[str]) -> dict[str, dict]:
     """Every system of one arm and seed, scored on dev; untrained ones (base) on seed 0 only: they have no seed."""
-    shared = RunLayout.of(run_dir)
-    layout = RunLayout(run_dir / "dev-seeds" / name / f"s{seed}", data=shared.data, sets=shared.sets)
-    layout.record()
+    layout = seed_layout(run_dir, name, seed)
     config = arm_config(run_dir, overrides, seed)
     common = (config.model, config.data, config.generate, config.eval)
     scores = {}

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="laffi", description="Fine-tune LLMs from natural-language feedback (LaFFi).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="the whole experiment: base, SFT and LaFFi, evaluated on held-out questions")
+    run = sub.add_parser("run", help="the whole experiment: base, SFT, LaFFi and the other systems.names, "
+                                     "evaluated on held-out questions")
     run.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value", help="a config file and overrides")
     run.add_argument("--preset", default="default", help="preset to start from: default, smoke")
     run.add_argument("--out", help="run directory (default: runs/PRESET)")

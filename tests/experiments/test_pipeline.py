@@ -154,6 +154,9 @@ def test_every_packaged_system_trains_once_and_is_evaluated_end_to_end(tiny_over
             assert all(1 <= len(p.reviews) <= system.answer.rounds for p in predictions)
         else:
             assert all(p.reviews is None for p in predictions)
+    for system in (s for s in systems if s.guided and s.adapter_of):  # its first answers are the direct ones
+        direct = {p.id: p.output for p in read_records(layout.predictions(system.adapter_of), Prediction)}
+        assert {p.id: p.output for p in read_records(layout.predictions(system.name), Prediction)} == direct
     differences = json.loads(layout.run_info.read_text())["paired_differences"]
     assert {f"{n} - sft" for n in names if n not in ("base", "sft")} | {"sft - base"} <= set(differences)
     saved = yaml.safe_load(layout.eval_config("sft-reviewed").read_text())["system"]

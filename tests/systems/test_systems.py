@@ -13,7 +13,7 @@ from support.human_helpers import laffi, make_run
 
 from laffi.config import ConfigError
 from laffi.prompts import read_review, review_completion
-from laffi.records import Feedback, TrainingExample, read_records, write_records
+from laffi.records import Feedback, QAExample, TrainingExample, read_records, write_records
 from laffi.stages.build import SET_FORMATS, shares_of
 from laffi.systems import DEFINITIONS, SETS, load_system, load_systems, packaged_systems
 
@@ -60,7 +60,7 @@ def test_systems_must_name_what_they_answer_and_review_with(tmp_path):
         load_systems(["sft", "laffi-refine-mix-guided"])
     reviewed_by_laffi = write_system(tmp_path, "odd", "adapter_of: sft\nanswer: {procedure: feedback-guided, "
                                                       "reviewer: laffi}\n")
-    with pytest.raises(ConfigError, match="never trained on the refine set"):
+    with pytest.raises(ConfigError, match="reviewer laffi never trained on a set whose completions end with the fields"):
         load_systems(["sft", "laffi", reviewed_by_laffi])
     with pytest.raises(ConfigError, match="names a system twice"):
         load_systems(["sft", "sft"])
@@ -99,6 +99,19 @@ def test_a_mix_holds_exactly_the_share_asked_for_each_question_once(tmp_path):
     # the same build again draws the same questions
     assert laffi("build", str(run), "data.num_shots=1", f"systems.names=base,sft,laffi,{mix}")[0] == 0
     assert json.loads((run / "sets" / "quarter.meta.json").read_text()) == meta
+
+
+def test_a_critique_is_the_verdict_sentence_then_the_fields(tmp_path):
+    from laffi.stages.build import critique_example
+
+    note = Feedback("q1", "south", "incorrect", "The answer is incorrect. It is the wrong span. It should be \"north\".",
+                    "ai", "reference", corrected_answer="north",
+                    parts={"verdict": "The answer is incorrect.", "diagnosis": "It is the wrong span.",
+                           "answer": "It should be \"north\"."})
+    example = read_records(make_run(tmp_path / "run", n_items=1) / "data" / "train.jsonl", QAExample)[0]
+    row = critique_example(example, [], note)
+    assert row.completion[0]["content"] == "The answer is incorrect.\nVerdict: incorrect\nRevised answer: north"
+    assert row.prompt[-2]["content"] == "south"  # the answer under review, as in the LaFFi prompt
 
 
 def test_a_refine_set_needs_feedback_that_names_the_right_answer(tmp_path):

@@ -60,7 +60,7 @@ class GridConfig:
             require(bool(values), f"grid.{name}", "must list at least one value")
             require(len(set(values)) == len(values), f"grid.{name}", f"lists a value twice: {values}")
         for name in self.system:
-            system = load_system(name)
+            system = load_system(name, option="grid.system")
             require(system.recipe is not None, "grid.system",
                     f"{name} has no train recipe of its own; a grid cell trains one (e.g. sft, laffi, laffi-mix)")
             require(system.reviewer in (None, system.name), "grid.system",

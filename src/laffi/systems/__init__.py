@@ -104,13 +104,14 @@ def packaged_systems() -> list[str]:
     return sorted(p.stem for p in DEFINITIONS.glob("*.yaml"))
 
 
-def load_system(spec: str) -> System:
+def load_system(spec: str, option: str = "systems.names") -> System:
+    """A system by name or path; errors name `option`, the setting that named it."""
     path = system_path(spec)
     if not path.is_file():
-        raise ConfigError(f"systems.names: unknown system {spec!r}; packaged: {', '.join(packaged_systems())}, "
+        raise ConfigError(f"{option}: unknown system {spec!r}; packaged: {', '.join(packaged_systems())}, "
                           "or the path of a .yaml file")
     name = path.stem
-    require(name.replace("-", "").replace("_", "").isalnum(), "systems.names",
+    require(name.replace("-", "").replace("_", "").isalnum(), option,
             f"{path}: a system's name (its file name) is letters, digits, - and _")
     parsed = build_section(SystemFile, read_yaml(path), f"{path}: ")
     return System(name, parsed.description, parsed.train, parsed.adapter_of, parsed.answer)

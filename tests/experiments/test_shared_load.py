@@ -26,8 +26,9 @@ def loads(monkeypatch) -> list[tuple[str, bool]]:
 
 def test_base_evaluation_and_generation_share_one_load(tiny_overrides, tmp_path, loads):
     run(load_config(overrides=tiny_overrides), tmp_path / "run")
-    # base evaluation + generation, then two trainings and two evaluations with their adapters
-    assert sorted(loads) == [("answer", False), ("answer", True), ("answer", True), ("train", False), ("train", False)]
+    # base evaluation + generation, then a training and an evaluation with its adapter for each of the
+    # default systems.names that trains: sft, laffi, laffi-refine-mix
+    assert sorted(loads) == [("answer", False), *[("answer", True)] * 3, *[("train", False)] * 3]
 
     loads.clear()
     run(load_config(overrides=tiny_overrides), tmp_path / "run")  # all done: nothing to load

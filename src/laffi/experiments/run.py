@@ -8,9 +8,9 @@
 
 Evaluates the base model, lets it answer the train questions, annotates the answers, builds the
 training sets on the same questions, trains each system that has a train recipe (laffi.systems;
-by default sft and laffi) with the same steps, LoRA settings and seed, evaluates every system, and
-writes results.json, results.md, run_info.json and report.html. Every stage resumes, so rerunning
-after a crash continues where it stopped.
+by default sft, laffi and laffi-refine-mix) with the same steps, LoRA settings and seed, evaluates
+every system, and writes results.json, results.md, run_info.json and report.html. Every stage
+resumes, so rerunning after a crash continues where it stopped.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
     answer_with_feedback(answerer, reviewer, tokenizer, examples, shots, data, generate, rounds=1,
                          review_tokens=160, writer=writer, make_record=record, desc="evaluate")
 
-The reviewer is a model trained on the refine set (laffi.stages.build): its completions end with a
-"Verdict:" and a "Revised answer:" line built from the Feedback record, so the revised answer is read
-from those fields (laffi.prompts.read_review), never searched for in free text. A review whose fields
+The reviewer is a model trained on the refine or critique set (laffi.stages.build): its
+completions end with a "Verdict:" and a "Revised answer:" line built from the Feedback record, so
+the revised answer is read from those fields (laffi.prompts.read_review), never from free text. A review whose fields
 are missing or unreadable keeps the answer it reviewed. The answerer and the reviewer may be one model
 (a system reviewing itself) or two (one system's answers reviewed by another's feedback model).
 The first answers are generated in one pass, as direct answering does; then the reviews go in chunks,
@@ -58,8 +58,7 @@ def answer_with_feedback(answerer, reviewer, tokenizer, examples: list[QAExample
     with tqdm(total=len(examples), initial=len(examples) - len(todo), desc=desc, unit="q") as bar:
         for begin in range(0, len(todo), chunk):
             part = todo[begin:begin + chunk]
-            outputs = {e.id: first[e.id] for e in part}
-            current = {qid: extract_answer(text) for qid, text in outputs.items()}
+            current = {e.id: extract_answer(first[e.id]) for e in part}
             reviews: dict[str, list[Review]] = {e.id: [] for e in part}
             pending = list(part)
             for _ in range(rounds):
@@ -79,10 +78,10 @@ def answer_with_feedback(answerer, reviewer, tokenizer, examples: list[QAExample
                 pending = changed  # a revised answer is reviewed again in the next round
                 if not pending:
                     break
-            writer.write(make_record(e, current[e.id], outputs[e.id], reviews[e.id]) for e in part)
+            writer.write(make_record(e, current[e.id], first[e.id], reviews[e.id]) for e in part)
             elapsed = time.perf_counter() - started
             bar.set_postfix(new_tok_s=f"{new_tokens / elapsed:.1f}", revised=revised_count)
             bar.update(len(part))
     elapsed = time.perf_counter() - started
-    return {"questions": len(todo), "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "revised": revised_count, "rounds": rounds,
-            "seconds": round(elapsed, 2), "new_tokens_per_s": round(new_tokens / elapsed, 2) if todo else None}
+    return {"questions": len(todo), "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+            "revised": revised_count, "rounds": rounds, "seconds": round(elapsed, 2), "new_tokens_per_s": round(new_tokens / elapsed, 2) if todo else None}

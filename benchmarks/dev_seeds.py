@@ -29,8 +29,8 @@ from laffi.layout import RunLayout
 from laffi.records import Prediction, read_records
 from laffi.stages.build import build
 from laffi.stages.evaluate import dev_scorer
-from laffi.stages.train import train
-from laffi.systems import load_systems
+from laffi.stages.train import train_system
+from laffi.systems import load_systems, training_order
 
 SYSTEMS = ("base", "sft", "laffi")
 
@@ -56,9 +56,9 @@ def run_arm(run_dir: Path, name: str, overrides: list[str], seed: int, systems: 
     common = (config.model, config.data, config.generate, config.eval)
     scores = {}
     chosen = load_systems(systems)
-    for system in (s for s in chosen if s.recipe):
-        train(layout, system.name, config.model, config.train,
-              dev=dev_scorer(layout, config.data, config.generate, config.train))
+    for system in training_order(chosen):
+        train_system(layout, system, config.model, config.train,
+                     dev=dev_scorer(layout, config.data, config.generate, config.train))
     for system in chosen:
         if system.adapter is None and not system.guided and seed != 0:
             continue

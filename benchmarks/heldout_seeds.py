@@ -26,8 +26,8 @@ from laffi.layout import RunLayout
 from laffi.records import Prediction, QAExample, read_records
 from laffi.report.tables import markdown
 from laffi.stages.evaluate import dev_scorer
-from laffi.stages.train import train
-from laffi.systems import load_systems
+from laffi.stages.train import train_system
+from laffi.systems import load_systems, training_order
 
 
 def scores(layout: RunLayout, system: str, ids: list[str]) -> dict[str, list[float]]:
@@ -50,9 +50,9 @@ def main() -> None:
     per_system: dict[str, dict[str, list[list[float]]]] = {}
     for seed in seeds:
         layout, config = seed_layout(args.run_dir, args.arm, seed), arm_config(args.run_dir, [], seed, "heldout")
-        for system in (s for s in systems if s.recipe):
-            train(layout, system.name, config.model, config.train,
-                  dev=dev_scorer(layout, config.data, config.generate, config.train))
+        for system in training_order(systems):
+            train_system(layout, system, config.model, config.train,
+                         dev=dev_scorer(layout, config.data, config.generate, config.train))
         for system in systems:
             untrained = system.adapter is None and not system.guided
             if untrained and seed != seeds[0]:

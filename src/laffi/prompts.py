@@ -36,6 +36,7 @@ FEEDBACK_REQUEST = (
 # the set is built, read back from a predicted feedback by `read_review`, never searched for in free text.
 VERDICT_FIELD = "Verdict: "
 REVISED_FIELD = "Revised answer: "
+ANSWER_FEEDBACK_LEAD = "Feedback on my first answer, "  # answer_feedback_completion
 
 # For base models without a chat template: a plain "passage / question / Answer:" layout.
 PLAIN_CHAT_TEMPLATE = (
@@ -96,6 +97,12 @@ def feedback_messages(example: QAExample, shots: list[QAExample], answer: str) -
 def review_completion(feedback: str, verdict: str, revised: str) -> str:
     """A refinement completion: the feedback, then the verdict and the revised answer, a line each."""
     return f"{feedback}\n{VERDICT_FIELD}{verdict}\n{REVISED_FIELD}{revised}"
+
+
+def answer_feedback_completion(answer: str, own_answer: str, feedback: str) -> str:
+    """An answer-then-feedback completion: the right answer on the first line (what direct answering
+    reads, so the answer is trained as SFT trains it), then the feedback the model's own answer got."""
+    return f'{answer}\n\n{ANSWER_FEEDBACK_LEAD}"{own_answer}": {feedback}'
 
 
 def read_review(text: str) -> tuple[str, str] | None:

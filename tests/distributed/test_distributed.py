@@ -159,7 +159,7 @@ def test_laffi_run_hands_each_training_to_the_launcher(monkeypatch, tmp_path):
 
     launched = []
     monkeypatch.setattr(Launcher, "train", lambda self, layout, name: launched.append((self, name)) or layout.root)
-    monkeypatch.setattr(run_module, "train", lambda *args: pytest.fail("trained in-process"))
+    monkeypatch.setattr(run_module, "train_system", lambda *args: pytest.fail("trained in-process"))
     for stage in ("prepare", "generate", "annotate", "build"):
         monkeypatch.setattr(run_module, stage, lambda *args, **kwargs: None)
     monkeypatch.setattr(run_module, "evaluate", lambda *args, **kwargs: {})

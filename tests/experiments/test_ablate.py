@@ -43,12 +43,12 @@ def grid_run(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ablate") / "grid"
     config = ablate_config_from({"run": tiny_run(tiny_model_dir), "grid": GRID})
     calls = {"train": [], "evaluate": [], "generate": 0}
-    real_train, real_evaluate, real_generate = ablate_module.train, ablate_module.evaluate, ablate_module.generate
+    real_train, real_evaluate, real_generate = ablate_module.train_system, ablate_module.evaluate, ablate_module.generate
 
-    def train(layout, name, *args, **kwargs):
-        if not adapter_finished(layout.adapter(name)):  # else it returns at once
+    def train(layout, system, *args, **kwargs):
+        if not adapter_finished(layout.adapter(system.name)):  # else it returns at once
             calls["train"].append(str(layout.root))
-        return real_train(layout, name, *args, **kwargs)
+        return real_train(layout, system, *args, **kwargs)
 
     def evaluate(layout, system, *args, **kwargs):
         calls["evaluate"].append(system)
@@ -62,7 +62,7 @@ def grid_run(tiny_model_dir, tmp_path_factory):
         return real_generate(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ablate_module, "train", train)
+        patch.setattr(ablate_module, "train_system", train)
         patch.setattr(ablate_module, "evaluate", evaluate)
         patch.setattr(ablate_module, "generate", generate)
         with pytest.raises(Crash):

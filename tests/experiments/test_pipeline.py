@@ -21,7 +21,7 @@ from laffi.records import (
 )
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
-from laffi.systems import load_systems, packaged_systems
+from laffi.systems import load_systems, packaged_systems, training_order
 
 
 class Crash(Exception):
@@ -146,7 +146,10 @@ def test_every_packaged_system_trains_once_and_is_evaluated_end_to_end(tiny_over
     systems = load_systems(names)
     assert layout.trained_systems() == sorted(s.name for s in systems if s.recipe)  # one adapter per recipe, none for the others
     seconds = json.loads(layout.run_info.read_text())["stage_seconds"]
-    assert [stage for stage in seconds if stage.startswith("train ")] == [f"train {s.name}" for s in systems if s.recipe]
+    assert [stage for stage in seconds if stage.startswith("train ")] == [f"train {s.name}" for s in training_order(systems)]
+    second_stage = json.loads(layout.train_summary("laffi-then-sft").read_text())
+    assert second_stage["init"] == str(layout.adapter("laffi")) and second_stage["steps"] == 2
+    assert json.loads(layout.train_summary("sft-long").read_text())["steps"] == 4  # twice train.steps
     for system in systems:
         predictions = read_records(layout.predictions(system.name), Prediction)
         assert len(predictions) == 8

@@ -223,3 +223,41 @@ def test_qa_evaluation_during_training_needs_a_dev_set(tiny_overrides, tmp_path)
         dev_scorer(RunLayout(tmp_path), config.data, config.generate, config.train)
     with pytest.raises(ConfigError, match="train.keep_best: needs train.eval_every > 0"):
         load_config(overrides=["train.keep_best=true"])
+
+
+def test_a_second_stage_continues_the_first_stages_adapter(tiny_model_dir, tmp_path):
+    from laffi.config import ConfigError
+    from laffi.stages.train import train_system
+    from laffi.systems import load_systems
+
+    layout = RunLayout(tmp_path)
+    make_set(tmp_path, "laffi")
+    make_set(tmp_path, "laffi-then-sft")
+    config = load_config(overrides=overrides(tiny_model_dir))
+    first = train(layout, "laffi", config.model, config.train)
+    # lr so small that the second stage barely moves: its weights are the first stage's, not a new LoRA's
+    still = load_config(overrides=overrides(tiny_model_dir, "train.lr=1e-9"))
+    systems = {s.name: s for s in load_systems(["laffi", "laffi-then-sft"])}
+    second = train_system(layout, systems["laffi-then-sft"], still.model, still.train)
+    before, after = (load_file(path / "adapter_model.safetensors") for path in (first, second))
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    assert any("lora_B" in k and before[k].abs().sum() > 0 for k in before)  # a new LoRA's B would be zero
+    assert json.loads(layout.train_summary("laffi-then-sft").read_text())["init"] == str(first)
+
+    other = load_config(overrides=overrides(tiny_model_dir, "train.lora_r=4"))
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ConfigError, match="train.init: .* has LoRA r=16.*train.lora_r=4"):
+        train(RunLayout(tmp_path / "other"), "laffi-then-sft", other.model, other.train, init=first)
+    with pytest.raises(ConfigError, match="train.init: no finished adapter"):
+        train(RunLayout(tmp_path / "other"), "laffi-then-sft", other.model, other.train, init=tmp_path / "none")
+
+
+def test_a_longer_recipe_trains_its_multiple_of_the_steps(tiny_model_dir, tmp_path):
+    from laffi.stages.train import train_system
+    from laffi.systems import load_system
+
+    make_set(tmp_path, "sft-long")
+    config = load_config(overrides=overrides(tiny_model_dir, "train.steps=3"))
+    out = train_system(RunLayout(tmp_path), load_system("sft-long"), config.model, config.train)
+    assert [e.step for e in read_records(out / "train_log.jsonl", TrainLogEntry)] == [1, 2, 3, 4, 5, 6]

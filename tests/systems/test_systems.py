@@ -130,3 +130,30 @@ def test_the_review_fields_read_back_as_written_and_nothing_else_does():
     assert read_review("Verdict: incorrect") is None  # cut off before its revised answer
     # a model that repeats the fields: the last complete pair counts
     assert read_review("Verdict: correct\nRevised answer: a\nVerdict: incorrect\nRevised answer: b") == ("incorrect", "b")
+
+
+def test_a_second_stage_trains_after_the_system_it_continues(tmp_path):
+    from laffi.systems import training_order
+
+    systems = load_systems(["laffi-then-sft", "sft-long", "sft", "laffi", "base"])
+    order = [s.name for s in training_order(systems)]
+    assert order.index("laffi") < order.index("laffi-then-sft") and "base" not in order
+    with pytest.raises(ConfigError, match="laffi-then-sft's train.init is 'laffi', which is not a system"):
+        load_systems(["sft", "laffi-then-sft"])
+    loop = write_system(tmp_path, "loop", "train:\n  sets: {sft: 1.0}\n  init: loop\n")
+    with pytest.raises(ConfigError, match="loop's train.init chain comes back to itself"):
+        load_systems([loop])
+    with pytest.raises(ConfigError, match="train.steps_multiple: must be >= 1"):
+        load_system(write_system(tmp_path, "none", "train:\n  sets: {sft: 1.0}\n  steps_multiple: 0\n"))
+
+
+def test_answer_then_feedback_puts_the_gold_answer_on_the_line_direct_answering_reads(tmp_path):
+    from laffi.prompts import extract_answer
+    from laffi.stages.build import answer_feedback_example, sft_example
+
+    note = Feedback("q1", "south", "incorrect", 'The answer is incorrect. It should be "north".', "ai", "reference")
+    example = read_records(make_run(tmp_path / "run", n_items=1) / "data" / "train.jsonl", QAExample)[0]
+    row, sft = answer_feedback_example(example, [], note), sft_example(example, [], note)
+    completion = row.completion[0]["content"]
+    assert row.prompt == sft.prompt and extract_answer(completion) == sft.completion[0]["content"]
+    assert completion.endswith('"south": The answer is incorrect. It should be "north".')

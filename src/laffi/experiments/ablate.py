@@ -39,7 +39,7 @@ from laffi.stages.build import HybridConfig, build_hybrid
 from laffi.stages.evaluate import dev_scorer, evaluate
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
-from laffi.stages.train import train
+from laffi.stages.train import train_system
 from laffi.systems import load_system
 
 
@@ -93,8 +93,8 @@ def run_job(ablation: AblationLayout, config: AblateConfig, job: Job) -> bool:
     training = replace(run.train, seed=job.seed)
     # the job's own config.yaml: stages run by hand in it (laffi attention, laffi report) read it
     save_config(layout.config, {**run.sections("model", "data", "generate"), "train": training, "eval": run.eval})
-    train(layout, job.system, run.model, training, dev=dev_scorer(layout, run.data, run.generate, training))
     system = load_system(job.system)  # the grid allows only systems that answer with their own adapter
+    train_system(layout, system, run.model, training, dev=dev_scorer(layout, run.data, run.generate, training))
     evaluate(layout, job.system, run.model, run.data, run.generate, run.eval, adapter=adapter,
              answering=system.answer, reviewer=adapter if system.guided else None)
     return True

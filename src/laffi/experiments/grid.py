@@ -63,6 +63,8 @@ class GridConfig:
             system = load_system(name, option="grid.system")
             require(system.recipe is not None, "grid.system",
                     f"{name} has no train recipe of its own; a grid cell trains one (e.g. sft, laffi, laffi-mix)")
+            require(system.init is None, "grid.system",
+                    f"{name} continues {system.init}'s adapter (train.init), which a grid cell does not train")
             require(system.reviewer in (None, system.name), "grid.system",
                     f"{name} is reviewed by another system's adapter; a grid cell answers with its own only")
         for size in self.size:

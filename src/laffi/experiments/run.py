@@ -30,8 +30,8 @@ from laffi.stages.build import build
 from laffi.stages.evaluate import dev_scorer, evaluate
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
-from laffi.stages.train import train
-from laffi.systems import System, load_systems
+from laffi.stages.train import train_system
+from laffi.systems import System, load_systems, training_order
 
 
 def evaluate_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig,
@@ -68,9 +68,9 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     base.cache_clear()  # free it before training
     timed("annotate", annotate, layout, config.annotate)
     timed("build", build, layout, config.data, systems)
-    for system in (s for s in systems if s.recipe):
+    for system in training_order(systems):
         if launcher is None:
-            timed(f"train {system.name}", train, layout, system.name, config.model, config.train,
+            timed(f"train {system.name}", train_system, layout, system, config.model, config.train,
                   dev=dev_scorer(layout, config.data, config.generate, config.train))
         else:
             timed(f"train {system.name}", launcher.train, layout, system.name)

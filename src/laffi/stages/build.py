@@ -12,7 +12,9 @@ Both hold the same questions: those with feedback, in the order of the train poo
   an exact share of them in each set's format, drawn by data.seed; sets/SYSTEM.meta.json says which.
   The refine format: the LaFFi prompt -> the feedback, then "Verdict: ..." and "Revised answer: ..."
   lines from the Feedback record (its corrected answer; the answer itself when it is correct). The
-  critique format: the same, with the feedback's verdict sentence alone before the fields.
+  critique format: the same, with the feedback's verdict sentence alone before the fields. The
+  answer-feedback format: the QA prompt -> the gold answer, a blank line, then the feedback on the
+  model's own answer.
 
 The hybrid build mixes an exact share of human feedback into the LaFFi set, the rest AI feedback.
 Each question appears at most once: `round(R * N)` questions are drawn (seeded by data.seed) from
@@ -32,7 +34,7 @@ from laffi.analysis.metrics import majority_answer
 from laffi.annotators.content import content_text
 from laffi.config import ConfigError, DataConfig, require, save_config
 from laffi.layout import RunLayout, failures_file
-from laffi.prompts import choose_shots, feedback_messages, qa_messages, review_completion
+from laffi.prompts import answer_feedback_completion, choose_shots, feedback_messages, qa_messages, review_completion
 from laffi.records import (
     AnnotationFailure,
     Feedback,
@@ -91,8 +93,17 @@ def critique_example(example: QAExample, shots: list[QAExample], note: Feedback)
     return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion))
 
 
+def answer_feedback_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
+    """Answer-then-feedback in one completion: the QA prompt -> SFT's gold answer, then the feedback the
+    model's own answer got. The answer comes first because direct answering reads the first line; were
+    it the model's own answer, the system would learn to give the answers it already gives."""
+    completion = answer_feedback_completion(majority_answer(example.answers), note.answer, note.text)
+    return TrainingExample(example.id, qa_messages(example, shots), _reply(completion))
+
+
 # the training sets a system's recipe can draw on (laffi.systems.SETS)
-SET_FORMATS = {"sft": sft_example, "laffi": laffi_example, "refine": refine_example, "critique": critique_example}
+SET_FORMATS = {"sft": sft_example, "laffi": laffi_example, "refine": refine_example, "critique": critique_example,
+               "answer-feedback": answer_feedback_example}
 
 
 def write_system_set(layout: RunLayout, system: System, examples: list[QAExample], shots: list[QAExample],

@@ -21,6 +21,7 @@ whatever the number of processes, so N processes train the adapter that one proc
 
 from __future__ import annotations
 
+import json
 import resource
 import shutil
 import time
@@ -46,12 +47,13 @@ from laffi.distributed.checkpoint import (
     save_checkpoint,
 )
 from laffi.distributed.shards import Shard
-from laffi.layout import ADAPTER_WEIGHTS, RunLayout, adapter_finished
+from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_finished
 from laffi.models import load_model, pick_device, trim_heap
 from laffi.packing import can_pack
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_json, write_records
 from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_parts, tokenize, unwrapped
 from laffi.stages.evaluate import DevScorer
+from laffi.systems import System
 from laffi.tree_attention import tree_attention
 
 
@@ -149,9 +151,38 @@ def score_on_dev(dev: DevScorer, lm, tokenizer, autocast: bool, step: int) -> di
         model.train()
 
 
-def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig, dev: DevScorer | None = None) -> Path:
-    """`dev`: with train.eval_every, how to score the adapter on dev questions (laffi.stages.evaluate.dev_scorer)."""
+def train_system(layout: RunLayout, system: System, model: ModelConfig, config: TrainConfig,
+                 dev: DevScorer | None = None) -> Path:
+    """`train` a system's recipe on the run's train section `config`: its steps (train.steps_multiple),
+    from its train.init adapter if it has one."""
+    init = layout.adapter(system.init) if system.init else None
+    return train(layout, system.name, model, system.training(config), dev=dev, init=init)
+
+
+def check_init(init: Path, train: TrainConfig) -> None:
+    """An adapter that a training can continue (laffi.systems' train.init): finished, with this LoRA's shape."""
+    if not adapter_finished(init):
+        raise ConfigError(f"train.init: no finished adapter in {init}; train that system first")
+    saved = json.loads((init / ADAPTER_CONFIG).read_text())
+    if (saved.get("r"), saved.get("lora_alpha")) != (train.lora_r, train.lora_alpha):
+        raise ConfigError(f"train.init: {init} has LoRA r={saved.get('r')}, alpha={saved.get('lora_alpha')}; this "
+                          f"training has train.lora_r={train.lora_r}, train.lora_alpha={train.lora_alpha}")
+
+
+def start_from(lm, init: Path, train: TrainConfig) -> None:
+    """Load the trained adapter `init` into the new LoRA `lm`, to continue its training."""
+    result = set_peft_model_state_dict(lm, load_file(init / ADAPTER_WEIGHTS, device="cpu"))
+    if result.unexpected_keys:  # another train.target_modules
+        raise ConfigError(f"train.init: {init} adapts other modules than train.target_modules={train.target_modules}")
+
+
+def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig, dev: DevScorer | None = None,
+          init: Path | None = None) -> Path:
+    """`dev`: with train.eval_every, how to score the adapter on dev questions (laffi.stages.evaluate.dev_scorer).
+    `init`: a trained adapter (adapters/OTHER) to continue instead of a new LoRA."""
     out = layout.adapter(system)
+    if init is not None:
+        check_init(init, train)
     examples = read_records(layout.training_set(system), TrainingExample)
     # one process, or one of many under accelerate launch / torchrun (read from the environment)
     accelerator = Accelerator(cpu=pick_device(model.device).type == "cpu", step_scheduler_with_optimizer=False)
@@ -176,6 +207,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     # bf16 base weights: the fp32 adapters run under autocast, as TRL's bf16=True does
     autocast = not model.load_in_4bit and lm.dtype == torch.bfloat16
     lm = add_lora(lm, model, train, autocast)
+    if init is not None:
+        start_from(lm, init, train)
     optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad],
                                   lr=train.lr, weight_decay=train.weight_decay)
     scheduler = get_scheduler(train.schedule, optimizer, num_warmup_steps=train.warmup_steps,
@@ -236,6 +269,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         write_records(log_path, log)
         trained.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         summary = {"system": system, "examples": len(rows), "steps": train.steps, "resumed_from_step": start,
+                   "init": str(init) if init else None,
                    "packed": packed, "autocast": autocast, "processes": plan.processes, "per_device_batch": plan.per_device_batch,
                    "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
                    "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,

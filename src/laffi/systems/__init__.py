@@ -9,21 +9,23 @@ the revised answer the feedback names where its verdict is not "correct", up to 
 system without a recipe answers with another system's adapter (`adapter_of`), or with the base model.
 Every system trains with the run's `train` section, so all of them get the same steps, LoRA settings,
 learning-rate schedule and seed: the budget held equal is optimizer steps of train.batch_size
-examples, not tokens.
+examples, not tokens. Two recipe options change that budget, and a system that uses them says so:
+`init` continues another system's adapter (a second stage: that system's steps, then these), and
+`steps_multiple` trains for that many times train.steps (the control with as many steps).
 
 The packaged systems are in `laffi/systems/definitions/`; each file documents itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from laffi.config import ConfigError, build_section, read_yaml, require
+from laffi.config import ConfigError, TrainConfig, build_section, read_yaml, require
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 # the training sets the build stage can make (laffi.stages.build.SET_FORMATS)
-SETS = ("sft", "laffi", "refine", "critique")
+SETS = ("sft", "laffi", "refine", "critique", "answer-feedback")
 REVIEW_SETS = ("refine", "critique")  # their completions end with the fields feedback-guided answering reads
 PROCEDURES = ("direct", "feedback-guided")
 
@@ -33,9 +35,12 @@ class Recipe:
     # training set -> its share of the system's examples; shares sum to 1. The examples are as many as
     # the questions with feedback, each question once: a share s of them in that set's format.
     sets: dict[str, float] = field(default_factory=dict)
+    init: str = ""  # the system whose trained adapter this training continues ("": a new LoRA)
+    steps_multiple: int = 1  # train for this many times train.steps (the warm-up steps stay as set)
 
     def __post_init__(self) -> None:
         require(bool(self.sets), "train.sets", "name at least one training set")
+        require(self.steps_multiple >= 1, "train.steps_multiple", "must be >= 1")
         for name, share in self.sets.items():
             require(name in SETS, "train.sets", f"unknown set {name!r}; available: {', '.join(SETS)}")
             require(0 < share <= 1, f"train.sets.{name}", f"a share in (0, 1], got {share}")
@@ -85,6 +90,15 @@ class System:
         return self.name if self.recipe else self.adapter_of or None
 
     @property
+    def init(self) -> str | None:
+        """The system whose adapter its training starts from, or None for a new LoRA."""
+        return self.recipe.init or None if self.recipe else None
+
+    def training(self, train: TrainConfig) -> TrainConfig:
+        """The run's train section as this system trains with it."""
+        return replace(train, steps=train.steps * self.recipe.steps_multiple) if self.recipe else train
+
+    @property
     def guided(self) -> bool:
         return self.answer.procedure == "feedback-guided"
 
@@ -124,7 +138,8 @@ def load_systems(specs: list[str]) -> list[System]:
     require(len(set(names)) == len(names), "systems.names", f"names a system twice: {names}")
     trained = {s.name for s in systems if s.recipe}
     for system in systems:
-        for role, needed in (("adapter_of", system.adapter_of), ("answer.reviewer", system.reviewer)):
+        for role, needed in (("adapter_of", system.adapter_of), ("answer.reviewer", system.reviewer),
+                             ("train.init", system.init)):
             require(not needed or needed in trained, "systems.names",
                     f"{system.name}'s {role} is {needed!r}, which is not a system with a train recipe in the list "
                     f"({', '.join(sorted(trained)) or 'none'}); add it")
@@ -132,4 +147,21 @@ def load_systems(specs: list[str]) -> list[System]:
         require(reviewer is None or any(name in reviewer.recipe.sets for name in REVIEW_SETS), "systems.names",
                 f"{system.name} is feedback-guided, but its reviewer {reviewer.name if reviewer else ''} never trained "
                 f"on a set whose completions end with the fields it reads ({', '.join(REVIEW_SETS)})")
+    for system in systems:
+        require(system.name not in _inits(systems, system.name), "systems.names",
+                f"{system.name}'s train.init chain comes back to itself")
     return systems
+
+
+def _inits(systems: list[System], name: str | None) -> list[str]:
+    """The systems whose adapters `name`'s training starts from, nearest first."""
+    chain, by_name = [], {s.name: s for s in systems}
+    while name and (name := by_name[name].init) and name not in chain:
+        chain.append(name)
+    return chain
+
+
+def training_order(systems: list[System]) -> list[System]:
+    """The systems with a train recipe, each after the system its training continues (train.init)."""
+    trained = [s for s in systems if s.recipe]
+    return sorted(trained, key=lambda s: len(_inits(systems, s.name)))

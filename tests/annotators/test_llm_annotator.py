@@ -9,7 +9,7 @@ import json
 import pytest
 from support.fault_server import FaultServer
 
-from laffi.annotators.template import ReplyError, load_template
+from laffi.annotators.template import TEMPLATES, ReplyError, load_template
 from laffi.config import ConfigError, load_config, save_config
 from laffi.experiments.run import run
 from laffi.layout import RunLayout, failures_file, summary_file
@@ -134,20 +134,52 @@ def test_few_shot_examples_are_earlier_chat_turns(tmp_path):
         load_template(str(bad))
 
 
-@pytest.mark.parametrize("reply, parsed", [
-    ("Verdict: Partially correct\nFeedback: It misses a word.", ("partially correct", "It misses a word.")),
-    ("**Verdict:** incorrect\n**Feedback:** Wrong span. The answer is Paris.", ("incorrect", "Wrong span. The answer is Paris.")),
-    ("Verdict: <correct, partially correct or incorrect>\nFeedback: <two or three sentences>", None),
-    ("The answer is correct.", None),
-    ("Verdict: correct\nFeedback:", None),
+@pytest.mark.parametrize("version, reply, parsed", [
+    ("v1", "Verdict: Partially correct\nFeedback: It misses a word.", ("partially correct", "It misses a word.", None)),
+    ("v1", "**Verdict:** incorrect\n**Feedback:** Wrong span. The answer is Paris.",
+     ("incorrect", "Wrong span. The answer is Paris.", None)),
+    ("v1", "Verdict: <correct, partially correct or incorrect>\nFeedback: <two or three sentences>", None),
+    ("v1", "The answer is correct.", None),
+    ("v1", "Verdict: correct\nFeedback:", None),
+    ("v2", 'Verdict: incorrect\nFeedback: Wrong span. The right answer is Paris.\nRight answer: "Paris"',
+     ("incorrect", "Wrong span. The right answer is Paris.", "Paris")),
+    ("v2", "**Verdict:** correct\n**Feedback:** Right.\n**Right answer:** Lyon", ("correct", "Right.", "Lyon")),
+    ("v2", "Verdict: correct\nFeedback: Right.", ("correct", "Right.", None)),  # a correct answer names itself
+    ("v2", "Verdict: incorrect\nFeedback: Wrong.", None),  # asked for, and missing
 ])
-def test_reply_parser(reply, parsed):
-    template = load_template("feedback-v1")
+def test_reply_parser(version, reply, parsed):
+    template = load_template(f"feedback-{version}")
     if parsed is None:
         with pytest.raises(ReplyError):
             template.parse(reply)
     else:
         assert template.parse(reply) == parsed
+
+
+def test_the_right_answer_an_llm_names_becomes_the_revised_answer_of_a_refine_set(tmp_path):
+    from laffi.prompts import read_review
+    from laffi.records import TrainingExample
+
+    from laffi.stages.build import build
+    from laffi.systems import load_systems
+
+    ids = make_run(tmp_path, 4)  # q0 and q2 answered "wrong", q1 and q3 right
+    layout = RunLayout(tmp_path)
+    write_records(layout.shots, [QAExample(f"s{i}", f"S{i}", "Shot passage.", "Shot?", ["x"]) for i in range(3)])
+
+    def reply(item):
+        if int(item[1:]) % 2:
+            return f"Verdict: correct\nFeedback: Right.\nRight answer: a{item[1:]}"
+        return f'Verdict: incorrect\nFeedback: Wrong span; the passage says a{item[1:]}.\nRight answer: "a{item[1:]}"'
+
+    with FaultServer(lambda item, n: "ok", reply=reply) as server:
+        feedback = annotate(layout, llm_config(server.url, tmp_path / "cache", template="feedback-v2"))
+    assert {f.id: f.corrected_answer for f in feedback} == {"q0": "a0", "q1": None, "q2": "a2", "q3": None}
+    build(layout, load_config(overrides=["data.num_shots=1"]).data, load_systems(["sft", "laffi", "laffi-refine"]))
+    rows = read_records(layout.training_set("laffi-refine"), TrainingExample)
+    assert [read_review(r.completion[0]["content"]) for r in rows] == [
+        ("incorrect", "a0"), ("correct", "a1"), ("incorrect", "a2"), ("correct", "a3")]
+    assert [r.id for r in rows] == ids
 
 
 def test_llm_options_are_checked_up_front(tmp_path):
@@ -260,3 +292,8 @@ def test_a_missing_api_key_is_named_and_leaves_nothing_behind(tmp_path, monkeypa
     assert main(["annotate", str(tmp_path), "--annotator", "llm", "--model", "gpt-4o"]) == 2
     assert "annotate.api_key_env: set OPENAI_API_KEY" in capsys.readouterr().err
     assert not list(tmp_path.glob("feedback*"))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in TEMPLATES.glob("*.yaml")))
+def test_every_packaged_template_loads_under_its_own_version(name):
+    assert load_template(name).version == name  # the version keys the cache and names the annotator

@@ -35,8 +35,11 @@ def item_of(body: dict) -> str:
 
 class FaultServer:
     def __init__(self, script: Script, slow_seconds: float = 2.0,
-                 completions: Callable[[dict], tuple[int, dict]] | None = None) -> None:
+                 completions: Callable[[dict], tuple[int, dict]] | None = None,
+                 reply: Callable[[str], str] | None = None) -> None:
+        """`reply(item)`: the text of an "ok" reply (default: a verdict "correct" in feedback-v1's format)."""
         self.script, self.slow_seconds, self.completions = script, slow_seconds, completions
+        self.reply = reply or (lambda item: f"Verdict: correct\nFeedback: The answer to {item} is right.")
         self.requests: Counter = Counter()
         self.served: Counter = Counter()
         self.held: Counter = Counter()
@@ -77,8 +80,7 @@ class FaultServer:
         if action == "slow":
             time.sleep(self.slow_seconds)
         if action in ("ok", "slow", "unparseable"):
-            content = (f"Verdict: correct\nFeedback: The answer to {item} is right." if action != "unparseable"
-                       else "I think it is fine, more or less.")
+            content = self.reply(item) if action != "unparseable" else "I think it is fine, more or less."
             payload = {"id": f"chatcmpl-{item}", "object": "chat.completion", "created": 0, "model": body["model"],
                        "choices": [{"index": 0, "finish_reason": "stop",
                                     "message": {"role": "assistant", "content": content}}],

@@ -93,13 +93,15 @@ class LLMAnnotator:
                                                    reply.attempts)
                     continue
                 try:
-                    verdict, text = self.template.parse(reply.text)
+                    parsed = self.template.parse(reply.text)
                 except ReplyError as error:
                     last_error[i] = f"{error}; last reply: {reply.text[:500]!r}"
                     still.append(i)
                     continue
-                results[i] = Feedback(id=example.id, answer=answer.prediction, verdict=verdict, text=text,
-                                      source="ai", annotator=self.name)
+                # the right answer it names is the corrected one; a correct answer is its own right answer
+                corrected = parsed.answer if parsed.verdict != "correct" else None
+                results[i] = Feedback(id=example.id, answer=answer.prediction, verdict=parsed.verdict, text=parsed.text,
+                                      source="ai", annotator=self.name, corrected_answer=corrected)
             pending = still
         for i in pending:
             example, answer = pairs[i]

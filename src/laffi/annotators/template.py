@@ -1,10 +1,11 @@
 """The LLM annotator's prompt: a versioned YAML template file, rendered into chat messages, and the
-parser that reads the reply back into a verdict and a feedback text.
+parser that reads the reply back into a verdict, a feedback text and, where the template asks for it,
+the right answer.
 
     from laffi.annotators.template import load_template
     template = load_template("feedback-v1")          # packaged, or a path to your own .yaml
     messages = template.render(example, answer, reference_free=False)
-    verdict, text = template.parse(reply)            # ReplyError when the reply does not fit
+    verdict, text, answer = template.parse(reply)    # ReplyError when the reply does not fit
 
 The packaged templates live in `laffi/annotators/templates/`; the file itself documents the format.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import jinja2
 import yaml
@@ -38,6 +40,12 @@ def template_path(name: str) -> Path:
     return packaged if "/" not in name and packaged.is_file() else Path(name).expanduser()
 
 
+class ParsedReply(NamedTuple):
+    verdict: str
+    text: str
+    answer: str | None  # the right answer, from the template's reply.answer; None without one
+
+
 @dataclass(frozen=True)
 class Template:
     version: str
@@ -47,6 +55,9 @@ class Template:
     feedback_pattern: str
     path: Path
     shots: tuple[dict, ...] = ()  # worked examples, sent as earlier chat turns (small models need them)
+    # reads the right answer out of the reply (a line of its own): the feedback-guided systems' "Revised
+    # answer:" field is built from it; None: the template asks for none, and that feedback names no answer
+    answer_pattern: str | None = None
 
     def render(self, example: QAExample, answer: Answer, reference_free: bool) -> list[dict[str, str]]:
         golds = [] if reference_free else list(dict.fromkeys(g.strip() for g in example.answers if g.strip()))
@@ -60,7 +71,7 @@ class Template:
         messages.append({"role": "user", "content": _render(self.user, values, self.path, "user")})
         return [m for m in messages if m["content"]]
 
-    def parse(self, reply: str) -> tuple[str, str]:
+    def parse(self, reply: str) -> ParsedReply:
         verdict = re.search(self.verdict_pattern, reply, re.I)
         feedback = re.search(self.feedback_pattern, reply, re.I | re.S)
         if not verdict or verdict.group(1).lower() not in VERDICTS:
@@ -68,7 +79,11 @@ class Template:
         text = " ".join(feedback.group(1).split()) if feedback else ""
         if not text:
             raise ReplyError("no feedback text in the reply")
-        return verdict.group(1).lower(), text
+        found = re.search(self.answer_pattern, reply, re.I | re.M) if self.answer_pattern else None
+        answer = found.group(1).strip().strip("\"'“”*` ").strip() if found else None
+        if self.answer_pattern and not answer and verdict.group(1).lower() != "correct":
+            raise ReplyError("no right answer in the reply, which the template asks for (reply.answer)")
+        return ParsedReply(verdict.group(1).lower(), text, answer or None)
 
 
 def _render(source: str, values: dict, path: Path, part: str) -> str:
@@ -95,7 +110,7 @@ def load_template(name: str, option: str = "annotate.template") -> Template:
     missing += [f"reply.{k}" for k in ("verdict", "feedback") if isinstance(reply, dict) and not reply.get(k)]
     if missing:
         raise TemplateError(f"{path}: missing {', '.join(missing)}")
-    for key in ("verdict", "feedback"):
+    for key in ("verdict", "feedback", *(["answer"] if reply.get("answer") else [])):
         try:
             if re.compile(reply[key]).groups < 1:
                 raise TemplateError(f"{path}: reply.{key} needs a capturing group for the {key}")
@@ -113,10 +128,10 @@ def load_template(name: str, option: str = "annotate.template") -> Template:
             raise TemplateError(f"{path}: shots[{n}] needs exactly {', '.join(sorted(fields))} (golds a list)")
     template = Template(version=str(data["version"]), system=str(data.get("system") or ""), user=str(data["user"]),
                         verdict_pattern=reply["verdict"], feedback_pattern=reply["feedback"], path=path,
-                        shots=tuple(shots))
+                        shots=tuple(shots), answer_pattern=reply.get("answer") or None)
     for n, shot in enumerate(shots):  # a template must read its own examples
         try:
             template.parse(shot["reply"])
         except ReplyError as error:
-            raise TemplateError(f"{path}: shots[{n}].reply does not fit reply.verdict/feedback: {error}") from error
+            raise TemplateError(f"{path}: shots[{n}].reply does not fit its reply patterns: {error}") from error
     return template

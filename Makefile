@@ -31,7 +31,7 @@ $(VENV)/.llamacpp: pyproject.toml $(VENV)/.installed
 	touch $@
 
 demo: install
-	$(BIN)/laffi run --preset $(PRESET)
+	$(BIN)/laffi run --preset $(PRESET) --launcher process
 
 smoke:
 	$(MAKE) demo PRESET=smoke

@@ -1,7 +1,7 @@
 """The `laffi` command: parses arguments and calls the stage functions, nothing more.
 
     laffi run [CONFIG.yaml] [--preset smoke] [--out runs/x] [key=value ...]
-    laffi run [CONFIG.yaml] --launcher accelerate|torchrun [--num-processes 8] [--accelerate-config F]
+    laffi run [CONFIG.yaml] --launcher accelerate|torchrun|process [--num-processes 8] [--accelerate-config F]
     laffi prepare|generate|annotate|build RUN_DIR [key=value ...]
     laffi train RUN_DIR --system laffi|sft [key=value ...]
     laffi evaluate RUN_DIR --system NAME [--adapter DIR] [key=value ...]
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from laffi.backends.chat import RequestFailed
 from laffi.config import ConfigError, RunConfig, load_config
-from laffi.distributed.launch import Launcher, LaunchFailed
+from laffi.distributed.launch import LAUNCHERS, Launcher, LaunchFailed
 from laffi.human.commands import COMMANDS as HUMAN_COMMANDS
 from laffi.human.commands import register as register_human_commands
 from laffi.human.commands import run as run_human_command
@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs="*", metavar="[CONFIG.yaml] key=value", help="a config file and overrides")
     run.add_argument("--preset", default="default", help="preset to start from: default, smoke")
     run.add_argument("--out", help="run directory (default: runs/PRESET)")
-    run.add_argument("--launcher", choices=("accelerate", "torchrun"),
-                     help="run the training stage under this launcher, one process per GPU")
+    run.add_argument("--launcher", choices=LAUNCHERS,
+                     help="run each training under this launcher, one process per GPU; process: one plain "
+                          "process per training, which on a CPU lowers the run's peak memory")
     run.add_argument("--num-processes", type=int,
                      help="processes for --launcher (default: the accelerate config's, else 1)")
     run.add_argument("--accelerate-config", help="an accelerate config for --launcher accelerate, e.g. "

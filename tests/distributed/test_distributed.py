@@ -101,6 +101,26 @@ def test_two_processes_under_accelerate_train_the_adapter_one_process_trains(tin
     assert_same_adapter(one, two)
 
 
+def test_the_process_launcher_trains_a_second_stage_as_laffi_run_does_in_process(tiny_model_dir, tmp_path):
+    from laffi.stages.train import train_system
+    from laffi.systems import load_systems
+
+    for run in ("here", "child"):  # laffi-then-sft continues laffi's adapter (train.init), through the CLI too
+        config = make_run(tmp_path / run, tiny_model_dir, "systems.names=sft,laffi,laffi-then-sft")
+        for name in ("laffi", "laffi-then-sft"):
+            (tmp_path / run / "sets" / f"{name}.jsonl").write_text((tmp_path / run / "sets" / "sft.jsonl").read_text())
+    systems = {s.name: s for s in load_systems(config.systems.names)}
+    here = RunLayout(tmp_path / "here")
+    for name in ("laffi", "laffi-then-sft"):
+        train_system(here, systems[name], config.model, config.train)
+    child = RunLayout(tmp_path / "child")
+    for name in ("laffi", "laffi-then-sft"):
+        Launcher("process").train(child, name)
+    assert_same_adapter(here.adapter("laffi-then-sft"), child.adapter("laffi-then-sft"))
+    summary = json.loads(child.train_summary("laffi-then-sft").read_text())
+    assert summary["init"] == str(child.adapter("laffi")) and summary["processes"] == 1
+
+
 def test_a_two_process_checkpoint_resumes_under_torchrun(tiny_model_dir, tmp_path):
     # 6 examples in batches of 4: every other step has 2, so each process gets 1 example
     config = make_run(tmp_path / "one", tiny_model_dir, "train.batch_size=4")
@@ -183,6 +203,9 @@ def test_launcher_commands():
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "8"]
     with pytest.raises(ConfigError, match="--accelerate-config"):
         Launcher("accelerate", 2, "no/such.yaml")
+    assert Launcher("process").command("runs/x", "sft")[1:] == ["-m", "laffi.cli", "train", "runs/x", "--system", "sft"]
+    with pytest.raises(ConfigError, match="--num-processes: the process launcher runs one process"):
+        Launcher("process", 2)
     with pytest.raises(ConfigError, match="--launcher"):
         Launcher("mpirun", 2)
 

@@ -3,11 +3,14 @@
     laffi run CONFIG.yaml --launcher accelerate --num-processes 8
     laffi run CONFIG.yaml --launcher accelerate --accelerate-config configs/accelerate/fsdp.yaml
     laffi run CONFIG.yaml --launcher torchrun --num-processes 8
+    laffi run --launcher process      # each training in a process of its own (what `make demo` does)
 
 The other stages run in this process. Each training runs as a child command on the run's
 config.yaml, `accelerate launch ... -m laffi.cli train RUN --system NAME` (or torchrun), which starts
 one process per GPU; this process waits for it. Several machines need a launch on each of them
-(README, "Scaling up"), which `laffi run` does not do.
+(README, "Scaling up"), which `laffi run` does not do. The `process` launcher starts one plain
+process per training: on a CPU the memory a training's activations took goes back with its process,
+where within `laffi run`'s own process it stays in the allocator and adds to the later stages' peak.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from laffi.config import require
 from laffi.layout import RunLayout, adapter_finished
 
-LAUNCHERS = ("accelerate", "torchrun")
+LAUNCHERS = ("accelerate", "torchrun", "process")
 
 
 class LaunchFailed(RuntimeError):
@@ -46,6 +49,8 @@ class Launcher:
         require(self.name in LAUNCHERS, "--launcher", f"must be one of {', '.join(LAUNCHERS)}, got {self.name!r}")
         require(self.num_processes is None or self.num_processes >= 1, "--num-processes",
                 f"must be >= 1, got {self.num_processes}")
+        require(self.name != "process" or (self.num_processes or 1) == 1, "--num-processes",
+                "the process launcher runs one process; use accelerate or torchrun for more")
         if self.config_file is not None:
             require(self.name == "accelerate", "--accelerate-config", "only with --launcher accelerate")
             require(Path(self.config_file).is_file(), "--accelerate-config", f"{self.config_file} does not exist")
@@ -57,6 +62,8 @@ class Launcher:
     def wrap(self, program: list[str]) -> list[str]:
         """`program` (a script and its arguments, or -m MODULE ...) started once per process."""
         n = str(self.num_processes or 1)
+        if self.name == "process":
+            return [sys.executable, *program]
         if self.name == "torchrun":  # --standalone: one machine, a free rendezvous port
             return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", n, *program]
         launch = [sys.executable, "-m", "accelerate.commands.launch"]

@@ -181,7 +181,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     """`dev`: with train.eval_every, how to score the adapter on dev questions (laffi.stages.evaluate.dev_scorer).
     `init`: a trained adapter (adapters/OTHER) to continue instead of a new LoRA."""
     out = layout.adapter(system)
-    if init is not None:
+    if init is not None and not adapter_finished(out):  # a finished second stage no longer needs its first
         check_init(init, train)
     examples = read_records(layout.training_set(system), TrainingExample)
     # one process, or one of many under accelerate launch / torchrun (read from the environment)

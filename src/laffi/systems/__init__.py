@@ -92,7 +92,7 @@ class System:
     @property
     def init(self) -> str | None:
         """The system whose adapter its training starts from, or None for a new LoRA."""
-        return self.recipe.init or None if self.recipe else None
+        return (self.recipe.init or None) if self.recipe else None
 
     def training(self, train: TrainConfig) -> TrainConfig:
         """The run's train section as this system trains with it."""

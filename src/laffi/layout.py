@@ -8,7 +8,8 @@ A run directory reads as the story of the experiment:
     answers.jsonl                   the model's answers on the train pool (+ answers.config.yaml)
     feedback.jsonl                  feedback on those answers, source ai (+ .config.yaml, .failed.jsonl,
                                     .summary.json); feedback.human.jsonl: people's (`laffi export-feedback`)
-    sets/{laffi,sft}.jsonl          prompt/completion training sets; sets/config.yaml, sets/laffi.meta.json
+    sets/{laffi,sft}.jsonl          prompt/completion training sets; sets/config.yaml, sets/laffi.meta.json;
+                                    sets/SYSTEM.jsonl (+ .meta.json, .aux.jsonl): a system's own set
     adapters/SYSTEM/                a LoRA adapter in PEFT format, train_log.jsonl, summary.json,
                                     config.yaml, checkpoint/
     eval/SYSTEM/                    predictions.jsonl, metrics.json, config.yaml (eval-dev/SYSTEM/: the
@@ -157,6 +158,10 @@ class RunLayout:
     # stage 3: build
     def training_set(self, system: str) -> Path:
         return self.sets / f"{system}.jsonl"
+
+    def aux_set(self, system: str) -> Path:
+        """A system's auxiliary examples (train.aux): its questions again, in another set's format."""
+        return self.sets / f"{system}.aux.jsonl"
 
     @property
     def sets_config(self) -> Path:

@@ -150,6 +150,8 @@ def test_every_packaged_system_trains_once_and_is_evaluated_end_to_end(tiny_over
     second_stage = json.loads(layout.train_summary("laffi-then-sft").read_text())
     assert second_stage["init"] == str(layout.adapter("laffi")) and second_stage["steps"] == 2
     assert json.loads(layout.train_summary("sft-long").read_text())["steps"] == 4  # twice train.steps
+    with_aux = json.loads(layout.train_summary("laffi-aux").read_text())  # each question's LaFFi example too
+    assert with_aux["aux"] == {"examples": with_aux["examples"], "weight": 1.0} and with_aux["examples"] > 0
     for system in systems:
         predictions = read_records(layout.predictions(system.name), Prediction)
         assert len(predictions) == 8

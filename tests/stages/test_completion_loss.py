@@ -4,6 +4,7 @@ wrapped in PEFT, and sharded by FSDP2 over 2 processes."""
 
 import subprocess
 import sys
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,6 +133,31 @@ def test_a_packed_row_gives_the_padded_batch_loss_and_gradients(tiny_model_dir, 
     assert grads.keys() == padded_grads.keys() and grads
     for name in grads:
         torch.testing.assert_close(grads[name], padded_grads[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_row_weights_multiply_each_rows_summed_loss_packed_or_padded(tiny_model_dir, packed):
+    """train.aux's weighted loss: with a weight per row, the batch's loss is the weighted sum of the rows'
+    own summed losses, and the step's weights make each side a mean over its own completion tokens."""
+    from laffi.stages.batches import completion_tokens
+    from laffi.stages.train import step_weights
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    batch = shared_prefix_rows(model.config.vocab_size)
+    cpu = torch.device("cpu")
+    window, aux = [[0, 1, 2, 3, 4]], {3, 4}  # rows 3 and 4 auxiliary
+    weights = step_weights(batch, window, aux, aux_weight=0.5)
+    main_tokens = sum(completion_tokens(batch[i]) for i in (0, 1, 2))
+    aux_tokens = sum(completion_tokens(batch[i]) for i in (3, 4))
+    assert weights == {0: 1 / main_tokens, 1: 1 / main_tokens, 2: 1 / main_tokens, 3: 0.5 / aux_tokens, 4: 0.5 / aux_tokens}
+    with tree_attention(model) if packed else nullcontext():
+        weighted = loss_sum(model, batch, 0, cpu, packed, [weights[i] for i in range(5)])
+        each = [loss_sum(model, [row], 0, cpu, packed) for row in batch]
+        plain = loss_sum(model, batch, 0, cpu, packed)
+    expected = sum(weights[i] * each[i] for i in range(5))
+    torch.testing.assert_close(weighted, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(plain, sum(each), rtol=1e-5, atol=1e-5)  # no weights: the plain sum
 
 
 def test_a_batch_cut_into_rows_within_a_token_budget_sums_to_the_whole_rows_loss_and_gradients(tiny_model_dir):

@@ -47,6 +47,8 @@ def write_system(tmp_path, name, text):
     ("answer:\n  rounds: 0\n", "answer.rounds: must be >= 1"),
     ("train:\n  sets: {sft: 1.0}\nadapter_of: laffi\n", "adapter_of: a system with its own train recipe"),
     ("trian: {}\n", "trian: unknown option"),
+    ("train:\n  sets: {sft: 1.0}\n  aux: gold\n", "train.aux: unknown set 'gold'"),
+    ("train:\n  sets: {sft: 1.0}\n  aux: laffi\n  aux_weight: 0\n", "train.aux_weight: must be > 0"),
 ])
 def test_a_bad_system_file_is_named_with_its_option(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -157,3 +159,21 @@ def test_answer_then_feedback_puts_the_gold_answer_on_the_line_direct_answering_
     completion = row.completion[0]["content"]
     assert row.prompt == sft.prompt and extract_answer(completion) == sft.completion[0]["content"]
     assert completion.endswith('"south": The answer is incorrect. It should be "north".')
+
+
+def test_auxiliary_examples_are_the_same_questions_in_the_aux_format_sharing_the_qa_prompt(tmp_path):
+    from laffi.layout import RunLayout
+
+    run = make_run(tmp_path / "run", n_items=6)
+    system = load_system("laffi-aux")
+    assert system.aux == "laffi" and system.recipe.sets == {"sft": 1.0}
+    code, out, err = laffi("build", str(run), "data.num_shots=1", "systems.names=base,sft,laffi,laffi-aux")
+    assert code == 0, err
+    layout = RunLayout(run)
+    main = read_records(layout.training_set("laffi-aux"), TrainingExample)
+    aux = read_records(layout.aux_set("laffi-aux"), TrainingExample)
+    assert main == read_records(layout.training_set("sft"), TrainingExample)
+    assert aux == read_records(layout.training_set("laffi"), TrainingExample)  # same questions, order, shots
+    for sft, feedback in zip(main, aux):  # the LaFFi prompt continues the QA prompt: a packed row shares it
+        assert feedback.prompt[:len(sft.prompt)] == sft.prompt and len(feedback.prompt) > len(sft.prompt)
+    assert json.loads(layout.set_metadata("laffi-aux").read_text())["aux"] == "laffi"

@@ -76,6 +76,8 @@ def job_for(config: AblateConfig, system: str, variant: RunLayout, seed: int) ->
     digest = hashlib.sha256()
     digest.update(system.encode())
     digest.update(variant.training_set(system).read_bytes())
+    if variant.aux_set(system).exists():  # train.aux
+        digest.update(variant.aux_set(system).read_bytes())
     for section in (config.run.model, replace(config.run.train, seed=seed)):
         # only options set away from their defaults: one a later version adds keeps existing jobs
         digest.update(yaml.safe_dump(non_default(section), sort_keys=False).encode())

@@ -73,13 +73,24 @@ def completion_tokens(row: Row) -> int:
     return sum(label != IGNORE for label in row[1][1:])
 
 
-def collate(rows: list[Row], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+def collate(rows: list[Row], pad_id: int, device: torch.device, weights: list[float] | None = None) -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids, _ in rows)
-    return {
+    batch = {
         "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows], device=device),
         "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows], device=device),
         "labels": torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in rows], device=device),
     }
+    if weights is not None:
+        batch["weights"] = torch.tensor(weights, device=device)
+    return batch
+
+
+def summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The targets' cross-entropy summed, each token's multiplied by its weight where given."""
+    if weights is None:
+        return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
+    losses = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="none")
+    return (losses * weights).sum()
 
 
 def completion_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -97,11 +108,13 @@ def completion_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """
     targets = batch["labels"][:, 1:]
     keep = torch.nn.functional.pad(targets != IGNORE, (0, 1))  # position t predicts token t + 1
+    weights = batch["weights"][:, None].expand_as(targets) if "weights" in batch else None
     logits = model(input_ids=batch["input_ids"], use_cache=False, logits_to_keep=keep).logits
     if logits.ndim == 3:  # a model without logits_to_keep computed every position
-        return torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return torch.nn.functional.cross_entropy(logits.float(), targets[targets != IGNORE], reduction="sum")
+        return summed_cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(),
+                                    None if weights is None else weights.flatten())
+    kept = targets != IGNORE
+    return summed_cross_entropy(logits, targets[kept], None if weights is None else weights[kept])
 
 
 def families(sequences: list[list[int]]) -> list[list[int]]:
@@ -136,26 +149,36 @@ def family_batch_order(sequences: list[list[int]], batch_size: int, num_batches:
     return batches[:num_batches]
 
 
-def pack_rows(rows: list[Row], device: torch.device) -> dict:
+def pack_rows(rows: list[Row], device: torch.device, weights: list[float] | None = None) -> dict:
     """A batch as one packed row: input ids, position ids, its segments, and for every completion token
-    the row position that predicts it (`predict_at`, a position a shared prefix may hold for several)."""
+    the row position that predicts it (`predict_at`, a position a shared prefix may hold for several)
+    and, with `weights` (one per row), its weight."""
     row = pack([ids for ids, _ in rows])
-    predict_at, targets = [], []
-    for path, (ids, labels) in zip(row.paths, rows):
+    predict_at, targets, token_weights = [], [], []
+    for path, (ids, labels), weight in zip(row.paths, rows, weights or [1.0] * len(rows)):
         for k in range(1, len(ids)):
             if labels[k] != IGNORE:
                 predict_at.append(path[k - 1])
                 targets.append(labels[k])
-    return {"input_ids": row.input_ids(device), "position_ids": row.position_ids(device),
-            "packed_tree": TreeSpans.of(row, device),
-            "predict_at": torch.tensor([predict_at], device=device), "targets": torch.tensor(targets, device=device)}
+                token_weights.append(weight)
+    batch = {"input_ids": row.input_ids(device), "position_ids": row.position_ids(device),
+             "packed_tree": TreeSpans.of(row, device),
+             "predict_at": torch.tensor([predict_at], device=device), "targets": torch.tensor(targets, device=device)}
+    if weights is not None:
+        batch["weights"] = torch.tensor(token_weights, device=device)
+    return batch
+
+
+def packed_part_indices(rows: list[Row], budget: int) -> list[list[int]]:
+    """A batch cut into packed rows of at most `budget` tokens each (one row if it fits), as indices into
+    `rows`; their summed losses are the batch's."""
+    order = sorted(range(len(rows)), key=lambda i: rows[i][0])
+    return [[order[k] for k in run] for run in rows_within([rows[i][0] for i in order], budget)]
 
 
 def packed_parts(rows: list[Row], budget: int) -> list[list[Row]]:
-    """A batch cut into packed rows of at most `budget` tokens each (one row if it fits); their summed
-    losses are the batch's."""
-    order = sorted(range(len(rows)), key=lambda i: rows[i][0])
-    return [[rows[order[k]] for k in run] for run in rows_within([rows[i][0] for i in order], budget)]
+    """`packed_part_indices` as the rows themselves."""
+    return [[rows[i] for i in part] for part in packed_part_indices(rows, budget)]
 
 
 def packed_loss_sum(model, batch: dict) -> torch.Tensor:
@@ -167,7 +190,7 @@ def packed_loss_sum(model, batch: dict) -> torch.Tensor:
                    use_cache=False, logits_to_keep=batch["predict_at"]).logits
     if logits.shape[1] != batch["targets"].shape[0]:  # a model without logits_to_keep computed every position
         logits = logits[:, batch["predict_at"][0]]
-    return torch.nn.functional.cross_entropy(logits[0].float(), batch["targets"], reduction="sum")
+    return summed_cross_entropy(logits[0], batch["targets"], batch.get("weights"))
 
 
 def unwrapped(model):
@@ -175,9 +198,11 @@ def unwrapped(model):
     return getattr(model, "module", model)
 
 
-def loss_sum(model, rows: list[Row], pad_id: int, device: torch.device, packed: bool) -> torch.Tensor:
-    """The summed completion loss of `rows` as one batch: one packed row, or padded rows."""
+def loss_sum(model, rows: list[Row], pad_id: int, device: torch.device, packed: bool,
+             weights: list[float] | None = None) -> torch.Tensor:
+    """The summed completion loss of `rows` as one batch: one packed row, or padded rows. `weights`: one
+    per row, multiplying its tokens' losses (None: all 1, summed as such)."""
     if packed:
-        return packed_loss_sum(model, pack_rows(rows, device))
-    return completion_loss_sum(model, collate(rows, pad_id, device))
+        return packed_loss_sum(model, pack_rows(rows, device, weights))
+    return completion_loss_sum(model, collate(rows, pad_id, device, weights))
 

@@ -14,7 +14,8 @@ Both hold the same questions: those with feedback, in the order of the train poo
   lines from the Feedback record (its corrected answer; the answer itself when it is correct). The
   critique format: the same, with the feedback's verdict sentence alone before the fields. The
   answer-feedback format: the QA prompt -> the gold answer, a blank line, then the feedback on the
-  model's own answer.
+  model's own answer. A recipe with `aux` also gets sets/SYSTEM.aux.jsonl: every question of its set
+  again, in the aux set's format, in the same order.
 
 The hybrid build mixes an exact share of human feedback into the LaFFi set, the rest AI feedback.
 Each question appears at most once: `round(R * N)` questions are drawn (seeded by data.seed) from
@@ -110,6 +111,9 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
                      chosen: dict[str, Feedback], data: DataConfig) -> list[TrainingExample]:
     """A system's own set: every question with feedback once, round(share x N) of them in each set's format."""
     questions = [e for e in examples if e.id in chosen]
+    if system.aux in REVIEW_SETS and (missing := [e for e in questions if revised_answer(chosen[e.id]) is None]):
+        raise ValueError(f"{system.name}: train.aux {system.aux} needs a right answer in every question's feedback; "
+                         f"{len(missing)} have none (a corrected answer, or verdict correct)")
     counts = dict(zip(system.recipe.sets, shares_of(list(system.recipe.sets.values()), len(questions))))
     rng = random.Random(f"{data.seed}:{system.name}")
     left = [e.id for e in questions]
@@ -122,12 +126,14 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
                              "have feedback that names a right answer (a corrected answer, or verdict correct)")
         assigned.update({q: name for q in usable[:counts[name]]})
         left = [q for q in left if q not in assigned]
-    rows = [SET_FORMATS[assigned[e.id]](e, choose_shots(e, shots, data.num_shots, data.seed), chosen[e.id])
-            for e in questions]
+    drawn = [(e, choose_shots(e, shots, data.num_shots, data.seed), chosen[e.id]) for e in questions]
+    rows = [SET_FORMATS[assigned[e.id]](e, drawn_shots, note) for e, drawn_shots, note in drawn]
     write_records(layout.training_set(system.name), rows)
+    if system.aux:  # the same questions and shots, so the two examples of a question share its QA prompt
+        write_records(layout.aux_set(system.name), [SET_FORMATS[system.aux](*question) for question in drawn])
     write_json(layout.set_metadata(system.name), {
         "set": system.name, "size": len(rows), "shares": system.recipe.sets, "examples": counts,
-        "seed": data.seed, "ids": {name: [e.id for e in questions if assigned[e.id] == name] for name in counts}})
+        "aux": system.aux, "seed": data.seed, "ids": {name: [e.id for e in questions if assigned[e.id] == name] for name in counts}})
     return rows
 
 

@@ -51,7 +51,7 @@ from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_fin
 from laffi.models import load_model, pick_device, trim_heap
 from laffi.packing import can_pack
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_json, write_records
-from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_parts, tokenize, unwrapped
+from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_part_indices, tokenize, unwrapped
 from laffi.stages.evaluate import DevScorer
 from laffi.systems import System
 from laffi.tree_attention import tree_attention
@@ -99,10 +99,21 @@ def add_lora(model, model_config: ModelConfig, config: TrainConfig, autocast: bo
     return model
 
 
+def step_weights(rows: list[Row], window: list[list[int]], aux: set[int], aux_weight: float) -> dict[int, float]:
+    """Each row's loss weight in one optimizer step (`window`: its batches) with auxiliary rows (`aux`):
+    the step's loss is the mean over its own rows' completion tokens plus `aux_weight` times the mean
+    over the auxiliary rows', so neither set's tokens outweigh the other's by their number."""
+    members = [i for batch in window for i in batch]
+    tokens = {side: sum(completion_tokens(rows[i]) for i in members if (i in aux) == side) for side in (False, True)}
+    return {i: (aux_weight if i in aux else 1.0) / max(tokens[i in aux], 1) for i in members}
+
+
 def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: list[list[int]], plan: BatchPlan,
-                    pad_id: int, packed: bool, autocast: bool, max_row_tokens: int) -> list[float]:
+                    pad_id: int, packed: bool, autocast: bool, max_row_tokens: int,
+                    weights: dict[int, float] | None = None) -> list[float]:
     """This process's forward and backward passes for one optimizer step (`window`: the step's
-    batches), under bf16 autocast with `autocast`. Returns its share of [loss, tokens, completion
+    batches), under bf16 autocast with `autocast`; `weights`: each row's loss weight (`step_weights`),
+    else the mean over the step's completion tokens. Returns its share of [loss, tokens, completion
     tokens], for the log."""
     # normalise by the completion tokens of the whole step (all processes), so the gradient
     # is that of one big batch however the step is cut into passes and processes
@@ -113,16 +124,22 @@ def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: li
     loss_share, tokens, completion = 0.0, 0, 0
     for indices in shard_window(window, plan, accelerator.process_index):
         # a process with nothing left in a short step still joins the gradient reduction, weighing 0
-        chosen = [rows[i] for i in indices or window[0][:1]]
+        picked = indices or window[0][:1]
+        chosen = [rows[i] for i in picked]
         # a plain single process may cut a long packed row: every process must run the same number of
         # backwards, and DeepSpeed steps its optimizer inside the last micro-batch's first backward
         alone = accelerator.distributed_type == DistributedType.NO
-        parts = packed_parts(chosen, max_row_tokens) if packed and alone else [chosen]
+        parts = [[picked[k] for k in part] for part in packed_part_indices(chosen, max_row_tokens)] \
+            if packed and alone else [picked]
         with (accelerator.accumulate(model),
               torch.autocast(accelerator.device.type, torch.bfloat16, enabled=autocast),
               tree_attention(unwrapped(model)) if packed else nullcontext()):  # backward inside: checkpointing reruns forwards
             for part in parts:
-                loss = loss_sum(model, part, pad_id, accelerator.device, packed) / max(window_tokens, 1)
+                part_rows = [rows[i] for i in part]
+                if weights is None:
+                    loss = loss_sum(model, part_rows, pad_id, accelerator.device, packed) / max(window_tokens, 1)
+                else:
+                    loss = loss_sum(model, part_rows, pad_id, accelerator.device, packed, [weights[i] for i in part])
                 accelerator.backward(loss * (scale if indices else 0.0))
                 if indices:
                     loss_share += loss.item()
@@ -154,9 +171,10 @@ def score_on_dev(dev: DevScorer, lm, tokenizer, autocast: bool, step: int) -> di
 def train_system(layout: RunLayout, system: System, model: ModelConfig, config: TrainConfig,
                  dev: DevScorer | None = None) -> Path:
     """`train` a system's recipe on the run's train section `config`: its steps (train.steps_multiple),
-    from its train.init adapter if it has one."""
+    from its train.init adapter if it has one, with its auxiliary examples (train.aux) if it has them."""
     init = layout.adapter(system.init) if system.init else None
-    return train(layout, system.name, model, system.training(config), dev=dev, init=init)
+    aux_weight = system.recipe.aux_weight if system.aux else None
+    return train(layout, system.name, model, system.training(config), dev=dev, init=init, aux_weight=aux_weight)
 
 
 def check_init(init: Path, train: TrainConfig) -> None:
@@ -177,19 +195,26 @@ def start_from(lm, init: Path, train: TrainConfig) -> None:
 
 
 def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig, dev: DevScorer | None = None,
-          init: Path | None = None) -> Path:
+          init: Path | None = None, aux_weight: float | None = None) -> Path:
     """`dev`: with train.eval_every, how to score the adapter on dev questions (laffi.stages.evaluate.dev_scorer).
-    `init`: a trained adapter (adapters/OTHER) to continue instead of a new LoRA."""
+    `init`: a trained adapter (adapters/OTHER) to continue instead of a new LoRA. `aux_weight`: every step
+    also trains on the auxiliary examples (layout.aux_set) of its questions, their mean loss weighted by it."""
     out = layout.adapter(system)
     if init is not None and not adapter_finished(out):  # a finished second stage no longer needs its first
         check_init(init, train)
     examples = read_records(layout.training_set(system), TrainingExample)
+    auxiliary = [] if aux_weight is None else read_records(layout.aux_set(system), TrainingExample)
+    if aux_weight is not None and [e.id for e in auxiliary] != [e.id for e in examples]:
+        raise ValueError(f"{layout.aux_set(system)}: not the questions of {layout.training_set(system)} in its order; "
+                         "run `laffi build` again")
     # one process, or one of many under accelerate launch / torchrun (read from the environment)
     accelerator = Accelerator(cpu=pick_device(model.device).type == "cpu", step_scheduler_with_optimizer=False)
     plan = plan_batches(train, accelerator.num_processes)
     if train.eval_every and accelerator.num_processes > 1:
         raise ConfigError("train.eval_every: QA evaluation during training runs in one process; set it to 0 "
                           "under a launcher and score the dev set after (`laffi evaluate RUN --system NAME eval.split=dev`)")
+    if aux_weight is not None and accelerator.num_processes > 1:
+        raise ConfigError(f"train.aux ({system}): auxiliary examples train in one process, not under a launcher")
     if train.eval_every and dev is None:
         raise ValueError("train.eval_every is set, but no dev scorer was given (laffi.stages.evaluate.dev_scorer)")
     accelerator.gradient_accumulation_steps = plan.per_device_accum
@@ -202,7 +227,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
 
     set_seed(train.seed)  # the same LoRA initialisation on every process
     lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)))
-    rows = tokenize(tokenizer, examples, train.max_seq_len)
+    rows = tokenize(tokenizer, examples + auxiliary, train.max_seq_len)
+    aux = set(range(len(examples), len(rows)))  # row n + i: example i's auxiliary example
     packed = train.pack and can_pack(lm, "train.pack", "its batches run padded", accelerator.print)
     # bf16 base weights: the fp32 adapters run under autocast, as TRL's bf16=True does
     autocast = not model.load_in_4bit and lm.dtype == torch.bfloat16
@@ -218,19 +244,25 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     keep_model_weights_out_of_state(accelerator)
     if accelerator.num_processes > 1:
         set_seed(train.seed, device_specific=True)  # but each process its own dropout masks
-    accelerator.print(f"train {system}: {accelerator.distributed_type.value}, {plan.describe()}")
+    accelerator.print(f"train {system}: {accelerator.distributed_type.value}, {plan.describe()}"
+                      + (f", each with its auxiliary example (weight {aux_weight:g})" if aux else ""))
 
     checkpoint = layout.checkpoint(system)
     start = load_checkpoint(checkpoint, accelerator, lm) if checkpoint.exists() else 0
     log_path = layout.train_log(system)
     log = [e for e in read_records(log_path, TrainLogEntry) if e.step <= start] if log_path.exists() else []
-    batches = batch_order(rows, train.batch_size, train.steps * train.grad_accum, train.seed, group_by=train.group_by)
+    batches = batch_order(rows[:len(examples)], train.batch_size, train.steps * train.grad_accum, train.seed,
+                          group_by=train.group_by)
+    if aux:  # each question's auxiliary example in its batch: in a packed row the two share its QA prompt
+        batches = [[*batch, *(i + len(examples) for i in batch)] for batch in batches]
     pad_id = tokenizer.pad_token_id
     began, tokens_seen, completion_seen = time.perf_counter(), 0, 0
     bar = tqdm(total=train.steps, initial=start, desc=f"train {system}", unit="step", disable=not main)
     for step in range(start + 1, train.steps + 1):
         window = batches[(step - 1) * train.grad_accum: step * train.grad_accum]
-        share = backward_passes(accelerator, lm, rows, window, plan, pad_id, packed, autocast, train.max_row_tokens)
+        weights = step_weights(rows, window, aux, aux_weight) if aux else None
+        share = backward_passes(accelerator, lm, rows, window, plan, pad_id, packed, autocast, train.max_row_tokens,
+                                weights)
         norm = accelerator.clip_grad_norm_(lm.parameters(), train.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -268,8 +300,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     if main:
         write_records(log_path, log)
         trained.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
-        summary = {"system": system, "examples": len(rows), "steps": train.steps, "resumed_from_step": start,
+        summary = {"system": system, "examples": len(examples), "steps": train.steps, "resumed_from_step": start,
                    "init": str(init) if init else None,
+                   "aux": {"examples": len(auxiliary), "weight": aux_weight} if aux_weight is not None else None,
                    "packed": packed, "autocast": autocast, "processes": plan.processes, "per_device_batch": plan.per_device_batch,
                    "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
                    "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,

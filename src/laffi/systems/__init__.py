@@ -11,7 +11,10 @@ Every system trains with the run's `train` section, so all of them get the same 
 learning-rate schedule and seed: the budget held equal is optimizer steps of train.batch_size
 examples, not tokens. Two recipe options change that budget, and a system that uses them says so:
 `init` continues another system's adapter (a second stage: that system's steps, then these), and
-`steps_multiple` trains for that many times train.steps (the control with as many steps).
+`steps_multiple` trains for that many times train.steps (the control with as many steps). A third
+adds tokens, not steps: `aux` puts, next to each step's examples, the same questions' examples in
+another set's format, as an auxiliary loss (each loss averaged over its own completion tokens, the
+auxiliary one weighted by `aux_weight`).
 
 The packaged systems are in `laffi/systems/definitions/`; each file documents itself.
 """
@@ -37,10 +40,17 @@ class Recipe:
     sets: dict[str, float] = field(default_factory=dict)
     init: str = ""  # the system whose trained adapter this training continues ("": a new LoRA)
     steps_multiple: int = 1  # train for this many times train.steps (the warm-up steps stay as set)
+    # a set whose examples of the step's questions join every step as an auxiliary loss ("": none): the
+    # step's loss is the mean over its own examples' completion tokens plus aux_weight times the mean
+    # over the auxiliary examples' (each question is also in this set, sets/SYSTEM.aux.jsonl)
+    aux: str = ""
+    aux_weight: float = 1.0
 
     def __post_init__(self) -> None:
         require(bool(self.sets), "train.sets", "name at least one training set")
         require(self.steps_multiple >= 1, "train.steps_multiple", "must be >= 1")
+        require(not self.aux or self.aux in SETS, "train.aux", f"unknown set {self.aux!r}; available: {', '.join(SETS)}")
+        require(self.aux_weight > 0, "train.aux_weight", f"must be > 0, got {self.aux_weight}")
         for name, share in self.sets.items():
             require(name in SETS, "train.sets", f"unknown set {name!r}; available: {', '.join(SETS)}")
             require(0 < share <= 1, f"train.sets.{name}", f"a share in (0, 1], got {share}")
@@ -93,6 +103,11 @@ class System:
     def init(self) -> str | None:
         """The system whose adapter its training starts from, or None for a new LoRA."""
         return (self.recipe.init or None) if self.recipe else None
+
+    @property
+    def aux(self) -> str | None:
+        """The set whose examples join each training step as an auxiliary loss, or None."""
+        return (self.recipe.aux or None) if self.recipe else None
 
     def training(self, train: TrainConfig) -> TrainConfig:
         """The run's train section as this system trains with it."""

@@ -261,3 +261,23 @@ def test_a_longer_recipe_trains_its_multiple_of_the_steps(tiny_model_dir, tmp_pa
     config = load_config(overrides=overrides(tiny_model_dir, "train.steps=3"))
     out = train_system(RunLayout(tmp_path), load_system("sft-long"), config.model, config.train)
     assert [e.step for e in read_records(out / "train_log.jsonl", TrainLogEntry)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_saved_train_config_refuses_another_init_or_aux_weight_and_reads_old_files_as_none(tmp_path):
+    import yaml
+
+    from laffi.config import ConfigError, ModelConfig, TrainConfig
+    from laffi.stages.train import Continuation, save_train_config
+
+    layout = RunLayout(tmp_path)
+    layout.adapter("mine").mkdir(parents=True)
+    save_train_config(layout, "mine", ModelConfig(), TrainConfig(), Continuation("laffi", 1.0))
+    save_train_config(layout, "mine", ModelConfig(), TrainConfig(), Continuation("laffi", 1.0))  # the same: fine
+    with pytest.raises(ConfigError, match="recipe.aux_weight"):
+        save_train_config(layout, "mine", ModelConfig(), TrainConfig(), Continuation("laffi", 0.5))
+    with pytest.raises(ConfigError, match="recipe.init"):
+        save_train_config(layout, "mine", ModelConfig(), TrainConfig(), Continuation("", 1.0))
+    saved = yaml.safe_load(layout.train_config("mine").read_text())
+    del saved["recipe"]  # as an older laffi wrote it: a new LoRA without auxiliary examples
+    layout.train_config("mine").write_text(yaml.safe_dump(saved))
+    save_train_config(layout, "mine", ModelConfig(), TrainConfig())

@@ -6,7 +6,9 @@
     torchrun --nproc_per_node 8 -m laffi.cli train runs/demo --system laffi
 
 Batches are mostly one article's examples, each run as one packed row in which the prefix they
-share runs once (laffi.stages.batches; train.group_by, train.pack).
+share runs once (laffi.stages.batches; train.group_by, train.pack). A system with auxiliary examples
+(train.aux in its recipe) adds each question's auxiliary example to its batch; the step's loss is
+then a mean over each side's own completion tokens (`step_weights`).
 
 Writes adapters/SYSTEM/: the adapter in PEFT's format (PeftModel.from_pretrained loads it),
 train_log.jsonl (loss, lr, tokens/s per step), summary.json and config.yaml. Every
@@ -26,7 +28,7 @@ import resource
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -149,12 +151,22 @@ def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: li
     return [loss_share, tokens, completion]
 
 
-def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig) -> None:
+@dataclass
+class Continuation:
+    """What a system's recipe adds to the train section, saved with it: the adapter its training
+    continues (train.init, "" for a new LoRA) and the weight of its auxiliary loss (0: none)."""
+
+    init: str = ""
+    aux_weight: float = 0.0
+
+
+def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig,
+                      continuation: Continuation = Continuation()) -> None:
     """save_config for the adapter; an adapter begun by an older laffi has its config under the old name,
     which is taken over first, so a resumed checkpoint is still checked against it."""
     if layout.old_train_config(system).exists() and not layout.train_config(system).exists():
         layout.old_train_config(system).rename(layout.train_config(system))
-    save_config(layout.train_config(system), {"model": model, "train": train})
+    save_config(layout.train_config(system), {"model": model, "train": train, "recipe": continuation})
 
 
 def score_on_dev(dev: DevScorer, lm, tokenizer, autocast: bool, step: int) -> dict:
@@ -221,7 +233,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     main = accelerator.is_main_process
     # the main process writes the config; if it differs from the one there, every process stops
     shard = Shard(accelerator.process_index, accelerator.num_processes)
-    shard.on_main(lambda: save_train_config(layout, system, model, train))
+    continuation = Continuation(init.name if init is not None else "", aux_weight or 0.0)
+    shard.on_main(lambda: save_train_config(layout, system, model, train, continuation))
     if adapter_finished(out):
         return out  # finished earlier
 

@@ -83,7 +83,7 @@ def test_laffi_run_end_to_end_on_a_tiny_model(tiny_overrides, tmp_path, capsys):
     assert "| base |" in printed and "| laffi |" in printed
 
     results = json.loads(layout.results_json.read_text())
-    assert list(results) == ["base", "sft", "laffi", "laffi-refine-mix"]  # systems.names, by default
+    assert list(results) == ["base", "sft", "laffi", "laffi-aux"]  # systems.names, by default
     for metrics in results.values():
         assert metrics["total"] == 8
         assert metrics["exact_ci95"][0] <= metrics["exact"] <= metrics["exact_ci95"][1]

@@ -263,7 +263,7 @@ def test_a_longer_recipe_trains_its_multiple_of_the_steps(tiny_model_dir, tmp_pa
     assert [e.step for e in read_records(out / "train_log.jsonl", TrainLogEntry)] == [1, 2, 3, 4, 5, 6]
 
 
-def test_the_saved_train_config_refuses_another_init_or_aux_weight_and_reads_old_files_as_none(tmp_path):
+def test_the_saved_train_config_refuses_another_init_or_aux_weight_and_takes_old_files_as_this_recipe(tmp_path):
     import yaml
 
     from laffi.config import ConfigError, ModelConfig, TrainConfig
@@ -278,6 +278,7 @@ def test_the_saved_train_config_refuses_another_init_or_aux_weight_and_reads_old
     with pytest.raises(ConfigError, match="recipe.init"):
         save_train_config(layout, "mine", ModelConfig(), TrainConfig(), Continuation("", 1.0))
     saved = yaml.safe_load(layout.train_config("mine").read_text())
-    del saved["recipe"]  # as an older laffi wrote it: a new LoRA without auxiliary examples
+    del saved["recipe"]  # as laffi before train.aux wrote it, which did not record the recipe
     layout.train_config("mine").write_text(yaml.safe_dump(saved))
-    save_train_config(layout, "mine", ModelConfig(), TrainConfig())
+    save_train_config(layout, "mine", ModelConfig(), TrainConfig(), Continuation("laffi", 1.0))
+    assert yaml.safe_load(layout.train_config("mine").read_text())["recipe"] == {"init": "laffi", "aux_weight": 1.0}

@@ -28,16 +28,17 @@ import resource
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
-from tqdm import tqdm
 from safetensors.torch import load_file
+from tqdm import tqdm
 from transformers import get_scheduler
 
 from laffi.config import ConfigError, ModelConfig, TrainConfig, save_config
@@ -52,7 +53,7 @@ from laffi.distributed.shards import Shard
 from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_finished
 from laffi.models import load_model, pick_device, trim_heap
 from laffi.packing import can_pack
-from laffi.records import TrainingExample, TrainLogEntry, read_records, write_json, write_records
+from laffi.records import TrainingExample, TrainLogEntry, read_records, write_atomic, write_json, write_records
 from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_part_indices, tokenize, unwrapped
 from laffi.stages.evaluate import DevScorer
 from laffi.systems import System
@@ -162,11 +163,15 @@ class Continuation:
 
 def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig,
                       continuation: Continuation = Continuation()) -> None:
-    """save_config for the adapter; an adapter begun by an older laffi has its config under the old name,
-    which is taken over first, so a resumed checkpoint is still checked against it."""
-    if layout.old_train_config(system).exists() and not layout.train_config(system).exists():
-        layout.old_train_config(system).rename(layout.train_config(system))
-    save_config(layout.train_config(system), {"model": model, "train": train, "recipe": continuation})
+    """save_config for the adapter. An adapter begun by an older laffi has its config under the old name,
+    which is taken over first, so a resumed checkpoint is still checked against it; one whose config has
+    no recipe section (laffi before train.aux) is taken to have been begun with this recipe."""
+    path = layout.train_config(system)
+    if layout.old_train_config(system).exists() and not path.exists():
+        layout.old_train_config(system).rename(path)
+    if path.exists() and "recipe" not in (saved := yaml.safe_load(path.read_text(encoding="utf-8")) or {}):
+        write_atomic(path, yaml.safe_dump({**saved, "recipe": asdict(continuation)}, sort_keys=False))
+    save_config(path, {"model": model, "train": train, "recipe": continuation})
 
 
 def score_on_dev(dev: DevScorer, lm, tokenizer, autocast: bool, step: int) -> dict:

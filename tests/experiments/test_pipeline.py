@@ -119,7 +119,7 @@ def test_laffi_run_end_to_end_on_a_tiny_model(tiny_overrides, tmp_path, capsys):
     dev = json.loads(layout.metrics("sft", "dev").read_text())
     assert dev["split"] == "dev" and dev["total"] == 100 and layout.evaluation("sft", "dev").parent.name == "eval-dev"
     assert len(read_records(layout.predictions("sft", "dev"), Prediction)) == 100
-    assert layout.evaluated_systems() == ["base", "laffi", "laffi-refine-mix", "sft"]
+    assert layout.evaluated_systems() == ["base", "laffi", "laffi-aux", "sft"]
     assert json.loads(layout.results_json.read_text()) == results
 
 

@@ -157,7 +157,8 @@ def write_sets(layout: RunLayout, examples: list[QAExample], shots: list[QAExamp
     write_json(layout.set_metadata("laffi"), mix_metadata([chosen[t.id] for t in laffi], human_ratio, seed))
     sets = {"laffi": laffi, "sft": sft}
     for system in systems:
-        if system.recipe and system.recipe.sets != {system.name: 1.0}:  # sft and laffi are written above
+        # sft and laffi are written above, but not their auxiliary examples
+        if system.recipe and (system.recipe.sets != {system.name: 1.0} or system.aux):
             sets[system.name] = write_system_set(layout, system, examples, shots, chosen, data)
     return sets
 

@@ -139,7 +139,7 @@ def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: li
               tree_attention(unwrapped(model)) if packed else nullcontext()):  # backward inside: checkpointing reruns forwards
             for part in parts:
                 part_rows = [rows[i] for i in part]
-                if weights is None:
+                if weights is None:  # one mean over the step's completion tokens, computed as it always was
                     loss = loss_sum(model, part_rows, pad_id, accelerator.device, packed) / max(window_tokens, 1)
                 else:
                     loss = loss_sum(model, part_rows, pad_id, accelerator.device, packed, [weights[i] for i in part])

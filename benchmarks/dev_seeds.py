@@ -28,7 +28,6 @@ from laffi.experiments.run import evaluate_system
 from laffi.layout import RunLayout
 from laffi.records import Prediction, read_records
 from laffi.stages.build import build
-from laffi.stages.evaluate import dev_scorer
 from laffi.stages.train import train_system
 from laffi.systems import load_systems, training_order
 
@@ -57,8 +56,7 @@ def run_arm(run_dir: Path, name: str, overrides: list[str], seed: int, systems: 
     scores = {}
     chosen = load_systems(systems)
     for system in training_order(chosen):
-        train_system(layout, system, config.model, config.train,
-                     dev=dev_scorer(layout, config.data, config.generate, config.train))
+        train_system(layout, system, config.model, config.data, config.generate, config.train)
     for system in chosen:
         if system.adapter is None and not system.guided and seed != 0:
             continue

@@ -25,7 +25,6 @@ from laffi.experiments.run import evaluate_system
 from laffi.layout import RunLayout
 from laffi.records import Prediction, QAExample, read_records
 from laffi.report.tables import markdown
-from laffi.stages.evaluate import dev_scorer
 from laffi.stages.train import train_system
 from laffi.systems import load_systems, training_order
 
@@ -51,8 +50,7 @@ def main() -> None:
     for seed in seeds:
         layout, config = seed_layout(args.run_dir, args.arm, seed), arm_config(args.run_dir, [], seed, "heldout")
         for system in training_order(systems):
-            train_system(layout, system, config.model, config.train,
-                         dev=dev_scorer(layout, config.data, config.generate, config.train))
+            train_system(layout, system, config.model, config.data, config.generate, config.train)
         for system in systems:
             untrained = system.adapter is None and not system.guided
             if untrained and seed != seeds[0]:

@@ -240,12 +240,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from laffi.stages.train import train, train_system
         from laffi.systems import load_systems
 
-        dev = dev_scorer(layout, config.data, config.generate, config.train)
         systems = {s.name: s for s in load_systems(config.systems.names)}
         if args.system in systems:  # its recipe's steps and train.init, as `laffi run` trains it
-            out = train_system(layout, systems[args.system], config.model, config.train, dev=dev)
+            out = train_system(layout, systems[args.system], config.model, config.data, config.generate, config.train)
         else:  # a set of your own in sets/NAME.jsonl
-            out = train(layout, args.system, config.model, config.train, dev=dev)
+            out = train(layout, args.system, config.model, config.train,
+                        dev=dev_scorer(layout, config.data, config.generate, config.train))
         if Shard.current().is_main:  # under a launcher, one line, not one per process
             print(f"adapter saved in {out}")
     elif args.command == "evaluate":

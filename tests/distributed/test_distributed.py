@@ -112,7 +112,7 @@ def test_the_process_launcher_trains_a_second_stage_as_laffi_run_does_in_process
     systems = {s.name: s for s in load_systems(config.systems.names)}
     here = RunLayout(tmp_path / "here")
     for name in ("laffi", "laffi-then-sft"):
-        train_system(here, systems[name], config.model, config.train)
+        train_system(here, systems[name], config.model, config.data, config.generate, config.train)
     child = RunLayout(tmp_path / "child")
     for name in ("laffi", "laffi-then-sft"):
         Launcher("process").train(child, name)

@@ -238,7 +238,7 @@ def test_a_second_stage_continues_the_first_stages_adapter(tiny_model_dir, tmp_p
     # lr so small that the second stage barely moves: its weights are the first stage's, not a new LoRA's
     still = load_config(overrides=overrides(tiny_model_dir, "train.lr=1e-9"))
     systems = {s.name: s for s in load_systems(["laffi", "laffi-then-sft"])}
-    second = train_system(layout, systems["laffi-then-sft"], still.model, still.train)
+    second = train_system(layout, systems["laffi-then-sft"], still.model, still.data, still.generate, still.train)
     before, after = (load_file(path / "adapter_model.safetensors") for path in (first, second))
     assert before.keys() == after.keys()
     assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
@@ -259,7 +259,8 @@ def test_a_longer_recipe_trains_its_multiple_of_the_steps(tiny_model_dir, tmp_pa
 
     make_set(tmp_path, "sft-long")
     config = load_config(overrides=overrides(tiny_model_dir, "train.steps=3"))
-    out = train_system(RunLayout(tmp_path), load_system("sft-long"), config.model, config.train)
+    out = train_system(RunLayout(tmp_path), load_system("sft-long"), config.model, config.data, config.generate,
+                       config.train)
     assert [e.step for e in read_records(out / "train_log.jsonl", TrainLogEntry)] == [1, 2, 3, 4, 5, 6]
 
 

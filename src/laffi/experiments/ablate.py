@@ -36,7 +36,7 @@ from laffi.report.html import write_report
 from laffi.report.tables import ablation_markdown
 from laffi.stages.annotate import annotate, check_annotator
 from laffi.stages.build import HybridConfig, build_hybrid
-from laffi.stages.evaluate import dev_scorer, evaluate
+from laffi.stages.evaluate import evaluate
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.train import train_system
@@ -96,7 +96,7 @@ def run_job(ablation: AblationLayout, config: AblateConfig, job: Job) -> bool:
     # the job's own config.yaml: stages run by hand in it (laffi attention, laffi report) read it
     save_config(layout.config, {**run.sections("model", "data", "generate"), "train": training, "eval": run.eval})
     system = load_system(job.system)  # the grid allows only systems that answer with their own adapter
-    train_system(layout, system, run.model, training, dev=dev_scorer(layout, run.data, run.generate, training))
+    train_system(layout, system, run.model, run.data, run.generate, training)
     evaluate(layout, job.system, run.model, run.data, run.generate, run.eval, adapter=adapter,
              answering=system.answer, reviewer=adapter if system.guided else None)
     return True

@@ -27,7 +27,7 @@ from laffi.report.html import write_report
 from laffi.report.results import write_results
 from laffi.stages.annotate import annotate, check_annotator
 from laffi.stages.build import build
-from laffi.stages.evaluate import dev_scorer, evaluate
+from laffi.stages.evaluate import evaluate
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.train import train_system
@@ -70,8 +70,8 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     timed("build", build, layout, config.data, systems)
     for system in training_order(systems):
         if launcher is None:
-            timed(f"train {system.name}", train_system, layout, system, config.model, config.train,
-                  dev=dev_scorer(layout, config.data, config.generate, config.train))
+            timed(f"train {system.name}", train_system, layout, system, config.model, config.data, config.generate,
+                  config.train)
         else:
             timed(f"train {system.name}", launcher.train, layout, system.name)
     for system in (s for s in systems if s.name not in metrics):  # every adapter is there now, reviewers too

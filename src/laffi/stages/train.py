@@ -41,7 +41,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 from transformers import get_scheduler
 
-from laffi.config import ConfigError, ModelConfig, TrainConfig, save_config
+from laffi.config import ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, save_config
 from laffi.distributed.batching import BatchPlan, configure_deepspeed, plan_batches, shard_window, totals
 from laffi.distributed.checkpoint import (
     full_state_dict,
@@ -55,7 +55,7 @@ from laffi.models import load_model, pick_device, trim_heap
 from laffi.packing import can_pack
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_atomic, write_json, write_records
 from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_part_indices, tokenize, unwrapped
-from laffi.stages.evaluate import DevScorer
+from laffi.stages.evaluate import DevScorer, dev_scorer
 from laffi.systems import System
 from laffi.tree_attention import tree_attention
 
@@ -185,13 +185,15 @@ def score_on_dev(dev: DevScorer, lm, tokenizer, autocast: bool, step: int) -> di
         model.train()
 
 
-def train_system(layout: RunLayout, system: System, model: ModelConfig, config: TrainConfig,
-                 dev: DevScorer | None = None) -> Path:
+def train_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig, generate: GenerateConfig,
+                 config: TrainConfig) -> Path:
     """`train` a system's recipe on the run's train section `config`: its steps (train.steps_multiple),
-    from its train.init adapter if it has one, with its auxiliary examples (train.aux) if it has them."""
+    from its train.init adapter if it has one, with its auxiliary examples (train.aux) if it has them, scored
+    on dev every train.eval_every steps (answering as `data` and `generate` say)."""
     init = layout.adapter(system.init) if system.init else None
     aux_weight = system.recipe.aux_weight if system.aux else None
-    return train(layout, system.name, model, system.training(config), dev=dev, init=init, aux_weight=aux_weight)
+    return train(layout, system.name, model, system.training(config), dev=dev_scorer(layout, data, generate, config),
+                 init=init, aux_weight=aux_weight)
 
 
 def check_init(init: Path, train: TrainConfig) -> None:

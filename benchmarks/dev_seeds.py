@@ -40,6 +40,26 @@ def arm_config(run_dir: Path, overrides: list[str], seed: int, split: str = "dev
     return build_section(RunConfig, values)
 
 
+def record_arm(run_dir: Path, arm: str, overrides: list[str]) -> None:
+    """RUN/dev-seeds/ARM/arm.json: the arm's overrides, which heldout_seeds.py trains and scores with. An arm
+    name keeps its overrides: adapters trained with others are not this arm's."""
+    path = run_dir / "dev-seeds" / arm / "arm.json"
+    if path.exists() and (saved := json.loads(path.read_text())["overrides"]) != overrides:
+        raise SystemExit(f"--arm {arm}: {path} was run with {saved}, not {overrides}; name the arm anew")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"overrides": overrides}) + "\n")
+
+
+def arm_overrides(run_dir: Path, arm: str) -> list[str]:
+    """The overrides dev_seeds.py ran ARM with (none for an arm run before they were recorded: "default")."""
+    path = run_dir / "dev-seeds" / arm / "arm.json"
+    if not path.exists():
+        if arm != "default":
+            raise SystemExit(f"--arm {arm}: no {path}; run dev_seeds.py with this arm first")
+        return []
+    return json.loads(path.read_text())["overrides"]
+
+
 def seed_layout(run_dir: Path, arm: str, seed: int) -> RunLayout:
     """RUN/dev-seeds/ARM/sSEED: a run directory on the run's data/ and sets/."""
     shared = RunLayout.of(run_dir)
@@ -139,6 +159,8 @@ def main() -> None:
     systems = args.systems.split(",")
     shared = RunLayout.of(args.run_dir)
     build(shared, arm_config(args.run_dir, [], 0).data, load_systems(systems))  # every arm trains on these
+    for name, overrides in arms.items():
+        record_arm(args.run_dir, name, overrides)
     results = {name: {seed: run_arm(args.run_dir, name, overrides, seed, systems) for seed in seeds}
                for name, overrides in arms.items()}
     summary = summarize(results, list(arms), systems)

@@ -4,8 +4,8 @@
     python benchmarks/heldout_seeds.py runs/demo --systems base,sft,laffi,laffi-mix --seeds 0,1,2
 
 For every seed it trains what is not trained yet (the adapters of RUN/dev-seeds/ARM/sSEED/, the
-same ones the dev scores came from) and evaluates each system on the held-out questions into that
-directory's eval/; the base model once (RUN/eval/base, which `laffi run` wrote). The summary, in
+same ones the dev scores came from, with the arm's overrides: ARM/arm.json) and evaluates each
+system on the held-out questions into that directory's eval/; the base model once (RUN/eval/base, which `laffi run` wrote). The summary, in
 RUN/heldout-seeds.{json,md}: per system, EM and F1 averaged over seeds with a 95% interval over
 seeds and questions (the two-level bootstrap of laffi.analysis.bootstrap), and each system minus
 SFT, paired by seed and question. Run it once per final set of systems: choosing anything on
@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dev_seeds import arm_config, seed_layout
+from dev_seeds import arm_config, arm_overrides, seed_layout
 
 from laffi.analysis.bootstrap import bootstrap_interval, paired_bootstrap_difference
 from laffi.experiments.run import evaluate_system
@@ -46,9 +46,10 @@ def main() -> None:
     systems = load_systems(args.systems.split(","))
     run = RunLayout.of(args.run_dir)
     ids = [e.id for e in read_records(run.eval_examples, QAExample)]
+    overrides = arm_overrides(args.run_dir, args.arm)  # the adapters' own settings
     per_system: dict[str, dict[str, list[list[float]]]] = {}
     for seed in seeds:
-        layout, config = seed_layout(args.run_dir, args.arm, seed), arm_config(args.run_dir, [], seed, "heldout")
+        layout, config = seed_layout(args.run_dir, args.arm, seed), arm_config(args.run_dir, overrides, seed, "heldout")
         for system in training_order(systems):
             train_system(layout, system, config.model, config.data, config.generate, config.train)
         for system in systems:

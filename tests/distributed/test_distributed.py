@@ -188,7 +188,7 @@ def test_laffi_run_hands_each_training_to_the_launcher(monkeypatch, tmp_path):
     config = ROOT / "configs" / "accelerate" / "fsdp.yaml"
     assert main(["run", "--out", str(tmp_path), "--launcher", "accelerate", "--num-processes", "4",
                  "--accelerate-config", str(config)]) == 0
-    assert [name for _, name in launched] == ["sft", "laffi", "laffi-aux"]  # each recipe of systems.names
+    assert [name for _, name in launched] == ["sft", "laffi", "laffi-aux-half"]  # each recipe of systems.names
     assert launched[0][0] == Launcher("accelerate", 4, str(config))
     assert main(["run", "--out", str(tmp_path), "--num-processes", "4"]) == 2  # no launcher named
 

@@ -9,6 +9,7 @@ import laffi.backends.answering as answering_module
 from laffi.cli import main
 from laffi.config import load_config
 from laffi.layout import RunLayout
+from laffi.prompts import read_review
 from laffi.records import (
     Answer,
     Feedback,
@@ -83,7 +84,7 @@ def test_laffi_run_end_to_end_on_a_tiny_model(tiny_overrides, tmp_path, capsys):
     assert "| base |" in printed and "| laffi |" in printed
 
     results = json.loads(layout.results_json.read_text())
-    assert list(results) == ["base", "sft", "laffi", "laffi-aux"]  # systems.names, by default
+    assert list(results) == ["base", "sft", "laffi", "laffi-aux-half"]  # systems.names, by default
     for metrics in results.values():
         assert metrics["total"] == 8
         assert metrics["exact_ci95"][0] <= metrics["exact"] <= metrics["exact_ci95"][1]
@@ -119,7 +120,7 @@ def test_laffi_run_end_to_end_on_a_tiny_model(tiny_overrides, tmp_path, capsys):
     dev = json.loads(layout.metrics("sft", "dev").read_text())
     assert dev["split"] == "dev" and dev["total"] == 100 and layout.evaluation("sft", "dev").parent.name == "eval-dev"
     assert len(read_records(layout.predictions("sft", "dev"), Prediction)) == 100
-    assert layout.evaluated_systems() == ["base", "laffi", "laffi-aux", "sft"]
+    assert layout.evaluated_systems() == ["base", "laffi", "laffi-aux-half", "sft"]
     assert json.loads(layout.results_json.read_text()) == results
 
 
@@ -152,6 +153,11 @@ def test_every_packaged_system_trains_once_and_is_evaluated_end_to_end(tiny_over
     assert json.loads(layout.train_summary("sft-long").read_text())["steps"] == 4  # twice train.steps
     with_aux = json.loads(layout.train_summary("laffi-aux").read_text())  # each question's LaFFi example too
     assert with_aux["aux"] == {"examples": with_aux["examples"], "weight": 1.0} and with_aux["examples"] > 0
+    assert json.loads(layout.train_summary("laffi-aux-half").read_text())["aux"]["weight"] == 0.5
+    for name, aux_set in (("laffi-aux-refine", "refine"), ("laffi-aux-critique", "critique")):  # fields last
+        aux_examples = read_records(layout.aux_set(name), TrainingExample)
+        assert len(aux_examples) == with_aux["examples"]
+        assert all(read_review(e.completion[0]["content"]) for e in aux_examples), aux_set
     for system in systems:
         predictions = read_records(layout.predictions(system.name), Prediction)
         assert len(predictions) == 8

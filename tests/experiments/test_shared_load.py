@@ -27,7 +27,7 @@ def loads(monkeypatch) -> list[tuple[str, bool]]:
 def test_base_evaluation_and_generation_share_one_load(tiny_overrides, tmp_path, loads):
     run(load_config(overrides=tiny_overrides), tmp_path / "run")
     # base evaluation + generation, then a training and an evaluation with its adapter for each of the
-    # default systems.names that trains: sft, laffi, laffi-aux
+    # default systems.names that trains: sft, laffi, laffi-aux-half
     assert sorted(loads) == [("answer", False), *[("answer", True)] * 3, *[("train", False)] * 3]
 
     loads.clear()

@@ -8,7 +8,7 @@
 
 Evaluates the base model, lets it answer the train questions, annotates the answers, builds the
 training sets on the same questions, trains each system that has a train recipe (laffi.systems;
-by default sft, laffi and laffi-aux) with the same steps, LoRA settings and seed, evaluates
+by default sft, laffi and laffi-aux-half) with the same steps, LoRA settings and seed, evaluates
 every system, and writes results.json, results.md, run_info.json and report.html. Every stage
 resumes, so rerunning after a crash continues where it stopped.
 """

@@ -187,10 +187,26 @@ def test_laffi_run_hands_each_training_to_the_launcher(monkeypatch, tmp_path):
     monkeypatch.setattr("laffi.report.results.markdown_table", lambda results: "")
     config = ROOT / "configs" / "accelerate" / "fsdp.yaml"
     assert main(["run", "--out", str(tmp_path), "--launcher", "accelerate", "--num-processes", "4",
-                 "--accelerate-config", str(config)]) == 0
-    assert [name for _, name in launched] == ["sft", "laffi", "laffi-aux-half"]  # each recipe of systems.names
+                 "--accelerate-config", str(config), "systems.names=base,sft,laffi,laffi-mix"]) == 0
+    assert [name for _, name in launched] == ["sft", "laffi", "laffi-mix"]  # each recipe of systems.names
     assert launched[0][0] == Launcher("accelerate", 4, str(config))
     assert main(["run", "--out", str(tmp_path), "--num-processes", "4"]) == 2  # no launcher named
+
+
+def test_laffi_run_refuses_one_process_systems_under_many_processes_before_any_stage(monkeypatch, tmp_path, capsys):
+    import laffi.experiments.run as run_module
+    from laffi.cli import main
+
+    monkeypatch.setattr(run_module, "prepare", lambda *args: pytest.fail("a stage ran"))
+    config = str(ROOT / "configs" / "accelerate" / "multi-gpu.yaml")  # its num_processes: 8
+    for launch in (["--num-processes", "2"], ["--accelerate-config", config]):
+        assert main(["run", "--out", str(tmp_path), "--launcher", "accelerate", *launch]) == 2  # the default systems
+        assert "systems.names: laffi-aux-half train with auxiliary examples" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path), "--launcher", "torchrun", "--num-processes", "2",
+                 "systems.names=sft", "train.eval_every=4"]) == 2
+    assert "train.eval_every: QA evaluation during training runs in one process" in capsys.readouterr().err
+    assert Launcher("accelerate").one_process and Launcher("process").one_process
+    assert not Launcher("accelerate", config_file=config).one_process and not Launcher("torchrun", 2).one_process
 
 
 def test_launcher_commands():

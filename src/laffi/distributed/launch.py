@@ -55,6 +55,11 @@ class Launcher:
             require(self.name == "accelerate", "--accelerate-config", "only with --launcher accelerate")
             require(Path(self.config_file).is_file(), "--accelerate-config", f"{self.config_file} does not exist")
 
+    @property
+    def one_process(self) -> bool:
+        """Whether each training it starts is one process (an accelerate config file may ask for many)."""
+        return self.name == "process" or self.num_processes == 1 or (self.num_processes is None and not self.config_file)
+
     def command(self, run_dir: str | Path, system: str) -> list[str]:
         """The command that runs `laffi train RUN --system NAME` under this launcher."""
         return self.wrap(["-m", "laffi.cli", "train", str(run_dir), "--system", system])

@@ -3,7 +3,7 @@
     laffi run                                   # embedded model and data, default preset
     laffi run --preset smoke --out runs/smoke   # a few minutes on a laptop
     laffi run configs/qwen7b-gpu.yaml train.steps=200
-    laffi run configs/qwen2.5-7b-gpu.yaml --launcher accelerate --num-processes 8
+    laffi run configs/qwen2.5-7b-gpu.yaml --launcher accelerate --num-processes 8 systems.names=base,sft,laffi
     laffi run systems.names=base,sft,laffi,laffi-refine-mix,laffi-refine-mix-guided
 
 Evaluates the base model, lets it answer the train questions, annotates the answers, builds the
@@ -52,6 +52,13 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
             "with `laffi evaluate RUN --system NAME eval.split=dev`")
     check_annotator(config.annotate)  # a bad template fails now, not after the answers
     systems = load_systems(config.systems.names)  # and a bad system file
+    if launcher is not None and not launcher.one_process:  # refused now, not hours later at that training
+        one_process_only = [s.name for s in systems if s.aux]
+        require(not one_process_only, "systems.names",
+                f"{', '.join(one_process_only)} train with auxiliary examples (train.aux), which run in one process, "
+                f"not under --launcher {launcher.name} with several; leave them out (e.g. systems.names=base,sft,laffi)")
+        require(not config.train.eval_every, "train.eval_every",
+                "QA evaluation during training runs in one process; set it to 0 under a launcher with several")
     # the whole run's settings; a launched training reads them from there (`laffi train RUN --system X`)
     save_config(layout.config, config.sections())
     timed = StageClock()

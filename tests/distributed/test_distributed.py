@@ -205,8 +205,10 @@ def test_laffi_run_refuses_one_process_systems_under_many_processes_before_any_s
     assert main(["run", "--out", str(tmp_path), "--launcher", "torchrun", "--num-processes", "2",
                  "systems.names=sft", "train.eval_every=4"]) == 2
     assert "train.eval_every: QA evaluation during training runs in one process" in capsys.readouterr().err
-    assert Launcher("accelerate").one_process and Launcher("process").one_process
-    assert not Launcher("accelerate", config_file=config).one_process and not Launcher("torchrun", 2).one_process
+    one_gpu = str(ROOT / "configs" / "accelerate" / "one-gpu.yaml")  # num_processes: 1, so the default systems run
+    assert [Launcher("accelerate").processes, Launcher("process").processes, Launcher("torchrun", 2).processes] == [1, 1, 2]
+    assert Launcher("accelerate", config_file=config).processes == 8 and Launcher("accelerate", 3, config).processes == 3
+    assert Launcher("accelerate", config_file=one_gpu).processes == 1
 
 
 def test_launcher_commands():

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from laffi.config import require
+from laffi.config import read_yaml, require
 from laffi.layout import RunLayout, adapter_finished
 
 LAUNCHERS = ("accelerate", "torchrun", "process")
@@ -56,9 +56,12 @@ class Launcher:
             require(Path(self.config_file).is_file(), "--accelerate-config", f"{self.config_file} does not exist")
 
     @property
-    def one_process(self) -> bool:
-        """Whether each training it starts is one process (an accelerate config file may ask for many)."""
-        return self.name == "process" or self.num_processes == 1 or (self.num_processes is None and not self.config_file)
+    def processes(self) -> int:
+        """The processes each training runs in: --num-processes, else the accelerate config's, else 1
+        (accelerate's own default)."""
+        if self.num_processes is not None or not self.config_file:
+            return self.num_processes or 1
+        return int(read_yaml(self.config_file).get("num_processes", 1))
 
     def command(self, run_dir: str | Path, system: str) -> list[str]:
         """The command that runs `laffi train RUN --system NAME` under this launcher."""

@@ -52,7 +52,7 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
             "with `laffi evaluate RUN --system NAME eval.split=dev`")
     check_annotator(config.annotate)  # a bad template fails now, not after the answers
     systems = load_systems(config.systems.names)  # and a bad system file
-    if launcher is not None and not launcher.one_process:  # refused now, not hours later at that training
+    if launcher is not None and launcher.processes > 1:  # refused now, not hours later at that training
         one_process_only = [s.name for s in systems if s.aux]
         require(not one_process_only, "systems.names",
                 f"{', '.join(one_process_only)} train with auxiliary examples (train.aux), which run in one process, "

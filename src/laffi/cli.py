@@ -7,7 +7,7 @@
     laffi evaluate RUN_DIR --system NAME [--adapter DIR] [key=value ...]
     laffi score DATA.json PREDICTIONS.json [--na-prob-file F]
     laffi stats RUN_DIR [--files feedback.jsonl feedback-llm.jsonl]
-    laffi ablate CONFIG.yaml [--out runs/x] [grid.seeds=0,1 run.train.steps=8 ...]
+    laffi experiment CONFIG.yaml [--out runs/x] [--dry-run] [seeds=0,1 budgets=32,64 run.data.eval_size=50 ...]
     laffi attention RUN_DIR [--system laffi] [--adapter DIR] [--limit 24]
     laffi report RUN_DIR
 
@@ -32,7 +32,7 @@ from laffi.distributed.launch import LAUNCHERS, Launcher, LaunchFailed
 from laffi.human.commands import COMMANDS as HUMAN_COMMANDS
 from laffi.human.commands import register as register_human_commands
 from laffi.human.commands import run as run_human_command
-from laffi.layout import AblationLayout, RunLayout
+from laffi.layout import ExperimentLayout, RunLayout
 from laffi.records import RecordError
 
 # Flags that are shorthands for config overrides (`--base-url X` is `annotate.base_url=X` on annotate).
@@ -98,11 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("--backend", help="transformers (in-process) or openai (generate.backend)")
         stage.add_argument("--base-url", help="the OpenAI-compatible server for --backend openai (generate.base_url)")
 
-    ablate = sub.add_parser("ablate", help="a grid of variants (system, size, annotator, human share, "
-                                           "feedback content) over seeds, with means and 95%% intervals")
-    ablate.add_argument("config", help="an ablation config, e.g. configs/ablate/size-system.yaml")
-    ablate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. grid.seeds=0,1 run.train.steps=8")
-    ablate.add_argument("--out", help="the ablation directory (default: runs/ablate-CONFIG_NAME)")
+    experiment = sub.add_parser("experiment", aliases=["ablate"],
+                                help="which system gives the best model: each system at its step budget chosen on "
+                                     "dev, over seeds (and a grid of variants), scored on the held-out set once")
+    experiment.add_argument("config", help="an experiment config, e.g. configs/experiments/budgets.yaml")
+    experiment.add_argument("overrides", nargs="*", metavar="key=value",
+                            help="e.g. seeds=0,1 budgets=32,64 run.data.eval_size=50")
+    experiment.add_argument("--out", help="the experiment directory (default: runs/CONFIG_NAME)")
+    experiment.add_argument("--dry-run", action="store_true", help="print the plan and an estimate of its time; run nothing")
     attention = sub.add_parser("attention", help="attention entropy, distance and gold-span mass: base vs adapter")
     attention.add_argument("run_dir", help="the run directory")
     attention.add_argument("--system", default="laffi", help="the adapter's name (default laffi): "
@@ -110,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("--adapter", help="a PEFT adapter directory (default RUN_DIR/adapters/SYSTEM)")
     attention.add_argument("--limit", type=int, default=24, help="held-out prompts to read (default 24)")
     attention.add_argument("--window", type=int, default=8, help="tokens back that count as local (default 8)")
-    report = sub.add_parser("report", help="one self-contained HTML page: results, ablation, attention, samples")
-    report.add_argument("run_dir", help="a run or ablation directory")
+    report = sub.add_parser("report", help="one self-contained HTML page: results, experiment, attention, samples")
+    report.add_argument("run_dir", help="a run or experiment directory")
     report.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")
 
     stats = sub.add_parser("stats", help="verdict agreement between annotators on the same answers")
@@ -158,20 +161,24 @@ def _dispatch(args: argparse.Namespace) -> int:
             Path(args.out_file).write_text(text, encoding="utf-8")
         print(text)
         return 0
-    if args.command == "ablate":
-        from laffi.experiments.ablate import ablate
-        from laffi.experiments.grid import load_ablate_config
+    if args.command in ("experiment", "ablate"):
+        from laffi.experiments.experiment import describe_plan, estimate, experiment
+        from laffi.experiments.grid import load_experiment_config
 
-        ablation = AblationLayout(args.out or Path("runs") / f"ablate-{Path(args.config).stem}")
-        summary = ablate(load_ablate_config(args.config, args.overrides), ablation.root)
-        print(ablation.summary_md.read_text(encoding="utf-8"))
-        print(f"{len(summary['cells'])} cells; report: {ablation.run.report}")
+        config = load_experiment_config(args.config, args.overrides)
+        layout = ExperimentLayout(args.out or Path("runs") / Path(args.config).stem)
+        if args.dry_run:
+            print(describe_plan(estimate(config, layout)))
+            return 0
+        summary = experiment(config, layout.root)
+        print(layout.summary_md.read_text(encoding="utf-8"))
+        print(f"{len(summary['cells'])} system cells; summary: {layout.summary_json}; report: {layout.run.report}")
         return 0
     if args.command == "attention":
+        layout = RunLayout.existing(args.run_dir)  # refused before torch is loaded
         from laffi.analysis.attention import analyse
         from laffi.report.plots import save_attention_figures
 
-        layout = RunLayout.of(args.run_dir)
         config = load_config(layout.config if layout.config.exists() else None)
         results = analyse(layout, config.model, config.data, args.system, args.adapter, args.limit, args.window)
         save_attention_figures(results, layout)
@@ -205,7 +212,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"\nfull results: {RunLayout(out).results_md}")
         return 0
 
-    config, layout = _config(args), RunLayout.of(args.run_dir)
+    # prepare starts a run (anywhere); every other stage reads one, and refuses a directory that is not
+    layout = RunLayout.of(args.run_dir) if args.command == "prepare" else RunLayout.existing(args.run_dir)
+    config = _config(args)
     if args.command == "prepare":
         from laffi.stages.prepare import prepare
 
@@ -250,8 +259,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"adapter saved in {out}")
     elif args.command == "evaluate":
         from laffi.distributed.shards import Shard
-        from laffi.experiments.run import evaluate_system
-        from laffi.stages.evaluate import evaluate
+        from laffi.stages.evaluate import evaluate, evaluate_system
         from laffi.systems import load_system, system_path
 
         shared = (config.model, config.data, config.generate, config.eval)

@@ -225,9 +225,19 @@ class SystemsConfig:
     # 3 seeds, against 38.22 for SFT, 39.17 for laffi-aux-refine, 38.91 for laffi-aux and 30.66 for
     # LaFFi; chosen on dev, never on held-out scores)
     names: list[str] = field(default_factory=lambda: ["base", "sft", "laffi", "laffi-aux-half"])
+    # the systems every other one is paired against in results.md and run_info.json, in this order
+    # (each other system minus the first, then minus the second, ...; then each of them minus those
+    # after it), by name as results.json names them (a .yaml path's file name, without .yaml). One the
+    # run does not have is skipped, so systems.names=base,laffi still compares laffi with base; []:
+    # no paired differences.
+    compare_with: list[str] = field(default_factory=lambda: ["sft", "base"])
 
     def __post_init__(self) -> None:
         require(bool(self.names), "systems.names", "must name at least one system")
+        require(all(isinstance(n, str) and n for n in self.compare_with), "systems.compare_with",
+                f"names of systems, got {self.compare_with}")
+        require(len(set(self.compare_with)) == len(self.compare_with), "systems.compare_with",
+                f"names a system twice: {self.compare_with}")
 
 
 @dataclass

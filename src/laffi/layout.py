@@ -1,4 +1,4 @@
-"""Every path of a run directory and of an ablation directory: no other module spells a file name.
+"""Every path of a run directory and of an experiment directory: no other module spells a file name.
 
 A run directory reads as the story of the experiment:
 
@@ -20,11 +20,11 @@ A run directory reads as the story of the experiment:
 Saved configs follow one rule: what a stage writes into a folder has FOLDER/config.yaml, what it
 writes as one file has FILE.config.yaml beside it.
 
-An ablation directory is a run directory (the split, the answers and the base evaluation every cell
-shares) with the grid's own parts around it; see `AblationLayout`. Its variants and jobs are run
-directories of their own whose data/ (and, for a job, sets/) are elsewhere in the ablation: their
+An experiment directory is a run directory (the split, the answers and the base evaluation every cell
+shares) with the grid's own parts around it; see `ExperimentLayout`. Its variants and jobs are run
+directories of their own whose data/ (and, for a job, sets/) are elsewhere in the experiment: their
 layout.json says where, relative to them, and `RunLayout.of(path)` reads it, so a stage run by hand in
-a job (`laffi train`, `laffi attention`, `laffi report`) uses the split and the set the ablation used.
+a job (`laffi train`, `laffi attention`, `laffi report`) uses the split and the set the experiment used.
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ def adapter_finished(folder: Path) -> bool:
     return (Path(folder) / ADAPTER_WEIGHTS).exists()
 
 
+class NotARun(FileNotFoundError):
+    """A directory no run was started in, given to a command that reads a run (`RunLayout.existing`)."""
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The paths of one run directory. `data` and `sets` are its own folders unless given: an
@@ -82,6 +86,24 @@ class RunLayout:
         object.__setattr__(self, "root", root)
         object.__setattr__(self, "data", Path(data) if data is not None else root / "data")
         object.__setattr__(self, "sets", Path(sets) if sets is not None else root / "sets")
+
+    @classmethod
+    def existing(cls, run_dir: str | Path) -> "RunLayout":
+        """The layout (`RunLayout.of`) of a directory a run was started in, for every command that reads
+        a run; anything else is refused with `NotARun` before the command reads or creates anything.
+
+        A run directory is one where laffi wrote what it writes first: config.yaml (`laffi run`, `laffi
+        experiment`: an experiment directory is a run directory too), data/config.yaml (`laffi prepare`),
+        or layout.json (an experiment's variants and jobs, whose data/ is elsewhere)."""
+        root = Path(run_dir)
+        start = f"start a run with `laffi prepare {root}` or `laffi run --out {root}`"
+        if not root.is_dir():
+            reason = "not a directory" if root.exists() else "no such directory"
+            raise NotARun(f"{root}: not a run directory ({reason}); {start}")
+        layout = cls.of(root)
+        if not any(p.is_file() for p in (layout.config, layout.data_config, root / LAYOUT_FILE)):
+            raise NotARun(f"{root}: not a run directory (it has no {CONFIG}, data/{CONFIG} or {LAYOUT_FILE}); {start}")
+        return layout
 
     @classmethod
     def of(cls, run_dir: str | Path) -> "RunLayout":
@@ -259,17 +281,20 @@ class RunLayout:
 
 
 @dataclass(frozen=True)
-class AblationLayout:
-    """The paths of an ablation directory (`laffi ablate`):
+class ExperimentLayout:
+    """The paths of an experiment directory (`laffi experiment`):
 
-        ablate.yaml                   the resolved ablation config (rewritten each run: grids may grow)
-        config.yaml, data/, answers.jsonl, eval/base/    the shared run, a run directory of its own
+        experiment.yaml               the resolved experiment config (rewritten each run: grids may grow)
+        config.yaml, data/, answers.jsonl, eval/base/, eval-dev/base/   the shared run, a run directory
         feedback.NAME.jsonl           annotator NAME's feedback on the answers
         feedback.human.jsonl          people's feedback, for grid.human_ratio > 0
         sets/VARIANT/                 one variant's feedback and its training sets, on the shared data/
-        jobs/SYSTEM-HASH/             one training and its evaluation, on the shared data/ and its
-                                      variant's sets (each: layout.json says where they are)
-        ablation.json, ablation.md    per cell: mean and 95% interval over seeds, per-seed scores
+        jobs/SYSTEM-HASH/             one training (a system, cell, budget and seed), its dev and held-out
+                                      evaluations, on the shared data/ and its variant's sets (each:
+                                      layout.json says where they are)
+        selections.jsonl              every choice of budgets whose held-out scores were written, in order
+        experiment.json, experiment.md   the last invocation's summary; summaries/PLAN.{json,md}: the
+                                      summary of each plan (systems, seeds, budgets, grid) run here
         report.html
     """
 
@@ -283,24 +308,32 @@ class AblationLayout:
         return RunLayout(self.root)
 
     @property
-    def ablate_config(self) -> Path:
-        return self.root / "ablate.yaml"
+    def experiment_config(self) -> Path:
+        return self.root / "experiment.yaml"
 
     def feedback(self, annotator: str) -> Path:
         return self.root / f"feedback.{annotator}.jsonl"
 
-    def variant(self, annotator: str, content: str, human_ratio: float, size: int, seed: int) -> RunLayout:
-        name = f"{annotator}.{content}.h{human_ratio:g}.n{size}.s{seed}"
+    def variant(self, annotator: str, content: str, human_ratio: float, size: int) -> RunLayout:
+        name = f"{annotator}.{content}.h{human_ratio:g}.n{size or 'all'}"
         return RunLayout(self.root / "sets" / name, data=self.run.data)
 
     def job(self, system: str, key: str, sets: Path) -> RunLayout:
-        """A training of `system` on the set in `sets` (its variant's), and its evaluation."""
+        """A training of `system` on the set in `sets` (its variant's), and its evaluations."""
         return RunLayout(self.root / "jobs" / f"{system}-{key}", data=self.run.data, sets=sets)
 
     @property
+    def selections(self) -> Path:
+        return self.root / "selections.jsonl"
+
+    @property
     def summary_json(self) -> Path:
-        return self.root / "ablation.json"
+        return self.root / "experiment.json"
 
     @property
     def summary_md(self) -> Path:
-        return self.root / "ablation.md"
+        return self.root / "experiment.md"
+
+    def plan_summary(self, plan: str, suffix: str) -> Path:
+        """summaries/PLAN.json or .md: one plan's summary, kept when another plan runs in the directory."""
+        return self.root / "summaries" / f"{plan}{suffix}"

@@ -53,7 +53,7 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     """model.dtype=auto: bf16 on GPUs that support it and on CPUs with bf16 matrix units (`cpu_has_bf16`:
     AMX or AVX512-BF16), else fp32. On the 2-core CPU bf16 answers and trains about twice as fast, and
     on the dev set over 3 seeds it moved SFT and LaFFi F1 by less than the seed-to-seed spread
-    (benchmarks/dev_seeds.py; README, Speed)."""
+    (`laffi experiment`; docs/speed.md)."""
     if requested != "auto":
         return getattr(torch, requested)
     if device.type == "cuda":

@@ -208,7 +208,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """`data` as indented JSON, atomically (results.json, metrics.json, ablation.json, ...)."""
+    """`data` as indented JSON, atomically (results.json, metrics.json, experiment.json, ...)."""
     return write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from laffi.analysis.bootstrap import bootstrap_interval, paired_bootstrap_difference
+from laffi.analysis.bootstrap import bootstrap_interval, paired_bootstrap_difference, paired_differences_in_points
 from laffi.analysis.metrics import (
     exact_match,
     normalize_answer,
@@ -327,6 +327,18 @@ def test_paired_bootstrap_resamples_questions_jointly():
     a = [1.0, 0.5, 1.0, 0.75]
     b = [0.5, 0.0, 0.5, 0.25]
     assert paired_bootstrap_difference(a, b) == (0.5, 0.5, 0.5)
+
+
+def test_paired_differences_are_the_paired_bootstrap_per_metric_in_points():
+    a = {"exact": [1.0, 1.0, 0.0, 1.0], "f1": [[1.0, 0.5, 0.25], [0.5, 0.5, 1.0]]}  # one seed; seeds x questions
+    b = {"exact": [0.0, 1.0, 0.0, 0.0], "f1": [[0.5, 0.5, 0.0], [0.5, 0.0, 1.0]]}
+    got = paired_differences_in_points(a, b, samples=200, seed=3)
+    assert list(got) == ["exact", "f1"]
+    for metric in a:
+        expected = paired_bootstrap_difference(a[metric], b[metric], samples=200, seed=3)
+        assert got[metric] == [round(100 * v, 2) for v in expected]
+    with pytest.raises(ValueError, match="b lacks f1"):
+        paired_differences_in_points(a, {"exact": b["exact"]})
 
 
 def test_paired_bootstrap_rejects_unequal_lengths():

@@ -6,7 +6,15 @@ import math
 import pytest
 
 from laffi.cli import main
+from laffi.config import DataConfig, save_config
+from laffi.layout import RunLayout
 from laffi.records import Feedback, write_records
+
+
+@pytest.fixture(autouse=True)
+def run_dir(tmp_path):
+    """tmp_path is a run directory: it has what `laffi prepare` writes first."""
+    save_config(RunLayout(tmp_path).data_config, {"data": DataConfig()})
 
 
 def feedback(annotator: str, source: str, verdicts: str, answers: str = "aaaa") -> list[Feedback]:

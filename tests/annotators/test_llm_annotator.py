@@ -10,7 +10,7 @@ import pytest
 from support.fault_server import FaultServer
 
 from laffi.annotators.template import TEMPLATES, ReplyError, load_template
-from laffi.config import ConfigError, load_config, save_config
+from laffi.config import ConfigError, DataConfig, load_config, save_config
 from laffi.experiments.run import run
 from laffi.layout import RunLayout, failures_file, summary_file
 from laffi.records import AnnotationFailure, Answer, Feedback, QAExample, read_records, write_records
@@ -22,6 +22,7 @@ def make_run(run_dir, n: int) -> list[str]:
     layout = RunLayout(run_dir)
     examples = [QAExample(f"q{i}", "T", f"Passage number {i} says the answer is a{i}.", f"q{i}?", [f"a{i}"])
                 for i in range(n)]
+    save_config(layout.data_config, {"data": DataConfig()})  # what `laffi prepare` writes first
     write_records(layout.train_examples, examples)
     write_records(layout.answers, [Answer(e.id, f"a{i}" if i % 2 else "wrong", "raw", "m")
                                    for i, e in enumerate(examples)])

@@ -97,17 +97,3 @@ def test_packed_and_padded_training_take_the_same_steps_and_the_table_shows_both
               "train": rows, "train_comparisons": comparisons, "generate_setup": "none", "generate": []}
     printed = table(result)
     assert "| laffi | float32 | prefix | packed |" in printed and "| laffi | float32 | prefix | padded |" in printed
-
-
-def test_an_arm_keeps_its_overrides_for_the_held_out_scoring(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    from dev_seeds import arm_overrides, record_arm  # noqa: E402
-
-    assert arm_overrides(tmp_path, "default") == []  # an arm from before they were recorded
-    with pytest.raises(SystemExit, match="run dev_seeds.py with this arm first"):
-        arm_overrides(tmp_path, "lr6")
-    record_arm(tmp_path, "lr6", ["train.lr=0.0006"])
-    record_arm(tmp_path, "lr6", ["train.lr=0.0006"])  # the same again: resumes
-    assert arm_overrides(tmp_path, "lr6") == ["train.lr=0.0006"]
-    with pytest.raises(SystemExit, match="name the arm anew"):
-        record_arm(tmp_path, "lr6", ["train.lr=0.001"])

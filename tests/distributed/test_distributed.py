@@ -182,7 +182,8 @@ def test_laffi_run_hands_each_training_to_the_launcher(monkeypatch, tmp_path):
     monkeypatch.setattr(run_module, "train_system", lambda *args: pytest.fail("trained in-process"))
     for stage in ("prepare", "generate", "annotate", "build"):
         monkeypatch.setattr(run_module, stage, lambda *args, **kwargs: None)
-    monkeypatch.setattr(run_module, "evaluate", lambda *args, **kwargs: {})
+    for stage in ("evaluate", "evaluate_system"):
+        monkeypatch.setattr(run_module, stage, lambda *args, **kwargs: {})
     monkeypatch.setattr(run_module, "write_results", lambda *args: {})
     monkeypatch.setattr("laffi.report.results.markdown_table", lambda results: "")
     config = ROOT / "configs" / "accelerate" / "fsdp.yaml"

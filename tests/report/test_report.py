@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from laffi.cli import main
+from laffi.config import DataConfig, save_config
 from laffi.experiments.aggregate import CellRun, aggregate
+from laffi.layout import RunLayout
 from laffi.records import Answer, Feedback, Prediction, QAExample, TrainLogEntry, write_records
 from laffi.report.plots import attention_figures
 
@@ -34,6 +36,7 @@ def predictions(held_out: list[QAExample], right: int) -> list[Prediction]:
 def shared_run(root: Path) -> list[QAExample]:
     """What a run and an ablation have in common: data, answers, feedback, base evaluation."""
     train, held_out = examples("t", 4), examples("e", 10)
+    save_config(RunLayout(root).data_config, {"data": DataConfig()})  # what `laffi prepare` writes first
     write_records(root / "data" / "train.jsonl", train)
     write_records(root / "data" / "eval.jsonl", held_out)
     write_records(root / "answers.jsonl", [Answer(e.id, "south", "south", "m") for e in train])
@@ -138,7 +141,7 @@ def test_an_ablation_report_has_its_table_differences_and_charts(ablation_dir):
 
 def test_an_ablation_json_of_an_older_laffi_is_refused_with_what_to_do(ablation_dir, tmp_path, capsys):
     old = tmp_path / "old"
-    old.mkdir()
+    save_config(RunLayout(old).data_config, {"data": DataConfig()})  # a run directory
     summary = json.loads((ablation_dir / "ablation.json").read_text())
     del summary["axes"]
     (old / "ablation.json").write_text(json.dumps(summary))

@@ -214,6 +214,28 @@ def test_qa_evaluation_during_training_logs_dev_scores_at_the_configured_steps(t
     assert same == (step == 5)  # the best step's adapter, which is the last one only if step 5 was best
 
 
+def test_dev_scoring_during_training_leaves_the_adapter_as_without(tiny_overrides, tmp_path):
+    # scoring answers by generation between steps must not draw from the RNG that the LoRA dropout masks
+    # and the batches use, nor leave the model in eval mode: the adapter is the one trained without it
+    from laffi.stages.evaluate import dev_scorer
+    from laffi.stages.prepare import prepare
+
+    adapters = []
+    for name, every in (("plain", 0), ("scored", 1)):
+        config = load_config(overrides=[*tiny_overrides, "train.steps=4", f"train.eval_every={every}",
+                                        "train.eval_questions=2", "train.lora_dropout=0.3"])
+        layout = RunLayout(tmp_path / name)
+        prepare(layout, config.data)
+        make_set(layout.root)
+        train(layout, "sft", config.model, config.train,
+              dev=dev_scorer(layout, config.data, config.generate, config.train))
+        adapters.append(load_file(layout.adapter("sft") / "adapter_model.safetensors"))
+        log = read_records(layout.train_log("sft"), TrainLogEntry)
+        assert [e.dev_f1 is not None for e in log] == [bool(every)] * 4
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
 def test_qa_evaluation_during_training_needs_a_dev_set(tiny_overrides, tmp_path):
     from laffi.config import ConfigError
     from laffi.stages.evaluate import dev_scorer

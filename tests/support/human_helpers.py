@@ -18,6 +18,8 @@ from typing import Iterator
 import requests
 
 from laffi.cli import main
+from laffi.config import DataConfig, save_config
+from laffi.layout import RunLayout
 from laffi.records import VERDICTS, Answer, Feedback, QAExample, write_records
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -31,6 +33,7 @@ def make_run(root: Path, n_items: int = 6, context: str | None = None, ai_feedba
                 for i in range(n_items)]
     shots = [QAExample(id=f"s{i}", title=f"Shots {i}", context=f"Shot passage {i}.", question="What?",
                        answers=["shot"]) for i in range(3)]
+    save_config(RunLayout(root).data_config, {"data": DataConfig()})  # what `laffi prepare` writes first
     write_records(root / "data" / "train.jsonl", examples)
     write_records(root / "data" / "shots.jsonl", shots)
     write_records(root / "answers.jsonl", [Answer(e.id, "north" if i % 2 else "south", "raw", "tiny")

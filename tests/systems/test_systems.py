@@ -15,7 +15,7 @@ from laffi.config import ConfigError
 from laffi.prompts import read_review, review_completion
 from laffi.records import Feedback, QAExample, TrainingExample, read_records, write_records
 from laffi.stages.build import SET_FORMATS, shares_of
-from laffi.systems import DEFINITIONS, SETS, load_system, load_systems, packaged_systems
+from laffi.systems import DEFINITIONS, SETS, family_of, load_system, load_systems, packaged_systems
 
 
 @pytest.mark.parametrize("name", packaged_systems())
@@ -34,6 +34,18 @@ def test_the_paper_method_keeps_its_recipe_and_the_sets_match_the_build_stage():
     assert set(SETS) == set(SET_FORMATS)
 
 
+def test_every_packaged_system_names_its_family_and_a_file_without_one_is_its_own(tmp_path):
+    families = {name: load_system(name).family for name in packaged_systems()}
+    assert set(families.values()) == {"base", "sft", "laffi"}
+    assert families["base"] == "base" and families["laffi-then-sft"] == "laffi"
+    assert {n for n, f in families.items() if f == "sft"} == {"sft", "sft-long", "sft-reviewed"}
+    assert all(f == "laffi" for n, f in families.items() if n.startswith("laffi"))
+    assert all("family:" in (DEFINITIONS / f"{n}.yaml").read_text() for n in families)  # said, not defaulted
+    assert load_system(write_system(tmp_path, "mine", "train:\n  sets: {sft: 1.0}\n")).family == "mine"
+    assert load_system(write_system(tmp_path, "ours", "family: sft\n")).family == "sft"
+    assert family_of("laffi-aux") == "laffi" and family_of(str(tmp_path / "gone.yaml")) is None
+
+
 def write_system(tmp_path, name, text):
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
@@ -49,6 +61,7 @@ def write_system(tmp_path, name, text):
     ("trian: {}\n", "trian: unknown option"),
     ("train:\n  sets: {sft: 1.0}\n  aux: gold\n", "train.aux: unknown set 'gold'"),
     ("train:\n  sets: {sft: 1.0}\n  aux: laffi\n  aux_weight: 0\n", "train.aux_weight: must be > 0"),
+    ("family: my family\n", "family: letters, digits, - and _"),
 ])
 def test_a_bad_system_file_is_named_with_its_option(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

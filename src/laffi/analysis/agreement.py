@@ -137,8 +137,8 @@ def pairwise(groups: dict[str, dict[Key, str]], pools: dict[str, set[str]] | Non
 
 def stats(run_dir: str | Path, files: list[str | Path] | None = None) -> dict:
     """Agreement among the raters of RUN's feedback files (default every feedback*.jsonl but the
-    .failed ones); writes RUN/stats.json."""
-    layout = RunLayout(run_dir)
+    .failed ones); writes RUN/stats.json. RUN must be a run directory (`RunLayout.existing`)."""
+    layout = RunLayout.existing(run_dir)
     paths = [layout.root / f for f in files] if files else layout.feedback_files()
     if not paths:
         raise FileNotFoundError(f"{layout.root}: no feedback*.jsonl files (run `laffi annotate` first)")

@@ -3,7 +3,7 @@
     from laffi.annotators.content import CONTENTS, with_content
     verdict_only = [with_content(note, "verdict") for note in feedback]
 
-The content ablation (`laffi ablate`, grid.content) trains on three levels:
+The content grid (`laffi experiment`, grid.content) trains on three levels:
 
 - `verdict`: the verdict alone ("The answer is incorrect.");
 - `verdict+explanation`: the verdict, what is wrong, and the passage sentence that supports the

@@ -203,7 +203,7 @@ class ReferenceAnnotator:
                 if kind == "unsupported":
                     fields["unsupported"] = _runs(prediction, lambda i, t: t not in in_passage)
 
-        # Kept apart in the record (Feedback.parts), so an ablation can train on some of them.
+        # Kept apart in the record (Feedback.parts), so an experiment can train on some of them.
         parts = {"verdict": pick(0, VERDICTS[verdict]), "diagnosis": pick(1, DIAGNOSES[kind]).format(**fields)}
         sentence = _support(example.context, quote_gold) if quote_gold else None
         if sentence:

@@ -1,5 +1,5 @@
-"""The stages of `laffi run` and `laffi ablate`, announced as they start and timed: the seconds
-each took go into run_info.json and results.md (`laffi run`) or ablation.json (`laffi ablate`), so
+"""The stages of `laffi run` and `laffi experiment`, announced as they start and timed: the seconds
+each took go into run_info.json and results.md (`laffi run`) or experiment.json (`laffi experiment`), so
 a slow stage shows up in the numbers, not only in the log. The peak resident memory of the process (or of
 a launched child) at the end of each stage goes into run_info.json too: it only grows, so the stage
 that raised it is the one whose number jumps."""

@@ -1,18 +1,24 @@
-"""The config of an ablation: the run every cell shares, the grid of variants, and the annotators.
+"""The config of an experiment: the run every cell shares, the systems, seeds and step budgets, the
+grid of variants, and the annotators.
 
-    config = load_ablate_config("configs/ablate/size-system.yaml", ["grid.seeds=0,1"])
+    config = load_experiment_config("configs/experiments/budgets.yaml", ["seeds=0,1"])
 
-A file has three sections (configs/ablate/ has one per axis):
+A file has these sections (configs/experiments/ has one per question):
 
     run:          # the shared run: the sections of a `laffi run` config, on top of the default preset
-      data: {eval_size: 100, train_size: 64}
-    grid:         # every combination of these values is a cell, each run once per seed
-      system: [sft, laffi]                 # systems with a train recipe (laffi.systems)
-      size: [16, 64]                     # training examples (questions), drawn from the train pool
-      seeds: [0, 1, 2]                   # the draw, the LoRA initialisation and the batch order
+      data: {eval_size: 200, dev_size: 100}
+    systems: [base, sft, laffi, laffi-aux-half]   # laffi.systems; base: the model untrained
+    baseline: sft         # every other system is paired against it, seed by seed and question by question
+    seeds: [0, 1, 2]      # train.seed: the LoRA initialisation and the batch order
+    budgets: [32, 64, 128]  # train.steps, each a training of its own with the whole schedule; each
+                          # system's is chosen on the mean dev F1 over seeds
+    grid:                 # optional: every combination of these values is a cell, each with its own choice
+      size: [16, 64]                     # training questions drawn (by run.data.seed) from those with
+                                         # feedback; 0: all of them, as `laffi run` trains
       annotator: [reference]             # names: reference, or one of `annotators`
       human_ratio: [0.0]                 # share of human feedback (feedback.human.jsonl; hybrid build)
       content: [verdict+explanation+answer]   # laffi.annotators.content
+      train: {lr: [1.0e-4, 3.0e-4]}      # any train option: its values (train.steps is `budgets`)
     annotators:   # optional: the `annotate` settings of each annotator the grid names
       llm: {annotator: llm, backend: transformers, model: embedded}
 
@@ -32,43 +38,35 @@ from laffi.config import (
     AnnotateConfig,
     ConfigError,
     RunConfig,
+    TrainConfig,
     build_section,
     merge_values,
     parse_overrides,
     read_yaml,
     require,
 )
-from laffi.systems import load_system
+from laffi.systems import System, load_systems
 
-TRAINED_SYSTEMS = ("sft", "laffi")
-AXES = ("system", "size", "annotator", "human_ratio", "content")  # a cell's coordinates, in table order
+AXES = ("size", "annotator", "human_ratio", "content")  # a cell's coordinates, then its train.* options
 RESERVED = ("human",)  # feedback.human.jsonl is people's feedback, not an annotator's
+NOT_AXES = ("steps", "seed")  # train.steps is `budgets`, train.seed is `seeds`
 
 
 @dataclass
 class GridConfig:
-    system: list[str] = field(default_factory=lambda: list(TRAINED_SYSTEMS))
-    size: list[int] = field(default_factory=lambda: [32])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    size: list[int] = field(default_factory=lambda: [0])
     annotator: list[str] = field(default_factory=lambda: ["reference"])
     human_ratio: list[float] = field(default_factory=lambda: [0.0])
     content: list[str] = field(default_factory=lambda: [FULL])
+    train: dict[str, list] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("system", "size", "seeds", "annotator", "human_ratio", "content"):
+        for name in AXES:
             values = getattr(self, name)
             require(bool(values), f"grid.{name}", "must list at least one value")
             require(len(set(values)) == len(values), f"grid.{name}", f"lists a value twice: {values}")
-        for name in self.system:
-            system = load_system(name, option="grid.system")
-            require(system.recipe is not None, "grid.system",
-                    f"{name} has no train recipe of its own; a grid cell trains one (e.g. sft, laffi, laffi-mix)")
-            require(system.init is None, "grid.system",
-                    f"{name} continues {system.init}'s adapter (train.init), which a grid cell does not train")
-            require(system.reviewer in (None, system.name), "grid.system",
-                    f"{name} is reviewed by another system's adapter; a grid cell answers with its own only")
         for size in self.size:
-            require(size >= 1, "grid.size", f"must be >= 1, got {size}")
+            require(size >= 0, "grid.size", f"must be >= 0 (0: every question with feedback), got {size}")
         for content in self.content:
             require(content in CONTENTS, "grid.content",
                     f"unknown content {content!r}; available: {', '.join(CONTENTS)}")
@@ -79,20 +77,54 @@ class GridConfig:
                 require(abs(share - round(share)) < 1e-9, "grid.human_ratio",
                         f"{ratio} of grid.size {size} is {share:g} examples; choose ratios and sizes whose "
                         "products are whole numbers")
+                require(ratio == 0 or size > 0, "grid.size", "a share of human feedback needs a size (not 0)")
         if any(self.human_ratio) and "verdict+explanation" in self.content:
             raise ConfigError("grid.content: verdict+explanation needs feedback recorded in parts, and human feedback "
                               "is free text; with grid.human_ratio > 0 use verdict or verdict+explanation+answer")
+        options = {f.name for f in dataclasses.fields(TrainConfig)}
+        for key, values in self.train.items():
+            require(key in options, f"grid.train.{key}", f"unknown train option; known: {', '.join(sorted(options))}")
+            require(key not in NOT_AXES, f"grid.train.{key}", "train.steps are the budgets and train.seed the seeds")
+            require(isinstance(values, list) and bool(values), f"grid.train.{key}", "must list at least one value")
+
+    def axes(self) -> list[str]:
+        """A cell's coordinates in table order: the variant's, then `train.KEY` for each train axis."""
+        return [*AXES, *(f"train.{key}" for key in self.train)]
 
 
 @dataclass
-class AblateConfig:
+class ExperimentConfig:
     run: RunConfig = field(default_factory=lambda: build_section(RunConfig, PRESETS["default"]))
+    systems: list[str] = field(default_factory=lambda: ["base", "sft", "laffi", "laffi-aux-half"])
+    baseline: str = "sft"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    budgets: list[int] = field(default_factory=lambda: [32])
     grid: GridConfig = field(default_factory=GridConfig)
     annotators: dict[str, AnnotateConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # "reference" is always there, with the run's annotate.seed, unless the file sets it otherwise
         self.annotators = {"reference": AnnotateConfig("reference", seed=self.run.annotate.seed), **self.annotators}
+        for name in ("seeds", "budgets"):
+            values = getattr(self, name)
+            require(bool(values), name, "must list at least one value")
+            require(len(set(values)) == len(values), name, f"lists a value twice: {values}")
+        require(all(b >= 1 for b in self.budgets), "budgets", f"train.steps values, each >= 1: {self.budgets}")
+        require(all(b >= self.run.train.warmup_steps for b in self.budgets), "budgets",
+                f"each must be >= run.train.warmup_steps ({self.run.train.warmup_steps})")
+        require(self.run.data.dev_size > 0, "run.data.dev_size", "the budgets are chosen on the dev set; must be > 0")
+        for system in self.trained():
+            require(system.init is None, "systems",
+                    f"{system.name} continues {system.init}'s adapter (train.init), which a budget cannot hold equal; "
+                    "compare it with `laffi run` at equal steps")
+            require(system.reviewer in (None, system.name), "systems",
+                    f"{system.name} is reviewed by another system's adapter; an experiment answers with its own only")
+        for system in self.load_systems():
+            require(system.recipe is not None or system.adapter_of == "", "systems",
+                    f"{system.name} answers with {system.adapter_of}'s adapter and has no train recipe of its own")
+        require(self.baseline in self.systems, "baseline", f"{self.baseline!r} is not one of systems {self.systems}")
+        require(any(s.name == self.baseline for s in self.trained()), "baseline",
+                f"{self.baseline} has no train recipe; the baseline is trained (e.g. sft)")
         for name in self.grid.annotator:
             require(name in self.annotators, "grid.annotator",
                     f"unknown annotator {name!r}; name reference or add it under annotators")
@@ -103,25 +135,51 @@ class AblateConfig:
         for size in self.grid.size:
             require(not pool or size <= pool, "grid.size",
                     f"{size} is more than the train pool, run.data.train_size={pool}")
+        for values in self.train_cells():  # every train axis value builds a valid train section
+            self.train_for(values, self.budgets[0], self.seeds[0])
+
+    def load_systems(self) -> list[System]:
+        return load_systems(self.systems)
+
+    def trained(self) -> list[System]:
+        """The systems with a train recipe: one training per cell, budget and seed."""
+        return [s for s in self.load_systems() if s.recipe]
+
+    def train_cells(self) -> list[dict[str, Any]]:
+        """Every combination of the grid's train options, {} when it has none."""
+        combos: list[dict[str, Any]] = [{}]
+        for key, values in self.grid.train.items():
+            combos = [{**combo, key: value} for combo in combos for value in values]
+        return combos
+
+    def train_for(self, options: dict[str, Any], budget: int, seed: int) -> TrainConfig:
+        """The run's train section with a cell's train options, a budget and a seed."""
+        values = {**dataclasses.asdict(self.run.train), **options, "steps": budget, "seed": seed}
+        return build_section(TrainConfig, values, "grid.train.")
 
     def annotate_config(self, name: str) -> AnnotateConfig:
         return self.annotators[name]
 
 
-def ablate_config_from(values: Any) -> AblateConfig:
+MOVED = {"system": "systems", "seeds": "seeds"}  # grid keys of `laffi ablate` that are top-level now
+
+
+def experiment_config_from(values: Any) -> ExperimentConfig:
     if not isinstance(values, dict):
-        raise ConfigError("ablation config: expected a YAML mapping with run, grid and annotators")
-    if isinstance(values.get("grid"), dict) and "objective" in values["grid"]:
-        raise ConfigError("grid.objective: now called grid.system (which systems to train: sft, laffi)")
+        raise ConfigError("experiment config: expected a YAML mapping with run, systems, seeds, budgets, grid")
+    grid = values.get("grid") or {}
+    for old, new in MOVED.items():
+        if isinstance(grid, dict) and old in grid:
+            raise ConfigError(f"grid.{old}: now a top-level `{new}:` (every cell runs every system and seed)")
     # the shared run starts from the default preset, as `laffi run` does
-    return build_section(AblateConfig, {**values, "run": merge_values(PRESETS["default"], values.get("run") or {}),
-                                        "grid": values.get("grid") or {}, "annotators": values.get("annotators") or {}})
+    return build_section(ExperimentConfig, {**values, "run": merge_values(PRESETS["default"], values.get("run") or {}),
+                                            "grid": grid, "annotators": values.get("annotators") or {}})
 
 
-def load_ablate_config(path: str | Path, overrides: list[str] | None = None) -> AblateConfig:
-    """The file, then key=value overrides with dotted keys (`run.train.steps=8`, `grid.seeds=0,1`)."""
-    return ablate_config_from(merge_values(read_yaml(path), parse_overrides(overrides or [])))
+def load_experiment_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The file, then key=value overrides with dotted keys (`run.train.lr=1e-4`, `seeds=0,1`, `budgets=32,64`)."""
+    return experiment_config_from(merge_values(read_yaml(path), parse_overrides(overrides or [])))
 
 
-def to_dict(config: AblateConfig) -> dict[str, Any]:
+def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)

@@ -19,7 +19,7 @@ import functools
 from pathlib import Path
 
 from laffi.backends.answering import load_backend
-from laffi.config import DataConfig, EvalConfig, GenerateConfig, ModelConfig, RunConfig, require, save_config
+from laffi.config import RunConfig, require, save_config
 from laffi.distributed.launch import Launcher
 from laffi.experiments.clock import StageClock
 from laffi.layout import RunLayout
@@ -27,22 +27,11 @@ from laffi.report.html import write_report
 from laffi.report.results import write_results
 from laffi.stages.annotate import annotate, check_annotator
 from laffi.stages.build import build
-from laffi.stages.evaluate import evaluate
+from laffi.stages.evaluate import evaluate, evaluate_system
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.train import train_system
-from laffi.systems import System, load_systems, training_order
-
-
-def evaluate_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig,
-                    generate: GenerateConfig, eval: EvalConfig) -> dict:
-    """`evaluate` with the adapter a system answers with and its answering procedure; its adapter (and
-    a reviewer's) must be trained already."""
-    def adapter(name: str | None):
-        return layout.adapter(name) if name else None
-
-    return evaluate(layout, system.name, model, data, generate, eval, adapter=adapter(system.adapter),
-                    answering=system.answer, reviewer=adapter(system.reviewer))
+from laffi.systems import load_systems, training_order
 
 
 def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) -> dict:
@@ -84,6 +73,6 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     for system in (s for s in systems if s.name not in metrics):  # every adapter is there now, reviewers too
         metrics[system.name] = timed(f"evaluate {system.name}", evaluate_system, layout, system, *shared)
     results = write_results(layout, {s.name: metrics[s.name] for s in systems}, timed.seconds, config.eval,
-                            timed.peak_mb)
+                            config.systems.compare_with, timed.peak_mb)
     write_report(layout.root)  # report.html: the results, loss curves and samples in one page
     return results

@@ -70,8 +70,7 @@ def _engine(args: argparse.Namespace):
     from laffi.human.db import open_engine
     from laffi.layout import RunLayout
 
-    if not args.db and not RunLayout(args.run_dir).root.is_dir():
-        raise FileNotFoundError(f"{args.run_dir}: no such run directory")
+    RunLayout.existing(args.run_dir)  # before the database: a directory that is not a run gets no annotations.db
     return open_engine(check_db_url(args.db or default_db_url(args.run_dir)), pool_size=2)
 
 

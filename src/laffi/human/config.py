@@ -36,6 +36,7 @@ class ServeConfig:
     max_body_bytes: int = 64 * 1024  # any request body above this is refused with 413
 
     def __post_init__(self) -> None:
+        RunLayout.existing(self.run_dir)  # its answers are the items; a directory that is not a run is refused
         self.db = check_db_url(self.db or default_db_url(self.run_dir))
         require(bool(self.host), "--host", "must not be empty")
         require(0 <= self.port <= 65535, "--port", f"must be in [0, 65535], got {self.port}")

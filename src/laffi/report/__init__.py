@@ -1,1 +1,1 @@
-"""What a run or an ablation shows a reader: results tables, the HTML page, the figures."""
+"""What a run or an experiment shows a reader: results tables, the HTML page, the figures."""

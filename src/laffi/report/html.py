@@ -1,10 +1,10 @@
-"""`laffi report`: one self-contained HTML page about a run or an ablation.
+"""`laffi report`: one self-contained HTML page about a run or an experiment.
 
     laffi report runs/demo            # -> runs/demo/report.html (also written by `laffi run`)
-    laffi report runs/ablate-size     # an ablation directory (also written by `laffi ablate`)
+    laffi report runs/budgets         # an experiment directory (also written by `laffi experiment`)
 
-The page holds the results table with 95% intervals and the paired differences, the ablation
-table and charts, the attention plots of `laffi attention`, the training loss curves
+The page holds the results table with 95% intervals and the paired differences, the experiment's
+tables (each system at its budget chosen on dev, its dev F1 at every budget) and charts (dev curves), the attention plots of `laffi attention`, the training loss curves
 (adapters/*/train_log.jsonl), and a sample of questions: train questions with the model's answer
 and the feedback it received, held-out questions with every system's prediction. Images are
 embedded as data: URIs and the page loads nothing else, so the file can be mailed or archived
@@ -19,17 +19,19 @@ import json
 import time
 from pathlib import Path
 
-from laffi.layout import AblationLayout, RunLayout
+from laffi.config import ConfigError, read_yaml
+from laffi.layout import ExperimentLayout, RunLayout
 from laffi.records import Answer, Feedback, Prediction, QAExample, TrainLogEntry, read_records, write_atomic
-from laffi.report.plots import ablation_charts, loss_curves, results_chart
+from laffi.report.plots import experiment_charts, loss_curves, results_chart
 from laffi.report.tables import (
-    ablation_differences_table,
-    ablation_table,
+    dev_curve_table,
+    experiment_differences_table,
+    experiment_table,
     fixed_axes,
     paired_differences_table,
     results_table,
-    varying_axes,
 )
+from laffi.systems import family_of
 
 SAMPLES = 8
 STYLE = """
@@ -64,15 +66,29 @@ def _json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def _ablation_summary(root: Path) -> dict | None:
-    """ablation.json, if `root` is an ablation; one written before its grid's axes were named in it
-    (they were "objective", ... then) is refused with what to do."""
-    summary = _json(AblationLayout(root).summary_json)
-    if summary is not None and "axes" not in summary:
-        raise ValueError(f"{AblationLayout(root).summary_json} was written by an older laffi (it says objective "
-                         f"where laffi now says system): rerun `laffi ablate CONFIG --out {root}`, which reuses "
-                         "every artifact and rewrites it")
-    return summary
+def _configured_systems(root: Path) -> list[str]:
+    """systems.names in the run's config.yaml (packaged names or .yaml paths), [] without them."""
+    config = RunLayout.of(root).config
+    try:
+        names = ((read_yaml(config) if config.exists() else {}).get("systems") or {}).get("names")
+    except (ConfigError, AttributeError):
+        return []
+    return [str(name) for name in names] if isinstance(names, list) else []
+
+
+def _families(root: Path, names: list[str]) -> dict[str, str | None]:
+    """System name -> its family (laffi.systems), which the figures colour by: an experiment's cells say
+    it; a run's user system is found through its config.yaml (systems.names holds its path); None for a
+    system whose file no longer loads."""
+    summary = _experiment_summary(root) or {}
+    said = {c["system"]: c["family"] for c in summary.get("cells", []) if c.get("family")}
+    specs = {Path(spec).stem: spec for spec in _configured_systems(root)}
+    return {name: said[name] if name in said else family_of(specs.get(name, name)) for name in names}
+
+
+def _experiment_summary(root: Path) -> dict | None:
+    """experiment.json, if `root` is an experiment directory."""
+    return _json(ExperimentLayout(root).summary_json)
 
 
 def results_section(root: Path) -> str:
@@ -88,56 +104,59 @@ def results_section(root: Path) -> str:
         parts += ['<p class="note">Paired differences (the same questions resampled for both systems; '
                   'percentage points, 95% interval):</p>',
                   table(*paired_differences_table(differences))]
-    parts.append(image(results_chart(results), "EM and F1 per system with 95% intervals"))
+    chart = results_chart(results, _families(root, list(results)))
+    parts.append(image(chart, "EM and F1 per system with 95% intervals"))
     return "\n".join(parts)
 
 
-def ablation_section(root: Path) -> str:
-    summary = _ablation_summary(root)
+def experiment_section(root: Path) -> str:
+    summary = _experiment_summary(root)
     if not summary:
         return ""
     cells = summary["cells"]
-    parts = ["<h2>Ablation</h2>",
-             f'<p class="note">{esc(cells[0]["questions"])} held-out questions; seeds '
-             f'{esc(", ".join(map(str, cells[0]["seeds"])))}; '
-             f'fixed: {esc(", ".join(fixed_axes(summary)) or "nothing")}. '
-             "Mean over seeds; 95% interval from a bootstrap over seeds and held-out questions.</p>",
-             table(*ablation_table(summary), id="ablation")]
+    parts = ["<h2>Experiment: each system at its budget chosen on dev</h2>",
+             f'<p class="note">{esc(cells[0]["questions"])} held-out and {esc(summary["dev_questions"])} dev '
+             f'questions; seeds {esc(", ".join(map(str, summary["seeds"])))}; budgets tried '
+             f'{esc(", ".join(map(str, summary["budgets"])))} steps; fixed: {esc(", ".join(fixed_axes(summary)) or "nothing")}. '
+             "Each system's budget has the best mean dev F1 over seeds; held-out: mean over seeds, 95% interval "
+             "from a bootstrap over seeds and questions (and over seeds and articles).</p>",
+             table(*experiment_table(summary), id="experiment")]
     if summary.get("differences"):
-        parts += ['<p class="note">Each system - SFT, paired by seed and question (percentage points):</p>',
-                  table(*ablation_differences_table(summary), id="differences")]
-    charts = ablation_charts(summary, varying_axes(summary))
-    parts += [f"<h3>{esc(title)}</h3>" + image(png, title) for title, png in charts]
+        parts += [f'<p class="note">Each system - {esc(summary["baseline"])}, paired by seed and question '
+                  "(percentage points):</p>", table(*experiment_differences_table(summary), id="differences")]
+    parts += ['<p class="note">Dev F1 at every budget (mean, then per seed): what the budgets were chosen on.</p>',
+              table(*dev_curve_table(summary), id="dev-curves")]
+    parts += [f"<h3>{esc(title)}</h3>" + image(png, title) for title, png in experiment_charts(summary)]
     jobs = summary.get("jobs") or []
     if jobs:
         trained = sum(j["trained_this_run"] for j in jobs)
-        parts.append(f'<p class="note">{len(jobs)} trainings for {sum(len(j["cells"]) for j in jobs)} cell runs '
-                     f"({trained} trained by the last invocation, the rest found done); every cell shares the "
-                     "split, the answers and the base evaluation.</p>")
+        parts.append(f'<p class="note">{len(jobs)} trainings ({trained} trained by the last invocation, the rest '
+                     "found done); every cell shares the split, the answers and the base evaluation.</p>")
     return "\n".join(parts)
 
 
-def _loss_logs(root: Path) -> dict[str, list[TrainLogEntry]]:
-    """Label -> log of each adapter: the run's adapters/*, or the ablation's jobs, each named by its
-    cell's varying axes and seed (only the jobs of the last grid: a directory may hold older ones)."""
-    summary = _ablation_summary(root)
+def _loss_logs(root: Path) -> dict[str, tuple[str, list[TrainLogEntry]]]:
+    """Label -> (system, log) of each adapter: the run's adapters/*, or the experiment's jobs, each named by its
+    first cell, budget and seed (only the jobs of the last plan: a directory may hold older ones)."""
+    summary = _experiment_summary(root)
     if summary:
-        axes = varying_axes(summary)
-        paths = {", ".join([str(job["cell"][a]) if a == "system" else f"{a}={job['cell'][a]}" for a in axes]
-                           + [f"seed={job['seed']}"]): RunLayout(root / job["dir"]).train_log(job["system"])
+        paths = {job["cells"][0]: (job["system"], RunLayout(root / job["dir"]).train_log(job["system"]))
                  for job in summary.get("jobs", [])}
     else:
         layout = RunLayout.of(root)
-        paths = {str(layout.adapter(system).relative_to(root)): layout.train_log(system)
+        paths = {str(layout.adapter(system).relative_to(root)): (system, layout.train_log(system))
                  for system in layout.trained_systems()}
-    return {name: read_records(log, TrainLogEntry) for name, log in paths.items() if log.exists()}
+    return {name: (system, read_records(log, TrainLogEntry)) for name, (system, log) in paths.items() if log.exists()}
 
 
 def loss_section(root: Path) -> str:
-    logs = {name: entries for name, entries in _loss_logs(root).items() if entries}
+    logs = {name: (system, entries) for name, (system, entries) in _loss_logs(root).items() if entries}
     if not logs:
         return ""
-    return "<h2>Training loss</h2>" + image(loss_curves(logs), "training loss per step for each adapter")
+    families = _families(root, list({system for system, _ in logs.values()}))
+    curves = loss_curves({name: entries for name, (_, entries) in logs.items()},
+                         {name: families[system] for name, (system, _) in logs.items()})
+    return "<h2>Training loss</h2>" + image(curves, "training loss per step for each adapter")
 
 
 def attention_section(root: Path) -> str:
@@ -156,15 +175,18 @@ def attention_section(root: Path) -> str:
 
 
 def _systems(root: Path) -> dict[str, Path]:
-    """System name -> its predictions: the run's, or for an ablation base and one cell per system
-    (the largest size, the first seed)."""
-    layout, summary = RunLayout.of(root), _ablation_summary(root)
-    if not summary:
-        order = {name: i for i, name in enumerate(("base", "sft", "laffi"))}  # then any other, by name
+    """System name -> its predictions: the run's, or for an experiment the base model's and one cell
+    per system (the largest size, the first seed)."""
+    layout, summary = RunLayout.of(root), _experiment_summary(root)
+    if not summary:  # the run's order (systems.names, results.json), then any other, by name
+        order = list(dict.fromkeys([Path(s).stem for s in _configured_systems(root)]
+                                   + list(_json(layout.results_json) or {})))
+        rank = {name: i for i, name in enumerate(order)}
         return {s: layout.predictions(s) for s in sorted(layout.evaluated_systems(),
-                                                           key=lambda s: (order.get(s, len(order)), s))}
-    systems = {"base": layout.predictions("base")}
-    largest = max(c["size"] for c in summary["cells"])
+                                                           key=lambda s: (rank.get(s, len(rank)), s))}
+    base = (summary.get("base") or {}).get("system")
+    systems = {base: layout.predictions(base)} if base else {}
+    largest = max((c["size"] for c in summary["cells"]), key=lambda n: n or float("inf"))  # 0: all questions
     for cell in summary["cells"]:
         if cell["size"] == largest and cell["system"] not in systems:
             systems[cell["system"]] = root / cell["artifacts"]["predictions"][0]
@@ -172,7 +194,7 @@ def _systems(root: Path) -> dict[str, Path]:
 
 
 def _feedback_file(layout: RunLayout) -> Path | None:
-    """The AI feedback of a run, or of an ablation's first annotator."""
+    """The AI feedback of a run, or of an experiment's first annotator."""
     candidates = [layout.feedback, *layout.feedback_files()]
     return next((p for p in candidates if p.exists() and p != layout.human_feedback), None)
 
@@ -203,8 +225,9 @@ def samples_section(root: Path) -> str:
                 p = predictions[name].get(e.id)
                 cells.append("" if p is None else f"{p.prediction or '(no answer)'}  [EM {p.exact:.0f}, F1 {p.f1:.2f}]")
             rows.append([e.question, " | ".join(dict.fromkeys(e.answers)) or "(unanswerable)", *cells])
-        note = ("" if not AblationLayout(root).summary_json.exists() else
-                '<p class="note">For the ablation: each system at the largest size, first seed.</p>')
+        note = ("" if not ExperimentLayout(root).summary_json.exists() else
+                '<p class="note">For the experiment: each system at its chosen budget, the largest size, '
+                "first seed.</p>")
         parts += ["<h3>Held-out questions: each system's prediction</h3>", note,
                   table(["question", "gold", *predictions], rows, id="prediction-samples")]
     return "<h2>Samples</h2>\n" + "\n".join(parts) if parts else ""
@@ -212,12 +235,12 @@ def samples_section(root: Path) -> str:
 
 def render(root: str | Path) -> str:
     root = Path(root)
-    ablation = AblationLayout(root)
-    config = ablation.ablate_config if ablation.ablate_config.exists() else RunLayout.of(root).config
-    title = f"LaFFi {'ablation' if ablation.summary_json.exists() else 'run'}: {root.resolve().name}"
+    experiment = ExperimentLayout(root)
+    config = experiment.experiment_config if experiment.experiment_config.exists() else RunLayout.of(root).config
+    title = f"LaFFi {'experiment' if experiment.summary_json.exists() else 'run'}: {root.resolve().name}"
     body = [f"<h1>{esc(title)}</h1>",
             f'<p class="note">{esc(root)}, report written {esc(time.strftime("%Y-%m-%d %H:%M"))}</p>',
-            results_section(root), ablation_section(root), loss_section(root), attention_section(root),
+            results_section(root), experiment_section(root), loss_section(root), attention_section(root),
             samples_section(root)]
     if config.exists():
         body.append(f"<h2>Configuration</h2><p class=note>{esc(config.name)}</p>"
@@ -231,5 +254,7 @@ def render(root: str | Path) -> str:
 
 
 def write_report(root: str | Path, out: str | Path | None = None) -> Path:
-    """Render the page and write it atomically (default ROOT/report.html)."""
-    return write_atomic(out or RunLayout.of(root).report, render(root))
+    """Render the page and write it atomically (default ROOT/report.html); ROOT must be a run or an
+    experiment directory (`RunLayout.existing`), else nothing is written."""
+    layout = RunLayout.existing(root)
+    return write_atomic(out or layout.report, render(root))

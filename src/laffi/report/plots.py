@@ -1,4 +1,4 @@
-"""Every figure laffi draws, as PNG bytes: results with intervals, ablation charts, loss curves and
+"""Every figure laffi draws, as PNG bytes: results with intervals, experiment charts (dev curves), loss curves and
 attention maps. `laffi report` embeds them; `laffi attention` also saves its own as files.
 
 Matplotlib's Agg backend draws without a display (servers, CI), so it is chosen before pyplot loads.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import matplotlib
 
@@ -19,9 +19,15 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from laffi.layout import RunLayout  # noqa: E402
 from laffi.records import write_atomic  # noqa: E402
-from laffi.report.tables import difference_axes  # noqa: E402
+from laffi.systems import family_of  # noqa: E402
+from laffi.report.tables import varying_axes  # noqa: E402
 
+# Each family's colour (laffi.systems: a system's `family`; never its name), the shades of it that tell
+# several of one family apart, and its line style in loss curves. A family not here (a user's own, or
+# None: a system whose file is gone) gets one of tab10's colours, by its place.
 COLORS = {"base": "#7f7f7f", "sft": "#1f77b4", "laffi": "#d62728"}
+SHADES = {"base": "Greys", "sft": "Blues", "laffi": "Reds"}
+LINESTYLES = {"sft": "--"}
 ATTENTION_TITLES = {"entropy": "attention entropy (nats)", "distance": "mean attention distance (tokens)",
                     "local_share": "local share (within the window)", "gold_mass": "mass on the gold answer span"}
 METRIC_NAMES = {"exact": "exact match (%)", "f1": "F1 (%)"}
@@ -34,85 +40,108 @@ def png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _color(name: str, index: int) -> str:
-    return COLORS.get(name, plt.get_cmap("tab10")(index % 10))
+def _color(family: str | None, index: int) -> str:
+    """A family's colour, or tab10's `index`th for a family without one."""
+    return COLORS.get(family, plt.get_cmap("tab10")(index % 10))
 
 
-def results_chart(results: dict[str, dict]) -> bytes:
-    """EM and F1 per system with their 95% intervals (results.json)."""
+def family_colors(names: list[str], families: Mapping[str, str | None]) -> dict[str, Any]:
+    """A colour per name (a system, or a label of one): its family's (`families`: name -> family), in
+    shades of it where several names here share the family; a family without a colour, tab10's by place."""
+    members: dict[str | None, list[str]] = {}
+    for name in names:
+        members.setdefault(families.get(name), []).append(name)
+    colors = {}
+    for index, name in enumerate(names):
+        family = families.get(name)
+        group = members[family]
+        if family in SHADES and len(group) > 1:
+            colors[name] = plt.get_cmap(SHADES[family])(0.45 + 0.5 * group.index(name) / (len(group) - 1))
+        else:
+            colors[name] = _color(family, index)
+    return colors
+
+
+def results_chart(results: dict[str, dict], families: Mapping[str, str | None] | None = None) -> bytes:
+    """EM and F1 per system with their 95% intervals (results.json), coloured by `families` (system ->
+    family; default: each system's, laffi.systems.family_of)."""
+    names = list(results)
+    colors = family_colors(names, families if families is not None else {s: family_of(s) for s in names})
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, metric in zip(axes, ("exact", "f1")):
-        names = list(results)
         values = [results[s][metric] for s in names]
         low = [v - results[s][f"{metric}_ci95"][0] for s, v in zip(names, values)]
         high = [results[s][f"{metric}_ci95"][1] - v for s, v in zip(names, values)]
-        ax.bar(names, values, yerr=[low, high], capsize=6, color=[_color(s, i) for i, s in enumerate(names)])
+        ax.bar(names, values, yerr=[low, high], capsize=6, color=[colors[s] for s in names])
         ax.set_title(METRIC_NAMES[metric])
         ax.grid(axis="y", alpha=0.3)
     return png(fig)
 
 
-def ablation_charts(summary: dict, axes_shown: list[str]) -> list[tuple[str, bytes]]:
-    """One chart per varying axis (x) with a line per system (and other varying axes), error bars
-    = the 95% intervals; then the paired system - SFT differences."""
-    cells, base = summary["cells"], summary.get("base")
-    charts = []
-    for axis in [a for a in axes_shown if a != "system"] or ["system"]:
-        values = list(dict.fromkeys(c[axis] for c in cells))
-        series: dict[tuple, dict] = {}
-        for c in cells:
-            key = tuple((a, c[a]) for a in axes_shown if a != axis)
-            series.setdefault(key, {})[c[axis]] = c
-        fig, panels = plt.subplots(1, 2, figsize=(10, 3.6))
-        for ax, metric in zip(panels, ("exact", "f1")):
-            for index, (key, points) in enumerate(series.items()):
-                xs = [values.index(v) + (index - (len(series) - 1) / 2) * 0.06 for v in points]
-                ys = [p[metric] for p in points.values()]
-                err = [[y - p[f"{metric}_ci95"][0] for y, p in zip(ys, points.values())],
-                       [p[f"{metric}_ci95"][1] - y for y, p in zip(ys, points.values())]]
-                name = ", ".join(f"{v}" if a == "system" else f"{a}={v}" for a, v in key) or axis
-                system = dict(key).get("system", "")
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=name, color=_color(system, index),
-                            linestyle="-" if len(values) > 1 else "none", alpha=0.9)
-            if base:
-                ax.axhline(base[metric], color=COLORS["base"], linestyle="--", label="base")
-            ax.set_xticks(range(len(values)), [str(v) for v in values])
-            ax.set_xlabel(axis)
-            ax.set_title(METRIC_NAMES[metric])
-            ax.grid(alpha=0.3)
-        panels[1].legend(fontsize=8, loc="best")
-        charts.append((f"Exact match and F1 by {axis}", png(fig)))
+def experiment_charts(summary: dict) -> list[tuple[str, bytes]]:
+    """Dev F1 against the budget (a line per system and cell, its seeds as dots): what the choice was made
+    on; then held-out F1 at each chosen budget with both intervals, and each system - the baseline."""
+    axes = varying_axes(summary)
+    families = {c["system"]: c["family"] for c in summary["cells"]}
+    curves: dict[str, list[dict]] = {}
+    for point in summary["dev_curves"]:
+        name = ", ".join([point["system"], *(f"{a}={point[a]}" for a in axes)])
+        curves.setdefault(name, []).append(point)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for index, (name, points) in enumerate(curves.items()):
+        color = _color(families.get(points[0]["system"], ""), index)
+        budgets = [p["budget"] for p in points]
+        ax.plot(budgets, [p["f1"] for p in points], marker="o", label=name, color=color)
+        for p in points:
+            ax.scatter([p["budget"]] * len(p["per_seed"]), list(p["per_seed"].values()), color=color, s=10, alpha=0.4)
+    if summary.get("base"):
+        ax.axhline(summary["base"]["dev"]["f1"], color=COLORS["base"], linestyle="--", label="base")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(summary["budgets"], [str(b) for b in summary["budgets"]])
+    ax.set_xlabel("budget (optimizer steps, a whole schedule each)")
+    ax.set_ylabel("dev F1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    charts = [("Dev F1 at each budget (mean over seeds; dots: seeds)", png(fig))]
+    cells = summary["cells"]
+    names = [", ".join([c["system"], *(f"{a}={c[a]}" for a in axes), f"{c['budget']} steps"]) for c in cells]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(cells) + 1.3))
+    for i, c in enumerate(cells):
+        color = _color(c["family"], i)
+        ax.errorbar([c["f1"]], [i], xerr=[[c["f1"] - c["f1_ci95_articles"][0]], [c["f1_ci95_articles"][1] - c["f1"]]],
+                    fmt="none", capsize=2, color=color, alpha=0.4)
+        ax.errorbar([c["f1"]], [i], xerr=[[c["f1"] - c["f1_ci95"][0]], [c["f1_ci95"][1] - c["f1"]]], fmt="o",
+                    capsize=4, color=color)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("held-out F1 (%): 95% interval over questions (dark) and over articles (light)")
+    ax.grid(alpha=0.3)
+    charts.append(("Held-out F1 at the chosen budget", png(fig)))
     differences = summary.get("differences") or []
     if differences:
-        others = difference_axes(summary)
-        names = [", ".join(f"{a}={d[a]}" for a in others) or "all" for d in differences]
-        fig, panels = plt.subplots(1, 2, figsize=(10, 0.35 * len(names) + 1.3))
-        for ax, metric in zip(panels, ("exact", "f1")):
-            mean = [d[metric][0] for d in differences]
-            err = [[m - d[metric][1] for m, d in zip(mean, differences)],
-                   [d[metric][2] - m for m, d in zip(mean, differences)]]
-            ax.errorbar(mean, range(len(names)), xerr=err, fmt="o", capsize=4, color=COLORS["laffi"])
-            ax.axvline(0, color="black", linewidth=0.8)
-            ax.set_yticks(range(len(names)), names if ax is panels[0] else [""] * len(names))
-            ax.set_title(f"system - SFT, {METRIC_NAMES[metric].replace('(%)', '(points)')}")
-            ax.grid(alpha=0.3)
-        charts.append(("system - SFT, paired by seed and question", png(fig)))
+        labels = [", ".join([d["system"], *(f"{a}={d[a]}" for a in axes)]) for d in differences]
+        fig, ax = plt.subplots(figsize=(9, 0.35 * len(labels) + 1.3))
+        mean = [d["f1"][0] for d in differences]
+        ax.errorbar(mean, range(len(labels)), xerr=[[m - d["f1"][1] for m, d in zip(mean, differences)],
+                                                    [d["f1"][2] - m for m, d in zip(mean, differences)]],
+                    fmt="o", capsize=4, color="#333333")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel(f"F1 - {summary['baseline']} (points), paired by seed and question")
+        ax.grid(alpha=0.3)
+        charts.append((f"Each system - {summary['baseline']}", png(fig)))
     return charts
 
 
-def loss_curves(logs: dict[str, list[Any]]) -> bytes:
-    """Training loss per optimizer step, a line per adapter; `logs`: label -> TrainLogEntry list."""
+def loss_curves(logs: dict[str, list[Any]], families: Mapping[str, str | None] | None = None) -> bytes:
+    """Training loss per optimizer step, a line per adapter; `logs`: label -> TrainLogEntry list,
+    `families`: label -> the family of its system (none known: a colour each)."""
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    # shades of each system's colour, so a dozen lines still read as two families
-    shades = {"sft": plt.get_cmap("Blues"), "laffi": plt.get_cmap("Reds")}
-    family = {name: "laffi" if "laffi" in name else "sft" if "sft" in name else "" for name in logs}
-    for index, (name, entries) in enumerate(logs.items()):
-        system = family[name]
-        members = [n for n in logs if family[n] == system]
-        color = (shades[system](0.45 + 0.5 * members.index(name) / max(len(members) - 1, 1))
-                 if system in shades and len(members) > 1 else _color(system, index))
-        ax.plot([e.step for e in entries], [e.loss for e in entries], label=name, alpha=0.9, color=color,
-                linestyle="-" if system != "sft" else "--", marker=".")
+    # shades of each family's colour, so a dozen lines still read as a few families
+    families = families or {}
+    colors = family_colors(list(logs), families)
+    for name, entries in logs.items():
+        ax.plot([e.step for e in entries], [e.loss for e in entries], label=name, alpha=0.9, color=colors[name],
+                linestyle=LINESTYLES.get(families.get(name), "-"), marker=".")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (completion tokens)")
@@ -156,12 +185,13 @@ def attention_figures(results: dict) -> dict[str, bytes]:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(ATTENTION_TITLES.get(metric, metric))
         figures[f"heatmap-{metric}"] = png(fig)
+    # "base": attention.json's key for the model without the adapter, drawn as the base family
+    lines = (("base", "--", COLORS["base"]), (system, "-", _color(family_of(system), 0)))
     fig, panels = plt.subplots(1, len(metrics), figsize=(16, 3.4), layout="constrained")
     for ax, metric in zip(panels, metrics):
-        for name, style in (("base", "--"), (system, "-")):
+        for name, style, color in lines:
             values = np.array(results[name][metric])
-            ax.plot(range(values.shape[0]), values.mean(axis=1), style, marker=".", label=name,
-                    color=_color(name if name == "base" else system, 0))
+            ax.plot(range(values.shape[0]), values.mean(axis=1), style, marker=".", label=name, color=color)
         ax.set_title(ATTENTION_TITLES.get(metric, metric), fontsize=10)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -1,10 +1,12 @@
 """The outcome of a run: results.json (system -> EM/F1 with intervals), results.md, run_info.json.
 
     from laffi.report.results import write_results
-    results = write_results(layout, metrics, seconds, config)    # metrics: system -> metrics.json
+    results = write_results(layout, metrics, seconds, config.eval, config.systems.compare_with)
+    # metrics: system -> metrics.json
 
 results.md holds the table, paired differences between systems (resampling the same questions
-for both, which is tighter and more honest than comparing two separate intervals), a few
+for both, which is tighter and more honest than comparing two separate intervals; which systems the
+others are paired against is the run's systems.compare_with, laffi.config.SystemsConfig), a few
 feedbacks the model was trained to predict, and a few held-out predictions side by side. Its
 tables of numbers are those of report.html (laffi.report.tables).
 """
@@ -12,15 +14,16 @@ tables of numbers are those of report.html (laffi.report.tables).
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
-from laffi.analysis.bootstrap import paired_bootstrap_difference
+from laffi.analysis.bootstrap import paired_differences_in_points
 from laffi.config import EvalConfig
 from laffi.layout import RunLayout
 from laffi.records import Feedback, Prediction, QAExample, read_records, write_atomic, write_json
 from laffi.report.tables import markdown, paired_differences_table, results_table
 
 KEYS = ("exact", "f1", "total", "exact_ci95", "f1_ci95")
-BASELINES = ("sft", "base")  # every other system is compared with these, where the run has them
+METRICS = ("exact", "f1")
 SAMPLES = 5
 
 
@@ -29,23 +32,26 @@ def _cell(text: str, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def comparisons(systems: list[str]) -> list[tuple[str, str]]:
-    """(a, b) for "a - b": each other system against sft, then against base, then sft against base."""
-    pairs = [(a, b) for b in BASELINES if b in systems for a in systems if a not in BASELINES]
-    return pairs + ([("sft", "base")] if set(BASELINES) <= set(systems) else [])
+def comparisons(systems: list[str], compare_with: Sequence[str]) -> list[tuple[str, str]]:
+    """(a, b) for "a - b": every other system against the first of `compare_with` the run has, then
+    against the next, ...; then each of those against the ones after it (systems.compare_with: with
+    sft, base: each other system - sft, each - base, then sft - base)."""
+    references = [b for b in compare_with if b in systems]
+    pairs = [(a, b) for b in references for a in systems if a not in references]
+    return pairs + [(a, b) for i, a in enumerate(references) for b in references[i + 1:]]
 
 
-def paired_differences(layout: RunLayout, systems: list[str], config: EvalConfig) -> dict:
-    scores = {s: {p.id: p for p in read_records(layout.predictions(s), Prediction)} for s in systems}
+def paired_differences(layout: RunLayout, systems: list[str], config: EvalConfig,
+                       compare_with: Sequence[str]) -> dict:
+    predictions = {s: {p.id: p for p in read_records(layout.predictions(s), Prediction)} for s in systems}
     ids = [e.id for e in read_records(layout.eval_examples, QAExample)]
-    differences = {}
-    for a, b in comparisons(systems):
-        differences[f"{a} - {b}"] = {
-            metric: [round(100 * v, 2) for v in paired_bootstrap_difference(
-                [getattr(scores[a][i], metric) for i in ids], [getattr(scores[b][i], metric) for i in ids],
-                samples=config.bootstrap_samples, seed=config.seed)]
-            for metric in ("exact", "f1")}
-    return differences
+
+    def scores(system: str) -> dict[str, list[float]]:
+        return {metric: [getattr(predictions[system][i], metric) for i in ids] for metric in METRICS}
+
+    return {f"{a} - {b}": paired_differences_in_points(scores(a), scores(b), samples=config.bootstrap_samples,
+                                                       seed=config.seed)
+            for a, b in comparisons(systems, compare_with)}
 
 
 def markdown_table(results: dict) -> str:
@@ -79,9 +85,10 @@ def results_markdown(layout: RunLayout, results: dict, differences: dict, second
 
 
 def write_results(layout: RunLayout, metrics: dict[str, dict], seconds: dict[str, float],
-                  config: EvalConfig, peak_mb: dict[str, float] | None = None) -> dict:
+                  config: EvalConfig, compare_with: Sequence[str], peak_mb: dict[str, float] | None = None) -> dict:
+    """`compare_with`: the systems the others are paired against (systems.compare_with, `comparisons`)."""
     results = {system: {k: m[k] for k in KEYS} for system, m in metrics.items()}
-    differences = paired_differences(layout, list(metrics), config)
+    differences = paired_differences(layout, list(metrics), config, compare_with)
     write_json(layout.results_json, results)
     write_atomic(layout.results_md, results_markdown(layout, results, differences, seconds))
     training = {}

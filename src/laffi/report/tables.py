@@ -1,5 +1,5 @@
 """laffi's tables of numbers, each built once as (header, rows) of formatted strings, rendered as
-Markdown (results.md, ablation.md, `laffi stats`) by `markdown` or as HTML (report.html) by
+Markdown (results.md, experiment.md, `laffi stats`) by `markdown` or as HTML (report.html) by
 laffi.report.html.table.
 
     from laffi.report.tables import markdown, results_table
@@ -64,12 +64,12 @@ def paired_differences_table(differences: dict) -> Table:
                  frozenset({1, 3}))
 
 
-# --- an ablation: ablation.json -------------------------------------------------------------------
+# --- an experiment: experiment.json -----------------------------------------------------------------
 
 def varying_axes(summary: dict) -> list[str]:
-    """The axes with more than one value in the grid (system always): the columns worth showing."""
+    """The grid's axes with more than one value among the cells: the columns worth showing."""
     cells = summary["cells"]
-    return [a for a in summary["axes"] if a == "system" or len({c[a] for c in cells}) > 1]
+    return [a for a in summary["axes"] if len({str(c[a]) for c in cells}) > 1]
 
 
 def fixed_axes(summary: dict) -> list[str]:
@@ -78,50 +78,85 @@ def fixed_axes(summary: dict) -> list[str]:
     return [f"{a}={first[a]}" for a in summary["axes"] if a not in axes]
 
 
-def ablation_table(summary: dict) -> Table:
-    """One row per cell (the base model's first, if the summary has it): its varying axes, mean EM and
-    F1 with intervals over seeds and questions, EM per seed, and which cell's adapters it repeats."""
+def _dev(d: dict) -> str:
+    return f"{d['f1']:.2f}" + (f" ({d['f1_sd']:.2f})" if d.get("f1_sd") is not None else "")
+
+
+EXPERIMENT_SCORES = ["held-out EM", "EM 95% CI", "held-out F1", "F1 95% CI", "F1 95% CI, articles"]
+
+
+def experiment_table(summary: dict) -> Table:
+    """One row per system and cell (the base model's first): its varying axes, the budget chosen on dev,
+    dev F1 (sd over seeds) at that budget, held-out EM and F1 with intervals over seeds and questions
+    (and over seeds and articles), the training's mean seconds and tokens, and a note."""
     axes = varying_axes(summary)
     rows = []
     base = summary.get("base")
     if base:
-        rows.append(["", "base", *[""] * (len(axes) - 1), *_scores(base), "", "no training"])
+        rows.append(["", base.get("system", "base"), *[""] * len(axes), "untrained", f"{base['dev']['f1']:.2f}",
+                     f"{base['exact']:.2f}", interval(base["exact_ci95"]), f"{base['f1']:.2f}",
+                     interval(base["f1_ci95"]), interval(base["f1_ci95_articles"]), "", "", ""])
     for i, c in enumerate(summary["cells"]):
-        per_seed = " / ".join(f"{s['exact']:.1f}" for s in c["per_seed"])
-        note = f"same adapters as #{c['same_adapters_as'][0]}" if c["same_adapters_as"] else ""
-        rows.append([str(i), *[str(c[a]) for a in axes], *_scores(c), per_seed, note])
+        notes = []
+        if c.get("best_of_family"):
+            notes.append(f"best {c['family']} on dev")
+        if len(c["budgets"]) > 1 and c["budget"] == max(c["budgets"]):
+            notes.append("chosen budget is the largest tried")
+        if c["same_adapters_as"]:
+            notes.append(f"same adapters as #{c['same_adapters_as'][0]}")
+        rows.append([str(i), c["system"], *[str(c[a]) for a in axes], str(c["budget"]), _dev(c["dev"]),
+                     f"{c['exact']:.2f}", interval(c["exact_ci95"]), f"{c['f1']:.2f}", interval(c["f1_ci95"]),
+                     interval(c["f1_ci95_articles"]), f"{c['cost']['train_seconds']:.0f}",
+                     f"{c['cost']['train_tokens']:,}", "; ".join(notes)])
     n = len(axes)
-    return Table(["#", *axes, *SCORES, "EM per seed", "note"], rows, frozenset({0, n + 1, n + 3}))
+    return Table(["#", "system", *axes, "budget (steps)", "dev F1 (sd)", *EXPERIMENT_SCORES, "train s",
+                  "train tokens", "note"], rows, frozenset({0, n + 2, n + 3, n + 4, n + 6, n + 9, n + 10}))
 
 
-def difference_axes(summary: dict) -> list[str]:
-    """The axes that tell the system - SFT differences apart: the other varying axes, and the system
-    once the grid has more than LaFFi besides SFT."""
-    others = [a for a in varying_axes(summary) if a != "system"]
-    several = {d.get("system", "laffi") for d in summary["differences"]} != {"laffi"}
-    return ["system", *others] if several else others
+def experiment_differences_table(summary: dict) -> Table:
+    """Each system - the baseline, paired by seed and question, per cell of its varying axes."""
+    axes = varying_axes(summary)
+    rows = [[d["system"], *[str(d[a]) for a in axes], *difference(d["exact"]), *difference(d["f1"]),
+             f"{d['f1_articles'][0]:+.2f} to {d['f1_articles'][1]:+.2f}"] for d in summary["differences"]]
+    return Table(["system", *axes, *DIFFERENCES, "F1 95% CI, articles"], rows,
+                 frozenset({len(axes) + 1, len(axes) + 3}))
 
 
-def ablation_differences_table(summary: dict) -> Table:
-    """System - SFT per pair of cells that differ only in the system (its other varying axes)."""
-    others = difference_axes(summary)
-    return Table([*others, *DIFFERENCES],
-                 [[*[str(d[a]) for a in others], *difference(d["exact"]), *difference(d["f1"])]
-                  for d in summary["differences"]],
-                 frozenset({len(others), len(others) + 2}))
+def dev_curve_table(summary: dict) -> Table:
+    """Mean dev F1 (per seed) of each system and cell at every budget tried: what the choice was made on."""
+    axes = varying_axes(summary)
+    budgets = sorted({p["budget"] for p in summary["dev_curves"]})
+    rows: dict[tuple, list[str]] = {}
+    for point in summary["dev_curves"]:
+        key = (point["system"], *[str(point[a]) for a in axes])
+        row = rows.setdefault(key, [*key, *[""] * len(budgets)])
+        per_seed = " / ".join(f"{v:.1f}" for v in point["per_seed"].values())
+        row[len(key) + budgets.index(point["budget"])] = f"{point['f1']:.2f} ({per_seed})"
+    return Table(["system", *axes, *(f"{b} steps" for b in budgets)], list(rows.values()),
+                 frozenset(range(1 + len(axes), 1 + len(axes) + len(budgets))))
 
 
-def ablation_markdown(summary: dict) -> str:
-    """ablation.md."""
+def experiment_markdown(summary: dict) -> str:
+    """experiment.md, and what `laffi experiment` prints."""
     cells, fixed = summary["cells"], fixed_axes(summary)
-    lines = ["# LaFFi ablation", "",
-             f"Held-out questions: {cells[0]['questions']}; seeds: {', '.join(map(str, cells[0]['seeds']))}"
-             + (f"; fixed: {', '.join(fixed)}" if fixed else ""), "",
-             "Mean over seeds, 95% interval over seeds and held-out questions (percent).", "",
-             markdown(*ablation_table(summary))]
+    first = cells[0]
+    lines = ["# laffi experiment", "",
+             f"Held-out questions: {first['questions']}; dev questions: {summary['dev_questions']}; seeds: "
+             f"{', '.join(map(str, summary['seeds']))}; budgets tried: {', '.join(map(str, summary['budgets']))} "
+             f"steps" + (f"; fixed: {', '.join(fixed)}" if fixed else ""), "",
+             "Each system's budget (optimizer steps, a whole schedule each) is the one with the best mean dev F1 "
+             "over seeds. Held-out scores at that budget: mean over seeds, 95% interval over seeds and questions "
+             "(and over seeds and articles).", "",
+             markdown(*experiment_table(summary))]
     if summary["differences"]:
-        lines += ["", "Each system - SFT, paired by seed and question (percentage points, 95% interval):", "",
-                  markdown(*ablation_differences_table(summary))]
+        lines += ["", f"Each system - {summary['baseline']}, each at its chosen budget, paired by seed and question "
+                      "(percentage points, 95% interval):", "",
+                  markdown(*experiment_differences_table(summary))]
+    lines += ["", "Dev F1 at every budget (mean, then per seed): what the budgets were chosen on.", "",
+              markdown(*dev_curve_table(summary))]
+    if summary.get("reselected"):
+        lines += ["", "Note: these choices differ from an earlier one whose held-out scores were written "
+                      f"(selections.jsonl): {', '.join(summary['reselected'])}."]
     return "\n".join(lines) + "\n"
 
 

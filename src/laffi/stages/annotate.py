@@ -38,7 +38,7 @@ BATCH = 32
 
 def check_annotator(config: AnnotateConfig, option: str = "annotate") -> None:
     """What can be checked of an annotator before any work: its prompt template (a ConfigError naming
-    OPTION.template). `laffi run` and `laffi ablate` call it first, not after minutes of answering."""
+    OPTION.template). `laffi run` and `laffi experiment` call it first, not after minutes of answering."""
     if config.annotator == "llm":
         load_template(config.template, option=f"{option}.template")
 

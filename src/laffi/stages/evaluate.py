@@ -3,11 +3,14 @@
     laffi evaluate runs/demo --system base
     laffi evaluate runs/demo --system sft --adapter runs/demo/adapters/sft eval.split=dev
     laffi evaluate runs/demo --system laffi --adapter runs/demo/adapters/laffi
+    laffi evaluate runs/demo --system laffi-refine-mix-guided    # a system: its adapter and procedure
     accelerate launch --config_file configs/accelerate/multi-gpu.yaml -m laffi.cli evaluate runs/demo --system base
 
 Writes eval/SYSTEM/predictions.jsonl (per question: answer, raw output, EM, F1), metrics.json
 (EM/F1 in percent with 95% bootstrap intervals) and config.yaml; with eval.split=dev the same for
-the dev set, into eval-dev/SYSTEM/. Resumable like `generate`.
+the dev set, into eval-dev/SYSTEM/. Resumable like `generate`. `evaluate` answers with an adapter
+it is given; `evaluate_system` with what a system (laffi.systems) answers with, as `train_system`
+(laffi.stages.train) trains one.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from laffi.distributed.shards import Collector, Shard
 from laffi.layout import ADAPTER_CONFIG, RunLayout, is_adapter
 from laffi.prompts import extract_answer
 from laffi.records import Prediction, QAExample, Review, read_records, write_json
-from laffi.systems import Answering
+from laffi.systems import Answering, System
 
 
 def metrics_for(examples: list[QAExample], predictions: list[Prediction], config: EvalConfig) -> dict:
@@ -127,3 +130,14 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     if shard.is_main:
         write_json(metrics_file, metrics)
     return metrics
+
+
+def evaluate_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig,
+                    generate: GenerateConfig, eval: EvalConfig) -> dict:
+    """`evaluate` with the adapter a system answers with and its answering procedure; its adapter (and
+    a reviewer's) must be trained already."""
+    def adapter(name: str | None):
+        return layout.adapter(name) if name else None
+
+    return evaluate(layout, system.name, model, data, generate, eval, adapter=adapter(system.adapter),
+                    answering=system.answer, reviewer=adapter(system.reviewer))

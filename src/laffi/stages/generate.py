@@ -20,7 +20,7 @@ from laffi.records import Answer, QAExample, RecordWriter, read_records
 def generate(layout: RunLayout, model: ModelConfig, data: DataConfig, generate: GenerateConfig,
              backend: Callable[[], tuple] | None = None) -> list[Answer]:
     """`backend`: returns the (model, tokenizer) to answer with, loaded by the caller (`laffi run` and
-    `laffi ablate` share the base model with the base evaluation); called only if questions are left."""
+    `laffi experiment` share the base model with the base evaluation); called only if questions are left."""
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
     save_config(sidecar_config(layout.answers), {"model": model, "data": data, "generate": generate})

@@ -16,6 +16,12 @@ adds tokens, not steps: `aux` puts, next to each step's examples, the same quest
 another set's format, as an auxiliary loss (each loss averaged over its own completion tokens, the
 auxiliary one weighted by `aux_weight`).
 
+A system also names its `family`: the kind of method it is (base, sft or laffi for the packaged
+ones), which reports group and colour by, so that laffi-then-sft is drawn as LaFFi and sft-reviewed
+as SFT. Without one, a system is a family of its own (its name). No code decides by a system's name
+(tests/test_no_name_decisions.py): a role is a field, here or in the run's config (which systems the
+others are paired against is `systems.compare_with`, laffi.config.SystemsConfig).
+
 The packaged systems are in `laffi/systems/definitions/`; each file documents itself.
 """
 
@@ -77,6 +83,9 @@ class Answering:
 @dataclass
 class SystemFile:
     description: str = ""
+    # the kind of method it is, which reports group and colour by (the packaged families: base, sft,
+    # laffi); "": a family of its own, named as the system is
+    family: str = ""
     train: Recipe | None = None  # its own training; None: none
     adapter_of: str = ""  # without a recipe: answer with this system's adapter ("" : the base model)
     answer: Answering = field(default_factory=Answering)
@@ -84,6 +93,8 @@ class SystemFile:
     def __post_init__(self) -> None:
         require(self.train is None or not self.adapter_of, "adapter_of",
                 "a system with its own train recipe answers with its own adapter")
+        require(not self.family or _is_name(self.family), "family",
+                f"letters, digits, - and _, got {self.family!r}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,11 @@ class System:
     recipe: Recipe | None
     adapter_of: str
     answer: Answering
+    family: str = ""  # what reports group and colour it with; "" (when made in code): its own name
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            object.__setattr__(self, "family", self.name)
 
     @property
     def adapter(self) -> str | None:
@@ -123,6 +139,10 @@ class System:
         return (self.answer.reviewer or self.adapter) if self.guided else None
 
 
+def _is_name(text: str) -> bool:
+    return text.replace("-", "").replace("_", "").isalnum()
+
+
 def system_path(name: str) -> Path:
     """A packaged system by name ("laffi"), else the path of a user's file."""
     packaged = DEFINITIONS / f"{name}.yaml"
@@ -140,10 +160,19 @@ def load_system(spec: str, option: str = "systems.names") -> System:
         raise ConfigError(f"{option}: unknown system {spec!r}; packaged: {', '.join(packaged_systems())}, "
                           "or the path of a .yaml file")
     name = path.stem
-    require(name.replace("-", "").replace("_", "").isalnum(), option,
+    require(_is_name(name), option,
             f"{path}: a system's name (its file name) is letters, digits, - and _")
     parsed = build_section(SystemFile, read_yaml(path), f"{path}: ")
-    return System(name, parsed.description, parsed.train, parsed.adapter_of, parsed.answer)
+    return System(name, parsed.description, parsed.train, parsed.adapter_of, parsed.answer, parsed.family or name)
+
+
+def family_of(spec: str) -> str | None:
+    """The family of the system `spec` names (a packaged name or a .yaml path), or None where it no longer
+    loads (a user's file since moved or broken): what a report, which has only names, colours by."""
+    try:
+        return load_system(spec).family
+    except (ConfigError, OSError):
+        return None
 
 
 def load_systems(specs: list[str]) -> list[System]:

@@ -1,0 +1,336 @@
+"""`laffi experiment`: which system gives the best model from this data? Each system at its step budget
+chosen on dev, over seeds, scored on the held-out set once.
+
+    laffi experiment configs/experiments/budgets.yaml --out runs/budgets
+    laffi experiment configs/experiments/equal-steps.yaml --dry-run          # the plan and its time
+    laffi experiment configs/experiments/size.yaml seeds=0,1 run.data.eval_size=50
+
+For every cell of the grid (laffi.experiments.grid), every system with a train recipe, every budget
+(train.steps, each a training of its own with the whole learning-rate schedule) and every seed
+(train.seed), it trains and scores the dev set with the finished adapter, exactly as `laffi
+evaluate ... eval.split=dev` does. Then it chooses each system's budget on the mean dev F1 over
+seeds (laffi.experiments.aggregate.choose_budgets, which reads dev scores only), scores the held-out
+set with the chosen adapters, and writes the summary: per system its budget, dev F1, held-out EM/F1
+with intervals, the paired difference from the baseline, and the cost (training seconds and tokens).
+
+Nothing is made twice: the split, the model's answers and the base model's evaluations are shared
+by every cell, each annotator's feedback by every cell that names it, and a training (with its
+evaluations) by every cell whose training set, model and train settings are identical (the SFT
+cells of a content grid). Every stage resumes, so rerunning after a crash, or with more seeds or
+budgets, continues where it stopped. A held-out score, once written, stays; when more budgets or
+seeds change a choice, the new choice is scored too and the command says so (selections.jsonl
+lists every choice scored). The directory is laid out by `laffi.layout.ExperimentLayout`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from dataclasses import dataclass, replace
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from laffi.annotators.content import with_content
+from laffi.backends.answering import load_backend
+from laffi.config import TrainConfig, non_default, save_config
+from laffi.experiments.aggregate import CellRun, Trial, aggregate, cell_key, choose_budgets, label
+from laffi.experiments.clock import StageClock
+from laffi.experiments.grid import ExperimentConfig, to_dict
+from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
+from laffi.records import (
+    Feedback,
+    Prediction,
+    QAExample,
+    TrainLogEntry,
+    read_records,
+    write_atomic,
+    write_json,
+    write_records,
+)
+from laffi.report.html import write_report
+from laffi.report.tables import experiment_markdown
+from laffi.stages.annotate import annotate, check_annotator
+from laffi.stages.build import HybridConfig, build, build_hybrid
+from laffi.stages.evaluate import evaluate, evaluate_system
+from laffi.stages.generate import generate
+from laffi.stages.prepare import prepare
+from laffi.stages.train import train_system
+from laffi.systems import System
+
+# what a step and a question take on the embedded model on 2 CPU cores (bf16; the demo of 2026-12-05:
+# SFT 3.9 s a step of 4, LaFFi 6.1 s, laffi-aux-half 6.4 s; an evaluation about 0.17 s a question),
+# for --dry-run's estimate where the directory has no finished training of that system yet
+SECONDS_PER_STEP = 5.5
+SECONDS_PER_QUESTION = 0.2
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training and its evaluations; `key` hashes everything that decides the adapter."""
+
+    key: str
+    system: str
+    sets: Path  # the training sets of the (first) variant it trains on
+    train: TrainConfig  # with the budget (train.steps) and the seed
+
+    def layout(self, experiment: ExperimentLayout) -> RunLayout:
+        return experiment.job(self.system, self.key, self.sets)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A grid point: its coordinates (axis -> value), the variant's training sets, its train options."""
+
+    coordinates: dict[str, Any]
+    variant: RunLayout
+    train: dict[str, Any]
+
+
+def build_variant(experiment: ExperimentLayout, config: ExperimentConfig, annotator: str, content: str,
+                  ratio: float, size: int) -> RunLayout:
+    """The training sets of one variant, in a run directory of its own (sets/NAME/). `size` questions are
+    drawn by run.data.seed (0: all those with feedback, as `laffi run` builds); `content` cuts the feedback
+    to its parts."""
+    variant = experiment.variant(annotator, content, ratio, size)
+    variant.record()  # its layout.json: the shared data/
+    notes = read_records(experiment.feedback(annotator), Feedback)
+    write_records(variant.feedback, [with_content(n, content) for n in notes])
+    if ratio > 0:
+        people = read_records(experiment.run.human_feedback, Feedback)
+        write_records(variant.human_feedback, [with_content(n, content) for n in people])
+    systems = config.trained()
+    if size:
+        build_hybrid(variant, config.run.data, HybridConfig(ratio, size), systems)
+    else:
+        build(variant, config.run.data, systems)
+    return variant
+
+
+def job_for(config: ExperimentConfig, system: str, variant: RunLayout, train: TrainConfig) -> Job:
+    digest = hashlib.sha256()
+    digest.update(system.encode())
+    digest.update(variant.training_set(system).read_bytes())
+    if variant.aux_set(system).exists():  # train.aux
+        digest.update(variant.aux_set(system).read_bytes())
+    for section in (config.run.model, train):
+        # only options set away from their defaults: one a later version adds keeps existing jobs
+        digest.update(yaml.safe_dump(non_default(section), sort_keys=False).encode())
+    return Job(digest.hexdigest()[:12], system, variant.sets, train)
+
+
+def run_job(experiment: ExperimentLayout, config: ExperimentConfig, job: Job, system: System, split: str) -> bool:
+    """Train one job and score it on `split` (each stage resumes); True if it had anything left to do."""
+    layout = job.layout(experiment)
+    layout.record()  # its layout.json: the shared data/ and its variant's sets/
+    if adapter_finished(layout.adapter(job.system)) and layout.metrics(job.system, split).exists():
+        return False
+    run = config.run
+    # the job's own config.yaml: stages run by hand in it (laffi attention, laffi report) read it
+    save_config(layout.config, {**run.sections("model", "data", "generate"), "train": job.train, "eval": run.eval})
+    train_system(layout, system, run.model, run.data, run.generate, job.train)
+    evaluate_system(layout, system, run.model, run.data, run.generate, replace(run.eval, split=split))
+    return True
+
+
+def training_cost(layout: RunLayout, system: str) -> tuple[float, int]:
+    """(seconds, tokens) of a finished training, from its log: the elapsed time and tokens of its last
+    session (a resumed training counts what it ran after the resume)."""
+    log = read_records(layout.train_log(system), TrainLogEntry)
+    last = log[-1] if log else None
+    return (last.elapsed_s, round(last.tokens_per_s * last.elapsed_s)) if last else (0.0, 0)
+
+
+def _scores(layout: RunLayout, system: str, examples: list[QAExample]) -> tuple[list[float], list[float]]:
+    predictions = {p.id: p for p in read_records(layout.predictions(system), Prediction)}
+    return [predictions[e.id].exact for e in examples], [predictions[e.id].f1 for e in examples]
+
+
+def plan_id(config: ExperimentConfig) -> str:
+    """A short name for what one invocation compares (systems, baseline, seeds, budgets, grid, run)."""
+    plan = {k: v for k, v in to_dict(config).items() if k != "annotators"}
+    return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def estimate(config: ExperimentConfig, experiment: ExperimentLayout) -> dict[str, Any]:
+    """The plan before anything runs: how many trainings and evaluations at most (cells with identical
+    inputs share them once their sets exist), and a time: each system's measured seconds a step where this
+    directory has a finished training of it, else SECONDS_PER_STEP; SECONDS_PER_QUESTION per answer."""
+    measured: dict[str, list[float]] = {}
+    for summary in experiment.root.glob("jobs/*/adapters/*/summary.json"):
+        done = json.loads(summary.read_text(encoding="utf-8"))
+        if done.get("steps") and done.get("seconds_this_process") and not done.get("resumed_from_step"):
+            measured.setdefault(done["system"], []).append(done["seconds_this_process"] / done["steps"])
+    grid = config.grid
+    variants = len(grid.size) * len(grid.annotator) * len(grid.human_ratio) * len(grid.content)
+    cells = variants * len(config.train_cells())
+    trained = config.trained()
+    steps = {s.name: cells * len(config.seeds) * sum(b * s.recipe.steps_multiple for b in config.budgets)
+             for s in trained}
+    per_step = {name: (sum(measured[name]) / len(measured[name]) if name in measured else SECONDS_PER_STEP)
+                for name in steps}
+    trainings = cells * len(trained) * len(config.budgets) * len(config.seeds)
+    data = config.run.data
+    answers = (trainings * data.dev_size + cells * len(trained) * len(config.seeds) * data.eval_size
+               + data.dev_size + data.eval_size + (data.train_size or 691))  # the base model and the answers
+    seconds = sum(steps[n] * per_step[n] for n in steps) + answers * SECONDS_PER_QUESTION
+    return {"cells": cells, "systems": config.systems, "seeds": config.seeds, "budgets": config.budgets,
+            "trainings_at_most": trainings, "steps_by_system": steps,
+            "seconds_per_step": {n: round(v, 2) for n, v in per_step.items()},
+            "measured_here": sorted(measured), "answers": answers, "estimate_minutes": round(seconds / 60, 1)}
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    steps = ", ".join(f"{n} {s} ({plan['seconds_per_step'][n]} s/step"
+                      f"{', measured here' if n in plan['measured_here'] else ', assumed'})"
+                      for n, s in plan["steps_by_system"].items())
+    return (f"plan: {plan['cells']} cell(s) x systems {', '.join(plan['systems'])} x seeds "
+            f"{', '.join(map(str, plan['seeds']))} x budgets {', '.join(map(str, plan['budgets']))}: at most "
+            f"{plan['trainings_at_most']} trainings; steps: {steps}; about {plan['answers']} answers to generate\n"
+            f"estimate: {plan['estimate_minutes']} min on this machine's kind of CPU (training steps + answers; "
+            "more cores or a GPU take less)")
+
+
+def record_selection(experiment: ExperimentLayout, choices: dict[str, int]) -> list[str]:
+    """Append the choices to selections.jsonl unless the last line holds them already; return the
+    (cell, system) labels whose choice differs from an earlier line's: their held-out scores of the
+    earlier budget stay on disk, and the summary reports the new one."""
+    path = experiment.selections
+    earlier = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+    changed = sorted({name for line in earlier for name, budget in line["choices"].items()
+                      if name in choices and choices[name] != budget})
+    if not earlier or earlier[-1]["choices"] != choices:
+        line = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "choices": choices}
+        write_atomic(path, "".join(json.dumps(e) + "\n" for e in [*earlier, line]))
+    return changed
+
+
+def experiment(config: ExperimentConfig, out: str | Path) -> dict:
+    layout = ExperimentLayout(out)
+    shared, root = layout.run, layout.root
+    run, grid = config.run, config.grid
+    systems = config.load_systems()
+    by_name = {s.name: s for s in systems}
+    for name in grid.annotator:
+        check_annotator(config.annotate_config(name), option=f"annotators.{name}")
+    # the shared run's settings may not change under existing artifacts; train and the grid may
+    save_config(shared.config, run.sections("model", "data", "generate", "eval"))
+    write_atomic(layout.experiment_config, yaml.safe_dump(to_dict(config), sort_keys=False))
+    print(describe_plan(estimate(config, layout)), flush=True)
+    timed = StageClock()
+    timed("prepare", prepare, shared, run.data)
+    # one base-model load for the base evaluations and the generation stage, as in `laffi run`
+    base_backend = functools.cache(lambda: load_backend(run.model, run.generate))
+    untrained = [s for s in systems if not s.recipe]
+    for system in untrained:  # the base model: no budget, no seed; nothing is chosen on its held-out score
+        for split in ("dev", "heldout"):
+            timed(f"evaluate {system.name} ({split})", evaluate, shared, system.name, run.model, run.data,
+                  run.generate, replace(run.eval, split=split), backend=base_backend)
+    timed("generate", generate, shared, run.model, run.data, run.generate, backend=base_backend)
+    base_backend.cache_clear()  # free it before training
+    for name in grid.annotator:
+        timed(f"annotate {name}", annotate, shared, config.annotate_config(name), out=layout.feedback(name).name)
+    if any(grid.human_ratio) and not shared.human_feedback.exists():
+        raise FileNotFoundError(
+            f"grid.human_ratio: {shared.human_feedback} is missing. The answers are ready: let people annotate "
+            f"them (`laffi annotators add NAME --run {root}`, `laffi serve {root}`), run `laffi export-feedback "
+            f"{root}`, then this command again")
+
+    # Plan: every (cell, system, budget, seed) and the job it needs; identical inputs share a job.
+    axes = grid.axes()
+    cells = []
+    for size, annotator, ratio, content in product(grid.size, grid.annotator, grid.human_ratio, grid.content):
+        variant = build_variant(layout, config, annotator, content, ratio, size)
+        for options in config.train_cells():
+            coordinates = {"size": size, "annotator": annotator, "human_ratio": ratio, "content": content,
+                           **{f"train.{k}": v for k, v in options.items()}}
+            cells.append(Cell(coordinates, variant, options))
+    trials_plan, jobs = [], {}
+    for cell, system, budget, seed in product(cells, config.trained(), config.budgets, config.seeds):
+        new = job_for(config, system.name, cell.variant, config.train_for(cell.train, budget, seed))
+        job = jobs.setdefault(new.key, new)
+        trials_plan.append((cell, system.name, budget, seed, job))
+    print(f"experiment: {len(trials_plan)} trainings asked for, {len(jobs)} different ones", flush=True)
+
+    ran = {}
+    for number, job in enumerate(jobs.values(), start=1):
+        ran[job.key] = timed(f"train and score dev {number}/{len(jobs)}: {job.layout(layout).root.name}", run_job,
+                             layout, config, job, by_name[job.system], "dev")
+
+    def relative(path: Path) -> str:
+        return str(path.relative_to(root))
+
+    trials = []
+    for cell, system, budget, seed, job in trials_plan:
+        trained = job.layout(layout)
+        dev = json.loads(trained.metrics(system, "dev").read_text(encoding="utf-8"))
+        seconds, tokens = training_cost(trained, system)
+        trials.append(Trial(cell.coordinates, system, budget, seed, {"exact": dev["exact"], "f1": dev["f1"]},
+                            seconds, tokens, relative(trained.root)))
+    choices = choose_budgets(trials)  # dev scores only
+    names = {(cell_key(c.coordinates), s.name): label(c.coordinates, s.name) for c in cells for s in config.trained()}
+    changed = record_selection(layout, {names[key]: budget for key, budget in choices.items()})
+    for name in changed:
+        print(f"note: the budget chosen for {name} differs from an earlier choice whose held-out scores were "
+              f"written ({layout.selections}); those stay on disk, and this summary reports the new choice",
+              flush=True)
+
+    chosen = {}  # one held-out evaluation per chosen job
+    for cell, system, budget, seed, job in trials_plan:
+        if choices[cell_key(cell.coordinates), system] == budget:
+            chosen.setdefault(job.key, job)
+    for number, job in enumerate(chosen.values(), start=1):
+        timed(f"score held-out {number}/{len(chosen)}: {job.layout(layout).root.name}", run_job, layout, config,
+              job, by_name[job.system], "heldout")
+
+    examples = read_records(shared.eval_examples, QAExample)
+    runs = []
+    for cell, system, budget, seed, job in trials_plan:
+        if choices[cell_key(cell.coordinates), system] != budget:
+            continue
+        trained = job.layout(layout)
+        exact, f1 = _scores(trained, system, examples)
+        variant = cell.variant
+        artifacts = {"answers": relative(shared.answers), "feedback": relative(layout.feedback(cell.coordinates["annotator"])),
+                     "set": relative(variant.training_set(system)), "adapter": relative(trained.adapter(system)),
+                     "dev_eval": relative(trained.evaluation(system, "dev")), "eval": relative(trained.evaluation(system)),
+                     "predictions": relative(trained.predictions(system))}
+        if cell.coordinates["human_ratio"] > 0:
+            artifacts["human_feedback"] = relative(shared.human_feedback)
+        runs.append(CellRun(cell.coordinates, system, seed, exact, f1, artifacts))
+    base = None
+    if untrained:
+        name = untrained[0].name
+        exact, f1 = _scores(shared, name, examples)
+        dev = json.loads(shared.metrics(name, "dev").read_text(encoding="utf-8"))
+        base = {"name": name, "exact": exact, "f1": f1, "dev": {"exact": dev["exact"], "f1": dev["f1"]}}
+    families = {s.name: s.family for s in systems}
+    summary = aggregate(runs, trials, choices, base, axes, [e.title for e in examples], config.baseline, families,
+                        run.eval.bootstrap_samples, run.eval.seed)
+    if base is not None:
+        summary["base"]["system"] = base["name"]
+    summary["plan"] = plan_id(config)
+    summary["seeds"], summary["budgets"], summary["dev_questions"] = config.seeds, config.budgets, run.data.dev_size
+    summary["reselected"] = changed
+    summary["jobs"] = [{"dir": relative(job.layout(layout).root), "system": job.system, "steps": job.train.steps,
+                        "seed": job.train.seed, "trained_this_run": ran[key], "heldout": key in chosen,
+                        "cells": [f"{label(c.coordinates, s)}, budget={b}, seed={sd}"
+                                  for c, s, b, sd, j in trials_plan if j.key == key]}
+                       for key, job in jobs.items()]
+    summary["stage_seconds"] = timed.seconds
+    write_summary(layout, summary)
+    write_report(root)
+    return summary
+
+
+def write_summary(experiment: ExperimentLayout, summary: dict) -> None:
+    table = experiment_markdown(summary)
+    for json_path, md_path in ((experiment.summary_json, experiment.summary_md),
+                               (experiment.plan_summary(summary["plan"], ".json"),
+                                experiment.plan_summary(summary["plan"], ".md"))):
+        write_json(json_path, summary)
+        write_atomic(md_path, table)

@@ -1,0 +1,273 @@
+"""`laffi experiment` end to end on the tiny model: base, SFT and LaFFi over 2 seeds, 2 budgets and a
+2-value grid axis; what it made once and shared; resuming after a crash repeats nothing; the choice
+of budgets reads dev scores only; a rerun, more budgets, the human-share axis, `laffi attention` on a job.
+
+    python -m pytest tests/experiments/test_experiment.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+import laffi.experiments.experiment as experiment_module
+from laffi.annotators.reference import VERDICTS
+from laffi.cli import main
+from laffi.config import ModelConfig, TrainConfig, non_default
+from laffi.experiments.experiment import experiment, job_for
+from laffi.experiments.grid import experiment_config_from
+from laffi.layout import RunLayout, adapter_finished
+from laffi.records import Feedback, Prediction, TrainingExample, TrainLogEntry, read_records, write_records
+
+
+def tiny_run(model_dir) -> dict:
+    return {"model": {"name": str(model_dir), "threads": 2},
+            "data": {"eval_size": 6, "dev_size": 5, "train_size": 8, "num_shots": 1},
+            "generate": {"max_new_tokens": 3, "batch_size": 8},
+            "train": {"warmup_steps": 0, "batch_size": 2, "max_seq_len": 192, "checkpoint_every": 1},
+            "eval": {"bootstrap_samples": 200}}
+
+
+PLAN = {"systems": ["base", "sft", "laffi"], "seeds": [0, 1], "budgets": [1, 2],
+        "grid": {"content": ["verdict", "verdict+explanation+answer"]}}
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def experiment_run(tiny_model_dir, tmp_path_factory):
+    """The experiment, run once; a crash in the third job's dev scoring, then the rerun that finishes it."""
+    root = tmp_path_factory.mktemp("experiment") / "grid"
+    config = experiment_config_from({"run": tiny_run(tiny_model_dir), **PLAN})
+    calls = {"train": [], "evaluate": [], "generate": 0}
+    real_train, real_evaluate, real_generate = (experiment_module.train_system, experiment_module.evaluate_system,
+                                                experiment_module.generate)
+
+    def train(layout, system, *args, **kwargs):
+        if not adapter_finished(layout.adapter(system.name)):  # else it returns at once
+            calls["train"].append(str(layout.root))
+        return real_train(layout, system, *args, **kwargs)
+
+    def evaluate(layout, system, *args, **kwargs):
+        calls["evaluate"].append((str(layout.root), args[-1].split))
+        if len(calls["evaluate"]) == 3 and "crash" not in calls:  # job 1, job 2, then job 3 dies
+            calls["crash"] = str(layout.root)
+            raise Crash("killed during an evaluation")
+        return real_evaluate(layout, system, *args, **kwargs)
+
+    def generate(*args, **kwargs):
+        calls["generate"] += 1
+        return real_generate(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment_module, "train_system", train)
+        patch.setattr(experiment_module, "evaluate_system", evaluate)
+        patch.setattr(experiment_module, "generate", generate)
+        with pytest.raises(Crash):
+            experiment(config, root)
+        summary = experiment(config, root)
+    return root, config, summary, calls
+
+
+def test_every_system_is_trained_at_every_budget_and_seed_once(experiment_run):
+    root, config, summary, calls = experiment_run
+    cells = summary["cells"]
+    # 2 contents x 2 trained systems, each at its chosen budget over both seeds
+    assert len(cells) == 4 and all(c["seeds"] == [0, 1] and c["questions"] == 6 for c in cells)
+    assert {c["budget"] for c in cells} <= {1, 2} and all(c["budgets"] == [1, 2] for c in cells)
+    # 2 budgets x 2 seeds x (2 LaFFi contents + 1 SFT set, which the content cannot change) = 12 trainings
+    jobs = summary["jobs"]
+    assert len(jobs) == 12 and [j["system"] for j in jobs].count("sft") == 4
+    # every job trained exactly once over the two invocations: the crashed one was not trained again
+    assert sorted(calls["train"]) == sorted(set(calls["train"])) and len(calls["train"]) == 12
+    assert calls["crash"] in calls["train"]
+    dev_scored = [where for where, split in calls["evaluate"] if split == "dev"]
+    assert len(dev_scored) == 13 and len(set(dev_scored)) == 12  # the crashed one again, nothing else
+    heldout = [where for where, split in calls["evaluate"] if split == "heldout"]
+    assert len(heldout) == len(set(heldout)) == sum(j["heldout"] for j in jobs)  # the chosen jobs only, once
+    assert calls["generate"] == 2 and (root / "answers.jsonl").exists()  # called twice, answered once
+    for cell in cells:
+        assert cell["family"] == cell["system"]  # the packaged sft and laffi are families of their own name
+        assert cell["cost"]["train_seconds"] >= 0 and cell["cost"]["train_tokens"] > 0
+        assert cell["cost"]["selection_seconds"] >= cell["cost"]["train_seconds"]
+        for metric in ("exact", "f1"):
+            for interval in (f"{metric}_ci95", f"{metric}_ci95_articles"):
+                low, high = cell[interval]
+                assert low <= cell[metric] <= high
+            assert cell[metric] == pytest.approx(sum(s[metric] for s in cell["per_seed"]) / 2, abs=0.01)
+    sft = [c for c in cells if c["system"] == "sft"]
+    assert sft[1]["same_adapters_as"] == [cells.index(sft[0])] and sft[0]["per_seed"] == sft[1]["per_seed"]
+    assert [d["system"] for d in summary["differences"]] == ["base", "base", "laffi", "laffi"]
+    assert summary["base"]["questions"] == 6 and "f1" in summary["base"]["dev"]
+    assert len(summary["dev_curves"]) == 4 * 2  # (system, content) x budget
+    markdown = (root / "experiment.md").read_text()
+    assert "| laffi |" in markdown and "Dev F1 at every budget" in markdown
+    assert (root / "summaries" / f"{summary['plan']}.json").exists() and (root / "report.html").exists()
+    assert "Dev F1 at each budget" in (root / "report.html").read_text()
+
+
+def test_each_budget_is_its_own_schedule(experiment_run):
+    root, _, summary, _ = experiment_run
+    for job in summary["jobs"]:
+        config = yaml.safe_load((root / job["dir"] / "adapters" / job["system"] / "config.yaml").read_text())
+        assert config["train"]["steps"] == job["steps"] and config["train"]["seed"] == job["seed"]
+        log = read_records(root / job["dir"] / "adapters" / job["system"] / "train_log.jsonl", TrainLogEntry)
+        assert len(log) == job["steps"]
+
+
+def test_the_choice_is_the_best_mean_dev_f1_and_never_reads_held_out_files(experiment_run, tmp_path):
+    root, config, summary, _ = experiment_run
+    for cell in summary["cells"]:
+        curve = {p["budget"]: p["f1"] for p in summary["dev_curves"]
+                 if p["system"] == cell["system"] and p["content"] == cell["content"]}
+        assert curve[cell["budget"]] == max(curve.values())
+        assert cell["dev"]["f1"] == curve[cell["budget"]]
+    # every held-out answer made wrong on disk: the choices stay, the held-out scores follow the files
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    for predictions in copy.glob("jobs/*/eval/*/predictions.jsonl"):
+        write_records(predictions, [Prediction(p.id, "zzz", "zzz", 0.0, 0.0)
+                                    for p in read_records(predictions, Prediction)])
+    again = experiment(config, copy)
+    assert [c["budget"] for c in again["cells"]] == [c["budget"] for c in summary["cells"]]
+    assert all(c["f1"] == 0 for c in again["cells"]) and not again["reselected"]
+
+
+def test_the_sets_follow_the_grid(experiment_run):
+    root, _, _, _ = experiment_run
+    feedback = {f.id: f for f in read_records(root / "feedback.reference.jsonl", Feedback)}
+    verdict = read_records(root / "sets" / "reference.verdict.h0.nall" / "sets" / "laffi.jsonl", TrainingExample)
+    full = read_records(root / "sets" / "reference.verdict+explanation+answer.h0.nall" / "sets" / "laffi.jsonl",
+                        TrainingExample)
+    assert len(verdict) == 8 and [e.id for e in verdict] == [e.id for e in full]
+    for short, long in zip(verdict, full):
+        note = feedback[short.id]
+        assert short.completion[0]["content"] == note.parts["verdict"] in VERDICTS[note.verdict]
+        assert long.completion[0]["content"] == note.text and short.prompt == long.prompt
+
+
+def test_a_rerun_trains_nothing_and_reports_the_same(experiment_run, capsys):
+    root, config, summary, _ = experiment_run
+    again = root.parent / "again"
+    shutil.copytree(root, again)
+    assert main(["experiment", str(_write(again / "plan.yaml", config)), "--out", str(again)]) == 0
+    rerun = json.loads((again / "experiment.json").read_text())
+    assert not any(j["trained_this_run"] for j in rerun["jobs"])
+    assert rerun["cells"] == summary["cells"] and rerun["differences"] == summary["differences"]
+    assert "| laffi |" in capsys.readouterr().out
+    assert main(["experiment", str(again / "plan.yaml"), "--out", str(again), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "at most 16 trainings" in out and "measured here" in out and "estimate:" in out
+
+
+def _write(path, config):
+    import dataclasses
+
+    values = dataclasses.asdict(config)
+    values["annotators"] = {}  # the reference annotator is implied
+    path.write_text("# laffi experiment plan.yaml\n" + yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+def test_another_choice_scores_its_held_out_set_and_says_so(experiment_run, tmp_path, capsys):
+    root, config, summary, _ = experiment_run
+    copy = tmp_path / "more"
+    shutil.copytree(root, copy)
+    # force SFT onto a budget it did not have: only it
+    narrowed = experiment_config_from({"run": tiny_run(config.run.model.name), **{**PLAN, "budgets": [3]},
+                                       "systems": ["sft"]})
+    first = experiment(narrowed, copy)
+    assert [c["budget"] for c in first["cells"]] == [3, 3]
+    assert any("sft" in name for name in first["reselected"])
+    assert "differs from an earlier choice" in capsys.readouterr().out
+    lines = (copy / "selections.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    # the earlier plan's summary is kept beside the new one
+    assert (copy / "summaries" / f"{summary['plan']}.json").exists()
+
+
+def test_human_share_axis_uses_the_hybrid_build(experiment_run):
+    root, config, _, _ = experiment_run
+    human_root = root.parent / "human"
+    shutil.copytree(root, human_root)
+    plan = {"systems": ["sft", "laffi"], "seeds": [0], "budgets": [1], "grid": {"size": [4], "human_ratio": [0.0, 0.5]}}
+    human_config = experiment_config_from({"run": tiny_run(config.run.model.name), **plan})
+    with pytest.raises(FileNotFoundError, match="grid.human_ratio: .*feedback.human.jsonl is missing"):
+        experiment(human_config, human_root)
+    answers = read_records(human_root / "feedback.reference.jsonl", Feedback)
+    write_records(human_root / "feedback.human.jsonl",
+                  [Feedback(a.id, a.answer, "incorrect", f"Person {i} says no.", "human", "ann") for i, a in
+                   enumerate(answers[:3])])
+    summary = experiment(human_config, human_root)
+    assert [(c["system"], c["human_ratio"]) for c in summary["cells"]] == [
+        ("sft", 0.0), ("laffi", 0.0), ("sft", 0.5), ("laffi", 0.5)]
+    meta = json.loads((human_root / "sets" / "reference.verdict+explanation+answer.h0.5.n4" / "sets"
+                       / "laffi.meta.json").read_text())
+    assert meta["size"] == 4 and meta["human"] == 2 and meta["ai"] == 2
+    assert "human_feedback" in summary["cells"][3]["artifacts"]
+
+
+def test_a_job_is_a_run_directory_that_finds_the_shared_split_and_its_set(experiment_run, monkeypatch):
+    root, _, summary, _ = experiment_run
+    assert not any(p.is_symlink() for p in root.rglob("*"))  # no links, and no copied sets:
+    assert not any((root / job["dir"] / "sets").exists() for job in summary["jobs"])
+    for job in summary["jobs"]:
+        layout = RunLayout.of(root / job["dir"])
+        assert layout.data == root / job["dir"] / ".." / ".." / "data" and layout.eval_examples.exists()
+        assert layout.training_set(job["system"]).exists()  # its variant's, where the experiment built it
+    monkeypatch.chdir(root / summary["jobs"][0]["dir"])  # a relative path, as `laffi attention .` gives
+    here = RunLayout.of(".")
+    assert here.train_examples.resolve() == (root / "data" / "train.jsonl").resolve()
+    assert here.training_set(summary["jobs"][0]["system"]).exists()
+
+
+def test_attention_compares_the_base_model_with_an_adapter(experiment_run, capsys):
+    root, _, summary, _ = experiment_run
+    job = root / next(j["dir"] for j in summary["jobs"] if j["system"] == "laffi")
+    assert main(["attention", str(job), "--limit", "2", "--window", "4"]) == 0
+    out = job / "attention" / "laffi"
+    results = json.loads((out / "attention.json").read_text())
+    assert len(results["prompts"]) == 2 and results["window"] == 4
+    for model in ("base", "laffi"):
+        for metric in ("entropy", "distance", "local_share", "gold_mass"):
+            values = results[model][metric]
+            assert len(values) == 2 and len(values[0]) == 4  # the tiny model: 2 layers x 4 heads
+    assert results["base"]["entropy"] != results["laffi"]["entropy"]  # the adapter changed the attention
+
+
+def test_job_keys_hold_only_the_options_that_differ_from_defaults():
+    # so an option a later version adds, at its default, leaves the jobs of an existing experiment alone
+    assert non_default(ModelConfig()) == {}
+    assert non_default(TrainConfig(steps=4, seed=2)) == {"steps": 4, "seed": 2}
+
+
+def test_job_keys_are_those_of_earlier_versions(tmp_path):
+    # the key an earlier laffi (60a0ee5) gave these inputs: existing directories keep their trained jobs
+    variant = RunLayout(tmp_path)
+    variant.training_set("sft").parent.mkdir(parents=True)
+    variant.training_set("sft").write_text('{"id": "q1", "prompt": [], "completion": []}\n')
+    config = experiment_config_from({"run": {"model": {"name": "some/model"}}, "systems": ["sft"], "seeds": [1],
+                                     "budgets": [8]})
+    assert job_for(config, "sft", variant, config.train_for({}, 8, 1)).key == "d37df2d66aba"
+
+
+def test_a_train_axis_and_any_system_with_a_train_recipe(tiny_model_dir, tmp_path):
+    config = experiment_config_from({"run": tiny_run(tiny_model_dir), "systems": ["sft", "laffi-refine-mix"],
+                                     "seeds": [0], "budgets": [1], "grid": {"train": {"lr": [1e-4, 1e-3]}}})
+    summary = experiment(config, tmp_path / "grid")
+    assert [(c["system"], c["train.lr"]) for c in summary["cells"]] == [
+        ("sft", 1e-4), ("laffi-refine-mix", 1e-4), ("sft", 1e-3), ("laffi-refine-mix", 1e-3)]
+    assert [d["system"] for d in summary["differences"]] == ["laffi-refine-mix", "laffi-refine-mix"]
+    cell = next(c for c in summary["cells"] if c["system"] == "laffi-refine-mix")
+    assert cell["family"] == "laffi"
+    mix = tmp_path / "grid" / cell["artifacts"]["set"][0]
+    meta = json.loads(mix.with_name("laffi-refine-mix.meta.json").read_text())
+    assert meta["examples"] == {"refine": 4, "sft": 4} and len(read_records(mix, TrainingExample)) == 8
+    rates = {yaml.safe_load((tmp_path / "grid" / j["dir"] / "config.yaml").read_text())["train"]["lr"]
+             for j in summary["jobs"]}
+    assert rates == {1e-4, 1e-3}

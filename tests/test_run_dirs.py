@@ -1,0 +1,100 @@
+"""A directory that is not a run is refused by every command that reads a run, and nothing is created
+there; only the commands that start a run (`laffi prepare`, `laffi run`) create one. The one
+definition is `RunLayout.existing` (laffi/layout.py).
+
+    python -m pytest tests/test_run_dirs.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from laffi.cli import main
+from laffi.layout import NotARun, RunLayout
+
+# every command that reads a run; RUN stands for the directory under test
+READERS = {
+    "generate": ["generate", "RUN"],
+    "annotate": ["annotate", "RUN"],
+    "build": ["build", "RUN"],
+    "train": ["train", "RUN", "--system", "sft"],
+    "evaluate": ["evaluate", "RUN", "--system", "base"],
+    "attention": ["attention", "RUN"],
+    "report": ["report", "RUN"],
+    "stats": ["stats", "RUN"],
+    "serve": ["serve", "RUN", "--port", "0"],
+    "annotators list": ["annotators", "list", "--run", "RUN"],
+    "annotators add": ["annotators", "add", "alice", "--run", "RUN"],
+    "annotators revoke": ["annotators", "revoke", "alice", "--run", "RUN"],
+    "export-feedback": ["export-feedback", "RUN"],
+    "import-feedback": ["import-feedback", "RUN", "IN"],
+}
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+@pytest.mark.parametrize("name", list(READERS))
+def test_a_command_that_reads_a_run_refuses_a_directory_that_is_not_one(name, kind, tmp_path, capsys):
+    run_dir = tmp_path / "not-a-run"
+    if kind == "empty":
+        run_dir.mkdir()
+    feedback = tmp_path / "in.jsonl"  # import-feedback's file, outside the directory
+    feedback.write_text("")
+    before = tree(tmp_path)
+    argv = [str(run_dir) if a == "RUN" else str(feedback) if a == "IN" else a for a in READERS[name]]
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"laffi {argv[0]}: error: {run_dir}: not a run directory") and err.count("\n") == 1
+    assert f"laffi prepare {run_dir}" in err  # what starts a run there
+    assert tree(tmp_path) == before  # nothing created: no annotations.db, no report.html, no data/
+
+
+def test_a_file_is_not_a_run_directory(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("{}")
+    with pytest.raises(NotARun, match="not a directory"):
+        RunLayout.existing(path)
+
+
+def test_what_laffi_writes_first_makes_a_run_directory(tmp_path):
+    """config.yaml (`laffi run`, `laffi experiment`), data/config.yaml (`laffi prepare`), layout.json (an
+    experiment's variants and jobs, whose data/ is the experiment's)."""
+    with pytest.raises(NotARun, match="it has no config.yaml, data/config.yaml or layout.json"):
+        RunLayout.existing(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "answers.jsonl").write_text("")
+    with pytest.raises(NotARun):  # a data folder and answers alone are not a run laffi started
+        RunLayout.existing(tmp_path)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("")
+    assert RunLayout.existing(run) == RunLayout(run)
+    prepared = tmp_path / "prepared"
+    (prepared / "data").mkdir(parents=True)
+    (prepared / "data" / "config.yaml").write_text("")
+    assert RunLayout.existing(prepared) == RunLayout(prepared)
+    job = prepared / "jobs" / "sft-1"
+    job.mkdir(parents=True)
+    (job / "layout.json").write_text(json.dumps({"data": "../../data"}))
+    assert RunLayout.existing(job).data == job / "../../data"  # its layout.json read, as RunLayout.of does
+
+
+def test_prepare_starts_a_run_that_the_readers_then_accept(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["prepare", str(run_dir), "data.eval_size=4", "data.train_size=4", "data.dev_size=0"]) == 0
+    assert RunLayout.existing(run_dir).train_examples.exists()
+    assert main(["annotators", "list", "--run", str(run_dir)]) == 0  # may open its database
+    assert RunLayout(run_dir).annotations_db.exists()
+    assert main(["report", str(run_dir)]) == 0
+    assert RunLayout(run_dir).report.exists()
+    capsys.readouterr()
+    assert main(["stats", str(run_dir)]) == 2  # a run, but one without feedback yet: its own error
+    assert "no feedback" in capsys.readouterr().err

@@ -26,8 +26,8 @@ LAZY_IMPORTERS = {"laffi.cli", "laffi.human.commands"}
 RUN_FILES = ("config.yaml", "train.jsonl", "eval.jsonl", "shots.jsonl", "answers.jsonl", "feedback.jsonl",
              "feedback.human.jsonl", "annotations.db", "predictions.jsonl", "metrics.json", "train_log.jsonl",
              "summary.json", "results.json", "results.md", "run_info.json", "report.html", "stats.json",
-             "attention.json", "ablate.yaml", "ablation.json", "ablation.md", "adapter_model.safetensors",
-             "adapter_config.json")
+             "attention.json", "experiment.yaml", "experiment.json", "experiment.md", "selections.jsonl",
+             "adapter_model.safetensors", "adapter_config.json")
 PATH_LIKE = re.compile(r"^[\w./-]*(" + "|".join(re.escape(name) for name in RUN_FILES) + r")$")
 
 

@@ -8,10 +8,20 @@ import pytest
 from laffi.cli import build_parser, main
 
 
-def subcommands() -> list[str]:
+def choices() -> dict:
     parser = build_parser()
     (sub,) = [action for action in parser._actions if action.dest == "command"]
-    return sorted(sub.choices)
+    return sub.choices  # every name a command answers to, aliases included
+
+
+def subcommands() -> list[str]:
+    """The commands under their own names (an alias shares its command's parser and prog)."""
+    return sorted(name for name, parser in choices().items() if parser.prog == f"laffi {name}")
+
+
+def aliases() -> dict[str, str]:
+    return {name: parser.prog.removeprefix("laffi ") for name, parser in choices().items()
+            if parser.prog != f"laffi {name}"}
 
 
 def test_laffi_help_runs_in_a_fresh_process():
@@ -19,7 +29,8 @@ def test_laffi_help_runs_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-m", "laffi.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "usage: laffi" in done.stdout and "Traceback" not in done.stderr
-    assert all(name in done.stdout for name in subcommands())
+    assert all(name in done.stdout for name in choices())
+    assert "experiment (ablate)" in done.stdout  # the alias is listed beside its command
 
 
 @pytest.mark.parametrize("command", subcommands())
@@ -31,6 +42,26 @@ def test_every_subcommand_has_help(command, capsys):
     assert out.startswith("usage: laffi " + command)
 
 
+def test_ablate_is_an_alias_of_experiment(tmp_path, capsys):
+    # `laffi ablate` became `laffi experiment`; the old name still answers, with the new command's help
+    assert aliases() == {"ablate": "experiment"} and "ablate" not in subcommands()
+    helps = []
+    for command in ("experiment", "ablate"):
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--help"])
+        assert exited.value.code == 0
+        helps.append(capsys.readouterr().out)
+    assert helps[0].startswith("usage: laffi experiment ") and helps[1] == helps[0]
+    # ...and runs it: the same plan, and nothing written by a dry run
+    plans = []
+    for command in ("experiment", "ablate"):
+        assert main([command, "configs/experiments/equal-steps.yaml", "--out", str(tmp_path / "x"), "--dry-run",
+                     "seeds=0,1"]) == 0
+        plans.append(capsys.readouterr().out)
+    assert plans[0].startswith("plan: 1 cell(s) x systems base, sft, laffi, laffi-aux-half x seeds 0, 1 x budgets 32")
+    assert plans[1] == plans[0] and not (tmp_path / "x").exists()
+
+
 def test_annotators_subcommands_have_help(capsys):
     for action in ("add", "list", "revoke"):
         with pytest.raises(SystemExit) as exited:
@@ -39,7 +70,7 @@ def test_annotators_subcommands_have_help(capsys):
     assert capsys.readouterr().out.count("usage: laffi annotators") == 3
 
 
-@pytest.mark.parametrize("command", ["run", "ablate"])
+@pytest.mark.parametrize("command", ["run", "experiment", "ablate"])
 def test_a_yaml_syntax_error_is_a_one_line_error(command, tmp_path, capsys):
     path = tmp_path / "broken.yaml"
     path.write_text("not: [valid\n")

@@ -98,3 +98,11 @@ def test_prepare_starts_a_run_that_the_readers_then_accept(tmp_path, capsys):
     capsys.readouterr()
     assert main(["stats", str(run_dir)]) == 2  # a run, but one without feedback yet: its own error
     assert "no feedback" in capsys.readouterr().err
+
+
+def test_import_feedback_of_a_missing_file_opens_no_database(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["prepare", str(run_dir), "data.eval_size=4", "data.train_size=4", "data.dev_size=0"]) == 0
+    assert main(["import-feedback", str(run_dir), str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl: no such file" in capsys.readouterr().err
+    assert not RunLayout(run_dir).annotations_db.exists()

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--human-ratio", type=float, help="hybrid set: share R of examples with human feedback")
     build.add_argument("--size", type=int, help="hybrid set: N examples (with --human-ratio)")
     train = _stage_parser(sub, "train", "LoRA fine-tuning on a training set")
-    train.add_argument("--system", required=True, help="which system's training set (sets/SYSTEM.jsonl): laffi or sft")
+    train.add_argument("--system", required=True, help="a system with a train recipe (laffi.systems: sft, laffi, laffi-aux-half, ...), trained "
+                            "as `laffi run` trains it; or NAME of a set of your own, sets/NAME.jsonl")
     evaluate = _stage_parser(sub, "evaluate", "answer and score the held-out questions")
     evaluate.add_argument("--system", required=True,
                           help="a system (laffi.systems: base, sft, laffi-refine-mix-guided, or a .yaml), answered with "

@@ -291,6 +291,8 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
 
 def _coerce(value: Any, hint: Any, option: str, in_list: bool = False) -> Any:
     """`value` as the type `hint`: a section, a list or a mapping of them, or a scalar."""
+    if hint is Any:  # read as YAML wrote it; the option that holds it checks it (grid.train)
+        return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, option + ".")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -309,7 +311,7 @@ def _coerce(value: Any, hint: Any, option: str, in_list: bool = False) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{option}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(v or {}, args[1], f"{option}.{k}") for k, v in value.items()}
+        return {str(k): _coerce({} if v is None else v, args[1], f"{option}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "5e-3" as a string
             return float(value)

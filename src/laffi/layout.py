@@ -75,7 +75,7 @@ class NotARun(FileNotFoundError):
 @dataclass(frozen=True)
 class RunLayout:
     """The paths of one run directory. `data` and `sets` are its own folders unless given: an
-    ablation's jobs read the ablation's split and their variant's training sets where they are."""
+    experiment's jobs read the experiment's split and their variant's training sets where they are."""
 
     root: Path
     data: Path
@@ -108,7 +108,7 @@ class RunLayout:
     @classmethod
     def of(cls, run_dir: str | Path) -> "RunLayout":
         """The layout of an existing directory: its own folders, or the shared ones its layout.json names
-        (an ablation's variants and jobs), so any stage run by hand there finds what the ablation used."""
+        (an experiment's variants and jobs), so any stage run by hand there finds what the experiment used."""
         root = Path(run_dir)
         pointers = root / LAYOUT_FILE
         if not pointers.exists():

@@ -1,6 +1,7 @@
-"""Every shipped ablation config parses and says how to run it; bad grids are refused by option name.
+"""Every shipped experiment config parses and says how to run it; defaults, overrides, and bad
+configs refused by option name.
 
-    python -m pytest tests/experiments/test_ablate_config.py
+    python -m pytest tests/experiments/test_experiment_config.py
 """
 
 from __future__ import annotations
@@ -9,61 +10,138 @@ from pathlib import Path
 
 import pytest
 
-from laffi.annotators.content import CONTENTS
-from laffi.config import ConfigError
-from laffi.experiments.grid import AblateConfig, ablate_config_from, load_ablate_config
+from laffi.annotators.content import CONTENTS, FULL
+from laffi.config import ConfigError, TrainConfig
+from laffi.experiments.grid import AXES, ExperimentConfig, experiment_config_from, load_experiment_config
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "ablate").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "experiments").glob("*.yaml"))
+BUDGETS = Path(__file__).parents[2] / "configs" / "experiments" / "budgets.yaml"
 
 
-def test_there_is_an_ablation_config_for_every_axis():
-    configs = {path.stem: load_ablate_config(path) for path in CONFIGS}
+def test_there_is_an_experiment_config_for_every_question():
+    configs = {path.stem: load_experiment_config(path) for path in CONFIGS}
+    assert sorted(configs) == ["annotator", "budgets", "content", "equal-steps", "human-ratio", "size"]
     varied = {axis for c in configs.values() for axis in ("size", "annotator", "human_ratio", "content")
               if len(getattr(c.grid, axis)) > 1}
     assert varied == {"size", "annotator", "human_ratio", "content"}
-    assert all(c.grid.system == ["sft", "laffi"] and len(c.grid.seeds) >= 3 for c in configs.values())
+    assert len(configs["budgets"].budgets) > 1 and configs["equal-steps"].budgets == [32]
+    assert all({"base", "sft"} <= set(c.systems) and c.baseline == "sft" and len(c.seeds) >= 3
+               for c in configs.values())
     assert configs["content"].grid.content == list(CONTENTS)
     assert configs["annotator"].annotators["llm"].annotator == "llm"
+    # budgets.yaml reuses equal-steps.yaml's trainings: the same systems, seeds and run, its budget among them
+    assert configs["budgets"].systems == configs["equal-steps"].systems
+    assert configs["budgets"].seeds == configs["equal-steps"].seeds
+    assert configs["budgets"].run == configs["equal-steps"].run and 32 in configs["budgets"].budgets
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_ablation_config_parses_and_says_how_to_run_it(path):
+def test_every_experiment_config_parses_and_says_how_to_run_it(path):
     first_line = path.read_text().splitlines()[0]
-    assert first_line.startswith("# laffi ablate configs/ablate/") and path.name in first_line
-    config = load_ablate_config(path)
-    assert isinstance(config, AblateConfig)
+    assert first_line.startswith(f"# laffi experiment configs/experiments/{path.name} ")
+    config = load_experiment_config(path)
+    assert isinstance(config, ExperimentConfig)
     assert config.run.model.name == "embedded" and config.run.model.prompt_format == "plain"  # the CPU default
-    assert max(config.grid.size) <= config.run.data.train_size
+    assert max(config.grid.size) <= config.run.data.train_size and config.run.data.dev_size > 0
+    assert all(b >= config.run.train.warmup_steps for b in config.budgets)
 
 
-def test_defaults_and_overrides():
-    config = load_ablate_config(CONFIGS[0], ["grid.seeds=4,5", "grid.size=2", "run.train.steps=3",
-                                             "grid.human_ratio=0,0.5", "grid.content=verdict"])
-    assert config.grid.seeds == [4, 5] and config.grid.size == [2] and config.run.train.steps == 3
-    assert config.grid.human_ratio == [0.0, 0.5] and config.grid.content == ["verdict"]
-    empty = ablate_config_from({})
-    assert empty.grid.system == ["sft", "laffi"] and empty.grid.seeds == [0, 1, 2]
+def test_defaults():
+    empty = experiment_config_from({})
+    assert empty.systems == ["base", "sft", "laffi", "laffi-aux-half"] and empty.baseline == "sft"
+    assert empty.seeds == [0, 1, 2] and empty.budgets == [32]
+    grid = empty.grid
+    assert (grid.size, grid.annotator, grid.human_ratio, grid.content, grid.train) == ([0], ["reference"], [0.0],
+                                                                                       [FULL], {})
+    assert grid.axes() == list(AXES) and empty.train_cells() == [{}]
+    assert [s.name for s in empty.trained()] == ["sft", "laffi", "laffi-aux-half"]
     assert list(empty.annotators) == ["reference"] and empty.run.model.prompt_format == "plain"
+    assert empty.annotators["reference"].seed == empty.run.annotate.seed
+
+
+def test_overrides():
+    config = load_experiment_config(BUDGETS, ["seeds=4,5", "budgets=8,16", "grid.size=2", "run.train.lr=1e-4",
+                                              "grid.human_ratio=0,0.5", "grid.content=verdict", "systems=base,sft"])
+    assert config.seeds == [4, 5] and config.budgets == [8, 16] and config.grid.size == [2]
+    assert config.run.train.lr == 1e-4 and config.systems == ["base", "sft"]
+    assert config.grid.human_ratio == [0.0, 0.5] and config.grid.content == ["verdict"]
+    # the run's train section, a budget and a seed: the training of one cell
+    train = config.train_for({}, 16, 5)
+    assert isinstance(train, TrainConfig) and (train.lr, train.steps, train.seed) == (1e-4, 16, 5)
+
+
+def test_a_train_axis():
+    config = load_experiment_config(BUDGETS, ["run.train.lr=1e-4", "grid.train.lr=[0.0002, 0.0003]",
+                                              "grid.train.lora_r=[8, 16]"])
+    assert config.grid.train == {"lr": [2e-4, 3e-4], "lora_r": [8, 16]}
+    assert config.grid.axes() == [*AXES, "train.lr", "train.lora_r"]
+    assert config.train_cells() == [{"lr": 2e-4, "lora_r": 8}, {"lr": 2e-4, "lora_r": 16},
+                                    {"lr": 3e-4, "lora_r": 8}, {"lr": 3e-4, "lora_r": 16}]
+    train = config.train_for({"lr": 3e-4, "lora_r": 8}, 64, 1)
+    assert (train.lr, train.lora_r, train.steps, train.seed) == (3e-4, 8, 64, 1)
+    assert config.run.train.lr == 1e-4  # the run's own, where the grid sets nothing
+    assert config.train_for({}, 64, 1).lr == 1e-4
+
+
+def test_a_train_axis_written_as_other_lists_are():
+    config = load_experiment_config(BUDGETS, ["grid.train.lr=1e-4,3e-4"])
+    assert config.grid.train == {"lr": [1e-4, 3e-4]}
 
 
 @pytest.mark.parametrize("values, option", [
-    ({"grid": {"system": ["dpo"]}}, "grid.system"),
-    ({"grid": {"size": [0]}}, "grid.size"),
+    ({"grid": {"size": [-1]}}, "grid.size"),
     ({"grid": {"size": [500]}}, "grid.size"),  # more than run.data.train_size (128)
-    ({"grid": {"seeds": []}}, "grid.seeds"),
-    ({"grid": {"seeds": [1, 1]}}, "grid.seeds"),
-    ({"grid": {"seeds": ["one"]}}, "grid.seeds"),
+    ({"grid": {"size": []}}, "grid.size"),
+    ({"grid": {"human_ratio": [0.5]}}, "grid.size"),  # a human share of every question (size 0)
+    ({"seeds": []}, "seeds"),
+    ({"seeds": [1, 1]}, "seeds"),
+    ({"seeds": ["one"]}, "seeds"),
+    ({"budgets": []}, "budgets"),
+    ({"budgets": [0]}, "budgets"),
+    ({"budgets": [1]}, "budgets"),  # below run.train.warmup_steps (2)
     ({"grid": {"human_ratio": [1.5]}}, "grid.human_ratio"),
     ({"grid": {"human_ratio": [0.3], "size": [16]}}, "grid.human_ratio"),  # 4.8 examples
     ({"grid": {"content": ["answer"]}}, "grid.content"),
     ({"grid": {"content": ["verdict+explanation"], "human_ratio": [0.5], "size": [8]}}, "grid.content"),
     ({"grid": {"annotator": ["gpt"]}}, "grid.annotator"),
+    ({"grid": {"annotator": ["reference", "reference"]}}, "grid.annotator"),
+    ({"grid": {"train": {"steps": [8]}}}, "grid.train.steps"),  # the budgets
+    ({"grid": {"train": {"seed": [1]}}}, "grid.train.seed"),  # the seeds
+    ({"grid": {"train": {"nope": [1]}}}, "grid.train.nope"),
+    ({"grid": {"train": {"lr": []}}}, "grid.train.lr"),
+    ({"grid": {"train": {"batch_size": [4, 0]}}}, "grid.train.batch_size"),  # each value builds a train section
     ({"grid": {"epochs": [1]}}, "grid.epochs"),
+    ({"systems": ["base", "sft", "dpo"]}, "systems.names"),
+    ({"systems": ["base", "sft", "laffi", "laffi-then-sft"]}, "systems"),  # train.init: no equal budget
+    ({"systems": ["base", "sft", "laffi-refine-mix", "sft-reviewed"]}, "systems"),  # answers with sft's adapter
+    ({"baseline": "laffi-refine-mix"}, "baseline"),  # not one of systems
+    ({"baseline": "base"}, "baseline"),  # untrained
+    ({"run": {"data": {"dev_size": 0}}}, "run.data.dev_size"),
     ({"run": {"train": {"steps": 0}}}, "run.train.steps"),
+    ({"grid": {"system": ["sft"]}}, "grid.system"),  # `laffi ablate`'s, now top-level
+    ({"grid": {"seeds": [0, 1]}}, "grid.seeds"),
     ({"annotators": {"llm": {"annotator": "llm"}}}, "annotators.llm.model"),
     ({"annotators": {"human": {}}}, "annotators.human"),
     ({"runs": {}}, "runs"),
 ])
 def test_bad_options_are_named(values, option):
-    with pytest.raises(ConfigError, match="^" + option.replace(".", r"\.") + ":"):
-        ablate_config_from(values)
+    with pytest.raises(ConfigError, match="^" + option.replace(".", r"\.") + ":") as refused:
+        experiment_config_from(values)
+    if option in ("grid.system", "grid.seeds"):
+        assert f"now a top-level `{option.split('.')[1].replace('system', 'systems')}:`" in str(refused.value)
+
+
+def test_what_a_refused_system_is_told(tmp_path):
+    with pytest.raises(ConfigError, match="laffi-then-sft continues laffi's adapter .*compare it with `laffi run`"):
+        experiment_config_from({"systems": ["base", "sft", "laffi", "laffi-then-sft"]})
+    with pytest.raises(ConfigError, match="sft-reviewed answers with sft's adapter and has no train recipe"):
+        experiment_config_from({"systems": ["base", "sft", "laffi-refine-mix", "sft-reviewed"]})
+    # a system of its own training whose answers another system's adapter reviews
+    reviewed = tmp_path / "sft-self-reviewed.yaml"
+    reviewed.write_text("description: SFT, its answers reviewed by laffi-refine-mix's adapter.\nfamily: sft\n"
+                        "train:\n  sets: {sft: 1.0}\n"
+                        "answer:\n  procedure: feedback-guided\n  rounds: 1\n  reviewer: laffi-refine-mix\n")
+    with pytest.raises(ConfigError, match="^systems: sft-self-reviewed is reviewed by another system's adapter"):
+        experiment_config_from({"systems": ["base", "sft", "laffi-refine-mix", str(reviewed)]})
+    # ...while the same systems without it are an experiment
+    assert experiment_config_from({"systems": ["base", "sft", "laffi-refine-mix"]}).baseline == "sft"

@@ -1,4 +1,4 @@
-"""`laffi run` and `laffi ablate` load the base model once for the base evaluation and the
+"""`laffi run` and `laffi experiment` load the base model once for the base evaluation and the
 generation stage."""
 
 import pytest
@@ -6,8 +6,8 @@ import pytest
 import laffi.backends.answering as answering_module
 import laffi.stages.train as train_module
 from laffi.config import load_config
-from laffi.experiments.ablate import ablate
-from laffi.experiments.grid import ablate_config_from
+from laffi.experiments.experiment import experiment
+from laffi.experiments.grid import experiment_config_from
 from laffi.experiments.run import run
 
 
@@ -35,12 +35,18 @@ def test_base_evaluation_and_generation_share_one_load(tiny_overrides, tmp_path,
     assert loads == []
 
 
-def test_an_ablation_shares_the_base_load_too(tiny_model_dir, tmp_path, loads):
-    config = ablate_config_from({
-        "run": {"model": {"name": str(tiny_model_dir), "threads": 2}, "data": {"eval_size": 4, "train_size": 4},
-                "generate": {"max_new_tokens": 3}, "train": {"steps": 1, "warmup_steps": 0, "batch_size": 2},
+def test_an_experiment_shares_the_base_load_too(tiny_model_dir, tmp_path, loads):
+    config = experiment_config_from({
+        "run": {"model": {"name": str(tiny_model_dir), "threads": 2},
+                "data": {"eval_size": 4, "dev_size": 4, "train_size": 4},
+                "generate": {"max_new_tokens": 3}, "train": {"warmup_steps": 0, "batch_size": 2},
                 "eval": {"bootstrap_samples": 100}},
-        "grid": {"system": ["sft"], "size": [4], "seeds": [0]}})
-    ablate(config, tmp_path / "ablation")
-    # base evaluation + generation, then the one job's training and its evaluation with the adapter
-    assert sorted(loads) == [("answer", False), ("answer", True), ("train", False)]
+        "systems": ["base", "sft"], "seeds": [0], "budgets": [1], "grid": {"size": [4]}})
+    experiment(config, tmp_path / "experiment")
+    # base evaluations (dev and held-out) + generation, then the one job's training, its dev evaluation
+    # with the adapter and, once its budget is chosen, its held-out one
+    assert sorted(loads) == [("answer", False), ("answer", True), ("answer", True), ("train", False)]
+
+    loads.clear()
+    experiment(config, tmp_path / "experiment")  # all done: nothing to load
+    assert loads == []

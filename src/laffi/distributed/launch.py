@@ -8,7 +8,7 @@
 The other stages run in this process. Each training runs as a child command on the run's
 config.yaml, `accelerate launch ... -m laffi.cli train RUN --system NAME` (or torchrun), which starts
 one process per GPU; this process waits for it. Several machines need a launch on each of them
-(README, "Scaling up"), which `laffi run` does not do. The `process` launcher starts one plain
+(docs/scaling.md), which `laffi run` does not do. The `process` launcher starts one plain
 process per training: on a CPU the memory a training's activations took goes back with its process,
 where within `laffi run`'s own process it stays in the allocator and adds to the later stages' peak.
 """

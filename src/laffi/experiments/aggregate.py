@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from laffi.analysis.bootstrap import article_interval, bootstrap_interval, paired_bootstrap_difference
+from laffi.analysis.bootstrap import article_interval, bootstrap_interval, paired_differences_in_points
 
 METRICS = ("exact", "f1")
 
@@ -105,18 +105,23 @@ def _scores(grid: np.ndarray, articles: list[str], samples: int, seed: int, metr
             f"{metric}_ci95_articles": [round(100 * a_low, 2), round(100 * a_high, 2)]}
 
 
-def _difference(a: np.ndarray, b: np.ndarray, articles: list[str], samples: int, seed: int) -> dict[str, list]:
-    mean, low, high = paired_bootstrap_difference(a, b, samples, seed)
-    a_low, a_high = article_interval(a - b, articles, samples, seed)
-    return {"difference": [round(100 * mean, 2), round(100 * low, 2), round(100 * high, 2)],
-            "articles": [round(100 * a_low, 2), round(100 * a_high, 2)]}
+def _difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], articles: list[str], samples: int,
+                seed: int) -> dict[str, list]:
+    """{metric: [mean, low, high], metric_articles: [low, high]}: a - b in points, paired by seed and question
+    (laffi.analysis.bootstrap.paired_differences_in_points), and the interval that draws whole articles."""
+    out: dict[str, list] = dict(paired_differences_in_points(a, b, samples, seed))
+    for metric in a:
+        low, high = article_interval(a[metric] - b[metric], articles, samples, seed)
+        out[f"{metric}_articles"] = [round(100 * low, 2), round(100 * high, 2)]
+    return out
 
 
 def aggregate(runs: list[CellRun], trials: list[Trial], choices: dict[tuple, int], base: dict | None,
               axes: list[str], articles: list[str], baseline: str, families: dict[str, str], samples: int = 1000,
               seed: int = 0) -> dict[str, Any]:
-    """{"axes", "baseline", "cells", "differences", "dev_curves", "artifacts"}; scores in percent. `base`:
-    the untrained model's per-question held-out scores ({"exact": [...], "f1": [...]}) and dev metrics."""
+    """{"axes", "baseline", "cells", "differences", "dev_curves", "artifacts"}; scores in percent. `base`: the
+    untrained system's name, per-question held-out scores and dev metrics ({"name", "exact": [...],
+    "f1": [...], "dev": {"exact", "f1"}}), or None."""
     groups: dict[tuple, list[CellRun]] = {}
     for run in runs:
         groups.setdefault((cell_key(run.cell), run.system), []).append(run)
@@ -181,8 +186,8 @@ def _mark_shared(cells: list[dict]) -> None:
     """Each cell's `same_adapters_as`: the earlier cells trained on exactly its adapters (an SFT cell
     that the annotator or the feedback content cannot change), whose numbers it therefore repeats."""
     for i, cell in enumerate(cells):
-        cell["same_adapters_as"] = [j for j in range(i) if cells[j]["artifacts"].get("adapter")
-                                    == cell["artifacts"].get("adapter")]
+        adapter = cell["artifacts"].get("adapter")
+        cell["same_adapters_as"] = [j for j in range(i) if adapter and cells[j]["artifacts"].get("adapter") == adapter]
 
 
 def _differences(groups: dict[tuple, list[CellRun]], base: dict | None, articles: list[str], baseline: str,
@@ -195,25 +200,21 @@ def _differences(groups: dict[tuple, list[CellRun]], base: dict | None, articles
         shared = sorted({r.seed for r in group} & {r.seed for r in reference})
         if not shared:
             continue
-        entry = {"system": system, **group[0].cell, "seeds": shared}
-        for metric in METRICS:
-            diff = _difference(_grid([r for r in group if r.seed in shared], metric, shared),
-                               _grid([r for r in reference if r.seed in shared], metric, shared),
-                               articles, samples, seed)
-            entry[metric], entry[f"{metric}_articles"] = diff["difference"], diff["articles"]
-        out.append(entry)
+        mine = {m: _grid([r for r in group if r.seed in shared], m, shared) for m in METRICS}
+        theirs = {m: _grid([r for r in reference if r.seed in shared], m, shared) for m in METRICS}
+        out.append({"system": system, **group[0].cell, "seeds": shared,
+                    **_difference(mine, theirs, articles, samples, seed)})
+    untrained_rows = []
     if base is not None:  # the untrained model against each baseline cell: its one answer per question, every seed
         for (key, system), reference in groups.items():
             if system != baseline:
                 continue
             seeds = sorted(r.seed for r in reference)
-            entry = {"system": "base", **reference[0].cell, "seeds": seeds}
-            for metric in METRICS:
-                diff = _difference(np.array([base[metric]] * len(seeds), dtype=float),
-                                   _grid(reference, metric, seeds), articles, samples, seed)
-                entry[metric], entry[f"{metric}_articles"] = diff["difference"], diff["articles"]
-            out.insert(0, entry)
-    return out
+            untrained = {m: np.array([base[m]] * len(seeds), dtype=float) for m in METRICS}
+            theirs = {m: _grid(reference, m, seeds) for m in METRICS}
+            untrained_rows.append({"system": base["name"], **reference[0].cell, "seeds": seeds,
+                                   **_difference(untrained, theirs, articles, samples, seed)})
+    return untrained_rows + out
 
 
 def _users(runs: list[CellRun]) -> dict[str, dict]:

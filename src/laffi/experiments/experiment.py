@@ -175,8 +175,10 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout) -> dict[str
                 for name in steps}
     trainings = cells * len(trained) * len(config.budgets) * len(config.seeds)
     data = config.run.data
+    pool = data.train_size or (len(read_records(experiment.run.train_examples, QAExample))
+                               if experiment.run.train_examples.exists() else 0)  # 0: the whole pool, not split yet
     answers = (trainings * data.dev_size + cells * len(trained) * len(config.seeds) * data.eval_size
-               + data.dev_size + data.eval_size + (data.train_size or 691))  # the base model and the answers
+               + data.dev_size + data.eval_size + pool)  # the trainings', the base model's and the train answers
     seconds = sum(steps[n] * per_step[n] for n in steps) + answers * SECONDS_PER_QUESTION
     return {"cells": cells, "systems": config.systems, "seeds": config.seeds, "budgets": config.budgets,
             "trainings_at_most": trainings, "steps_by_system": steps,

@@ -58,7 +58,7 @@ class GridConfig:
     annotator: list[str] = field(default_factory=lambda: ["reference"])
     human_ratio: list[float] = field(default_factory=lambda: [0.0])
     content: list[str] = field(default_factory=lambda: [FULL])
-    train: dict[str, list] = field(default_factory=dict)
+    train: dict[str, list[Any]] = field(default_factory=dict)  # each value read as its train option's type
 
     def __post_init__(self) -> None:
         for name in AXES:
@@ -85,7 +85,11 @@ class GridConfig:
         for key, values in self.train.items():
             require(key in options, f"grid.train.{key}", f"unknown train option; known: {', '.join(sorted(options))}")
             require(key not in NOT_AXES, f"grid.train.{key}", "train.steps are the budgets and train.seed the seeds")
-            require(isinstance(values, list) and bool(values), f"grid.train.{key}", "must list at least one value")
+            # each value as the train section reads it (an override's "1e-4,3e-4", YAML's "1e-4": floats)
+            typed = [getattr(build_section(TrainConfig, {key: v}, "grid.train."), key) for v in values]
+            require(bool(typed), f"grid.train.{key}", "must list at least one value")
+            require(len(set(map(str, typed))) == len(typed), f"grid.train.{key}", f"lists a value twice: {typed}")
+            self.train[key] = typed
 
     def axes(self) -> list[str]:
         """A cell's coordinates in table order: the variant's, then `train.KEY` for each train axis."""
@@ -167,7 +171,8 @@ MOVED = {"system": "systems", "seeds": "seeds"}  # grid keys of `laffi ablate` t
 def experiment_config_from(values: Any) -> ExperimentConfig:
     if not isinstance(values, dict):
         raise ConfigError("experiment config: expected a YAML mapping with run, systems, seeds, budgets, grid")
-    grid = values.get("grid") or {}
+    grid = values.get("grid")
+    grid = {} if grid is None else grid
     for old, new in MOVED.items():
         if isinstance(grid, dict) and old in grid:
             raise ConfigError(f"grid.{old}: now a top-level `{new}:` (every cell runs every system and seed)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 COMMANDS = ("serve", "annotators", "export-feedback", "import-feedback")
 
@@ -85,6 +86,8 @@ def _run(args: argparse.Namespace) -> int:
         serve(ServeConfig(run_dir=args.run_dir, db=args.db, host=args.host, port=args.port,
                           per_item=args.per_item, threads=args.threads))
         return 0
+    if args.command == "import-feedback" and not Path(args.file).is_file():  # before the database is opened
+        raise FileNotFoundError(f"{args.file}: no such file of feedback records")
     engine = _engine(args)
     if args.command == "annotators" and args.action == "add":
         token = store.add_annotator(engine, args.name, admin=args.admin)

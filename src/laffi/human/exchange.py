@@ -38,7 +38,7 @@ def export_feedback(engine: Engine, out: str | Path) -> list[Feedback]:
 
 def read_run_items(run_dir: str | Path) -> tuple[list[QAExample], list[Answer]]:
     """The train questions (passages) and the model's answers of a run: what people annotate."""
-    layout = RunLayout(run_dir)
+    layout = RunLayout.of(run_dir)  # a job's or variant's data/ may be elsewhere (layout.json)
     return read_records(layout.train_examples, QAExample), read_records(layout.answers, Answer)
 
 

@@ -211,23 +211,13 @@ def record_selection(experiment: ExperimentLayout, choices: dict[str, int]) -> l
     return changed
 
 
-def experiment(config: ExperimentConfig, out: str | Path) -> dict:
-    layout = ExperimentLayout(out)
-    shared, root = layout.run, layout.root
-    run, grid = config.run, config.grid
-    systems = config.load_systems()
-    by_name = {s.name: s for s in systems}
-    for name in grid.annotator:
-        check_annotator(config.annotate_config(name), option=f"annotators.{name}")
-    # the shared run's settings may not change under existing artifacts; train and the grid may
-    save_config(shared.config, run.sections("model", "data", "generate", "eval"))
-    write_atomic(layout.experiment_config, yaml.safe_dump(to_dict(config), sort_keys=False))
-    print(describe_plan(estimate(config, layout)), flush=True)
-    timed = StageClock()
+def shared_stages(layout: ExperimentLayout, config: ExperimentConfig, timed: StageClock,
+                  untrained: list[System]) -> None:
+    """What every cell shares: the split, the untrained systems' scores, the answers, each annotator's feedback."""
+    shared, run, grid = layout.run, config.run, config.grid
     timed("prepare", prepare, shared, run.data)
     # one base-model load for the base evaluations and the generation stage, as in `laffi run`
     base_backend = functools.cache(lambda: load_backend(run.model, run.generate))
-    untrained = [s for s in systems if not s.recipe]
     for system in untrained:  # the base model: no budget, no seed; nothing is chosen on its held-out score
         for split in ("dev", "heldout"):
             timed(f"evaluate {system.name} ({split})", evaluate, shared, system.name, run.model, run.data,
@@ -239,11 +229,29 @@ def experiment(config: ExperimentConfig, out: str | Path) -> dict:
     if any(grid.human_ratio) and not shared.human_feedback.exists():
         raise FileNotFoundError(
             f"grid.human_ratio: {shared.human_feedback} is missing. The answers are ready: let people annotate "
-            f"them (`laffi annotators add NAME --run {root}`, `laffi serve {root}`), run `laffi export-feedback "
-            f"{root}`, then this command again")
+            f"them (`laffi annotators add NAME --run {layout.root}`, `laffi serve {layout.root}`), run `laffi "
+            f"export-feedback {layout.root}`, then this command again")
 
-    # Plan: every (cell, system, budget, seed) and the job it needs; identical inputs share a job.
-    axes = grid.axes()
+
+@dataclass(frozen=True)
+class Planned:
+    """One training asked for: a system in a cell at a budget and a seed, and the job that makes it."""
+
+    cell: Cell
+    system: str
+    budget: int
+    seed: int
+    job: Job
+
+    @property
+    def key(self) -> tuple:
+        return cell_key(self.cell.coordinates), self.system
+
+
+def plan_trainings(layout: ExperimentLayout, config: ExperimentConfig) -> tuple[list[Cell], list[Planned], dict[str, Job]]:
+    """Every cell (its variant's sets built), every training asked for, and the distinct jobs by key:
+    cells with identical inputs share a job."""
+    grid = config.grid
     cells = []
     for size, annotator, ratio, content in product(grid.size, grid.annotator, grid.human_ratio, grid.content):
         variant = build_variant(layout, config, annotator, content, ratio, size)
@@ -251,28 +259,66 @@ def experiment(config: ExperimentConfig, out: str | Path) -> dict:
             coordinates = {"size": size, "annotator": annotator, "human_ratio": ratio, "content": content,
                            **{f"train.{k}": v for k, v in options.items()}}
             cells.append(Cell(coordinates, variant, options))
-    trials_plan, jobs = [], {}
+    planned, jobs = [], {}
     for cell, system, budget, seed in product(cells, config.trained(), config.budgets, config.seeds):
         new = job_for(config, system.name, cell.variant, config.train_for(cell.train, budget, seed))
-        job = jobs.setdefault(new.key, new)
-        trials_plan.append((cell, system.name, budget, seed, job))
-    print(f"experiment: {len(trials_plan)} trainings asked for, {len(jobs)} different ones", flush=True)
+        planned.append(Planned(cell, system.name, budget, seed, jobs.setdefault(new.key, new)))
+    return cells, planned, jobs
 
-    ran = {}
-    for number, job in enumerate(jobs.values(), start=1):
-        ran[job.key] = timed(f"train and score dev {number}/{len(jobs)}: {job.layout(layout).root.name}", run_job,
-                             layout, config, job, by_name[job.system], "dev")
+
+def dev_trials(layout: ExperimentLayout, planned: list[Planned]) -> list[Trial]:
+    """Each planned training's dev scores and cost, as its job wrote them: all that the choice reads."""
+    trials = []
+    for p in planned:
+        trained = p.job.layout(layout)
+        dev = json.loads(trained.metrics(p.system, "dev").read_text(encoding="utf-8"))
+        seconds, tokens = training_cost(trained, p.system)
+        trials.append(Trial(p.cell.coordinates, p.system, p.budget, p.seed, {"exact": dev["exact"], "f1": dev["f1"]},
+                            seconds, tokens, str(trained.root.relative_to(layout.root))))
+    return trials
+
+
+def heldout_runs(layout: ExperimentLayout, chosen: list[Planned], examples: list[QAExample]) -> list[CellRun]:
+    """The chosen trainings' per-question held-out scores and the artifacts each used."""
+    shared, runs = layout.run, []
 
     def relative(path: Path) -> str:
-        return str(path.relative_to(root))
+        return str(path.relative_to(layout.root))
 
-    trials = []
-    for cell, system, budget, seed, job in trials_plan:
-        trained = job.layout(layout)
-        dev = json.loads(trained.metrics(system, "dev").read_text(encoding="utf-8"))
-        seconds, tokens = training_cost(trained, system)
-        trials.append(Trial(cell.coordinates, system, budget, seed, {"exact": dev["exact"], "f1": dev["f1"]},
-                            seconds, tokens, relative(trained.root)))
+    for p in chosen:
+        trained, system, coordinates = p.job.layout(layout), p.system, p.cell.coordinates
+        exact, f1 = _scores(trained, system, examples)
+        artifacts = {"answers": relative(shared.answers), "feedback": relative(layout.feedback(coordinates["annotator"])),
+                     "set": relative(p.cell.variant.training_set(system)), "adapter": relative(trained.adapter(system)),
+                     "dev_eval": relative(trained.evaluation(system, "dev")),
+                     "eval": relative(trained.evaluation(system)), "predictions": relative(trained.predictions(system))}
+        if coordinates["human_ratio"] > 0:
+            artifacts["human_feedback"] = relative(shared.human_feedback)
+        runs.append(CellRun(coordinates, system, p.seed, exact, f1, artifacts))
+    return runs
+
+
+def experiment(config: ExperimentConfig, out: str | Path) -> dict:
+    layout = ExperimentLayout(out)
+    shared, run = layout.run, config.run
+    systems = config.load_systems()
+    by_name = {s.name: s for s in systems}
+    for name in config.grid.annotator:
+        check_annotator(config.annotate_config(name), option=f"annotators.{name}")
+    # the shared run's settings may not change under existing artifacts; train and the grid may
+    save_config(shared.config, run.sections("model", "data", "generate", "eval"))
+    write_atomic(layout.experiment_config, yaml.safe_dump(to_dict(config), sort_keys=False))
+    print(describe_plan(estimate(config, layout)), flush=True)
+    timed = StageClock()
+    untrained = [s for s in systems if not s.recipe]
+    shared_stages(layout, config, timed, untrained)
+    cells, planned, jobs = plan_trainings(layout, config)
+    print(f"experiment: {len(planned)} trainings asked for, {len(jobs)} different ones", flush=True)
+    ran = {key: timed(f"train and score dev {number}/{len(jobs)}: {job.layout(layout).root.name}", run_job,
+                      layout, config, job, by_name[job.system], "dev")
+           for number, (key, job) in enumerate(jobs.items(), start=1)}
+
+    trials = dev_trials(layout, planned)
     choices = choose_budgets(trials)  # dev scores only
     names = {(cell_key(c.coordinates), s.name): label(c.coordinates, s.name) for c in cells for s in config.trained()}
     changed = record_selection(layout, {names[key]: budget for key, budget in choices.items()})
@@ -280,52 +326,36 @@ def experiment(config: ExperimentConfig, out: str | Path) -> dict:
         print(f"note: the budget chosen for {name} differs from an earlier choice whose held-out scores were "
               f"written ({layout.selections}); those stay on disk, and this summary reports the new choice",
               flush=True)
-
-    chosen = {}  # one held-out evaluation per chosen job
-    for cell, system, budget, seed, job in trials_plan:
-        if choices[cell_key(cell.coordinates), system] == budget:
-            chosen.setdefault(job.key, job)
-    for number, job in enumerate(chosen.values(), start=1):
-        timed(f"score held-out {number}/{len(chosen)}: {job.layout(layout).root.name}", run_job, layout, config,
+    chosen = [p for p in planned if choices[p.key] == p.budget]
+    scored = {p.job.key: p.job for p in chosen}  # one held-out evaluation per chosen job
+    for number, job in enumerate(scored.values(), start=1):
+        timed(f"score held-out {number}/{len(scored)}: {job.layout(layout).root.name}", run_job, layout, config,
               job, by_name[job.system], "heldout")
 
     examples = read_records(shared.eval_examples, QAExample)
-    runs = []
-    for cell, system, budget, seed, job in trials_plan:
-        if choices[cell_key(cell.coordinates), system] != budget:
-            continue
-        trained = job.layout(layout)
-        exact, f1 = _scores(trained, system, examples)
-        variant = cell.variant
-        artifacts = {"answers": relative(shared.answers), "feedback": relative(layout.feedback(cell.coordinates["annotator"])),
-                     "set": relative(variant.training_set(system)), "adapter": relative(trained.adapter(system)),
-                     "dev_eval": relative(trained.evaluation(system, "dev")), "eval": relative(trained.evaluation(system)),
-                     "predictions": relative(trained.predictions(system))}
-        if cell.coordinates["human_ratio"] > 0:
-            artifacts["human_feedback"] = relative(shared.human_feedback)
-        runs.append(CellRun(cell.coordinates, system, seed, exact, f1, artifacts))
     base = None
     if untrained:
         name = untrained[0].name
         exact, f1 = _scores(shared, name, examples)
         dev = json.loads(shared.metrics(name, "dev").read_text(encoding="utf-8"))
         base = {"name": name, "exact": exact, "f1": f1, "dev": {"exact": dev["exact"], "f1": dev["f1"]}}
-    families = {s.name: s.family for s in systems}
-    summary = aggregate(runs, trials, choices, base, axes, [e.title for e in examples], config.baseline, families,
+    summary = aggregate(heldout_runs(layout, chosen, examples), trials, choices, base, config.grid.axes(),
+                        [e.title for e in examples], config.baseline, {s.name: s.family for s in systems},
                         run.eval.bootstrap_samples, run.eval.seed)
     if base is not None:
         summary["base"]["system"] = base["name"]
     summary["plan"] = plan_id(config)
     summary["seeds"], summary["budgets"], summary["dev_questions"] = config.seeds, config.budgets, run.data.dev_size
     summary["reselected"] = changed
-    summary["jobs"] = [{"dir": relative(job.layout(layout).root), "system": job.system, "steps": job.train.steps,
-                        "seed": job.train.seed, "trained_this_run": ran[key], "heldout": key in chosen,
-                        "cells": [f"{label(c.coordinates, s)}, budget={b}, seed={sd}"
-                                  for c, s, b, sd, j in trials_plan if j.key == key]}
+    summary["jobs"] = [{"dir": str(job.layout(layout).root.relative_to(layout.root)), "system": job.system,
+                        "steps": job.train.steps, "seed": job.train.seed, "trained_this_run": ran[key],
+                        "heldout": key in scored,
+                        "cells": [f"{label(p.cell.coordinates, p.system)}, budget={p.budget}, seed={p.seed}"
+                                  for p in planned if p.job.key == key]}
                        for key, job in jobs.items()]
     summary["stage_seconds"] = timed.seconds
     write_summary(layout, summary)
-    write_report(root)
+    write_report(layout.root)
     return summary
 
 

@@ -186,7 +186,11 @@ def test_a_batch_cut_into_rows_within_a_token_budget_sums_to_the_whole_rows_loss
         total += loss.item()
     assert total == pytest.approx(whole.item(), rel=1e-5)
     for name, param in model.named_parameters():
-        torch.testing.assert_close(param.grad, whole_grads[name], rtol=1e-4, atol=1e-6)
+        # fp32 sums taken in another order (per part, not per row) differ by rounding, which on some CPUs'
+        # kernels (an AMD EPYC's) reaches 1e-5 on a few of the embedding's 1.5M entries: compare against
+        # the gradient's own scale; a part left out or counted twice moves entries by about that scale
+        scale = whole_grads[name].abs().max().item()
+        torch.testing.assert_close(param.grad, whole_grads[name], rtol=1e-4, atol=max(1e-6, 1e-3 * scale))
     assert packed_parts(batch, budget=10_000) == [sorted(batch)]  # within the budget: one row
 
 

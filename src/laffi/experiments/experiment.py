@@ -138,11 +138,13 @@ def run_job(experiment: ExperimentLayout, config: ExperimentConfig, job: Job, sy
 
 
 def training_cost(layout: RunLayout, system: str) -> tuple[float, int]:
-    """(seconds, tokens) of a finished training, from its log: the elapsed time and tokens of its last
-    session (a resumed training counts what it ran after the resume)."""
-    log = read_records(layout.train_log(system), TrainLogEntry)
-    last = log[-1] if log else None
-    return (last.elapsed_s, round(last.tokens_per_s * last.elapsed_s)) if last else (0.0, 0)
+    """(seconds, tokens) of a finished training as its summary.json says (what its last session ran: a
+    resumed training counts what it ran after the resume); an older summary without tokens: from its log."""
+    summary = json.loads(layout.train_summary(system).read_text(encoding="utf-8"))
+    if "tokens_this_process" in summary:
+        return summary["seconds_this_process"], summary["tokens_this_process"]
+    last = read_records(layout.train_log(system), TrainLogEntry)[-1]
+    return summary["seconds_this_process"], round(last.tokens_per_s * last.elapsed_s)
 
 
 def _scores(layout: RunLayout, system: str, examples: list[QAExample]) -> tuple[list[float], list[float]]:

@@ -327,6 +327,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
                    "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
                    "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,
                    "seconds_this_process": round(time.perf_counter() - began, 2),
+                   "tokens_this_process": tokens_seen,  # prompt and completion tokens trained on since it began
                    "tokens_per_s": log[-1].tokens_per_s if log else None,
                    "completion_tokens_per_s": log[-1].completion_tokens_per_s if log else None,
                    "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),

@@ -195,8 +195,8 @@ def describe_plan(plan: dict[str, Any]) -> str:
     return (f"plan: {plan['cells']} cell(s) x systems {', '.join(plan['systems'])} x seeds "
             f"{', '.join(map(str, plan['seeds']))} x budgets {', '.join(map(str, plan['budgets']))}: at most "
             f"{plan['trainings_at_most']} trainings; steps: {steps}; about {plan['answers']} answers to generate\n"
-            f"estimate: {plan['estimate_minutes']} min on this machine's kind of CPU (training steps + answers; "
-            "more cores or a GPU take less)")
+            f"estimate: {plan['estimate_minutes']} min from scratch on this machine's kind of CPU (training steps + "
+            "answers; what this directory has finished is not subtracted; more cores or a GPU take less)")
 
 
 def record_selection(experiment: ExperimentLayout, choices: dict[str, int]) -> list[str]:

@@ -253,7 +253,24 @@ def test_job_keys_are_those_of_earlier_versions(tmp_path):
     variant.training_set("sft").write_text('{"id": "q1", "prompt": [], "completion": []}\n')
     config = experiment_config_from({"run": {"model": {"name": "some/model"}}, "systems": ["sft"], "seeds": [1],
                                      "budgets": [8]})
-    assert job_for(config, "sft", variant, config.train_for({}, 8, 1)).key == "d37df2d66aba"
+    sft = config.trained()[0]
+    assert job_for(config, sft, variant, config.train_for({}, 8, 1)).key == "d37df2d66aba"
+
+
+def test_a_system_file_edited_under_its_name_makes_a_new_job(tmp_path):
+    variant = RunLayout(tmp_path / "variant")
+    for name in ("mine.jsonl", "mine.aux.jsonl"):
+        (variant.sets / name).parent.mkdir(parents=True, exist_ok=True)
+        (variant.sets / name).write_text('{"id": "q1", "prompt": [], "completion": []}\n')
+    keys = []
+    for weight in (0.5, 1.0):
+        path = tmp_path / "systems" / "mine.yaml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"train: {{sets: {{sft: 1.0}}, aux: laffi, aux_weight: {weight}}}\n")
+        config = experiment_config_from({"run": {"model": {"name": "some/model"}}, "systems": ["sft", str(path)],
+                                         "seeds": [0], "budgets": [8]})
+        keys.append(job_for(config, config.trained()[1], variant, config.train_for({}, 8, 0)).key)
+    assert keys[0] != keys[1]
 
 
 def test_a_train_axis_and_any_system_with_a_train_recipe(tiny_model_dir, tmp_path):

@@ -114,6 +114,9 @@ def test_a_train_axis_written_as_other_lists_are():
     ({"systems": ["base", "sft", "dpo"]}, "systems.names"),
     ({"systems": ["base", "sft", "laffi", "laffi-then-sft"]}, "systems"),  # train.init: no equal budget
     ({"systems": ["base", "sft", "laffi-refine-mix", "sft-reviewed"]}, "systems"),  # answers with sft's adapter
+    ({"systems": ["base", "sft", "sft-long"]}, "systems"),  # steps_multiple: the budgets are the steps
+    ({"grid": {"train": {"target_modules": [["q_proj"], ["v_proj"]]}}}, "grid.train.target_modules"),  # lists
+    ({"budgets": [64, 4], "grid": {"train": {"warmup_steps": [8]}}}, "grid.train.warmup_steps"),  # every budget
     ({"baseline": "laffi-refine-mix"}, "baseline"),  # not one of systems
     ({"baseline": "base"}, "baseline"),  # untrained
     ({"run": {"data": {"dev_size": 0}}}, "run.data.dev_size"),

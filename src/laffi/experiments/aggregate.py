@@ -44,8 +44,8 @@ class Trial:
     budget: int
     seed: int
     dev: dict[str, float]
-    seconds: float  # the training's wall time (what it took in this directory, resumes included)
-    tokens: int  # prompt and completion tokens trained on
+    seconds: float  # the training's wall time: its last session's (a resumed training: what ran after the resume)
+    tokens: int  # prompt and completion tokens trained on, the same way
     job: str  # its directory, relative to the experiment
 
 

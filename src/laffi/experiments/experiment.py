@@ -24,6 +24,7 @@ lists every choice scored). The directory is laid out by `laffi.layout.Experimen
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -111,16 +112,35 @@ def build_variant(experiment: ExperimentLayout, config: ExperimentConfig, annota
     return variant
 
 
-def job_for(config: ExperimentConfig, system: str, variant: RunLayout, train: TrainConfig) -> Job:
+def job_for(config: ExperimentConfig, system: System, variant: RunLayout, train: TrainConfig) -> Job:
+    """The job that trains `system` on `variant`'s set with `train`, keyed by everything that decides its
+    adapter and its answers: the set (and aux set), the model and train settings, and what the system's
+    recipe and answering add beyond the set (an aux weight, the review settings), so a system file edited
+    under the same name makes a new job instead of reporting the old one's."""
+    name = system.name
     digest = hashlib.sha256()
-    digest.update(system.encode())
-    digest.update(variant.training_set(system).read_bytes())
-    if variant.aux_set(system).exists():  # train.aux
-        digest.update(variant.aux_set(system).read_bytes())
+    digest.update(name.encode())
+    digest.update(variant.training_set(name).read_bytes())
+    if variant.aux_set(name).exists():  # train.aux
+        digest.update(variant.aux_set(name).read_bytes())
     for section in (config.run.model, train):
         # only options set away from their defaults: one a later version adds keeps existing jobs
         digest.update(yaml.safe_dump(non_default(section), sort_keys=False).encode())
-    return Job(digest.hexdigest()[:12], system, variant.sets, train)
+    extra = {k: v for k, v in _set_fields(system.recipe).items() if k != "sets"}  # the sets are in the bytes
+    extra.update({f"answer.{k}": v for k, v in _set_fields(system.answer).items()})
+    if extra:  # none for a plain recipe: the keys of earlier versions stay
+        digest.update(yaml.safe_dump(extra, sort_keys=True).encode())
+    return Job(digest.hexdigest()[:12], name, variant.sets, train)
+
+
+def _set_fields(section: Any) -> dict[str, Any]:
+    """A recipe's or answering's fields away from their declared defaults (those classes cannot be built
+    empty, so laffi.config.non_default, which builds one, does not serve)."""
+    def default(f: dataclasses.Field) -> Any:
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+            if getattr(section, f.name) != default(f)}
 
 
 def run_job(experiment: ExperimentLayout, config: ExperimentConfig, job: Job, system: System, split: str) -> bool:
@@ -199,18 +219,24 @@ def describe_plan(plan: dict[str, Any]) -> str:
             "answers; what this directory has finished is not subtracted; more cores or a GPU take less)")
 
 
-def record_selection(experiment: ExperimentLayout, choices: dict[str, int]) -> list[str]:
-    """Append the choices to selections.jsonl unless the last line holds them already; return the
-    (cell, system) labels whose choice differs from an earlier line's: their held-out scores of the
-    earlier budget stay on disk, and the summary reports the new one."""
+def _selections(experiment: ExperimentLayout) -> list[dict]:
     path = experiment.selections
-    earlier = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
-    changed = sorted({name for line in earlier for name, budget in line["choices"].items()
-                      if name in choices and choices[name] != budget})
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+def changed_choices(experiment: ExperimentLayout, choices: dict[str, int]) -> list[str]:
+    """The (cell, system) labels whose budget differs from one of an earlier choice in selections.jsonl:
+    held-out scores of another budget of theirs are on disk (they stay, and are said so on every run)."""
+    return sorted({name for line in _selections(experiment) for name, budget in line["choices"].items()
+                   if name in choices and choices[name] != budget})
+
+
+def record_selection(experiment: ExperimentLayout, choices: dict[str, int]) -> None:
+    """Append a choice whose held-out scores are written to selections.jsonl, unless the last line holds it."""
+    earlier = _selections(experiment)
     if not earlier or earlier[-1]["choices"] != choices:
         line = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "choices": choices}
-        write_atomic(path, "".join(json.dumps(e) + "\n" for e in [*earlier, line]))
-    return changed
+        write_atomic(experiment.selections, "".join(json.dumps(e) + "\n" for e in [*earlier, line]))
 
 
 def shared_stages(layout: ExperimentLayout, config: ExperimentConfig, timed: StageClock,
@@ -263,7 +289,7 @@ def plan_trainings(layout: ExperimentLayout, config: ExperimentConfig) -> tuple[
             cells.append(Cell(coordinates, variant, options))
     planned, jobs = [], {}
     for cell, system, budget, seed in product(cells, config.trained(), config.budgets, config.seeds):
-        new = job_for(config, system.name, cell.variant, config.train_for(cell.train, budget, seed))
+        new = job_for(config, system, cell.variant, config.train_for(cell.train, budget, seed))
         planned.append(Planned(cell, system.name, budget, seed, jobs.setdefault(new.key, new)))
     return cells, planned, jobs
 
@@ -323,7 +349,8 @@ def experiment(config: ExperimentConfig, out: str | Path) -> dict:
     trials = dev_trials(layout, planned)
     choices = choose_budgets(trials)  # dev scores only
     names = {(cell_key(c.coordinates), s.name): label(c.coordinates, s.name) for c in cells for s in config.trained()}
-    changed = record_selection(layout, {names[key]: budget for key, budget in choices.items()})
+    choice = {names[key]: budget for key, budget in choices.items()}
+    changed = changed_choices(layout, choice)
     for name in changed:
         print(f"note: the budget chosen for {name} differs from an earlier choice whose held-out scores were "
               f"written ({layout.selections}); those stay on disk, and this summary reports the new choice",
@@ -333,6 +360,7 @@ def experiment(config: ExperimentConfig, out: str | Path) -> dict:
     for number, job in enumerate(scored.values(), start=1):
         timed(f"score held-out {number}/{len(scored)}: {job.layout(layout).root.name}", run_job, layout, config,
               job, by_name[job.system], "heldout")
+    record_selection(layout, choice)  # now that its held-out scores are written
 
     examples = read_records(shared.eval_examples, QAExample)
     base = None

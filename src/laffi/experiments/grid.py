@@ -87,6 +87,8 @@ class GridConfig:
             require(key not in NOT_AXES, f"grid.train.{key}", "train.steps are the budgets and train.seed the seeds")
             # each value as the train section reads it (an override's "1e-4,3e-4", YAML's "1e-4": floats)
             typed = [getattr(build_section(TrainConfig, {key: v}, "grid.train."), key) for v in values]
+            require(not any(isinstance(v, list) for v in typed), f"grid.train.{key}",
+                    "an option whose value is a list is not a grid axis; run one experiment per value")
             require(bool(typed), f"grid.train.{key}", "must list at least one value")
             require(len(set(map(str, typed))) == len(typed), f"grid.train.{key}", f"lists a value twice: {typed}")
             self.train[key] = typed
@@ -123,9 +125,19 @@ class ExperimentConfig:
                     "compare it with `laffi run` at equal steps")
             require(system.reviewer in (None, system.name), "systems",
                     f"{system.name} is reviewed by another system's adapter; an experiment answers with its own only")
-        for system in self.load_systems():
-            require(system.recipe is not None or system.adapter_of == "", "systems",
+        for system in self.trained():
+            require(system.recipe.steps_multiple == 1, "systems",
+                    f"{system.name} trains {system.recipe.steps_multiple}x the steps (train.steps_multiple); in an "
+                    "experiment the steps are the budgets: list the larger budget for the system it repeats")
+        untrained = [s for s in self.load_systems() if s.recipe is None]
+        for system in untrained:
+            require(system.adapter_of == "", "systems",
                     f"{system.name} answers with {system.adapter_of}'s adapter and has no train recipe of its own")
+            require(not system.guided, "systems",
+                    f"{system.name} has no training and answers feedback-guided; an experiment's untrained system "
+                    "answers directly")
+        require(len(untrained) <= 1, "systems",
+                f"at most one untrained system (the base model), got {', '.join(s.name for s in untrained)}")
         require(self.baseline in self.systems, "baseline", f"{self.baseline!r} is not one of systems {self.systems}")
         require(any(s.name == self.baseline for s in self.trained()), "baseline",
                 f"{self.baseline} has no train recipe; the baseline is trained (e.g. sft)")
@@ -139,8 +151,9 @@ class ExperimentConfig:
         for size in self.grid.size:
             require(not pool or size <= pool, "grid.size",
                     f"{size} is more than the train pool, run.data.train_size={pool}")
-        for values in self.train_cells():  # every train axis value builds a valid train section
-            self.train_for(values, self.budgets[0], self.seeds[0])
+        for values in self.train_cells():  # every train axis value, at every budget, builds a valid train section
+            for budget in self.budgets:
+                self.train_for(values, budget, self.seeds[0])
 
     def load_systems(self) -> list[System]:
         return load_systems(self.systems)

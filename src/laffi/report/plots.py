@@ -87,9 +87,11 @@ def experiment_charts(summary: dict) -> list[tuple[str, bytes]]:
     for point in summary["dev_curves"]:
         name = ", ".join([point["system"], *(f"{a}={point[a]}" for a in axes)])
         curves.setdefault(name, []).append(point)
+    systems = list(dict.fromkeys(c["system"] for c in summary["cells"]))
+    shade = family_colors(systems, families)  # systems of one family in shades of its colour
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    for index, (name, points) in enumerate(curves.items()):
-        color = _color(families.get(points[0]["system"], ""), index)
+    for name, points in curves.items():
+        color = shade[points[0]["system"]]
         budgets = [p["budget"] for p in points]
         ax.plot(budgets, [p["f1"] for p in points], marker="o", label=name, color=color)
         for p in points:
@@ -107,7 +109,7 @@ def experiment_charts(summary: dict) -> list[tuple[str, bytes]]:
     names = [", ".join([c["system"], *(f"{a}={c[a]}" for a in axes), f"{c['budget']} steps"]) for c in cells]
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(cells) + 1.3))
     for i, c in enumerate(cells):
-        color = _color(c["family"], i)
+        color = shade[c["system"]]
         ax.errorbar([c["f1"]], [i], xerr=[[c["f1"] - c["f1_ci95_articles"][0]], [c["f1_ci95_articles"][1] - c["f1"]]],
                     fmt="none", capsize=2, color=color, alpha=0.4)
         ax.errorbar([c["f1"]], [i], xerr=[[c["f1"] - c["f1_ci95"][0]], [c["f1_ci95"][1] - c["f1"]]], fmt="o",

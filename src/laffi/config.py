@@ -390,10 +390,15 @@ def plain(section: Any) -> dict[str, Any]:
 
 
 def non_default(section: Any) -> dict[str, Any]:
-    """The options of a section that differ from their defaults: what an option added in a later
-    laffi version, left at its default, does not change."""
-    default = dataclasses.asdict(type(section)())
-    return {k: v for k, v in dataclasses.asdict(section).items() if v != default[k]}
+    """The options of a section that differ from their declared defaults: what an option added in a later
+    laffi version, left at its default, does not change. Read from the fields, not from an empty instance,
+    so sections that cannot be built empty (a system's Recipe) are served too."""
+    def default(f: dataclasses.Field) -> Any:
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    values = dataclasses.asdict(section)
+    return {f.name: values[f.name] for f in dataclasses.fields(section) if values[f.name] != default(f)}
 
 
 def save_config(path: str | Path, sections: dict[str, Any]) -> None:

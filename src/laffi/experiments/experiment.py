@@ -24,7 +24,6 @@ lists every choice scored). The directory is laid out by `laffi.layout.Experimen
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -126,21 +125,11 @@ def job_for(config: ExperimentConfig, system: System, variant: RunLayout, train:
     for section in (config.run.model, train):
         # only options set away from their defaults: one a later version adds keeps existing jobs
         digest.update(yaml.safe_dump(non_default(section), sort_keys=False).encode())
-    extra = {k: v for k, v in _set_fields(system.recipe).items() if k != "sets"}  # the sets are in the bytes
-    extra.update({f"answer.{k}": v for k, v in _set_fields(system.answer).items()})
+    extra = {k: v for k, v in non_default(system.recipe).items() if k != "sets"}  # the sets are in the bytes
+    extra.update({f"answer.{k}": v for k, v in non_default(system.answer).items()})
     if extra:  # none for a plain recipe: the keys of earlier versions stay
         digest.update(yaml.safe_dump(extra, sort_keys=True).encode())
     return Job(digest.hexdigest()[:12], name, variant.sets, train)
-
-
-def _set_fields(section: Any) -> dict[str, Any]:
-    """A recipe's or answering's fields away from their declared defaults (those classes cannot be built
-    empty, so laffi.config.non_default, which builds one, does not serve)."""
-    def default(f: dataclasses.Field) -> Any:
-        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
-            if getattr(section, f.name) != default(f)}
 
 
 def run_job(experiment: ExperimentLayout, config: ExperimentConfig, job: Job, system: System, split: str) -> bool:

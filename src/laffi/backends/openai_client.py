@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 from laffi.backends.chat import ChatRequest, Counters, Reply, RequestFailed
@@ -110,15 +112,39 @@ class OpenAIChat:
         self.counters = client.counters
 
     def complete_many(self, requests: list[ChatRequest]) -> Iterator[tuple[int, Reply | RequestFailed]]:
-        def one(index: int) -> tuple[int, Reply | RequestFailed]:
-            try:
-                return index, self.client.chat(self.model, requests[index])
-            except RequestFailed as error:
-                return index, error
+        """Each reply as it arrives. A worker takes its next request only once the caller has handled
+        (cached) the reply it yielded: a kill at any moment loses at most the replies still in flight,
+        never one that arrived while its worker had already moved on."""
+        arrived: queue.Queue = queue.Queue()
+        abandoned = threading.Event()  # the caller stopped iterating: no worker waits on it any more
 
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            for future in as_completed([pool.submit(one, i) for i in range(len(requests))]):
-                yield future.result()
+        def one(index: int) -> None:
+            try:
+                result: Any = (index, self.client.chat(self.model, requests[index]))
+            except RequestFailed as error:
+                result = (index, error)
+            except BaseException as error:  # a wrong key or URL stops the run: raised in the caller
+                result = error
+            handled = threading.Event()
+            arrived.put((result, handled))
+            while not handled.wait(0.1) and not abandoned.is_set():
+                pass
+
+        pool = ThreadPoolExecutor(self.concurrency)
+        try:
+            for i in range(len(requests)):
+                pool.submit(one, i)
+            for _ in range(len(requests)):
+                result, handled = arrived.get()
+                try:
+                    if isinstance(result, BaseException):
+                        raise result
+                    yield result
+                finally:
+                    handled.set()
+        finally:
+            abandoned.set()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _chat_text(response: Any) -> str:

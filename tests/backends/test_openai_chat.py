@@ -1,0 +1,42 @@
+"""OpenAIChat against a real HTTP server: a worker sends its next request only after the caller has
+handled the reply before it, so a run killed at any moment has cached every reply that arrived
+while its worker moved on (what made the kill-and-resume test flaky on a loaded CI machine)."""
+
+import time
+
+from support.fault_server import FaultServer
+
+from laffi.backends.chat import ChatRequest, Reply
+from laffi.backends.openai_client import OpenAIChat, RetryingClient
+
+
+def requests_for(*items: str) -> list[ChatRequest]:
+    return [ChatRequest([{"role": "user", "content": f"Question: {item}?"}], temperature=0, max_tokens=8)
+            for item in items]
+
+
+def chat(server: FaultServer, concurrency: int) -> OpenAIChat:
+    client = RetryingClient(base_url=server.url, api_key_env="LAFFI_TEST_NO_KEY", timeout=10, retries=0)
+    return OpenAIChat(client, "fault", concurrency)
+
+
+def test_a_worker_waits_for_the_caller_before_its_next_request():
+    with FaultServer(lambda item, n: "ok") as server:
+        replies = chat(server, concurrency=1).complete_many(requests_for("q0", "q1", "q2"))
+        index, reply = next(replies)
+        assert isinstance(reply, Reply)
+        time.sleep(0.5)  # the caller is still storing reply 0: nothing else may be asked meanwhile
+        assert sum(server.requests.values()) == 1
+        rest = list(replies)
+        assert sorted([index] + [i for i, _ in rest]) == [0, 1, 2]
+        assert all(server.served[item] == 1 for item in ("q0", "q1", "q2"))
+
+
+def test_a_caller_that_stops_early_does_not_hang_and_the_rest_are_not_sent():
+    with FaultServer(lambda item, n: "ok") as server:
+        replies = chat(server, concurrency=2).complete_many(requests_for(*(f"q{i}" for i in range(10))))
+        next(replies)
+        started = time.monotonic()
+        replies.close()
+        assert time.monotonic() - started < 5
+        assert sum(server.requests.values()) <= 3  # the two in flight at most, never the queued ones

@@ -81,3 +81,41 @@ def test_a_model_that_cannot_take_packed_rows_falls_back_and_says_so_once_per_op
                     f"generate.share_prefix: off for this model ({reason}); answering in padded batches"]
     flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2", sliding_window=None))
     assert packing.can_pack(flash, "train.pack", "", said.append) and len(said) == 2  # tree attention replaces it
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(6, 2), (4, 4)])
+def test_bf16_training_segments_compute_the_block_masked_attention_within_bf16_precision(heads, kv_heads):
+    """The CPU bf16 training path (batched matmuls, scores rounded to bf16): its output and gradients
+    against the whole row's block-masked attention in fp64, on the same bf16 inputs."""
+    from laffi.tree_attention import _segment_attention
+
+    row = pack(sequences())
+    tokens, dim = len(row.tokens), 16
+    torch.manual_seed(0)
+    inputs = [torch.randn(1, h, tokens, dim).to(torch.bfloat16) for h in (heads, kv_heads, kv_heads)]
+    grad = torch.randn(1, tokens, heads, dim)
+
+    def gradients(query, key, value, attend):
+        leaves = [t.clone().requires_grad_() for t in (query, key, value)]
+        out = attend(*leaves)
+        out.backward(grad.to(out.dtype))
+        return [out.double()] + [t.grad.double() for t in leaves]
+
+    def block_masked(query, key, value):
+        groups = heads // kv_heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value,
+                                                               attn_mask=row.mask(additive=False)[0, 0])
+        return out.transpose(1, 2)
+
+    def segments(query, key, value):
+        return _segment_attention(None, query, key, value, None, packed_tree=TreeSpans.of(row))[0]
+
+    expected = gradients(*(t.double() for t in inputs), block_masked)
+    got = gradients(*inputs, segments)
+    assert got[0].dtype == torch.float64 and inputs[0].dtype == torch.bfloat16
+    for name, a, b in zip(("output", "query grad", "key grad", "value grad"), got, expected):
+        error = ((a - b).norm() / b.norm()).item()
+        assert error < 2e-2, f"{name}: relative error {error:.3g}"
+    with torch.no_grad():  # forward only (answering): SDPA's kernel, as close as the rounding allows
+        torch.testing.assert_close(segments(*inputs).double(), expected[0], atol=2e-2, rtol=2e-2)

@@ -3,11 +3,13 @@
     python benchmarks/speed.py                      # about 6-10 minutes on 2 CPU cores
     python benchmarks/speed.py --json benchmarks/results/speed.json --train-steps 8 --questions 32
 
-- training (benchmarks/train_speed.py): laffi's LoRA loop as it ran before packing (fp32, batches
-  grouped by length, padded), then fp32 and bf16 on prefix-grouped batches, padded and packed (the
-  same batches, so the losses must agree), and TRL's SFTTrainer on the length-grouped batches in fp32
-  and bf16: examples/s, tokens/s, peak memory, the loss, and the FLOP/s as a fraction of the peak
-  (counted on the unpacked examples, so packing can exceed what the hardware computes);
+- training (benchmarks/train_speed.py): laffi's default on the SFT, LaFFi and laffi-aux-half sets,
+  each beside laffi as of 19199e7 (2026-12-04, before "Training twice as fast": its `src/`, exported
+  with `git archive`, on PYTHONPATH in this same venv) on the same batches; the LaFFi set also with
+  the old LoRA dropout on today's kernels, and in fp32; TRL's SFTTrainer on the length-grouped
+  batches in fp32 and bf16. Per row: examples/s, tokens/s, peak memory, the losses, and the FLOP/s
+  as a fraction of the peak (counted on the unpacked examples, so packing can exceed what the
+  hardware computes);
 - generation over held-out prompts (benchmarks/generate_speed.py): the in-process backend with padded
   batches (batch 1 is the reference every other row's answers are compared with) and with
   shared-prefix packing, in fp32 and bf16, and llama.cpp on the same GGUF when llama-cpp-python is
@@ -21,11 +23,13 @@ everything down: look at the load column before believing a number.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +40,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from flops import DTYPES, lora_params, peak, training_flops  # noqa: E402
-from speed_setup import setup  # noqa: E402
+from speed_setup import AUX_SYSTEM, setup  # noqa: E402
+
+from laffi.systems import load_system  # noqa: E402
+
+BEFORE = "19199e7"  # laffi when issue "Training twice as fast" was filed: the speed it set out to double
 
 
 def machine() -> dict:
@@ -52,13 +60,26 @@ def machine() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
-def child(script: str, *args: str) -> dict:
-    """Run one measurement in a fresh process; it writes its JSON to a temporary file."""
+def child(script: str, *args: str, source: Path | None = None) -> dict:
+    """Run one measurement in a fresh process; it writes its JSON to a temporary file. `source`: another
+    laffi's src/ to import instead of this one."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(source or ""), os.environ.get("PYTHONPATH")]))}
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, str(HERE / script), *args, "--json", out.name]
-        print("$", " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True)
+        command = [sys.executable, str(HERE / script), *map(str, args), "--json", out.name]
+        print("$", *([f"PYTHONPATH={source}"] if source else []), " ".join(command[1:]), flush=True)
+        subprocess.run(command, check=True, env=env)
         return json.loads(Path(out.name).read_text())
+
+
+def export_source(commit: str, into: Path) -> Path | None:
+    """`commit`'s src/ under `into` (git archive), or None where this is not a git clone that has it."""
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", commit, "src"], capture_output=True)
+    if archive.returncode:
+        print(f"laffi {commit} left out: git archive failed ({archive.stderr.decode().strip()[:200]})")
+        return None
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
 
 
 def with_flops(row: dict, model_config, lora: int, peak_flops: float) -> dict:
@@ -77,12 +98,13 @@ def table(result: dict) -> str:
              f"peak on {p['device']}, measured: {p['fp32_flops'] / 1e9:.0f} GFLOP/s fp32 matmul, "
              f"{p['bf16_flops'] / 1e9:.0f} bf16; each row's fraction is of its dtype's peak",
              "", f"training: {result['train_setup']}",
-             "| tool | dtype | batches | rows | examples/s | s/step | tokens/s | peak memory MB | final loss "
+             "| set | tool | dtype | batches | rows | examples/s | s/step | tokens/s | peak memory MB | final loss "
              "| GFLOP/s | fraction of peak | load |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in result["train"]:
         loss = f"{row['losses'][-1]:.4f}" if row.get("losses") else ""
-        lines.append(f"| {row['label']} | {row['dtype']} | {row['group_by']} | {'packed' if row['pack'] else 'padded'} | "
+        lines.append(f"| {row.get('set', 'laffi')} | {row['label']} | {row['dtype']} | {row['group_by']} | "
+                     f"{'packed' if row['pack'] else 'padded'} | "
                      f"{row['examples_per_s']:.2f} | {row['seconds_per_step']:.2f} | {row['tokens_per_s']:.0f} | "
                      f"{row['peak_memory_mb']:.0f} | {loss} | {row['achieved_flops'] / 1e9:.1f} | "
                      f"{row['fraction_of_peak']:.2f} | {row['load_before']:.1f}-{row['load_after']:.1f} |")
@@ -99,36 +121,42 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-# (label, overrides): laffi before packing and bf16, then each lever alone and together, and TRL
+# (label, tool, set, overrides, laffi version: None for this one): each set before and after, same batches
 TRAIN_ROWS = [
-    ("laffi before", "laffi", ["model.dtype=float32", "train.group_by=length", "train.pack=false"]),
-    ("laffi", "laffi", ["model.dtype=float32", "train.pack=false"]),
-    ("laffi", "laffi", ["model.dtype=float32"]),
-    ("laffi", "laffi", ["model.dtype=bfloat16", "train.pack=false"]),
-    ("laffi default", "laffi", ["model.dtype=bfloat16"]),
-    ("trl", "trl", ["model.dtype=float32", "train.group_by=length"]),
-    ("trl", "trl", ["model.dtype=bfloat16", "train.group_by=length"]),
+    (f"laffi {BEFORE}", "laffi", "sft", [], BEFORE),
+    ("laffi default", "laffi", "sft", [], None),
+    (f"laffi {BEFORE}", "laffi", "laffi", [], BEFORE),
+    ("laffi default", "laffi", "laffi", [], None),
+    ("laffi lora_dropout=0.05", "laffi", "laffi", ["train.lora_dropout=0.05"], None),
+    (f"laffi {BEFORE}", "laffi", AUX_SYSTEM, [], BEFORE),
+    ("laffi default", "laffi", AUX_SYSTEM, [], None),
+    ("laffi fp32", "laffi", "laffi", ["model.dtype=float32"], None),
+    ("trl", "trl", "laffi", ["model.dtype=float32", "train.group_by=length"], None),
+    ("trl", "trl", "laffi", ["model.dtype=bfloat16", "train.group_by=length"], None),
 ]
+LOSS_TOLERANCE = 0.02  # relative: bf16 rounding, new kernels and no dropout change each loss by about 1%
 
 
 def train_comparisons(rows: list[dict]) -> dict:
-    def find(label, dtype, pack, group_by="prefix"):
-        return next((r for r in rows if r["label"] == label and r["dtype"] == dtype and r["pack"] == pack
-                     and r["group_by"] == group_by), None)
+    def find(label, set_name):
+        return next((r for r in rows if r["label"] == label and r["set"] == set_name and r["tool"] == "laffi"), None)
     out = {}
-    before, default = find("laffi before", "float32", False, "length"), find("laffi default", "bfloat16", True)
-    for dtype in ("float32", "bfloat16"):
-        padded = find("laffi", dtype, False)
-        packed = find("laffi default" if dtype == "bfloat16" else "laffi", dtype, True)
-        if padded and packed:
-            gap = max(abs(a - b) for a, b in zip(padded["losses"], packed["losses"]))
-            out[f"packed / padded examples/s, {dtype}, same batches"] = (
-                f"{packed['examples_per_s'] / padded['examples_per_s']:.2f}x (step losses differ by at most {gap:.2g})")
-    if before and default:
-        out["default / before examples/s"] = f"{default['examples_per_s'] / before['examples_per_s']:.2f}x"
+    for set_name in ("sft", "laffi", AUX_SYSTEM):
+        before, after = find(f"laffi {BEFORE}", set_name), find("laffi default", set_name)
+        if before and after:
+            gap = max(abs(a - b) / b for a, b in zip(after["losses"], before["losses"]))
+            verdict = "within" if gap <= LOSS_TOLERANCE else "OUTSIDE"
+            out[f"default / {BEFORE} examples/s, {set_name} set, same batches"] = (
+                f"{after['examples_per_s'] / before['examples_per_s']:.2f}x; step losses differ by at most "
+                f"{gap:.2%} ({verdict} the {LOSS_TOLERANCE:.0%} tolerance)")
+    dropout, default = find("laffi lora_dropout=0.05", "laffi"), find("laffi default", "laffi")
+    before = find(f"laffi {BEFORE}", "laffi")
+    if dropout and before:
+        out[f"LaFFi set, today's kernels with {BEFORE}'s LoRA dropout / {BEFORE}"] = \
+            f"{dropout['examples_per_s'] / before['examples_per_s']:.2f}x"
     for dtype in ("float32", "bfloat16"):
         trl = next((r for r in rows if r["tool"] == "trl" and r["dtype"] == dtype), None)
-        ours = default if dtype == "bfloat16" else find("laffi", "float32", True)
+        ours = default if dtype == "bfloat16" else find("laffi fp32", "laffi")
         if trl and ours:
             out[f"laffi packed / TRL examples/s, {dtype}"] = f"{ours['examples_per_s'] / trl['examples_per_s']:.2f}x"
     return out
@@ -157,7 +185,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=8, help="the first is a warm-up, not measured")
     parser.add_argument("--questions", type=int, default=32, help="held-out questions for generation")
     parser.add_argument("--batch-sizes", default="8,16,32", help="for shared-prefix answering")
-    parser.add_argument("--skip", default="", help="comma-separated: trl, llama.cpp, bf16")
+    parser.add_argument("--skip", default="", help=f"comma-separated: trl, llama.cpp, bf16, {BEFORE}")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -176,18 +204,23 @@ def main() -> None:
     lora = lora_params(model_config, run.train.lora_r, run.train.target_modules)
     steps = str(args.train_steps)
     result["train"] = []
-    for label, tool, overrides in TRAIN_ROWS:
-        if tool in skip or ("bf16" in skip and "model.dtype=bfloat16" in overrides):
+    aux_weight = load_system(AUX_SYSTEM).recipe.aux_weight
+    sources = tempfile.TemporaryDirectory(prefix="laffi-before-")
+    old = None if BEFORE in skip else export_source(BEFORE, Path(sources.name))
+    for label, tool, set_name, overrides, version in TRAIN_ROWS:
+        if tool in skip or ("bf16" in skip and "model.dtype=bfloat16" in overrides) or (version and old is None):
             continue
-        row = child("train_speed.py", args.run_dir, "--tool", tool, "--steps", steps, "--label", label, *overrides)
+        aux = ["--aux-weight", str(aux_weight)] if set_name == AUX_SYSTEM else []
+        row = child("train_speed.py", args.run_dir, "--tool", tool, "--set", set_name, *aux, "--steps", steps,
+                    "--label", label, *overrides, source=old if version else None)
         dtype = "bf16" if row["dtype"] == "bfloat16" else "fp32"
         result["train"].append(with_flops(row, model_config, lora, result["peak"][f"{dtype}_flops"]))
+    sources.cleanup()
     result["train_comparisons"] = train_comparisons(result["train"])
     first = result["train"][0]
-    result["train_setup"] = (f"LaFFi set, batch {first['batch_size']}, LoRA r={first['lora_r']} on "
+    result["train_setup"] = (f"batch {first['batch_size']}, LoRA r={first['lora_r']} on "
                              f"{','.join(first['target_modules'])}, steps 2-{args.train_steps} of {args.train_steps} "
-                             f"({first['examples']} examples, {first['tokens']} tokens, "
-                             f"{first['completion_tokens']} completion tokens)")
+                             f"(the {BEFORE} rows: laffi as of that commit, with its defaults)")
 
     questions = str(args.questions)
     sizes = args.batch_sizes.split(",")

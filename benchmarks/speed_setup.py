@@ -1,5 +1,5 @@
 """The run directory the speed benchmarks share: the embedded data, split as `laffi run` splits it,
-and a LaFFi training set, built without generating answers first.
+and the SFT, LaFFi and laffi-aux-half training sets, built without generating answers first.
 
     python benchmarks/speed_setup.py runs/bench-speed
 
@@ -22,6 +22,11 @@ from laffi.records import Answer, QAExample, TrainingExample, read_records, writ
 from laffi.stages.annotate import annotate
 from laffi.stages.build import build
 from laffi.stages.prepare import prepare
+from laffi.systems import load_systems
+
+
+AUX_SYSTEM = "laffi-aux-half"  # the SFT set plus each question's LaFFi example at half weight
+SETS = ("sft", "laffi", AUX_SYSTEM)
 
 
 def config(train_size: int = 64, eval_size: int = 200) -> RunConfig:
@@ -37,13 +42,13 @@ def stand_in_answer(index: int, example: QAExample) -> str:
 def setup(run_dir: str | Path, train_size: int = 64) -> RunConfig:
     layout = RunLayout(run_dir)
     run = config(train_size)
-    if layout.training_set("laffi").exists():
+    if all(layout.training_set(name).exists() for name in SETS):
         return run
     train, _ = prepare(layout, run.data)
     write_records(layout.answers, [Answer(e.id, stand_in_answer(i, e), stand_in_answer(i, e), "stand-in")
                                    for i, e in enumerate(train)])
     annotate(layout, run.annotate)
-    build(layout, run.data)
+    build(layout, run.data, systems=load_systems([AUX_SYSTEM]))
     return run
 
 
@@ -53,8 +58,9 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=64)
     args = parser.parse_args()
     setup(args.run_dir, args.train_size)
-    examples = read_records(RunLayout(args.run_dir).training_set("laffi"), TrainingExample)
-    print(f"{len(examples)} LaFFi examples in {args.run_dir}")
+    for name in SETS:
+        examples = read_records(RunLayout(args.run_dir).training_set(name), TrainingExample)
+        print(f"{len(examples)} examples in {RunLayout(args.run_dir).training_set(name)}")
 
 
 if __name__ == "__main__":

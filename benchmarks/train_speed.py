@@ -2,14 +2,19 @@
 
     python benchmarks/speed_setup.py runs/bench-speed
     python benchmarks/train_speed.py runs/bench-speed --tool laffi --steps 8 --json laffi.json
+    python benchmarks/train_speed.py runs/bench-speed --tool laffi --set sft --steps 8
+    python benchmarks/train_speed.py runs/bench-speed --tool laffi --set laffi-aux-half --aux-weight 0.5
     python benchmarks/train_speed.py runs/bench-speed --tool trl --steps 8 --json trl.json
+    PYTHONPATH=/tmp/laffi-19199e7/src python benchmarks/train_speed.py runs/bench-speed --tool laffi  # an older laffi
 
 Run each tool in a process of its own (benchmarks/speed.py does): peak memory is the process's
 peak resident set (on a GPU: the peak of allocated memory), so tools must not share a process.
 
 Same model (the embedded SmolLM2-135M, in the dtype the overrides name), LoRA settings
-(the run's train section), data (sets/laffi.jsonl), learning rate and schedule, batch size,
-sequence lengths and steps. Same batches too: TRL gets the examples in the order laffi's
+(the run's train section), data (sets/SET.jsonl; with --aux-weight, each batch also trains on its
+questions' sets/SET.aux.jsonl examples, as laffi-aux-half does), learning rate and schedule, batch size,
+sequence lengths and steps. It imports only what laffi has had since 19199e7 (2026-12-04), so an older laffi's `src/` on PYTHONPATH
+runs the same batches: the speed before and after a change in one run. Same batches too: TRL gets the examples in the order laffi's
 length-grouped sampler draws them, with its sequential sampler, so both pad the same rows
 together. TRL's defaults that would make it a different experiment are set to laffi's:
 gradient_checkpointing=False (TRL: True) and no bf16 autocast on CPU (TRL: bf16=True).
@@ -21,6 +26,7 @@ The first step is a warm-up (allocator, kernel choice) and is left out: tokens/s
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -33,17 +39,21 @@ import torch
 
 from laffi.config import RunConfig, load_config
 from laffi.layout import RunLayout
-from laffi.models import load_model, load_tokenizer, pick_device
+from laffi.models import load_model, load_tokenizer, pick_device, pick_dtype
 from laffi.records import TrainingExample, TrainLogEntry, read_records
 from laffi.stages.batches import IGNORE, batch_order, tokenize
 from laffi.stages.train import train
 
 
-def step_batches(run: RunConfig, examples: list[TrainingExample], tokenizer) -> tuple[list, list[list[int]]]:
-    """laffi's tokenised rows and the batches (lists of example indices) of every forward pass."""
-    rows = tokenize(tokenizer, examples, run.train.max_seq_len)
-    batches = batch_order(rows, run.train.batch_size, run.train.steps * run.train.grad_accum, run.train.seed,
-                          group_by=run.train.group_by)
+def step_batches(run: RunConfig, examples: list[TrainingExample], auxiliary: list[TrainingExample],
+                 tokenizer) -> tuple[list, list[list[int]]]:
+    """laffi's tokenised rows and the batches (lists of row indices) of every forward pass; row n + i is
+    example i's auxiliary example, in its batch (laffi.stages.train)."""
+    rows = tokenize(tokenizer, examples + auxiliary, run.train.max_seq_len)
+    batches = batch_order(rows[:len(examples)], run.train.batch_size, run.train.steps * run.train.grad_accum,
+                          run.train.seed, group_by=run.train.group_by)
+    if auxiliary:
+        batches = [[*batch, *(i + len(examples) for i in batch)] for batch in batches]
     return rows, batches
 
 
@@ -53,14 +63,14 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_laffi(run_dir: Path, run: RunConfig) -> tuple[list[float], list[float]]:
+def run_laffi(run_dir: Path, run: RunConfig, name: str, aux_weight: float | None) -> tuple[list[float], list[float]]:
     """Seconds at the end of each step and each step's loss, from laffi's own log (a fresh copy of the
     run: no resume)."""
     work = Path(tempfile.mkdtemp(prefix="laffi-train-speed-"))
     try:
         layout = RunLayout(work, sets=RunLayout(run_dir).sets)  # trains on the run's set where it is
-        train(layout, "laffi", run.model, run.train)
-        log = read_records(layout.train_log("laffi"), TrainLogEntry)
+        train(layout, name, run.model, run.train, aux_weight=aux_weight)
+        log = read_records(layout.train_log(name), TrainLogEntry)
         return [e.elapsed_s for e in log], [e.loss for e in log]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -115,6 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
     parser.add_argument("--tool", choices=["laffi", "trl"], required=True)
+    parser.add_argument("--set", default="laffi", help="the training set: sets/SET.jsonl")
+    parser.add_argument("--aux-weight", type=float, help="also train on sets/SET.aux.jsonl at this weight")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--json", help="write the result here")
     parser.add_argument("--label", help="the row's name in the table")
@@ -124,12 +136,16 @@ def main() -> None:
 
     # the default preset's model and train sections (what `laffi run` trains with), no checkpoints
     run = load_config(overrides=[f"train.steps={args.steps}", "train.checkpoint_every=0", *args.overrides])
-    examples = read_records(RunLayout(args.run_dir).training_set("laffi"), TrainingExample)
-    rows, batches = step_batches(run, examples, load_tokenizer(run.model))
+    layout = RunLayout(args.run_dir)
+    examples = read_records(layout.training_set(args.set), TrainingExample)
+    auxiliary = [] if args.aux_weight is None else read_records(layout.aux_set(args.set), TrainingExample)
+    if args.tool == "trl" and auxiliary:
+        parser.error("--aux-weight: TRL's SFTTrainer has no auxiliary loss")
+    rows, batches = step_batches(run, examples, auxiliary, load_tokenizer(run.model))
     load_before = os.getloadavg()[0]
     check = losses = None
     if args.tool == "laffi":
-        ends, losses = run_laffi(Path(args.run_dir), run)
+        ends, losses = run_laffi(Path(args.run_dir), run, args.set, args.aux_weight)
     else:
         ends, check = run_trl(run, examples, batches, rows)
     if len(ends) != args.steps:
@@ -141,8 +157,10 @@ def main() -> None:
     padded = sum(len(batch) * max(len(rows[i][0]) for i in batch) for batch in measured)
     seconds = ends[-1] - ends[0]
     examples = sum(len(batch) for batch in measured)
-    dtype = "bfloat16" if run.model.dtype == "bfloat16" else "float32" if run.model.dtype == "float32" else "auto"
-    result = {"tool": args.tool, "label": args.label or args.tool, "dtype": dtype, "pack": run.train.pack,
+    # the dtype the model trained in (model.dtype=auto: bf16 where the CPU or GPU has bf16 units)
+    dtype = str(pick_dtype(run.model.dtype, pick_device(run.model.device))).removeprefix("torch.")
+    result = {"tool": args.tool, "label": args.label or args.tool, "set": args.set, "aux_weight": args.aux_weight,
+              "laffi": inspect.getfile(train), "dtype": dtype, "pack": run.train.pack,
               "group_by": run.train.group_by, "examples": examples, "examples_per_s": round(examples / seconds, 3),
               "losses": losses, "steps": args.steps, "measured_steps": args.steps - 1, "seconds": round(seconds, 2),
               "seconds_per_step": round(seconds / (args.steps - 1), 2),

@@ -26,7 +26,9 @@ def bench(script: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("bench-speed")
-    assert "8 LaFFi examples" in bench("speed_setup.py", run_dir, "--train-size", "8").stdout
+    printed = bench("speed_setup.py", run_dir, "--train-size", "8").stdout
+    for name in ("sft", "laffi", "laffi-aux-half"):
+        assert f"8 examples in {run_dir / 'sets' / name}.jsonl" in printed
     return run_dir
 
 
@@ -72,28 +74,31 @@ def test_llama_cpp_answers_the_same_prompts_from_the_embedded_gguf(bench_dir, tm
 
 
 @pytest.mark.slow
-def test_packed_and_padded_training_take_the_same_steps_and_the_table_shows_both(bench_dir, tiny_model_dir, tmp_path):
+def test_an_exported_laffi_trains_the_same_batches_beside_this_one_and_the_table_compares_them(
+        bench_dir, tiny_model_dir, tmp_path):
+    """The before/after rows of `make bench`: another laffi's src/ (here HEAD's, exported as the
+    benchmark exports 19199e7) on PYTHONPATH trains the same batches, auxiliary examples included."""
     sys.path.insert(0, str(BENCHMARKS))
-    from speed import table, train_comparisons  # noqa: E402
+    from speed import BEFORE, child, export_source, table, train_comparisons  # noqa: E402
 
-    tiny = [f"model.name={tiny_model_dir}", "model.threads=2", "train.batch_size=4", "train.warmup_steps=1",
-            "model.dtype=float32", "train.lora_dropout=0"]
-    rows = []
-    for label, extra in (("laffi", ["train.pack=false"]), ("laffi", [])):
-        out = tmp_path / "train.json"
-        bench("train_speed.py", bench_dir, "--tool", "laffi", "--steps", "3", "--label", label, "--json", out,
-              *tiny, *extra)
-        rows.append(json.loads(out.read_text()))
-    padded, packed = rows
-    assert (padded["pack"], packed["pack"]) == (False, True) and padded["group_by"] == packed["group_by"] == "prefix"
-    assert packed["losses"] == pytest.approx(padded["losses"], rel=1e-4)  # the same batches, the same loss
-    assert padded["examples"] == packed["examples"] == 8 and packed["examples_per_s"] > 0
+    source = export_source("HEAD", tmp_path / "exported")
+    assert source is not None and (source / "laffi" / "stages" / "train.py").exists()
+    tiny = [f"model.name={tiny_model_dir}", "model.threads=2", "train.batch_size=2", "train.warmup_steps=1"]
+    rows = [child("train_speed.py", bench_dir, "--tool", "laffi", "--set", "laffi-aux-half", "--aux-weight", "0.5",
+                  "--steps", "3", "--label", label, *tiny, source=version)
+            for label, version in ((f"laffi {BEFORE}", source), ("laffi default", None))]
+    before, after = rows
+    assert before["laffi"].startswith(str(source)) and not after["laffi"].startswith(str(source))
+    assert before["set"] == after["set"] == "laffi-aux-half" and before["aux_weight"] == 0.5
+    assert before["examples"] == after["examples"] == 8  # steps 2-3: 2 questions each, with their auxiliary examples
+    assert before["losses"] == pytest.approx(after["losses"], rel=1e-3)  # the same code, the same batches
     comparisons = train_comparisons(rows)
-    assert list(comparisons) == ["packed / padded examples/s, float32, same batches"]
+    (name, value), = comparisons.items()
+    assert name == f"default / {BEFORE} examples/s, laffi-aux-half set, same batches" and "within" in value
     for row in rows:
         row.update(achieved_flops=1e9, fraction_of_peak=0.1)
     result = {"machine": {"cpu": "x", "cores": 2, "memory_gb": 1, "torch": "t", "torch_threads": 2, "gpu": None},
               "peak": {"device": "cpu", "fp32_flops": 1e11, "bf16_flops": 2e11}, "train_setup": "tiny",
               "train": rows, "train_comparisons": comparisons, "generate_setup": "none", "generate": []}
     printed = table(result)
-    assert "| laffi | float32 | prefix | packed |" in printed and "| laffi | float32 | prefix | padded |" in printed
+    assert f"| laffi-aux-half | laffi {BEFORE} |" in printed and "| laffi-aux-half | laffi default |" in printed

@@ -246,15 +246,22 @@ def test_job_keys_hold_only_the_options_that_differ_from_defaults():
     assert non_default(TrainConfig(steps=4, seed=2)) == {"steps": 4, "seed": 2}
 
 
-def test_job_keys_are_those_of_earlier_versions(tmp_path):
-    # the key an earlier laffi (60a0ee5) gave these inputs: existing directories keep their trained jobs
+KEY = "5a9354312205"
+
+
+def test_job_keys_stay_across_versions_until_the_numerics_change(tmp_path, monkeypatch):
+    from laffi.experiments import experiment as engine
+
     variant = RunLayout(tmp_path)
     variant.training_set("sft").parent.mkdir(parents=True)
     variant.training_set("sft").write_text('{"id": "q1", "prompt": [], "completion": []}\n')
     config = experiment_config_from({"run": {"model": {"name": "some/model"}}, "systems": ["sft"], "seeds": [1],
                                      "budgets": [8]})
     sft = config.trained()[0]
-    assert job_for(config, sft, variant, config.train_for({}, 8, 1)).key == "d37df2d66aba"
+    # the key of NUMERICS 2 (2026-12-05): a later laffi of the same numerics keeps existing directories' jobs
+    assert job_for(config, sft, variant, config.train_for({}, 8, 1)).key == KEY
+    monkeypatch.setattr(engine, "NUMERICS", engine.NUMERICS + 1)  # a default kernel or value changed
+    assert job_for(config, sft, variant, config.train_for({}, 8, 1)).key != KEY
 
 
 def test_a_system_file_edited_under_its_name_makes_a_new_job(tmp_path):

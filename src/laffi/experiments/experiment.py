@@ -59,7 +59,7 @@ from laffi.stages.build import HybridConfig, build, build_hybrid
 from laffi.stages.evaluate import evaluate, evaluate_system
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
-from laffi.stages.train import train_system
+from laffi.stages.train import NUMERICS, train_system
 from laffi.systems import System
 
 # what a step and a question take on the embedded model on 2 CPU cores (bf16; the demo of 2026-12-05:
@@ -122,6 +122,7 @@ def job_for(config: ExperimentConfig, system: System, variant: RunLayout, train:
     digest.update(variant.training_set(name).read_bytes())
     if variant.aux_set(name).exists():  # train.aux
         digest.update(variant.aux_set(name).read_bytes())
+    digest.update(f"numerics {NUMERICS}".encode())  # an older laffi's kernels and defaults made other adapters
     for section in (config.run.model, train):
         # only options set away from their defaults: one a later version adds keeps existing jobs
         digest.update(yaml.safe_dump(non_default(section), sort_keys=False).encode())

@@ -60,6 +60,12 @@ from laffi.systems import System
 from laffi.tree_attention import tree_attention
 
 
+# What a training computes beyond its options: bumped when a default kernel or a default's value changes
+# the adapter a config makes, so that what is keyed by options (an experiment's jobs) is not taken from
+# an older laffi's adapters. 2 (2026-12-05): bf16 matmul tree attention on CPUs, train.lora_dropout 0.
+NUMERICS = 2
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20

@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PRESET ?= default
 
-.PHONY: install system-deps demo smoke test bench clean
+.PHONY: install system-deps demo smoke test bench gpu-wheelhouse clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ test: install $(VENV)/.llamacpp system-deps
 
 bench: install $(VENV)/.llamacpp
 	$(BIN)/python benchmarks/speed.py
+
+# gpu_check/wheelhouse/: what `bash gpu_check/run.sh` installs on a GPU machine without network
+# (laffi's wheel, pydantic; docs/scaling.md)
+gpu-wheelhouse: install
+	PYTHON=$(BIN)/python bash gpu_check/make_wheelhouse.sh
 
 clean:
 	rm -rf $(VENV) runs

@@ -102,3 +102,11 @@ def test_an_exported_laffi_trains_the_same_batches_beside_this_one_and_the_table
               "train": rows, "train_comparisons": comparisons, "generate_setup": "none", "generate": []}
     printed = table(result)
     assert f"| laffi-aux-half | laffi {BEFORE} |" in printed and "| laffi-aux-half | laffi default |" in printed
+
+
+@pytest.mark.slow
+def test_the_profile_of_a_training_names_its_ops(bench_dir, tiny_model_dir):
+    printed = bench("profile_train.py", bench_dir, "--set", "sft", "--steps", "2", "--shapes",
+                    f"model.name={tiny_model_dir}", "model.threads=2", "train.batch_size=2", "train.warmup_steps=1").stdout
+    assert printed.startswith("sft: 2 steps, seconds at the end of each: [")
+    assert "aten::mm" in printed and "Self CPU" in printed

@@ -108,5 +108,5 @@ def test_an_exported_laffi_trains_the_same_batches_beside_this_one_and_the_table
 def test_the_profile_of_a_training_names_its_ops(bench_dir, tiny_model_dir):
     printed = bench("profile_train.py", bench_dir, "--set", "sft", "--steps", "2", "--shapes",
                     f"model.name={tiny_model_dir}", "model.threads=2", "train.batch_size=2", "train.warmup_steps=1").stdout
-    assert printed.startswith("sft: 2 steps, seconds at the end of each: [")
+    assert "\nsft: 2 steps, seconds at the end of each: [" in printed
     assert "aten::mm" in printed and "Self CPU" in printed

@@ -178,6 +178,34 @@ def generate_comparisons(rows: list[dict]) -> dict:
     return out
 
 
+def generate_rows(args, skip: set[str], result: dict) -> list[dict]:
+    """The answering rows: fp32 padded batches 1 and 8 (batch 1's answers are the reference), then
+    shared-prefix and padded batches in fp32 and bf16, and llama.cpp where it is installed."""
+    questions = str(args.questions)
+    sizes = args.batch_sizes.split(",")
+    padded = ["generate.share_prefix=false"]
+    reference = child("generate_speed.py", args.run_dir, "--batch-sizes", "1,8", "--questions", questions,
+                      "model.dtype=float32", *padded)
+    rows = reference["rows"]
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as answers:  # fp32, padded, batch 1: the reference
+        json.dump(next(r["answers"] for r in rows if r["batch_size"] == 1), answers)
+        answers.flush()
+        compare = ["--questions", questions, "--answers", answers.name]
+        rows += child("generate_speed.py", args.run_dir, "--batch-sizes", ",".join(sizes), *compare,
+                      "model.dtype=float32")["rows"]
+        if "bf16" not in skip:
+            rows += child("generate_speed.py", args.run_dir, "--batch-sizes", ",".join(sizes), *compare,
+                          "model.dtype=bfloat16")["rows"]
+            rows += child("generate_speed.py", args.run_dir, "--batch-sizes", "8", *compare, "model.dtype=bfloat16",
+                          *padded)["rows"]
+        if "llama.cpp" not in skip:
+            cpp = child("generate_speed.py", args.run_dir, "--backend", "llama.cpp", *compare)
+            rows += cpp["rows"]
+            if cpp.get("skipped"):
+                result["llamacpp_skipped"] = cpp["skipped"]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/bench-speed", help="made once by benchmarks/speed_setup.py")
@@ -186,7 +214,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each laffi training row; the fastest is kept")
     parser.add_argument("--questions", type=int, default=32, help="held-out questions for generation")
     parser.add_argument("--batch-sizes", default="8,16,32", help="for shared-prefix answering")
-    parser.add_argument("--skip", default="", help=f"comma-separated: trl, llama.cpp, bf16, {BEFORE}")
+    parser.add_argument("--skip", default="", help=f"comma-separated: trl, llama.cpp, bf16, {BEFORE}, generation")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -232,30 +260,8 @@ def main() -> None:
                              f"{','.join(first['target_modules'])}, steps 2-{args.train_steps} of {args.train_steps} "
                              f"(the {BEFORE} rows: laffi as of that commit, with its defaults)")
 
-    questions = str(args.questions)
-    sizes = args.batch_sizes.split(",")
-    padded = ["generate.share_prefix=false"]
-    reference = child("generate_speed.py", args.run_dir, "--batch-sizes", "1,8", "--questions", questions,
-                      "model.dtype=float32", *padded)
-    rows = reference["rows"]
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as answers:  # fp32, padded, batch 1: the reference
-        json.dump(next(r["answers"] for r in rows if r["batch_size"] == 1), answers)
-        answers.flush()
-        compare = ["--questions", questions, "--answers", answers.name]
-        rows += child("generate_speed.py", args.run_dir, "--batch-sizes", ",".join(sizes), *compare,
-                      "model.dtype=float32")["rows"]
-        if "bf16" not in skip:
-            rows += child("generate_speed.py", args.run_dir, "--batch-sizes", ",".join(sizes), *compare,
-                          "model.dtype=bfloat16")["rows"]
-            rows += child("generate_speed.py", args.run_dir, "--batch-sizes", "8", *compare, "model.dtype=bfloat16",
-                          *padded)["rows"]
-        if "llama.cpp" not in skip:
-            cpp = child("generate_speed.py", args.run_dir, "--backend", "llama.cpp", *compare)
-            rows += cpp["rows"]
-            if cpp.get("skipped"):
-                result["llamacpp_skipped"] = cpp["skipped"]
-    result["generate"] = rows
-    result["generate_comparisons"] = generate_comparisons(rows)
+    result["generate"] = [] if "generation" in skip else generate_rows(args, skip, result)
+    result["generate_comparisons"] = generate_comparisons(result["generate"])
     result["generate_setup"] = (f"{args.questions} held-out questions, default preset prompts, greedy, "
                                 f"at most {run.generate.max_new_tokens} new tokens, stop at newline")
     result["load_end"] = os.getloadavg()

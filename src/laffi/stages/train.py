@@ -51,7 +51,7 @@ from laffi.distributed.checkpoint import (
 )
 from laffi.distributed.shards import Shard
 from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_finished
-from laffi.models import load_model, pick_device, trim_heap
+from laffi.models import hold_heap, load_model, pick_device, release_memory
 from laffi.packing import can_pack
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_atomic, write_json, write_records
 from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_part_indices, tokenize, unwrapped
@@ -284,6 +284,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     pad_id = tokenizer.pad_token_id
     began, tokens_seen, completion_seen = time.perf_counter(), 0, 0
     bar = tqdm(total=train.steps, initial=start, desc=f"train {system}", unit="step", disable=not main)
+    if accelerator.device.type == "cpu":
+        hold_heap()  # each step reuses the memory the last one freed
     for step in range(start + 1, train.steps + 1):
         window = batches[(step - 1) * train.grad_accum: step * train.grad_accum]
         weights = step_weights(rows, window, aux, aux_weight) if aux else None
@@ -293,8 +295,6 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if accelerator.device.type == "cpu":
-            trim_heap()  # the step's freed activations, which glibc would keep
         step_loss, step_tokens, step_completion = totals(accelerator, share)
         tokens_seen += step_tokens
         completion_seen += step_completion
@@ -344,4 +344,5 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         shutil.rmtree(checkpoint, ignore_errors=True)
         shutil.rmtree(layout.best_adapter(system), ignore_errors=True)
     accelerator.wait_for_everyone()  # no process returns before the adapter is on disk
+    release_memory()  # what the steps held for each other goes back to the system
     return out

@@ -13,9 +13,10 @@ peak resident set (on a GPU: the peak of allocated memory), so tools must not sh
 Same model (the embedded SmolLM2-135M, in the dtype the overrides name), LoRA settings
 (the run's train section), data (sets/SET.jsonl; with --aux-weight, each batch also trains on its
 questions' sets/SET.aux.jsonl examples, as laffi-aux-half does), learning rate and schedule, batch size,
-sequence lengths and steps. It imports only what laffi has had since 19199e7 (2026-12-04), so an older laffi's `src/` on PYTHONPATH
-runs the same batches: the speed before and after a change in one run. Same batches too: TRL gets the examples in the order laffi's
-length-grouped sampler draws them, with its sequential sampler, so both pad the same rows
+sequence lengths and steps. It imports only what laffi has had since 19199e7 (2026-12-04), so an
+older laffi's `src/` on PYTHONPATH runs the same batches: the speed before and after a change in one
+run. Same batches too: TRL gets the examples in the order laffi's length-grouped sampler draws
+them, with its sequential sampler, so both pad the same rows
 together. TRL's defaults that would make it a different experiment are set to laffi's:
 gradient_checkpointing=False (TRL: True) and no bf16 autocast on CPU (TRL: bf16=True).
 
@@ -160,7 +161,7 @@ def main() -> None:
     # the dtype the model trained in (model.dtype=auto: bf16 where the CPU or GPU has bf16 units)
     dtype = str(pick_dtype(run.model.dtype, pick_device(run.model.device))).removeprefix("torch.")
     result = {"tool": args.tool, "label": args.label or args.tool, "set": args.set, "aux_weight": args.aux_weight,
-              "laffi": inspect.getfile(train), "dtype": dtype, "pack": run.train.pack,
+              "laffi": inspect.getfile(train), "dtype": dtype, "pack": run.train.pack and args.tool == "laffi",
               "group_by": run.train.group_by, "examples": examples, "examples_per_s": round(examples / seconds, 3),
               "losses": losses, "steps": args.steps, "measured_steps": args.steps - 1, "seconds": round(seconds, 2),
               "seconds_per_step": round(seconds / (args.steps - 1), 2),

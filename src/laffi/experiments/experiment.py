@@ -62,10 +62,10 @@ from laffi.stages.prepare import prepare
 from laffi.stages.train import NUMERICS, train_system
 from laffi.systems import System
 
-# what a step and a question take on the embedded model on 2 CPU cores (bf16; the demo of 2026-12-05:
-# SFT 3.9 s a step of 4, LaFFi 6.1 s, laffi-aux-half 6.4 s; an evaluation about 0.17 s a question),
-# for --dry-run's estimate where the directory has no finished training of that system yet
-SECONDS_PER_STEP = 5.5
+# what a step and a question take on the embedded model on 2 CPU cores (bf16; the demo of 2026-12-05,
+# commit 07f5acd: SFT 1.9 s a step of 4, LaFFi 3.0 s, laffi-aux-half 3.2 s; an evaluation about 0.2 s
+# a question), for --dry-run's estimate where the directory has no finished training of that system yet
+SECONDS_PER_STEP = 2.7
 SECONDS_PER_QUESTION = 0.2
 
 

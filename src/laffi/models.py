@@ -107,7 +107,8 @@ def hold_heap() -> None:
     cost 15% of a LaFFi step on 2 cores (2.54-2.75 s against 3.02-3.20, interleaved, 2026-12-05). Fixed
     thresholds stop glibc from moving tensors up to 32 MB (its largest) between the heap and mmap and
     from trimming less than 1 GB at the heap's top; over 32 steps the peak rose by 0.6 GB (LaFFi 3.5 GB,
-    laffi-aux-half 3.75). The stage's end still trims (`release_memory`)."""
+    laffi-aux-half 3.75). The heap is still trimmed between stages: `laffi run` and `laffi experiment`
+    call `release_memory` after each (laffi.experiments.clock), and a `laffi train` process ends."""
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's malloc.h
     try:
         libc = ctypes.CDLL("libc.so.6")

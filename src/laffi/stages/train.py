@@ -51,7 +51,7 @@ from laffi.distributed.checkpoint import (
 )
 from laffi.distributed.shards import Shard
 from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_finished
-from laffi.models import hold_heap, load_model, pick_device, release_memory
+from laffi.models import hold_heap, load_model, pick_device
 from laffi.packing import can_pack
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_atomic, write_json, write_records
 from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_part_indices, tokenize, unwrapped
@@ -344,5 +344,4 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         shutil.rmtree(checkpoint, ignore_errors=True)
         shutil.rmtree(layout.best_adapter(system), ignore_errors=True)
     accelerator.wait_for_everyone()  # no process returns before the adapter is on disk
-    release_memory()  # what the steps held for each other goes back to the system
     return out

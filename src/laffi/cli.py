@@ -28,7 +28,7 @@ from pathlib import Path
 
 from laffi.backends.chat import RequestFailed
 from laffi.config import ConfigError, RunConfig, load_config
-from laffi.distributed.launch import LAUNCHERS, Launcher, LaunchFailed
+from laffi.distributed.launch import LAUNCHERS, Launcher, LaunchFailed, leave_process_group
 from laffi.human.commands import COMMANDS as HUMAN_COMMANDS
 from laffi.human.commands import register as register_human_commands
 from laffi.human.commands import run as run_human_command
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RecordError, FileNotFoundError, ValueError, RequestFailed, LaunchFailed) as error:
         print(f"laffi {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        leave_process_group()
 
 
 def _dispatch(args: argparse.Namespace) -> int:

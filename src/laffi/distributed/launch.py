@@ -32,6 +32,15 @@ class LaunchFailed(RuntimeError):
     """The launched training exited with an error; its own output says why."""
 
 
+def leave_process_group() -> None:
+    """Destroy the process group a launched command joined, while the interpreter is still whole:
+    gloo's worker threads can otherwise free tensors during finalization and abort a process that
+    has finished its work (pytorch/pytorch#179291); no-op outside a launch."""
+    distributed = sys.modules.get("torch.distributed")  # never import torch just to find out
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
+
+
 def free_port() -> int:
     """A free local port for the processes to meet on, so two runs on one machine do not collide."""
     with socket.socket() as probe:

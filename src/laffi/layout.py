@@ -293,6 +293,8 @@ class ExperimentLayout:
                                       evaluations, on the shared data/ and its variant's sets (each:
                                       layout.json says where they are)
         selections.jsonl              every choice of budgets whose held-out scores were written, in order
+        verdict_check.json            P(verdict) of each trained model and the base model on dev answers
+                                      (`python -m laffi.analysis.verdict_check`)
         experiment.json, experiment.md   the last invocation's summary; summaries/PLAN.{json,md}: the
                                       summary of each plan (systems, seeds, budgets, grid) run here
         report.html
@@ -322,9 +324,19 @@ class ExperimentLayout:
         """A training of `system` on the set in `sets` (its variant's), and its evaluations."""
         return RunLayout(self.root / "jobs" / f"{system}-{key}", data=self.run.data, sets=sets)
 
+    def job_dirs(self) -> list[Path]:
+        """Every job's directory (`job`), in name order."""
+        return sorted(p for p in (self.root / "jobs").glob("*") if p.is_dir())
+
     @property
     def selections(self) -> Path:
         return self.root / "selections.jsonl"
+
+    @property
+    def verdict_check(self) -> Path:
+        """`python -m laffi.analysis.verdict_check`: each model's P(verdict) on the dev answers, and how well
+        it tells right answers from wrong ones."""
+        return self.root / "verdict_check.json"
 
     @property
     def summary_json(self) -> Path:

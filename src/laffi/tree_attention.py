@@ -48,6 +48,22 @@ class Segment:
     mask: torch.Tensor | None  # (own tokens, ancestor + own tokens): all ancestors, own ones causally
     _biases: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def sees(self) -> slice | torch.Tensor:
+        """The row indices of the keys this segment's queries see, ancestors' then own: a slice where they
+        are one run of rows (a root, a first child), which costs no copy, else an index for index_select
+        (one copy instead of a gather and a concatenation)."""
+        if "sees" not in self._biases:
+            if self.ancestors is None:
+                self._biases["sees"] = slice(self.start, self.stop)
+            else:
+                first = int(self.ancestors[0])
+                own = torch.arange(self.start, self.stop, device=self.ancestors.device)
+                rows = torch.cat([self.ancestors, own])
+                contiguous = bool((rows == torch.arange(first, first + len(rows), device=rows.device)).all())
+                self._biases["sees"] = slice(first, self.stop) if contiguous else rows
+        return self._biases["sees"]
+
     def bias(self, dtype: torch.dtype, groups: int, device) -> torch.Tensor:
         """The mask as what adds to the scores (0 or -inf), (1, groups x own, keys): the query heads of one
         key/value head stacked; made once per row and shared by every layer."""
@@ -100,12 +116,12 @@ def _segment_attention(module, query, key, value, attention_mask, dropout: float
     return _sdpa_segments(query, key, value, packed_tree, dropout, scaling), None
 
 
-def _context(tensor: torch.Tensor, segment: Segment) -> torch.Tensor:
-    """The keys (or values) a segment's queries see: its ancestors', then its own; heads first."""
-    own = tensor[:, :, segment.start:segment.stop]
-    if segment.ancestors is None:
-        return own
-    return torch.cat([tensor.index_select(2, segment.ancestors), own], dim=2)
+def _context(tensor: torch.Tensor, segment: Segment, dim: int = 2) -> torch.Tensor:
+    """The keys (or values) a segment's queries see along `dim` (the tokens'): its ancestors', then its own."""
+    sees = segment.sees
+    if isinstance(sees, slice):
+        return tensor.narrow(dim, sees.start, sees.stop - sees.start)
+    return tensor.index_select(dim, sees)
 
 
 class _Bf16MatmulSegments(torch.autograd.Function):
@@ -119,9 +135,10 @@ class _Bf16MatmulSegments(torch.autograd.Function):
         ctx.save_for_backward(query, key, value)
         ctx.tree, ctx.scale = tree, scale
         heads, dim = query.shape[1], query.shape[3]
-        outputs = [torch.bmm(probabilities, values).view(heads, -1, dim)
-                   for _, _, values, probabilities in _segments(query, key, value, tree, scale)]
-        return torch.cat(outputs, dim=1).transpose(0, 1).unsqueeze(0)
+        out = query.new_empty(query.shape[2], heads, dim)  # written in place: no list of parts to concatenate
+        for segment, _, _, values, probabilities in _segments(query, key, value, tree, scale):
+            out[segment.start:segment.stop] = torch.bmm(probabilities, values).view(heads, -1, dim).transpose(0, 1)
+        return out.unsqueeze(0)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -131,8 +148,7 @@ class _Bf16MatmulSegments(torch.autograd.Function):
         grad_key = torch.zeros(key.shape, dtype=torch.float32, device=key.device)
         grad_value = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
         grad_heads = grad_output[0].transpose(0, 1).to(query.dtype)  # (heads, tokens, dim)
-        for segment, (queries, keys, values, probabilities) in zip(
-                ctx.tree.segments, _segments(query, key, value, ctx.tree, ctx.scale)):
+        for segment, queries, keys, values, probabilities in _segments(query, key, value, ctx.tree, ctx.scale):
             own = segment.stop - segment.start
             grad_out = grad_heads[:, segment.start:segment.stop].reshape(kv_heads, -1, dim)
             grad_values = torch.bmm(probabilities.transpose(1, 2), grad_out)
@@ -142,24 +158,25 @@ class _Bf16MatmulSegments(torch.autograd.Function):
                 torch.bmm(grad_scores, keys).mul_(ctx.scale).view(heads, own, dim)
             grad_keys = torch.bmm(grad_scores.transpose(1, 2), queries).mul_(ctx.scale)
             for grad, part in ((grad_key, grad_keys), (grad_value, grad_values)):
-                grad[0, :, segment.start:segment.stop] += part[:, part.shape[1] - own:]
-                if segment.ancestors is not None:
-                    grad[0].index_add_(1, segment.ancestors, part[:, :part.shape[1] - own].float())
+                if isinstance(segment.sees, slice):
+                    grad[0, :, segment.sees] += part
+                else:
+                    grad[0].index_add_(1, segment.sees, part.float())
         return grad_query, grad_key.to(key.dtype), grad_value.to(value.dtype), None, None
 
 
 def _segments(query, key, value, tree: TreeSpans, scale: float):
-    """Per segment: its queries (the query heads of one key/value head stacked: kv heads, groups x own,
-    dim), the keys and values they see (kv heads, keys, dim) and the attention probabilities."""
+    """Per segment: the segment, its queries (the query heads of one key/value head stacked: kv heads,
+    groups x own, dim), the keys and values they see (kv heads, keys, dim) and the attention probabilities."""
     heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
     groups = heads // kv_heads
     for segment in tree.segments:
         # query head h reads key/value head h // groups, as repeat_interleave would pair them
         queries = query[0, :, segment.start:segment.stop].reshape(kv_heads, -1, dim)
-        keys, values = _context(key, segment)[0], _context(value, segment)[0]
+        keys, values = _context(key[0], segment, dim=1), _context(value[0], segment, dim=1)
         scores = torch.baddbmm(segment.bias(query.dtype, groups, query.device), queries, keys.transpose(1, 2),
                                alpha=scale)
-        yield queries, keys, values, torch.softmax(scores, dim=-1)
+        yield segment, queries, keys, values, torch.softmax(scores, dim=-1)
 
 
 def _sdpa_segments(query, key, value, tree: TreeSpans, dropout: float, scaling: float | None) -> torch.Tensor:

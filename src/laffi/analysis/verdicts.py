@@ -1,0 +1,180 @@
+"""P(verdict): a model's belief that an answer is right, read off its feedback prediction (feedback as a
+verifier, the first cheap check).
+
+A LaFFi model learns to write the annotator's feedback on its own answer, and the reference annotator's
+feedback begins with a verdict sentence (laffi.annotators.reference.VERDICTS: four wordings each of
+"correct", "partially correct" and "incorrect"). The probability the model gives to beginning the
+feedback on an answer with each of those 12 sentences, summed per verdict and normalised over the 12,
+is the model's verdict on the answer. Nothing is generated: each sentence is scored teacher-forced, as
+the completion of the feedback prompt (`prompts.feedback_messages`), token by token as training
+tokenized the feedback it trained on.
+
+    items = [(example, choose_shots(example, shots, data.num_shots, data.seed), "Denver Broncos")]
+    verdict_probabilities(model, tokenizer, items)
+    # [{"correct": 0.71, "partially correct": 0.18, "incorrect": 0.11}]
+
+The check that reads it on an experiment's dev answers (AUROC of P(correct) against the reference
+annotator's verdict and against F1 >= 0.5, for each trained model and the base model):
+
+    python -m laffi.analysis.verdict_check runs/experiment-n2
+
+Cost: the 12 sentences of a candidate share its prompt, so they run as one packed row (`laffi.packing`,
+attended segment by segment by `laffi.tree_attention`, as training runs a batch) in which the prompt runs
+once and each sentence adds its few tokens: at most one forward pass per candidate, and fewer, since a row
+holds up to `max_row_tokens` tokens of several candidates in token order, so candidates of one article
+also share the system prompt and the shots, and candidates of one question the whole QA prompt. A model
+that cannot run packed rows (`packing.block_mask_unsupported`) runs each candidate's 12 sequences as one
+padded batch: one forward pass per candidate, over 12 copies of the prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from laffi.annotators.reference import VERDICTS as VERDICT_WORDINGS
+from laffi.packing import can_pack, pack, rows_within
+from laffi.prompts import Message, feedback_messages, prompt_completion_ids, prompt_ids
+from laffi.records import VERDICTS, QAExample
+from laffi.tree_attention import TreeSpans, tree_attention
+
+Item = tuple[QAExample, list[QAExample], str]  # a question, its few-shot examples, a candidate answer
+
+# (verdict, sentence): the reference annotator's 12 verdict sentences, verdicts in laffi.records.VERDICTS order
+SENTENCES: tuple[tuple[str, str], ...] = tuple((verdict, sentence) for verdict in VERDICTS
+                                               for sentence in VERDICT_WORDINGS[verdict])
+# What a verdict sentence is checked to be tokenized apart from: how the reference feedback goes on after it
+# (a diagnosis beginning with a word or with a quoted answer).
+_FOLLOWERS = (" It", ' "')
+MAX_ROW_TOKENS = 2048  # tokens of one packed row, at most (unless one candidate's 12 sequences are longer)
+
+
+def opening_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[Message], sentence: str) -> list[int]:
+    """The tokens of `sentence` at the beginning of a completion of `prompt`, as training tokenizes a whole
+    feedback that begins with it (`prompt_completion_ids`: the completion apart from the prompt, with what
+    the chat template puts before the reply, e.g. the plain template's space after "Answer:").
+
+    Raises ValueError where the tokenizer would not end a token at the sentence's end in such a feedback,
+    so that the sentence has no probability of its own."""
+    def completion(text: str) -> list[int]:
+        return prompt_completion_ids(tokenizer, prompt, [{"role": "assistant", "content": text}])[1]
+
+    alone = completion(sentence)
+    k = next((k for k in range(1, len(alone) + 1) if sentence in _decode(tokenizer, alone[:k])), None)
+    if k is None or not _decode(tokenizer, alone[:k]).endswith(sentence) \
+            or any(completion(sentence + follower)[:k] != alone[:k] for follower in _FOLLOWERS):
+        raise ValueError(f"{sentence!r}: this tokenizer does not end a token where the sentence ends in a "
+                         "feedback that goes on after it, so its probability is not that of a token sequence")
+    return alone[:k]
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    return tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+
+
+@torch.no_grad()
+def sentence_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item],
+                      sentences: Sequence[str] = tuple(s for _, s in SENTENCES), max_row_tokens: int = MAX_ROW_TOKENS,
+                      progress: Callable[[int], object] | None = None) -> list[list[float]]:
+    """Per item, per sentence: the log-probability (nats, summed over its tokens) of the sentence as the
+    beginning of the completion of the item's feedback prompt. `progress(n)` is called as n more items
+    are done. Prompts are not truncated: one longer than the model's positions is an error of the model's."""
+    if not items:
+        return []
+    completions = [opening_ids(tokenizer, feedback_messages(*items[0]), s) for s in sentences]
+    sequences = []  # (ids, completion length), item-major
+    for example, shots, answer in items:
+        prompt = prompt_ids(tokenizer, feedback_messages(example, shots, answer))
+        sequences += [(prompt + c, len(c)) for c in completions]
+    per_item = len(completions)
+    device = next(model.parameters()).device
+    if can_pack(model, "verdict scoring", "each candidate's sentences run as one padded batch"):
+        order = sorted(range(len(sequences)), key=lambda i: sequences[i][0])  # shared beginnings are neighbours
+        parts = [[order[k] for k in run] for run in rows_within([sequences[i][0] for i in order], max_row_tokens)]
+        score = _packed_logprobs
+    else:
+        parts = [list(range(k, k + per_item)) for k in range(0, len(sequences), per_item)]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+        def score(model, rows, device):
+            return _padded_logprobs(model, rows, device, pad_id)
+
+    logprobs: list[float | None] = [None] * len(sequences)
+    left = [per_item] * len(items)  # sequences of each item not yet scored
+    for part in parts:
+        done = 0
+        for i, value in zip(part, score(model, [sequences[i] for i in part], device)):
+            logprobs[i] = value
+            left[i // per_item] -= 1
+            done += left[i // per_item] == 0
+        if progress is not None and done:
+            progress(done)
+    return [logprobs[k:k + per_item] for k in range(0, len(sequences), per_item)]
+
+
+def _token_sums(logits: torch.Tensor, targets: list[int], counts: list[int]) -> list[float]:
+    """Each sequence's summed log-probability of its targets, from the logits that predict them (in order)."""
+    target = torch.tensor(targets, device=logits.device)
+    token = logits.float().log_softmax(-1).gather(-1, target[:, None])[:, 0]
+    return [float(part.sum()) for part in token.split(counts)]
+
+
+def _packed_logprobs(model, rows: list[tuple[list[int], int]], device) -> list[float]:
+    """The completions' log-probabilities of (ids, completion length) rows run as one packed row, the LM head
+    only at the positions that predict completion tokens (as `stages.batches.packed_loss_sum` reads them)."""
+    row = pack([ids for ids, _ in rows])
+    predict_at, targets = [], []
+    for path, (ids, n) in zip(row.paths, rows):
+        predict_at += path[len(ids) - n - 1:len(ids) - 1]  # position t predicts token t + 1
+        targets += ids[len(ids) - n:]
+    keep = torch.tensor([predict_at], device=device)
+    with tree_attention(model):
+        logits = model(input_ids=row.input_ids(device), position_ids=row.position_ids(device),
+                       packed_tree=TreeSpans.of(row, device), use_cache=False, logits_to_keep=keep).logits
+    if logits.shape[1] != len(targets):  # a model without logits_to_keep computed every position
+        logits = logits[:, keep[0]]
+    return _token_sums(logits[0], targets, [n for _, n in rows])
+
+
+def _padded_logprobs(model, rows: list[tuple[list[int], int]], device, pad_id: int) -> list[float]:
+    """The same as one padded batch, padded on the right (causal: no real token sees the padding)."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows], device=device)
+    keep = torch.zeros(input_ids.shape, dtype=torch.bool, device=device)
+    for b, (ids, n) in enumerate(rows):
+        keep[b, len(ids) - n - 1:len(ids) - 1] = True
+    logits = model(input_ids=input_ids, use_cache=False, logits_to_keep=keep).logits
+    if logits.ndim == 3:  # a model without logits_to_keep computed every position
+        logits = logits[keep]
+    return _token_sums(logits, [t for ids, n in rows for t in ids[len(ids) - n:]], [n for _, n in rows])
+
+
+def verdict_distribution(logprobs: Sequence[float], sentences: Sequence[tuple[str, str]] = SENTENCES) -> dict[str, float]:
+    """P(verdict): each verdict's sentences' probabilities summed, normalised over all the sentences."""
+    probabilities = torch.tensor(logprobs, dtype=torch.float64).softmax(0).tolist()
+    out = dict.fromkeys(dict.fromkeys(verdict for verdict, _ in sentences), 0.0)
+    for (verdict, _), p in zip(sentences, probabilities, strict=True):
+        out[verdict] += p
+    return out
+
+
+def verdict_mass(logprobs: Sequence[float]) -> float:
+    """log P(the feedback begins with one of the sentences): how much the model writes verdicts at all."""
+    top = max(logprobs)
+    return top + math.log(sum(math.exp(v - top) for v in logprobs))
+
+
+def verdict_probabilities(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item],
+                          max_row_tokens: int = MAX_ROW_TOKENS,
+                          progress: Callable[[int], object] | None = None) -> list[dict[str, float]]:
+    """Per (question, shots, candidate answer): P(verdict) for "correct", "partially correct" and "incorrect",
+    summing to 1 (`verdict_distribution` of `sentence_logprobs` over the reference annotator's 12 sentences).
+
+    Cost: at most one forward pass per candidate (its prompt once, then the 12 sentences' few tokens, in one
+    packed row with a shared prefix), fewer where a row of `max_row_tokens` holds several candidates; no
+    generation, no gradients."""
+    logprobs = sentence_logprobs(model, tokenizer, items, tuple(s for _, s in SENTENCES), max_row_tokens, progress)
+    return [verdict_distribution(values) for values in logprobs]

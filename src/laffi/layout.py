@@ -9,9 +9,9 @@ A run directory reads as the story of the experiment:
     feedback.jsonl                  feedback on those answers, source ai (+ .config.yaml, .failed.jsonl,
                                     .summary.json); feedback.human.jsonl: people's (`laffi export-feedback`)
     sets/{laffi,sft}.jsonl          prompt/completion training sets; sets/config.yaml, sets/laffi.meta.json;
-                                    sets/SYSTEM.jsonl (+ .meta.json, .aux.jsonl): a system's own set
+                                    sets/SYSTEM.jsonl (+ .meta.json, .aux.jsonl, .pairs.jsonl): a system's own set
     adapters/SYSTEM/                a LoRA adapter in PEFT format, train_log.jsonl, summary.json,
-                                    config.yaml, checkpoint/
+                                    config.yaml, checkpoint/ (and reference_logps.json: train.preference)
     eval/SYSTEM/                    predictions.jsonl, metrics.json, config.yaml (eval-dev/SYSTEM/: the
                                     same on the dev set, eval.split=dev)
     attention/SYSTEM/               attention.json and its PNGs (`laffi attention`)
@@ -185,6 +185,10 @@ class RunLayout:
         """A system's auxiliary examples (train.aux): its questions again, in another set's format."""
         return self.sets / f"{system}.aux.jsonl"
 
+    def pair_set(self, system: str) -> Path:
+        """A system's preference pairs (train.preference): QA prompt, gold answer, the model's own answer."""
+        return self.sets / f"{system}.pairs.jsonl"
+
     @property
     def sets_config(self) -> Path:
         return self.sets / CONFIG
@@ -219,6 +223,10 @@ class RunLayout:
 
     def checkpoint(self, system: str) -> Path:
         return self.adapter(system) / "checkpoint"
+
+    def reference_logps(self, system: str) -> Path:
+        """train.preference: the reference policy's log-probs of the pair rows, computed once before step 1."""
+        return self.adapter(system) / "reference_logps.json"
 
     # stage 5: evaluate, on the held-out set (eval/) or the dev set (eval-dev/, eval.split=dev)
     def questions(self, split: str = "heldout") -> Path:

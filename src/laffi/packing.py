@@ -33,19 +33,27 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-def rows_within(sequences: list[list[int]], budget: int) -> list[list[int]]:
+def rows_within(sequences: list[list[int]], budget: int, joined: list[bool] | None = None) -> list[list[int]]:
     """`sequences` (sorted) cut into consecutive runs whose prefix tree holds at most `budget` tokens
     (a longer sequence alone is a run of its own): in token order a sequence adds to the tree its
-    length less what it shares with the one before. Returns indices into `sequences`."""
+    length less what it shares with the one before. `joined[k]`: sequence k stays in the run of the one
+    before it (a unit of several is cut before or after, never inside; larger than the budget, it is a
+    run of its own). Returns indices into `sequences`."""
     rows: list[list[int]] = []
-    size = 0
-    for i, sequence in enumerate(sequences):
-        added = len(sequence) - (common_prefix_length(sequence, sequences[i - 1]) if rows else 0)
-        if not rows or size + added > budget:
+    size, start = 0, 0
+    while start < len(sequences):
+        stop = start + 1
+        while joined and stop < len(sequences) and joined[stop]:
+            stop += 1
+        inner = sum(len(sequences[k]) - common_prefix_length(sequences[k], sequences[k - 1])
+                    for k in range(start + 1, stop))
+        added = len(sequences[start]) - (common_prefix_length(sequences[start], sequences[start - 1]) if rows else 0)
+        if not rows or size + added + inner > budget:
             rows.append([])
-            size, added = 0, len(sequence)
-        rows[-1].append(i)
-        size += added
+            size, added = 0, len(sequences[start])
+        rows[-1].extend(range(start, stop))
+        size += added + inner
+        start = stop
     return rows
 
 

@@ -99,6 +99,25 @@ class TrainingExample:
 
 
 @dataclass(frozen=True)
+class PreferencePair:
+    """A conversational preference pair, TRL's prompt/chosen/rejected format: for one question the QA
+    prompt, the gold answer (chosen) and the model's own answer (rejected), which the annotator judged
+    `verdict` (never "correct": such a question gives no pair)."""
+
+    id: str  # the question id
+    prompt: list[dict[str, str]]
+    chosen: list[dict[str, str]]
+    rejected: list[dict[str, str]]
+    verdict: Verdict
+
+    def __post_init__(self) -> None:
+        if self.verdict == "correct":
+            raise ValueError(f"pair {self.id!r}: an answer judged correct is not a rejected answer")
+        if self.chosen == self.rejected:
+            raise ValueError(f"pair {self.id!r}: chosen and rejected are the same completion")
+
+
+@dataclass(frozen=True)
 class Review:
     """One round of feedback-guided answering: the feedback a model predicted on an answer, and the
     verdict and revised answer read from its fields (None where it did not write them)."""
@@ -132,6 +151,10 @@ class TrainLogEntry:
     grad_norm: float | None = None  # before clipping, over all processes (None if the engine reports none)
     dev_exact: float | None = None  # train.eval_every: EM and F1 (percent) on the dev questions after this step
     dev_f1: float | None = None
+    # train.preference: the step's mean DPO loss over its pairs (unweighted), and the mean reward margin
+    # beta x (policy/reference log-ratio of the chosen - that of the rejected); None: no pairs in the step
+    preference_loss: float | None = None
+    reward_margin: float | None = None
 
 
 class RecordError(ValueError):

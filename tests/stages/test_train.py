@@ -291,6 +291,7 @@ def test_the_saved_train_config_refuses_another_init_or_aux_weight_and_takes_old
 
     from laffi.config import ConfigError, ModelConfig, TrainConfig
     from laffi.stages.train import Continuation, save_train_config
+    from laffi.systems import Preference
 
     layout = RunLayout(tmp_path)
     layout.adapter("mine").mkdir(parents=True)
@@ -304,4 +305,12 @@ def test_the_saved_train_config_refuses_another_init_or_aux_weight_and_takes_old
     del saved["recipe"]  # as laffi before train.aux wrote it, which did not record the recipe
     layout.train_config("mine").write_text(yaml.safe_dump(saved))
     save_train_config(layout, "mine", ModelConfig(), TrainConfig(), Continuation("laffi", 1.0))
-    assert yaml.safe_load(layout.train_config("mine").read_text())["recipe"] == {"init": "laffi", "aux_weight": 1.0}
+    assert yaml.safe_load(layout.train_config("mine").read_text())["recipe"] == {"init": "laffi", "aux_weight": 1.0,
+                                                                                 "preference": None}
+    saved = yaml.safe_load(layout.train_config("mine").read_text())
+    del saved["recipe"]["preference"]  # as laffi before train.preference wrote it: no preference term
+    layout.train_config("mine").write_text(yaml.safe_dump(saved))
+    save_train_config(layout, "mine", ModelConfig(), TrainConfig(), Continuation("laffi", 1.0))
+    with pytest.raises(ConfigError, match="recipe.preference"):
+        save_train_config(layout, "mine", ModelConfig(), TrainConfig(),
+                          Continuation("laffi", 1.0, Preference(beta=0.2)))

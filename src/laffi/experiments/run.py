@@ -42,9 +42,10 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     check_annotator(config.annotate)  # a bad template fails now, not after the answers
     systems = load_systems(config.systems.names)  # and a bad system file
     if launcher is not None and launcher.processes > 1:  # refused now, not hours later at that training
-        one_process_only = [s.name for s in systems if s.aux]
+        one_process_only = [s.name for s in systems if s.aux or s.preference]
         require(not one_process_only, "systems.names",
-                f"{', '.join(one_process_only)} train with auxiliary examples (train.aux), which run in one process, "
+                f"{', '.join(one_process_only)} train with auxiliary examples or preference pairs (train.aux, "
+                "train.preference), which run in one process, "
                 f"not under --launcher {launcher.name} with several; leave them out (e.g. systems.names=base,sft,laffi)")
         require(not config.train.eval_every, "train.eval_every",
                 "QA evaluation during training runs in one process; set it to 0 under a launcher with several")

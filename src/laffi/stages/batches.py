@@ -151,29 +151,41 @@ def family_batch_order(sequences: list[list[int]], batch_size: int, num_batches:
 
 def pack_rows(rows: list[Row], device: torch.device, weights: list[float] | None = None) -> dict:
     """A batch as one packed row: input ids, position ids, its segments, and for every completion token
-    the row position that predicts it (`predict_at`, a position a shared prefix may hold for several)
-    and, with `weights` (one per row), its weight."""
+    the row position that predicts it (`predict_at`, a position a shared prefix may hold for several),
+    the row it belongs to (`owners`) and, with `weights` (one per row), its weight."""
     row = pack([ids for ids, _ in rows])
-    predict_at, targets, token_weights = [], [], []
-    for path, (ids, labels), weight in zip(row.paths, rows, weights or [1.0] * len(rows)):
+    predict_at, targets, owners, token_weights = [], [], [], []
+    for owner, (path, (ids, labels), weight) in enumerate(zip(row.paths, rows, weights or [1.0] * len(rows))):
         for k in range(1, len(ids)):
             if labels[k] != IGNORE:
                 predict_at.append(path[k - 1])
                 targets.append(labels[k])
+                owners.append(owner)
                 token_weights.append(weight)
     batch = {"input_ids": row.input_ids(device), "position_ids": row.position_ids(device),
-             "packed_tree": TreeSpans.of(row, device),
-             "predict_at": torch.tensor([predict_at], device=device), "targets": torch.tensor(targets, device=device)}
+             "packed_tree": TreeSpans.of(row, device), "predict_at": torch.tensor([predict_at], device=device),
+             "targets": torch.tensor(targets, device=device), "owners": torch.tensor(owners, device=device)}
     if weights is not None:
         batch["weights"] = torch.tensor(token_weights, device=device)
     return batch
 
 
-def packed_part_indices(rows: list[Row], budget: int) -> list[list[int]]:
+def packed_part_indices(rows: list[Row], budget: int, units: list[int] | None = None) -> list[list[int]]:
     """A batch cut into packed rows of at most `budget` tokens each (one row if it fits), as indices into
-    `rows`; their summed losses are the batch's."""
-    order = sorted(range(len(rows)), key=lambda i: rows[i][0])
-    return [[order[k] for k in run] for run in rows_within([rows[i][0] for i in order], budget)]
+    `rows`; their summed losses are the batch's. `units`: one key per row; the rows of a key are never cut
+    apart (a preference pair's DPO loss needs both its log-probs in one graph), and a unit larger than the
+    budget is a row of its own. Units are laid out by their first sequence, so a unit's rows, which share
+    their prompt, are neighbours; where that order is not the sorted one, each sequence's share with the
+    one before it undercounts what it shares in the tree, so a row's counted size is at least its size."""
+    if units is None:
+        order = sorted(range(len(rows)), key=lambda i: rows[i][0])
+        return [[order[k] for k in run] for run in rows_within([rows[i][0] for i in order], budget)]
+    first: dict[int, list[int]] = {}
+    for unit, (ids, _) in zip(units, rows):
+        first[unit] = min(first.get(unit, ids), ids)
+    order = sorted(range(len(rows)), key=lambda i: (first[units[i]], units[i], rows[i][0]))
+    joined = [k > 0 and units[order[k]] == units[order[k - 1]] for k in range(len(order))]
+    return [[order[k] for k in run] for run in rows_within([rows[i][0] for i in order], budget, joined)]
 
 
 def packed_parts(rows: list[Row], budget: int) -> list[list[Row]]:
@@ -181,16 +193,42 @@ def packed_parts(rows: list[Row], budget: int) -> list[list[Row]]:
     return [[rows[i] for i in part] for part in packed_part_indices(rows, budget)]
 
 
-def packed_loss_sum(model, batch: dict) -> torch.Tensor:
-    """Summed cross-entropy of the completion tokens of a packed row (`pack_rows`); the LM head runs only
-    at the positions that predict them. Run it, and its backward, inside `tree_attention(model)`."""
+def packed_logits(model, batch: dict) -> torch.Tensor:
+    """The logits that predict the completion tokens of a packed row (`pack_rows`), one row per target; the
+    LM head runs only at those positions. Run it, and its backward, inside `tree_attention(model)`."""
     if unwrapped(model).config._attn_implementation != NAME:  # else the row would attend across sequences
-        raise RuntimeError("packed_loss_sum: run it (and its backward) inside laffi.tree_attention.tree_attention")
+        raise RuntimeError("a packed row runs (with its backward) inside laffi.tree_attention.tree_attention")
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], packed_tree=batch["packed_tree"],
                    use_cache=False, logits_to_keep=batch["predict_at"]).logits
     if logits.shape[1] != batch["targets"].shape[0]:  # a model without logits_to_keep computed every position
         logits = logits[:, batch["predict_at"][0]]
-    return summed_cross_entropy(logits[0], batch["targets"], batch.get("weights"))
+    return logits[0]
+
+
+def packed_loss_sum(model, batch: dict) -> torch.Tensor:
+    """Summed cross-entropy of the completion tokens of a packed row (`pack_rows`). Run it, and its
+    backward, inside `tree_attention(model)`."""
+    return summed_cross_entropy(packed_logits(model, batch), batch["targets"], batch.get("weights"))
+
+
+def sequence_logps(model, rows: list[Row], pad_id: int, device: torch.device, packed: bool) -> torch.Tensor:
+    """Each row's completion log-probability, summed over its completion tokens, in fp32 (what DPO compares):
+    one forward of `rows` as one packed row (inside `tree_attention(model)`) or as padded rows, the LM head
+    only where a completion token is predicted, as `loss_sum` runs them; minus its summed cross-entropy."""
+    if packed:
+        batch = pack_rows(rows, device)
+        logits, targets, owners = packed_logits(model, batch), batch["targets"], batch["owners"]
+    else:
+        batch = collate(rows, pad_id, device)
+        labels = batch["labels"][:, 1:]
+        kept = labels != IGNORE
+        logits = model(input_ids=batch["input_ids"], use_cache=False,
+                       logits_to_keep=torch.nn.functional.pad(kept, (0, 1))).logits
+        if logits.ndim == 3:  # a model without logits_to_keep computed every position
+            logits = logits[:, :-1][kept]
+        targets, owners = labels[kept], kept.nonzero()[:, 0]
+    token_logps = -torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    return torch.zeros(len(rows), device=token_logps.device).index_add(0, owners, token_logps)
 
 
 def unwrapped(model):

@@ -15,7 +15,10 @@ Both hold the same questions: those with feedback, in the order of the train poo
   critique format: the same, with the feedback's verdict sentence alone before the fields. The
   answer-feedback format: the QA prompt -> the gold answer, a blank line, then the feedback on the
   model's own answer. A recipe with `aux` also gets sets/SYSTEM.aux.jsonl: every question of its set
-  again, in the aux set's format, in the same order.
+  again, in the aux set's format, in the same order. A recipe with `preference` also gets
+  sets/SYSTEM.pairs.jsonl: for every question whose own answer the annotator judged incorrect or partially
+  correct, the QA prompt, the gold answer (chosen) and that answer (rejected), in TRL's preference format;
+  its .meta.json counts the questions of each verdict and the pairs.
 
 The hybrid build mixes an exact share of human feedback into the LaFFi set, the rest AI feedback.
 Each question appears at most once: `round(R * N)` questions are drawn (seeded by data.seed) from
@@ -37,8 +40,10 @@ from laffi.config import ConfigError, DataConfig, require, save_config
 from laffi.layout import RunLayout, failures_file
 from laffi.prompts import answer_feedback_completion, choose_shots, feedback_messages, qa_messages, review_completion
 from laffi.records import (
+    VERDICTS,
     AnnotationFailure,
     Feedback,
+    PreferencePair,
     QAExample,
     TrainingExample,
     read_records,
@@ -102,6 +107,26 @@ def answer_feedback_example(example: QAExample, shots: list[QAExample], note: Fe
     return TrainingExample(example.id, qa_messages(example, shots), _reply(completion))
 
 
+def preference_pair(example: QAExample, shots: list[QAExample], note: Feedback) -> PreferencePair | None:
+    """The gold answer preferred to the model's own answer (train.preference), where the annotator judged that
+    answer incorrect or partially correct; None where it was judged correct, and where it is the gold answer's
+    very text (a verdict that disagrees with the gold answer): such a pair's DPO term is log 2, whatever the
+    model, with no gradient. The prompt and chosen completion are the sft example's, so in a packed row the
+    chosen sequence is the sft row itself and the pair adds only the rejected answer's tokens."""
+    gold = majority_answer(example.answers)
+    if note.verdict == "correct" or note.answer == gold:
+        return None
+    return PreferencePair(example.id, qa_messages(example, shots), _reply(gold), _reply(note.answer), note.verdict)
+
+
+def pair_metadata(notes: list[Feedback], pairs: list[PreferencePair]) -> dict:
+    """How many of a set's questions got each verdict, and which became pairs."""
+    verdicts = Counter(n.verdict for n in notes)
+    return {"verdicts": {v: verdicts[v] for v in VERDICTS}, "pairs": len(pairs),
+            "pairs_by_verdict": {v: sum(p.verdict == v for p in pairs) for v in VERDICTS if v != "correct"},
+            "same_as_gold": sum(n.verdict != "correct" for n in notes) - len(pairs), "pair_ids": [p.id for p in pairs]}
+
+
 # the training sets a system's recipe can draw on (laffi.systems.SETS)
 SET_FORMATS = {"sft": sft_example, "laffi": laffi_example, "refine": refine_example, "critique": critique_example,
                "answer-feedback": answer_feedback_example}
@@ -131,9 +156,15 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
     write_records(layout.training_set(system.name), rows)
     if system.aux:  # the same questions and shots, so the two examples of a question share its QA prompt
         write_records(layout.aux_set(system.name), [SET_FORMATS[system.aux](*question) for question in drawn])
+    extra = {}
+    if system.preference:  # the same questions and shots again: chosen is the sft example's completion
+        pairs = [pair for question in drawn if (pair := preference_pair(*question))]
+        write_records(layout.pair_set(system.name), pairs)
+        extra = {"preference": pair_metadata([note for _, _, note in drawn], pairs)}
     write_json(layout.set_metadata(system.name), {
         "set": system.name, "size": len(rows), "shares": system.recipe.sets, "examples": counts,
-        "aux": system.aux, "seed": data.seed, "ids": {name: [e.id for e in questions if assigned[e.id] == name] for name in counts}})
+        "aux": system.aux, "seed": data.seed, "ids": {name: [e.id for e in questions if assigned[e.id] == name] for name in counts},
+        **extra})
     return rows
 
 
@@ -158,7 +189,7 @@ def write_sets(layout: RunLayout, examples: list[QAExample], shots: list[QAExamp
     sets = {"laffi": laffi, "sft": sft}
     for system in systems:
         # sft and laffi are written above, but not their auxiliary examples
-        if system.recipe and (system.recipe.sets != {system.name: 1.0} or system.aux):
+        if system.recipe and (system.recipe.sets != {system.name: 1.0} or system.aux or system.preference):
             sets[system.name] = write_system_set(layout, system, examples, shots, chosen, data)
     return sets
 

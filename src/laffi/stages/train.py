@@ -8,7 +8,8 @@
 Batches are mostly one article's examples, each run as one packed row in which the prefix they
 share runs once (laffi.stages.batches; train.group_by, train.pack). A system with auxiliary examples
 (train.aux in its recipe) adds each question's auxiliary example to its batch; the step's loss is
-then a mean over each side's own completion tokens (`step_weights`).
+then a mean over each side's own completion tokens (`step_weights`). A system with a preference term
+(train.preference) adds each question's DPO pair to its batch (laffi.stages.preference).
 
 Writes adapters/SYSTEM/: the adapter in PEFT's format (PeftModel.from_pretrained loads it),
 train_log.jsonl (loss, lr, tokens/s per step), summary.json and config.yaml. Every
@@ -53,10 +54,19 @@ from laffi.distributed.shards import Shard
 from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_finished
 from laffi.models import hold_heap, load_model, pick_device
 from laffi.packing import can_pack
-from laffi.records import TrainingExample, TrainLogEntry, read_records, write_atomic, write_json, write_records
+from laffi.records import (
+    PreferencePair,
+    TrainingExample,
+    TrainLogEntry,
+    read_records,
+    write_atomic,
+    write_json,
+    write_records,
+)
 from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_part_indices, tokenize, unwrapped
 from laffi.stages.evaluate import DevScorer, dev_scorer
-from laffi.systems import System
+from laffi.stages.preference import PreferenceTerm, load_reference, save_reference
+from laffi.systems import Preference, System
 from laffi.tree_attention import tree_attention
 
 
@@ -117,13 +127,23 @@ def step_weights(rows: list[Row], window: list[list[int]], aux: set[int], aux_we
     return {i: (aux_weight if i in aux else 1.0) / max(tokens[i in aux], 1) for i in members}
 
 
+def batch_parts(rows: list[Row], picked: list[int], packed: bool, cut: bool, max_row_tokens: int,
+                units: list[int] | None = None) -> list[list[int]]:
+    """The forward passes of one batch (`picked`, indices into `rows`): packed rows within `max_row_tokens`
+    where `cut`, else one; `units`: one key per row, rows of a key never in different passes."""
+    if not (packed and cut):
+        return [picked]
+    return [[picked[k] for k in part] for part in packed_part_indices([rows[i] for i in picked], max_row_tokens, units)]
+
+
 def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: list[list[int]], plan: BatchPlan,
                     pad_id: int, packed: bool, autocast: bool, max_row_tokens: int,
-                    weights: dict[int, float] | None = None) -> list[float]:
+                    weights: dict[int, float] | None = None, preference: PreferenceTerm | None = None) -> list[float]:
     """This process's forward and backward passes for one optimizer step (`window`: the step's
     batches), under bf16 autocast with `autocast`; `weights`: each row's loss weight (`step_weights`),
-    else the mean over the step's completion tokens. Returns its share of [loss, tokens, completion
-    tokens], for the log."""
+    else the mean over the step's completion tokens; `preference`: the DPO term of the window's pairs
+    (one process only). Returns its share of [loss, tokens, completion tokens], for the log, and with
+    `preference` [summed DPO loss, summed reward margin, pairs]."""
     # normalise by the completion tokens of the whole step (all processes), so the gradient
     # is that of one big batch however the step is cut into passes and processes
     window_tokens = sum(completion_tokens(rows[i]) for batch in window for i in batch)
@@ -131,6 +151,9 @@ def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: li
     # average over processes; undo both (exact for powers of two, so 1 process is unchanged)
     scale = plan.processes * plan.per_device_accum
     loss_share, tokens, completion = 0.0, 0, 0
+    pair_stats = [0.0, 0.0, 0]
+    if preference is not None:
+        weights, pair_weight = preference.step_weights(rows, window)
     for indices in shard_window(window, plan, accelerator.process_index):
         # a process with nothing left in a short step still joins the gradient reduction, weighing 0
         picked = indices or window[0][:1]
@@ -138,14 +161,18 @@ def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: li
         # a plain single process may cut a long packed row: every process must run the same number of
         # backwards, and DeepSpeed steps its optimizer inside the last micro-batch's first backward
         alone = accelerator.distributed_type == DistributedType.NO
-        parts = [[picked[k] for k in part] for part in packed_part_indices(chosen, max_row_tokens)] \
-            if packed and alone else [picked]
+        parts = batch_parts(rows, picked, packed, alone, max_row_tokens,
+                            preference.units(picked) if preference is not None else None)
         with (accelerator.accumulate(model),
               torch.autocast(accelerator.device.type, torch.bfloat16, enabled=autocast),
               tree_attention(unwrapped(model)) if packed else nullcontext()):  # backward inside: checkpointing reruns forwards
             for part in parts:
                 part_rows = [rows[i] for i in part]
-                if weights is None:  # one mean over the step's completion tokens, computed as it always was
+                if preference is not None:
+                    loss, stats = preference.part_loss(model, rows, part, weights, pair_weight, pad_id,
+                                                       accelerator.device, packed)
+                    pair_stats = [a + b for a, b in zip(pair_stats, stats)]
+                elif weights is None:  # one mean over the step's completion tokens, computed as it always was
                     loss = loss_sum(model, part_rows, pad_id, accelerator.device, packed) / max(window_tokens, 1)
                 else:
                     loss = loss_sum(model, part_rows, pad_id, accelerator.device, packed, [weights[i] for i in part])
@@ -155,16 +182,18 @@ def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: li
         if indices:
             tokens += sum(len(ids) for ids, _ in chosen)  # the examples' tokens, however many ran
             completion += sum(completion_tokens(row) for row in chosen)
-    return [loss_share, tokens, completion]
+    return [loss_share, tokens, completion] + (pair_stats if preference is not None else [])
 
 
 @dataclass
 class Continuation:
     """What a system's recipe adds to the train section, saved with it: the adapter its training
-    continues (train.init, "" for a new LoRA) and the weight of its auxiliary loss (0: none)."""
+    continues (train.init, "" for a new LoRA), the weight of its auxiliary loss (0: none) and its
+    preference term (None: none)."""
 
     init: str = ""
     aux_weight: float = 0.0
+    preference: Preference | None = None
 
 
 def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig,
@@ -178,6 +207,22 @@ def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train:
     if path.exists() and "recipe" not in (saved := yaml.safe_load(path.read_text(encoding="utf-8")) or {}):
         write_atomic(path, yaml.safe_dump({**saved, "recipe": asdict(continuation)}, sort_keys=False))
     save_config(path, {"model": model, "train": train, "recipe": continuation})
+
+
+def reference(path: Path, term: PreferenceTerm, lm, rows: list[Row], batches: list[list[int]], pad_id: int,
+              device: torch.device, packed: bool, autocast: bool, max_row_tokens: int) -> dict:
+    """The pair rows' reference log-probs for every pass the training will run: read from `path` where a
+    begun training saved them, else computed now (the base model, under the training's autocast and tree
+    attention, in its passes) and saved there before step 1."""
+    parts = [part for batch in batches for part in batch_parts(rows, batch, packed, True, max_row_tokens,
+                                                                 term.units(batch))]
+    if path.exists():
+        return load_reference(path, term.needed(parts))
+    with (torch.autocast(device.type, torch.bfloat16, enabled=autocast),
+          tree_attention(unwrapped(lm)) if packed else nullcontext()):
+        computed = term.compute_reference(lm, rows, parts, pad_id, device, packed)
+    save_reference(path, computed)
+    return computed
 
 
 def score_on_dev(dev: DevScorer, lm, tokenizer, autocast: bool, step: int) -> dict:
@@ -199,7 +244,7 @@ def train_system(layout: RunLayout, system: System, model: ModelConfig, data: Da
     init = layout.adapter(system.init) if system.init else None
     aux_weight = system.recipe.aux_weight if system.aux else None
     return train(layout, system.name, model, system.training(config), dev=dev_scorer(layout, data, generate, config),
-                 init=init, aux_weight=aux_weight)
+                 init=init, aux_weight=aux_weight, preference=system.preference)
 
 
 def check_init(init: Path, train: TrainConfig) -> None:
@@ -220,10 +265,11 @@ def start_from(lm, init: Path, train: TrainConfig) -> None:
 
 
 def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig, dev: DevScorer | None = None,
-          init: Path | None = None, aux_weight: float | None = None) -> Path:
+          init: Path | None = None, aux_weight: float | None = None, preference: Preference | None = None) -> Path:
     """`dev`: with train.eval_every, how to score the adapter on dev questions (laffi.stages.evaluate.dev_scorer).
     `init`: a trained adapter (adapters/OTHER) to continue instead of a new LoRA. `aux_weight`: every step
-    also trains on the auxiliary examples (layout.aux_set) of its questions, their mean loss weighted by it."""
+    also trains on the auxiliary examples (layout.aux_set) of its questions, their mean loss weighted by it.
+    `preference`: every step also trains a DPO term on the pairs (layout.pair_set) of its questions."""
     out = layout.adapter(system)
     if init is not None and not adapter_finished(out):  # a finished second stage no longer needs its first
         check_init(init, train)
@@ -232,6 +278,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     if aux_weight is not None and [e.id for e in auxiliary] != [e.id for e in examples]:
         raise ValueError(f"{layout.aux_set(system)}: not the questions of {layout.training_set(system)} in its order; "
                          "run `laffi build` again")
+    term = None if preference is None else PreferenceTerm.of(
+        preference, examples, read_records(layout.pair_set(system), PreferencePair), layout.pair_set(system))
     # one process, or one of many under accelerate launch / torchrun (read from the environment)
     accelerator = Accelerator(cpu=pick_device(model.device).type == "cpu", step_scheduler_with_optimizer=False)
     plan = plan_batches(train, accelerator.num_processes)
@@ -240,13 +288,15 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
                           "under a launcher and score the dev set after (`laffi evaluate RUN --system NAME eval.split=dev`)")
     if aux_weight is not None and accelerator.num_processes > 1:
         raise ConfigError(f"train.aux ({system}): auxiliary examples train in one process, not under a launcher")
+    if term is not None and accelerator.num_processes > 1:  # a pair's rows must run in one pass of one process
+        raise ConfigError(f"train.preference ({system}): preference pairs train in one process, not under a launcher")
     if train.eval_every and dev is None:
         raise ValueError("train.eval_every is set, but no dev scorer was given (laffi.stages.evaluate.dev_scorer)")
     accelerator.gradient_accumulation_steps = plan.per_device_accum
     main = accelerator.is_main_process
     # the main process writes the config; if it differs from the one there, every process stops
     shard = Shard(accelerator.process_index, accelerator.num_processes)
-    continuation = Continuation(init.name if init is not None else "", aux_weight or 0.0)
+    continuation = Continuation(init.name if init is not None else "", aux_weight or 0.0, preference)
     shard.on_main(lambda: save_train_config(layout, system, model, train, continuation))
     if adapter_finished(out):
         return out  # finished earlier
@@ -255,6 +305,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)))
     rows = tokenize(tokenizer, examples + auxiliary, train.max_seq_len)
     aux = set(range(len(examples), len(rows)))  # row n + i: example i's auxiliary example
+    if term is not None:  # row n + 2k: pair k's chosen completion, n + 2k + 1 its rejected one
+        rows += tokenize(tokenizer, term.pair_examples, train.max_seq_len)
     packed = train.pack and can_pack(lm, "train.pack", "its batches run padded", accelerator.print)
     # bf16 base weights: the fp32 adapters run under autocast, as TRL's bf16=True does
     autocast = not model.load_in_4bit and lm.dtype == torch.bfloat16
@@ -271,7 +323,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     if accelerator.num_processes > 1:
         set_seed(train.seed, device_specific=True)  # but each process its own dropout masks
     accelerator.print(f"train {system}: {accelerator.distributed_type.value}, {plan.describe()}"
-                      + (f", each with its auxiliary example (weight {aux_weight:g})" if aux else ""))
+                      + (f", each with its auxiliary example (weight {aux_weight:g})" if aux else "")
+                      + (f", and the DPO pairs of {len(term.questions)} of its {len(examples)} questions "
+                         f"(weight {preference.weight:g}, beta {preference.beta:g})" if term is not None else ""))
 
     checkpoint = layout.checkpoint(system)
     start = load_checkpoint(checkpoint, accelerator, lm) if checkpoint.exists() else 0
@@ -282,6 +336,10 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     if aux:  # each question's auxiliary example in its batch: in a packed row the two share its QA prompt
         batches = [[*batch, *(i + len(examples) for i in batch)] for batch in batches]
     pad_id = tokenizer.pad_token_id
+    if term is not None:
+        batches = [term.with_pairs(batch) for batch in batches]
+        term.reference = reference(layout.reference_logps(system), term, lm, rows, batches, pad_id,
+                                   accelerator.device, packed, autocast, train.max_row_tokens)
     began, tokens_seen, completion_seen = time.perf_counter(), 0, 0
     bar = tqdm(total=train.steps, initial=start, desc=f"train {system}", unit="step", disable=not main)
     if accelerator.device.type == "cpu":
@@ -290,18 +348,21 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         window = batches[(step - 1) * train.grad_accum: step * train.grad_accum]
         weights = step_weights(rows, window, aux, aux_weight) if aux else None
         share = backward_passes(accelerator, lm, rows, window, plan, pad_id, packed, autocast, train.max_row_tokens,
-                                weights)
+                                weights, term)
         norm = accelerator.clip_grad_norm_(lm.parameters(), train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step_loss, step_tokens, step_completion = totals(accelerator, share)
+        step_loss, step_tokens, step_completion, *pair_stats = totals(accelerator, share)
         tokens_seen += step_tokens
         completion_seen += step_completion
         elapsed = time.perf_counter() - began
         entry = TrainLogEntry(step, round(step_loss, 5), scheduler.get_last_lr()[0],
                               round(tokens_seen / elapsed, 1), round(completion_seen / elapsed, 1), round(elapsed, 2),
                               grad_norm(norm))
+        if pair_stats and pair_stats[2]:  # the DPO loss and reward margin, means over the step's pairs
+            entry = replace(entry, preference_loss=round(pair_stats[0] / pair_stats[2], 6),
+                            reward_margin=round(pair_stats[1] / pair_stats[2], 6))
         if train.eval_every and (step % train.eval_every == 0 or step == train.steps):
             scores = score_on_dev(dev, lm, tokenizer, autocast, step)
             entry = replace(entry, dev_exact=scores["exact"], dev_f1=scores["f1"])
@@ -329,6 +390,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         summary = {"system": system, "examples": len(examples), "steps": train.steps, "resumed_from_step": start,
                    "init": str(init) if init else None,
                    "aux": {"examples": len(auxiliary), "weight": aux_weight} if aux_weight is not None else None,
+                   "preference": {"pairs": len(term.questions), **asdict(preference)} if term is not None else None,
                    "packed": packed, "autocast": autocast, "processes": plan.processes, "per_device_batch": plan.per_device_batch,
                    "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
                    "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,

@@ -14,7 +14,9 @@ examples, not tokens. Two recipe options change that budget, and a system that u
 `steps_multiple` trains for that many times train.steps (the control with as many steps). A third
 adds tokens, not steps: `aux` puts, next to each step's examples, the same questions' examples in
 another set's format, as an auxiliary loss (each loss averaged over its own completion tokens, the
-auxiliary one weighted by `aux_weight`).
+auxiliary one weighted by `aux_weight`). A fourth adds a preference term: `preference` trains, next to
+each step's examples, a DPO loss preferring the gold answer of the step's questions to the model's own
+answer where the annotator judged that incorrect or partially correct (`Preference`).
 
 A system also names its `family`: the kind of method it is (base, sft or laffi for the packaged
 ones), which reports group and colour by, so that laffi-then-sft is drawn as LaFFi and sft-reviewed
@@ -40,6 +42,33 @@ PROCEDURES = ("direct", "feedback-guided")
 
 
 @dataclass
+class Preference:
+    """A DPO term next to the recipe's own loss (train.preference): for every question whose own answer the
+    annotator judged incorrect or partially correct, the gold answer is preferred to that answer
+    (sets/SYSTEM.pairs.jsonl); a question whose answer was judged correct gives no pair. "Partially correct"
+    is a pair like "incorrect", at the same weight: the gold answer is the better completion either way,
+    a partially correct answer is the span error that costs exact match, and the tokens it shares with the
+    gold answer mostly cancel in the log-ratio difference; a weight of its own would be one more setting
+    with no data to choose it. Per pair: -log sigmoid(beta x ((log pi(chosen) - log ref(chosen)) -
+    (log pi(rejected) - log ref(rejected)))), ref the base model with the adapter off (DPO, Rafailov et al.
+    2023; TRL's DPOTrainer, loss_type sigmoid). With the recipe's NLL on the gold answers beside it, this
+    is Iterative RPO's objective (Pang et al. 2024), which without the NLL term collapsed."""
+
+    # the DPO term's weight: the step's loss is the mean over its own examples' completion tokens plus
+    # weight x the mean DPO loss over the step's pairs
+    weight: float = 1.0
+    beta: float = 0.1  # DPO's temperature, its paper's and TRL's default
+    # False: log-probs summed over a completion's tokens (DPO's and TRL's convention). Summed, a long
+    # rejected answer is pushed down by its length alone (its log-prob has more terms to lower); True
+    # divides each log-prob by its completion's tokens (TRL's sigmoid_norm)
+    length_normalized: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.weight > 0, "train.preference.weight", f"must be > 0, got {self.weight}")
+        require(self.beta > 0, "train.preference.beta", f"must be > 0, got {self.beta}")
+
+
+@dataclass
 class Recipe:
     # training set -> its share of the system's examples; shares sum to 1. The examples are as many as
     # the questions with feedback, each question once: a share s of them in that set's format.
@@ -51,8 +80,15 @@ class Recipe:
     # over the auxiliary examples' (each question is also in this set, sets/SYSTEM.aux.jsonl)
     aux: str = ""
     aux_weight: float = 1.0
+    # a DPO term on the step's questions' gold answer over the model's own wrong answer (None: none)
+    preference: Preference | None = None
 
     def __post_init__(self) -> None:
+        # one extra loss per step is what the training loop weighs; the DPO reference is the base model,
+        # which is not where a train.init training starts
+        require(not (self.preference and self.aux), "train.preference", "not together with train.aux")
+        require(not (self.preference and self.init), "train.preference",
+                "not with train.init: its reference is the base model, not the adapter the training starts from")
         require(bool(self.sets), "train.sets", "name at least one training set")
         require(self.steps_multiple >= 1, "train.steps_multiple", "must be >= 1")
         require(not self.aux or self.aux in SETS, "train.aux", f"unknown set {self.aux!r}; available: {', '.join(SETS)}")
@@ -124,6 +160,11 @@ class System:
     def aux(self) -> str | None:
         """The set whose examples join each training step as an auxiliary loss, or None."""
         return (self.recipe.aux or None) if self.recipe else None
+
+    @property
+    def preference(self) -> Preference | None:
+        """The DPO term its training adds (train.preference), or None."""
+        return self.recipe.preference if self.recipe else None
 
     def training(self, train: TrainConfig) -> TrainConfig:
         """The run's train section as this system trains with it."""

@@ -1,0 +1,152 @@
+"""The DPO term of a recipe with train.preference, as laffi's training loop runs it (laffi.stages.train).
+
+    term = PreferenceTerm.of(preference, examples, pairs)    # pairs: sets/SYSTEM.pairs.jsonl
+    rows += tokenize(tokenizer, term.pair_examples, max_seq_len)
+    batches = [term.with_pairs(batch) for batch in batches]  # a question's pair joins its example's batch
+    term.reference = reference_logps(...)                     # once, before step 1, adapter off
+    loss, stats = term.part_loss(model, rows, part, weights, pair_weight, pad_id, device, packed)
+
+Every step trains on train.batch_size questions' own examples (their NLL, a mean over their completion
+tokens, exactly the sft set's loss) and on the pairs of the same questions: question q's gold answer
+(chosen) over the model's own answer that the annotator judged incorrect or partially correct (rejected).
+Per pair, DPO's loss (TRL's DPOTrainer, loss_type "sigmoid"):
+
+    -log sigmoid(beta x ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))))
+
+log pi: a completion's log-probability summed over its tokens (DPO's and TRL's convention; with
+`length_normalized`, divided by its tokens); ref: the base model, the adapter off. The step's loss is the
+NLL plus `weight` x the mean of the pairs' losses; a step whose questions have no pair has no DPO term.
+
+The reference log-probs are computed once before training, in the rows the training will run (the same
+packed parts, autocast and tree attention: a part's layout decides its rounding), keyed by the part, so
+at step 1, where LoRA's B is zero, every policy/reference log-ratio is exactly 0 and every pair's loss
+log 2. They are saved beside the checkpoint (adapters/SYSTEM/reference_logps.json): a resumed training
+reads them back, never recomputes them on another device or kernel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from laffi.records import PreferencePair, TrainingExample, write_json
+from laffi.stages.batches import Row, completion_tokens, sequence_logps, unwrapped
+from laffi.systems import Preference
+
+Part = tuple[int, ...]  # the row indices of one forward pass, in the order it runs them
+
+
+def dpo_losses(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+               ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair's DPO loss and its reward margin, beta x the difference of the two log-ratios."""
+    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    return -torch.nn.functional.logsigmoid(margin), margin
+
+
+@dataclass
+class PreferenceTerm:
+    preference: Preference
+    examples: int  # rows 0..examples-1 are the own examples; pair k's chosen row is examples + 2k, rejected + 1
+    questions: list[int]  # pair k's own example row
+    pair_examples: list[TrainingExample]  # the pair rows to tokenize: chosen and rejected of each pair in turn
+    reference: dict[Part, dict[int, float]] = field(default_factory=dict)  # per part: each pair row's ref log-prob
+
+    @classmethod
+    def of(cls, preference: Preference, examples: list[TrainingExample], pairs: list[PreferencePair],
+           source: Path | str = "the pairs") -> PreferenceTerm:
+        row_of = {e.id: i for i, e in enumerate(examples)}
+        if unknown := [p.id for p in pairs if p.id not in row_of]:
+            raise ValueError(f"{source}: pairs of questions the training set does not hold ({unknown[:3]}); "
+                             "run `laffi build` again")
+        rows = [TrainingExample(p.id, p.prompt, completion) for p in pairs for completion in (p.chosen, p.rejected)]
+        return cls(preference, len(examples), [row_of[p.id] for p in pairs], rows)
+
+    def with_pairs(self, batch: list[int]) -> list[int]:
+        """A batch of own examples with the pair rows of its questions."""
+        pair_of = {question: k for k, question in enumerate(self.questions)}
+        return [*batch, *(self.examples + 2 * pair_of[i] + side for i in batch if i in pair_of for side in (0, 1))]
+
+    def units(self, picked: list[int]) -> list[int]:
+        """The question of each row: a packed part is cut between questions only, never inside a pair."""
+        return [i if i < self.examples else self.questions[(i - self.examples) // 2] for i in picked]
+
+    def pair_rows(self, part: list[int] | Part) -> list[int]:
+        return [i for i in part if i >= self.examples]
+
+    def step_weights(self, rows: list[Row], window: list[list[int]]) -> tuple[dict[int, float], float]:
+        """Each own row's NLL weight, 1 / the step's own completion tokens (the sft set's token mean), and
+        each pair's DPO weight, `weight` / the step's pairs."""
+        own = [i for batch in window for i in batch if i < self.examples]
+        tokens = sum(completion_tokens(rows[i]) for i in own)
+        pairs = sum(len(self.pair_rows(batch)) for batch in window) // 2
+        return {i: 1 / max(tokens, 1) for i in own}, self.preference.weight / max(pairs, 1)
+
+    def _scaled(self, logps: torch.Tensor, rows: list[Row], indices: list[int]) -> torch.Tensor:
+        if not self.preference.length_normalized:
+            return logps
+        return logps / torch.tensor([max(completion_tokens(rows[i]), 1) for i in indices], device=logps.device)
+
+    def part_loss(self, model, rows: list[Row], part: list[int], weights: dict[int, float], pair_weight: float,
+                  pad_id: int, device: torch.device, packed: bool) -> tuple[torch.Tensor, list[float]]:
+        """One forward pass's share of the step's loss: its own rows' weighted NLL plus `pair_weight` x its
+        pairs' DPO losses (both rows of a pair are in one part), and [summed DPO loss, summed margin, pairs]."""
+        logps = sequence_logps(model, [rows[i] for i in part], pad_id, device, packed)
+        own = [k for k, i in enumerate(part) if i < self.examples]
+        loss = -(logps[own] * torch.tensor([weights[part[k]] for k in own], device=logps.device)).sum()
+        at = {i: k for k, i in enumerate(part)}
+        chosen = [i for i in self.pair_rows(part) if (i - self.examples) % 2 == 0]
+        if not chosen:
+            return loss, [0.0, 0.0, 0]
+        rejected = [i + 1 for i in chosen]
+        if missing := [i for i in rejected if i not in at]:  # packed_part_indices with units() never does this
+            raise RuntimeError(f"a pair was cut apart (rows {missing} missing from the part)")
+        reference = self.reference[tuple(part)]
+
+        def sequences(side: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            ref = torch.tensor([reference[i] for i in side], device=logps.device)
+            return self._scaled(logps[[at[i] for i in side]], rows, side), self._scaled(ref, rows, side)
+
+        (policy_chosen, ref_chosen), (policy_rejected, ref_rejected) = sequences(chosen), sequences(rejected)
+        losses, margins = dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.preference.beta)
+        return loss + pair_weight * losses.sum(), [losses.sum().item(), margins.sum().item(), len(chosen)]
+
+    def needed(self, parts: list[list[int]]) -> list[Part]:
+        """The parts whose pair rows need reference log-probs, each once."""
+        return list(dict.fromkeys(tuple(part) for part in parts if self.pair_rows(part)))
+
+    def compute_reference(self, model, rows: list[Row], parts: list[list[int]], pad_id: int, device: torch.device,
+                          packed: bool) -> dict[Part, dict[int, float]]:
+        """The pair rows' log-probs under the base model (the adapter off, in eval mode: no dropout), part by
+        part as the training runs them. Call it under the training's autocast and, packed, in tree_attention.
+        Grad mode stays on, as in training: on a CPU it picks tree attention's kernels (a bf16 matmul or an
+        fp32 SDPA, where without grad it runs bf16 SDPA), so without it the log-ratio at step 1 is off by the
+        two kernels' rounding; the results are detached, and nothing of the base model needs a gradient."""
+        peft_model = unwrapped(model)
+        peft_model.eval()
+        reference = {}
+        try:
+            with torch.enable_grad(), peft_model.disable_adapter():
+                for part in self.needed(parts):
+                    logps = sequence_logps(model, [rows[i] for i in part], pad_id, device, packed).detach().tolist()
+                    reference[part] = {i: logps[k] for k, i in enumerate(part) if i >= self.examples}
+        finally:
+            peft_model.train()
+        return reference
+
+
+def save_reference(path: Path, reference: dict[Part, dict[int, float]]) -> None:
+    """JSON keeps an fp32 log-prob exactly (a float64 holds it, and its shortest repr reads back the same)."""
+    write_json(path, {"parts": [{"rows": list(part), "logps": {str(row): value for row, value in logps.items()}}
+                                for part, logps in reference.items()]})
+
+
+def load_reference(path: Path, needed: list[Part]) -> dict[Part, dict[int, float]]:
+    saved = {tuple(entry["rows"]): {int(row): value for row, value in entry["logps"].items()}
+             for entry in json.loads(path.read_text(encoding="utf-8"))["parts"]}
+    if set(saved) != set(needed):
+        raise ValueError(f"{path}: reference log-probs of other batches than this training's (another set or "
+                         "train section); delete the adapter's folder to train it from the start")
+    return saved

@@ -250,11 +250,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from laffi.distributed.shards import Shard
         from laffi.stages.evaluate import dev_scorer
         from laffi.stages.train import train, train_system
-        from laffi.systems import load_systems
+        from laffi.systems import load_systems, packaged_systems
 
-        systems = {s.name: s for s in load_systems(config.systems.names)}
-        if args.system in systems:  # its recipe's steps and train.init, as `laffi run` trains it
-            out = train_system(layout, systems[args.system], config.model, config.data, config.generate, config.train)
+        specs = config.systems.names
+        named = args.system in packaged_systems() or args.system.endswith((".yaml", ".yml"))
+        if named and args.system not in specs:  # a system that systems.names leaves out still trains by its recipe:
+            specs = [*specs, args.system]       # as a set of its own it would lose its aux or preference term
+        systems = {s.name: s for s in load_systems(specs)}
+        name = Path(args.system).stem if named else args.system
+        if name in systems:  # its recipe's steps and train.init, as `laffi run` trains it
+            out = train_system(layout, systems[name], config.model, config.data, config.generate, config.train)
         else:  # a set of your own in sets/NAME.jsonl
             out = train(layout, args.system, config.model, config.train,
                         dev=dev_scorer(layout, config.data, config.generate, config.train))

@@ -259,3 +259,17 @@ def test_laffi_train_trains_the_dpo_system_and_resumes_to_the_same_adapter(tiny_
     assert resumed.keys() == adapters["straight"].keys()
     for name in resumed:
         torch.testing.assert_close(resumed[name], adapters["straight"][name], rtol=1e-4, atol=1e-6)
+
+
+def test_laffi_train_trains_a_packaged_system_by_its_recipe_when_systems_names_leaves_it_out(tiny_overrides, tmp_path):
+    # the trap: with the default systems.names, `--system laffi-dpo` once trained sets/laffi-dpo.jsonl as a
+    # set of its own, plain SFT with no preference term, and said nothing
+    run = make_run(tmp_path / "run", n_items=8)
+    judge(run, ["south"] * 7 + ["north"], ["incorrect"] * 7 + ["correct"])
+    settings = [*tiny_overrides, "data.num_shots=1", "model.dtype=float32"]
+    code, _, err = laffi("build", str(run), *settings, "systems.names=base,sft,laffi-dpo")
+    assert code == 0, err
+    code, _, err = laffi("train", str(run), "--system", "laffi-dpo", *settings)  # default systems.names
+    assert code == 0, err
+    log = read_records(RunLayout(run).train_log("laffi-dpo"), TrainLogEntry)
+    assert log and all(e.preference_loss is not None for e in log)

@@ -20,7 +20,7 @@ BUDGETS = Path(__file__).parents[2] / "configs" / "experiments" / "budgets.yaml"
 
 def test_there_is_an_experiment_config_for_every_question():
     configs = {path.stem: load_experiment_config(path) for path in CONFIGS}
-    assert sorted(configs) == ["annotator", "budgets", "content", "equal-steps", "human-ratio", "size"]
+    assert sorted(configs) == ["annotator", "budgets", "content", "equal-steps", "finalists", "human-ratio", "size"]
     varied = {axis for c in configs.values() for axis in ("size", "annotator", "human_ratio", "content")
               if len(getattr(c.grid, axis)) > 1}
     assert varied == {"size", "annotator", "human_ratio", "content"}
@@ -33,6 +33,9 @@ def test_there_is_an_experiment_config_for_every_question():
     assert configs["budgets"].systems == configs["equal-steps"].systems
     assert configs["budgets"].seeds == configs["equal-steps"].seeds
     assert configs["budgets"].run == configs["equal-steps"].run and 32 in configs["budgets"].budgets
+    # finalists.yaml runs in the same directory: its shared systems reuse the trainings of budgets.yaml
+    assert configs["finalists"].run == configs["budgets"].run and configs["finalists"].seeds == configs["budgets"].seeds
+    assert set(configs["finalists"].budgets) == set(configs["budgets"].budgets)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

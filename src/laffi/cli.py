@@ -246,6 +246,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             sets = build(layout, config.data, load_systems(config.systems.names))
         for name, examples in sets.items():
             print(f"{len(examples)} examples in {layout.training_set(name)}")
+            pairs = json.loads(layout.set_metadata(name).read_text(encoding="utf-8")).get("preference") \
+                if layout.set_metadata(name).exists() else None
+            if pairs:  # a recipe with train.preference: how many of its questions the DPO term acts on
+                by_verdict = ", ".join(f"{n} {verdict}" for verdict, n in pairs["pairs_by_verdict"].items())
+                print(f"{pairs['pairs']} preference pairs ({by_verdict}) in {layout.pair_set(name)}")
     elif args.command == "train":
         from laffi.distributed.shards import Shard
         from laffi.stages.evaluate import dev_scorer

@@ -184,6 +184,8 @@ def test_the_build_stage_writes_pairs_for_incorrect_and_partially_correct_answer
     assert meta["verdicts"] == {"correct": 2, "partially correct": 2, "incorrect": 3}
     assert meta["pairs"] == 4 and meta["pairs_by_verdict"] == {"partially correct": 2, "incorrect": 2}
     assert meta["same_as_gold"] == 1
+    assert f"4 preference pairs (2 partially correct, 2 incorrect) in {layout.pair_set('laffi-dpo')}" in out
+    assert out.count("preference pairs") == 1  # sft and laffi have none
     with pytest.raises(ValueError, match="judged correct"):
         PreferencePair("q", [], [{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}],
                        VERDICTS[0])

@@ -106,15 +106,21 @@ def completion_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     Without it SDPA runs its causal kernel; with it, transformers repeats K/V for every query head
     (GQA) and the step took 1.8 GB more on the embedded model at batch 4 x ~570 tokens.
     """
-    targets = batch["labels"][:, 1:]
-    keep = torch.nn.functional.pad(targets != IGNORE, (0, 1))  # position t predicts token t + 1
-    weights = batch["weights"][:, None].expand_as(targets) if "weights" in batch else None
-    logits = model(input_ids=batch["input_ids"], use_cache=False, logits_to_keep=keep).logits
+    logits, kept = completion_logits(model, batch)
+    weights = batch["weights"][:, None].expand_as(kept)[kept] if "weights" in batch else None
+    return summed_cross_entropy(logits, batch["labels"][:, 1:][kept], weights)
+
+
+def completion_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits that predict a padded batch's (`collate`) completion tokens, one row per token in label
+    order, and where those tokens are in `labels[:, 1:]` (a boolean mask)."""
+    kept = batch["labels"][:, 1:] != IGNORE
+    # position t predicts token t + 1
+    logits = model(input_ids=batch["input_ids"], use_cache=False,
+                   logits_to_keep=torch.nn.functional.pad(kept, (0, 1))).logits
     if logits.ndim == 3:  # a model without logits_to_keep computed every position
-        return summed_cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(),
-                                    None if weights is None else weights.flatten())
-    kept = targets != IGNORE
-    return summed_cross_entropy(logits, targets[kept], None if weights is None else weights[kept])
+        logits = logits[:, :-1][kept]
+    return logits, kept
 
 
 def families(sequences: list[list[int]]) -> list[list[int]]:
@@ -220,13 +226,8 @@ def sequence_logps(model, rows: list[Row], pad_id: int, device: torch.device, pa
         logits, targets, owners = packed_logits(model, batch), batch["targets"], batch["owners"]
     else:
         batch = collate(rows, pad_id, device)
-        labels = batch["labels"][:, 1:]
-        kept = labels != IGNORE
-        logits = model(input_ids=batch["input_ids"], use_cache=False,
-                       logits_to_keep=torch.nn.functional.pad(kept, (0, 1))).logits
-        if logits.ndim == 3:  # a model without logits_to_keep computed every position
-            logits = logits[:, :-1][kept]
-        targets, owners = labels[kept], kept.nonzero()[:, 0]
+        logits, kept = completion_logits(model, batch)
+        targets, owners = batch["labels"][:, 1:][kept], kept.nonzero()[:, 0]
     token_logps = -torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
     return torch.zeros(len(rows), device=token_logps.device).index_add(0, owners, token_logps)
 

@@ -1,4 +1,4 @@
-"""P(verdict) (laffi.analysis.verdicts) and its check on an experiment (laffi.analysis.verdict_check), on the
+"""P(verdict) (laffi.stages.verdicts) and its check on an experiment (laffi.experiments.verdict_check), on the
 tiny random model: packed scoring gives each sentence's log-probability as the sequence run alone does,
 the verdict sentence is tokenized as training tokenizes the feedback it begins, AUROC on hand cases, and
 the check end to end on a tiny experiment, resumed.
@@ -15,10 +15,10 @@ import random
 import pytest
 import torch
 
-import laffi.analysis.verdict_check as verdict_check
-import laffi.analysis.verdicts as verdicts
-from laffi.analysis.verdict_check import auroc, check
-from laffi.analysis.verdicts import SENTENCES, opening_ids, sentence_logprobs, verdict_probabilities
+import laffi.experiments.verdict_check as verdict_check
+import laffi.stages.verdicts as verdicts
+from laffi.experiments.verdict_check import auroc, check
+from laffi.stages.verdicts import SENTENCES, opening_ids, sentence_logprobs, verdict_probabilities
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import ModelConfig, load_config
 from laffi.layout import ExperimentLayout, RunLayout

@@ -302,7 +302,7 @@ class ExperimentLayout:
                                       layout.json says where they are)
         selections.jsonl              every choice of budgets whose held-out scores were written, in order
         verdict_check.json            P(verdict) of each trained model and the base model on dev answers
-                                      (`python -m laffi.analysis.verdict_check`)
+                                      (`python -m laffi.experiments.verdict_check`)
         experiment.json, experiment.md   the last invocation's summary; summaries/PLAN.{json,md}: the
                                       summary of each plan (systems, seeds, budgets, grid) run here
         report.html
@@ -342,7 +342,7 @@ class ExperimentLayout:
 
     @property
     def verdict_check(self) -> Path:
-        """`python -m laffi.analysis.verdict_check`: each model's P(verdict) on the dev answers, and how well
+        """`python -m laffi.experiments.verdict_check`: each model's P(verdict) on the dev answers, and how well
         it tells right answers from wrong ones."""
         return self.root / "verdict_check.json"
 

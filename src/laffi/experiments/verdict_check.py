@@ -1,14 +1,14 @@
 """Does a model trained to predict feedback know when an answer is right? Feedback as a verifier, the first
 cheap check, on an experiment directory made by `laffi experiment`:
 
-    python -m laffi.analysis.verdict_check runs/experiment-n2
-    python -m laffi.analysis.verdict_check runs/experiment-n2 --systems laffi,sft --limit 20
+    python -m laffi.experiments.verdict_check runs/experiment-n2
+    python -m laffi.experiments.verdict_check runs/experiment-n2 --systems laffi,sft --limit 20
 
 For every finished training in the experiment (jobs/SYSTEM-KEY/adapters/SYSTEM, each system and seed; or
 those of --systems) and for the base model (the experiment's untrained system, no adapter), it scores the
 dev candidates: the model's own dev answers (eval-dev/SYSTEM/predictions.jsonl of its job) and the base
 model's (eval-dev/BASE/predictions.jsonl), each distinct (question, answer) once. A candidate's score is
-P(verdict) (laffi.analysis.verdicts: the 12 verdict sentences of the reference annotator, teacher-forced
+P(verdict) (laffi.stages.verdicts: the 12 verdict sentences of the reference annotator, teacher-forced
 as the beginning of the feedback on the candidate, in the feedback prompt training used: the same
 few-shot examples, `choose_shots` with the run's data.num_shots and data.seed). Its label is the verdict
 the reference annotator gives it (a function of the gold answers and the answer) and its token F1.
@@ -21,7 +21,7 @@ is far below). An SFT model never saw feedback: it is the control that the feedb
 
 Writes ExperimentLayout.verdict_check (verdict_check.json: every candidate's scores and each model's
 numbers) after each model, so a rerun scores only the models not yet in it; prints a markdown table.
-Cost: at most one forward pass per candidate (laffi.analysis.verdicts), plus loading each model.
+Cost: at most one forward pass per candidate (laffi.stages.verdicts), plus loading each model.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from laffi.analysis.verdicts import MAX_ROW_TOKENS, SENTENCES, sentence_logprobs, verdict_distribution, verdict_mass
+from laffi.stages.verdicts import MAX_ROW_TOKENS, SENTENCES, sentence_logprobs, verdict_distribution, verdict_mass
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import DataConfig, load_config, read_yaml
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
@@ -179,7 +179,8 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
     experiment = ExperimentLayout(experiment_dir)
     shared = RunLayout.existing(experiment.root)
     if not experiment.experiment_config.exists():
-        raise FileNotFoundError(f"{experiment.root}: not an experiment directory (no {experiment.experiment_config.name}); "
+        raise FileNotFoundError(f"{experiment.root}: not an experiment directory "
+                                f"(no {experiment.experiment_config.name}); "
                                 "make one with `laffi experiment`")
     config = load_config(shared.config)
     untrained = untrained_system(experiment)
@@ -245,7 +246,8 @@ def markdown(results: dict) -> str:
         by_system.setdefault(e["system"], []).append(e["metrics"]["all"])
     means = [(system, rows) for system, rows in by_system.items() if len(rows) > 1]
     if means:
-        lines += ["", "| system | seeds | mean AUROC: correct vs rest | mean AUROC: F1 >= 0.5 | mean argmax = verdict |",
+        lines += ["", "| system | seeds | mean AUROC: correct vs rest | mean AUROC: F1 >= 0.5 "
+                      "| mean argmax = verdict |",
                   "|---|---|---|---|---|"]
         for system, rows in means:
             lines.append(f"| {system} | {len(rows)} | {_cell(_mean(rows, 'auroc_correct'))} | "
@@ -254,7 +256,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m laffi.analysis.verdict_check",
+    parser = argparse.ArgumentParser(prog="python -m laffi.experiments.verdict_check",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment_dir", help="a directory made by `laffi experiment`")
     parser.add_argument("--systems", help="comma-separated trained systems to score (default: every finished job's)")

@@ -16,30 +16,33 @@ tokenized the feedback it trained on.
 The check that reads it on an experiment's dev answers (AUROC of P(correct) against the reference
 annotator's verdict and against F1 >= 0.5, for each trained model and the base model):
 
-    python -m laffi.analysis.verdict_check runs/experiment-n2
+    python -m laffi.experiments.verdict_check runs/experiment-n2
 
 Cost: the 12 sentences of a candidate share its prompt, so they run as one packed row (`laffi.packing`,
-attended segment by segment by `laffi.tree_attention`, as training runs a batch) in which the prompt runs
-once and each sentence adds its few tokens: at most one forward pass per candidate, and fewer, since a row
-holds up to `max_row_tokens` tokens of several candidates in token order, so candidates of one article
-also share the system prompt and the shots, and candidates of one question the whole QA prompt. A model
-that cannot run packed rows (`packing.block_mask_unsupported`) runs each candidate's 12 sequences as one
-padded batch: one forward pass per candidate, over 12 copies of the prompt.
+attended segment by segment by `laffi.tree_attention`, through `stages.batches.sequence_logps` as the DPO
+term runs its pairs) in which the prompt runs once and each sentence adds its few tokens: at most one
+forward pass per candidate, and fewer, since a row holds up to `max_row_tokens` tokens of several
+candidates in token order, so candidates of one article also share the system prompt and the shots, and
+candidates of one question the whole QA prompt. A model that cannot run packed rows
+(`packing.block_mask_unsupported`) runs each candidate's 12 sequences as one padded batch: one forward
+pass per candidate, over 12 copies of the prompt.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from laffi.annotators.reference import VERDICTS as VERDICT_WORDINGS
-from laffi.packing import can_pack, pack, rows_within
+from laffi.packing import can_pack
 from laffi.prompts import Message, feedback_messages, prompt_completion_ids, prompt_ids
 from laffi.records import VERDICTS, QAExample
-from laffi.tree_attention import TreeSpans, tree_attention
+from laffi.stages.batches import IGNORE, Row, packed_part_indices, sequence_logps
+from laffi.tree_attention import tree_attention
 
 Item = tuple[QAExample, list[QAExample], str]  # a question, its few-shot examples, a candidate answer
 
@@ -85,74 +88,33 @@ def sentence_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     if not items:
         return []
     completions = [opening_ids(tokenizer, feedback_messages(*items[0]), s) for s in sentences]
-    sequences = []  # (ids, completion length), item-major
+    rows: list[Row] = []  # item-major: the prompt masked, the sentence scored, as training's rows
     for example, shots, answer in items:
         prompt = prompt_ids(tokenizer, feedback_messages(example, shots, answer))
-        sequences += [(prompt + c, len(c)) for c in completions]
+        rows += [(prompt + c, [IGNORE] * len(prompt) + c) for c in completions]
     per_item = len(completions)
     device = next(model.parameters()).device
-    if can_pack(model, "verdict scoring", "each candidate's sentences run as one padded batch"):
-        order = sorted(range(len(sequences)), key=lambda i: sequences[i][0])  # shared beginnings are neighbours
-        parts = [[order[k] for k in run] for run in rows_within([sequences[i][0] for i in order], max_row_tokens)]
-        score = _packed_logprobs
-    else:
-        parts = [list(range(k, k + per_item)) for k in range(0, len(sequences), per_item)]
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-        def score(model, rows, device):
-            return _padded_logprobs(model, rows, device, pad_id)
-
-    logprobs: list[float | None] = [None] * len(sequences)
+    packed = can_pack(model, "verdict scoring", "each candidate's sentences run as one padded batch")
+    parts = packed_part_indices(rows, max_row_tokens) if packed else \
+        [list(range(k, k + per_item)) for k in range(0, len(rows), per_item)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    logprobs: list[float | None] = [None] * len(rows)
     left = [per_item] * len(items)  # sequences of each item not yet scored
     for part in parts:
+        with tree_attention(model) if packed else nullcontext():
+            values = sequence_logps(model, [rows[i] for i in part], pad_id, device, packed).tolist()
         done = 0
-        for i, value in zip(part, score(model, [sequences[i] for i in part], device)):
+        for i, value in zip(part, values):
             logprobs[i] = value
             left[i // per_item] -= 1
             done += left[i // per_item] == 0
         if progress is not None and done:
             progress(done)
-    return [logprobs[k:k + per_item] for k in range(0, len(sequences), per_item)]
+    return [logprobs[k:k + per_item] for k in range(0, len(rows), per_item)]
 
 
-def _token_sums(logits: torch.Tensor, targets: list[int], counts: list[int]) -> list[float]:
-    """Each sequence's summed log-probability of its targets, from the logits that predict them (in order)."""
-    target = torch.tensor(targets, device=logits.device)
-    token = logits.float().log_softmax(-1).gather(-1, target[:, None])[:, 0]
-    return [float(part.sum()) for part in token.split(counts)]
-
-
-def _packed_logprobs(model, rows: list[tuple[list[int], int]], device) -> list[float]:
-    """The completions' log-probabilities of (ids, completion length) rows run as one packed row, the LM head
-    only at the positions that predict completion tokens (as `stages.batches.packed_loss_sum` reads them)."""
-    row = pack([ids for ids, _ in rows])
-    predict_at, targets = [], []
-    for path, (ids, n) in zip(row.paths, rows):
-        predict_at += path[len(ids) - n - 1:len(ids) - 1]  # position t predicts token t + 1
-        targets += ids[len(ids) - n:]
-    keep = torch.tensor([predict_at], device=device)
-    with tree_attention(model):
-        logits = model(input_ids=row.input_ids(device), position_ids=row.position_ids(device),
-                       packed_tree=TreeSpans.of(row, device), use_cache=False, logits_to_keep=keep).logits
-    if logits.shape[1] != len(targets):  # a model without logits_to_keep computed every position
-        logits = logits[:, keep[0]]
-    return _token_sums(logits[0], targets, [n for _, n in rows])
-
-
-def _padded_logprobs(model, rows: list[tuple[list[int], int]], device, pad_id: int) -> list[float]:
-    """The same as one padded batch, padded on the right (causal: no real token sees the padding)."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows], device=device)
-    keep = torch.zeros(input_ids.shape, dtype=torch.bool, device=device)
-    for b, (ids, n) in enumerate(rows):
-        keep[b, len(ids) - n - 1:len(ids) - 1] = True
-    logits = model(input_ids=input_ids, use_cache=False, logits_to_keep=keep).logits
-    if logits.ndim == 3:  # a model without logits_to_keep computed every position
-        logits = logits[keep]
-    return _token_sums(logits, [t for ids, n in rows for t in ids[len(ids) - n:]], [n for _, n in rows])
-
-
-def verdict_distribution(logprobs: Sequence[float], sentences: Sequence[tuple[str, str]] = SENTENCES) -> dict[str, float]:
+def verdict_distribution(logprobs: Sequence[float],
+                         sentences: Sequence[tuple[str, str]] = SENTENCES) -> dict[str, float]:
     """P(verdict): each verdict's sentences' probabilities summed, normalised over all the sentences."""
     probabilities = torch.tensor(logprobs, dtype=torch.float64).softmax(0).tolist()
     out = dict.fromkeys(dict.fromkeys(verdict for verdict, _ in sentences), 0.0)

@@ -46,23 +46,10 @@ class Segment:
     stop: int
     ancestors: torch.Tensor | None  # row indices of the tokens of the segments above this one, in order
     mask: torch.Tensor | None  # (own tokens, ancestor + own tokens): all ancestors, own ones causally
+    # the row indices of the keys its queries see, ancestors' then own: a slice where they are one run of rows
+    # (a root, a first child), which costs no copy, else an index for index_select (one copy, no concatenation)
+    sees: slice | torch.Tensor
     _biases: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def sees(self) -> slice | torch.Tensor:
-        """The row indices of the keys this segment's queries see, ancestors' then own: a slice where they
-        are one run of rows (a root, a first child), which costs no copy, else an index for index_select
-        (one copy instead of a gather and a concatenation)."""
-        if "sees" not in self._biases:
-            if self.ancestors is None:
-                self._biases["sees"] = slice(self.start, self.stop)
-            else:
-                first = int(self.ancestors[0])
-                own = torch.arange(self.start, self.stop, device=self.ancestors.device)
-                rows = torch.cat([self.ancestors, own])
-                contiguous = bool((rows == torch.arange(first, first + len(rows), device=rows.device)).all())
-                self._biases["sees"] = slice(first, self.stop) if contiguous else rows
-        return self._biases["sees"]
 
     def bias(self, dtype: torch.dtype, groups: int, device) -> torch.Tensor:
         """The mask as what adds to the scores (0 or -inf), (1, groups x own, keys): the query heads of one
@@ -94,12 +81,14 @@ class TreeSpans:
             above = [a for a in spans if a != segment and row.enter[a] <= row.enter[segment] < row.leave[a]]
             ancestors = [i for a in sorted(above, key=lambda a: spans[a]) for i in range(*spans[a])]
             if not ancestors:
-                segments.append(Segment(start, stop, None, None))
+                segments.append(Segment(start, stop, None, None, slice(start, stop)))
                 continue
             own = stop - start
             mask = torch.ones(own, len(ancestors) + own, dtype=torch.bool, device=device)
             mask[:, len(ancestors):] = torch.ones(own, own, dtype=torch.bool, device=device).tril()
-            segments.append(Segment(start, stop, torch.tensor(ancestors, device=device), mask))
+            sees = slice(ancestors[0], stop) if ancestors == list(range(ancestors[0], start)) else \
+                torch.tensor(ancestors + list(range(start, stop)), device=device)
+            segments.append(Segment(start, stop, torch.tensor(ancestors, device=device), mask, sees))
         return cls(segments)
 
 

@@ -7,7 +7,7 @@
     laffi evaluate RUN_DIR --system NAME [--adapter DIR] [key=value ...]
     laffi score DATA.json PREDICTIONS.json [--na-prob-file F]
     laffi stats RUN_DIR [--files feedback.jsonl feedback-llm.jsonl]
-    laffi experiment CONFIG.yaml [--out runs/x] [--dry-run] [seeds=0,1 budgets=32,64 run.data.eval_size=50 ...]
+    laffi experiment CONFIG.yaml [--out runs/x] [--dry-run | --dev-only] [seeds=0,1 budgets=32,64 run.data.eval_size=50 ...]
     laffi attention RUN_DIR [--system laffi] [--adapter DIR] [--limit 24]
     laffi report RUN_DIR
 
@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="e.g. seeds=0,1 budgets=32,64 run.data.eval_size=50")
     experiment.add_argument("--out", help="the experiment directory (default: runs/CONFIG_NAME)")
     experiment.add_argument("--dry-run", action="store_true", help="print the plan and an estimate of its time; run nothing")
+    experiment.add_argument("--dev-only", action="store_true",
+                            help="a screen: train, score dev and choose the budgets, but score no held-out question "
+                                 "(prints and writes summaries/PLAN.dev.md)")
     attention = sub.add_parser("attention", help="attention entropy, distance and gold-span mass: base vs adapter")
     attention.add_argument("run_dir", help="the run directory")
     attention.add_argument("--system", default="laffi", help="the adapter's name (default laffi): "
@@ -173,7 +176,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(describe_plan(estimate(config, layout)))
             return 0
-        summary = experiment(config, layout.root)
+        summary = experiment(config, layout.root, dev_only=args.dev_only)
+        if args.dev_only:
+            print(layout.plan_summary(summary["plan"], ".dev.md").read_text(encoding="utf-8"))
+            return 0
         print(layout.summary_md.read_text(encoding="utf-8"))
         print(f"{len(summary['cells'])} system cells; summary: {layout.summary_json}; report: {layout.run.report}")
         return 0

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from laffi.analysis.bootstrap import article_interval, bootstrap_interval
-from laffi.experiments.aggregate import CellRun, Trial, aggregate, choose_budgets
+from laffi.experiments.aggregate import CellRun, Trial, aggregate, choose_budgets, dev_screen
 from laffi.experiments.grid import AXES
-from laffi.report.tables import experiment_markdown
+from laffi.report.tables import dev_screen_markdown, experiment_markdown
 
 QUESTIONS = 10
 ARTICLES = [f"article {i // 2}" for i in range(QUESTIONS)]  # 5 articles of 2 questions
@@ -314,3 +314,20 @@ def test_inconsistent_runs_are_refused():
         summarize([first, short], trials)
     with pytest.raises(ValueError, match="10 article names for 3 questions"):
         summarize([CellRun(first.cell, "sft", 0, [1.0] * 3, [1.0] * 3, {})], trials, base=None)
+
+
+def test_the_dev_screen_pairs_each_seed_with_the_baseline_at_its_own_budget():
+    cell = coordinates(4)
+    trials = [trial(cell, "sft", 8, 0, 30.0), trial(cell, "sft", 8, 1, 34.0),  # sft: 8 steps (mean 32)
+              trial(cell, "sft", 4, 0, 20.0), trial(cell, "sft", 4, 1, 22.0),
+              trial(cell, "laffi", 4, 0, 33.0), trial(cell, "laffi", 4, 1, 33.5),  # laffi: 4 steps (mean 33.25)
+              trial(cell, "laffi", 8, 0, 31.0), trial(cell, "laffi", 8, 1, 30.0)]
+    axes = list(cell)
+    screen = dev_screen(trials, choose_budgets(trials), axes, "sft", {"system": "base", "f1": 10.0, "exact": 5.0})
+    by_system = {c["system"]: c for c in screen["cells"]}
+    assert by_system["sft"]["budget"] == 8 and by_system["laffi"]["budget"] == 4
+    assert by_system["laffi"]["difference"] == {"mean": 1.25, "seeds": [0, 1], "per_seed": [3.0, -0.5]}
+    assert by_system["sft"]["difference"] is None and by_system["laffi"]["f1"] == 33.25
+    text = dev_screen_markdown({**screen, "seeds": [0, 1], "budgets": [4, 8], "dev_questions": 100})
+    assert "| laffi | 4 | 33.25 (0.35) | 33.0 / 33.5 | +1.25 (+3.0 / -0.5) |" in text
+    assert "| base |  | untrained | 10.00 |" not in text and "| base | untrained | 10.00 |" in text

@@ -295,3 +295,33 @@ def test_a_train_axis_and_any_system_with_a_train_recipe(tiny_model_dir, tmp_pat
     rates = {yaml.safe_load((tmp_path / "grid" / j["dir"] / "config.yaml").read_text())["train"]["lr"]
              for j in summary["jobs"]}
     assert rates == {1e-4, 1e-3}
+
+
+def test_dev_only_screens_without_a_held_out_score_and_a_full_run_reuses_its_trainings(tiny_model_dir, tmp_path,
+                                                                                      capsys):
+    screen_root = tmp_path / "screen"
+    plan = {"systems": ["base", "sft", "laffi"], "seeds": [0, 1], "budgets": [1, 2]}
+    path = screen_root / "plan.yaml"
+    screen_root.mkdir()
+    path.write_text(yaml.safe_dump({"run": tiny_run(str(tiny_model_dir)), **plan}), encoding="utf-8")
+    assert main(["experiment", str(path), "--out", str(screen_root), "--dev-only"]) == 0
+    out = capsys.readouterr().out
+    assert "--dev-only" in out and "| laffi |" in out
+    assert not list(screen_root.rglob("eval/*/predictions.jsonl")), "the held-out set was scored"
+    assert not (screen_root / "experiment.json").exists()
+    screen = json.loads(next((screen_root / "summaries").glob("*.dev.json")).read_text())
+    by_system = {c["system"]: c for c in screen["cells"]}
+    sft, laffi = by_system["sft"], by_system["laffi"]
+    curve = {(p["system"], p["budget"]): p["per_seed"] for p in screen["dev_curves"]}
+    # the chosen budget has the best mean dev F1 of its system; the difference pairs seeds at each one's budget
+    for cell in (sft, laffi):
+        means = {b: sum(s.values()) / len(s) for (name, b), s in curve.items() if name == cell["system"]}
+        assert means[cell["budget"]] == max(means.values())
+    expected = [round(laffi["per_seed"][s] - sft["per_seed"][s], 2) for s in laffi["per_seed"]]
+    assert laffi["difference"]["per_seed"] == expected and sft["difference"] is None
+    assert screen["base"]["system"] == "base"
+    # the full run scores the held-out set with the same trainings: it trains nothing more
+    assert main(["experiment", str(path), "--out", str(screen_root)]) == 0
+    full = json.loads((screen_root / "experiment.json").read_text())
+    assert not any(j["trained_this_run"] for j in full["jobs"])
+    assert {c["system"]: c["budget"] for c in full["cells"]} == {"sft": sft["budget"], "laffi": laffi["budget"]}

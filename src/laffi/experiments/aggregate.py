@@ -157,17 +157,42 @@ def aggregate(runs: list[CellRun], trials: list[Trial], choices: dict[tuple, int
     _mark_shared(cells)
     summary = {"axes": axes, "baseline": baseline, "cells": cells,
                "differences": _differences(groups, base, articles, baseline, samples, seed),
-               "dev_curves": [{"system": system, **dict(zip(axes, key)), "budget": budget,
-                               "per_seed": dict(sorted(by_seed.items())),
-                               "f1": round(statistics.mean(by_seed.values()), 2)}
-                              for (key, system), by_budget in curves.items()
-                              for budget, by_seed in sorted(by_budget.items())],
+               "dev_curves": dev_curve_points(curves, axes),
                "artifacts": _users(runs)}
     if base is not None:
         summary["base"] = {"questions": len(base["f1"]), "dev": base["dev"]}
         for metric in METRICS:
             summary["base"].update(_scores(np.array([base[metric]], dtype=float), articles, samples, seed, metric))
     return summary
+
+
+def dev_curve_points(curves: dict[tuple, dict[int, dict[int, float]]], axes: list[str]) -> list[dict]:
+    """Each (cell, system, budget)'s dev F1: per seed and the mean (summary["dev_curves"])."""
+    return [{"system": system, **dict(zip(axes, key)), "budget": budget, "per_seed": dict(sorted(by_seed.items())),
+             "f1": round(statistics.mean(by_seed.values()), 2)}
+            for (key, system), by_budget in curves.items() for budget, by_seed in sorted(by_budget.items())]
+
+
+def dev_screen(trials: list[Trial], choices: dict[tuple, int], axes: list[str], baseline: str,
+               base_dev: dict | None) -> dict[str, Any]:
+    """`laffi experiment --dev-only`: the dev numbers alone, for screening candidates before any held-out
+    score exists. Per (cell, system): the chosen budget, its dev F1 per seed, and its difference from the
+    baseline's dev F1 at the baseline's own chosen budget, paired by seed (percentage points)."""
+    curves = dev_curves(trials)
+    cells = []
+    for (key, system), budget in choices.items():
+        mine = curves[key, system][budget]
+        theirs = curves.get((key, baseline), {}).get(choices.get((key, baseline)), {})
+        shared = sorted(set(mine) & set(theirs))
+        differences = [round(mine[s] - theirs[s], 2) for s in shared]
+        cells.append({"system": system, **dict(zip(axes, key)), "budget": budget,
+                        "f1": round(statistics.mean(mine.values()), 2),
+                        "f1_sd": round(statistics.stdev(mine.values()), 2) if len(mine) > 1 else None,
+                        "per_seed": dict(sorted(mine.items())),
+                        "difference": ({"mean": round(statistics.mean(differences), 2), "seeds": shared,
+                                        "per_seed": differences} if differences and system != baseline else None)})
+    return {"dev_only": True, "axes": axes, "baseline": baseline, "cells": cells, "base": base_dev,
+            "dev_curves": dev_curve_points(curves, axes)}
 
 
 def _mark_best_of_family(cells: list[dict], axes: list[str]) -> None:

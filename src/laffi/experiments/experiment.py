@@ -38,7 +38,7 @@ import yaml
 from laffi.annotators.content import with_content
 from laffi.backends.answering import load_backend
 from laffi.config import TrainConfig, non_default, save_config
-from laffi.experiments.aggregate import CellRun, Trial, aggregate, cell_key, choose_budgets, label
+from laffi.experiments.aggregate import CellRun, Trial, aggregate, cell_key, choose_budgets, dev_screen, label
 from laffi.experiments.clock import StageClock
 from laffi.experiments.grid import ExperimentConfig, to_dict
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
@@ -53,7 +53,7 @@ from laffi.records import (
     write_records,
 )
 from laffi.report.html import write_report
-from laffi.report.tables import experiment_markdown
+from laffi.report.tables import dev_screen_markdown, experiment_markdown
 from laffi.stages.annotate import annotate, check_annotator
 from laffi.stages.build import HybridConfig, build, build_hybrid
 from laffi.stages.evaluate import evaluate, evaluate_system
@@ -232,14 +232,14 @@ def record_selection(experiment: ExperimentLayout, choices: dict[str, int]) -> N
 
 
 def shared_stages(layout: ExperimentLayout, config: ExperimentConfig, timed: StageClock,
-                  untrained: list[System]) -> None:
+                  untrained: list[System], splits: tuple[str, ...] = ("dev", "heldout")) -> None:
     """What every cell shares: the split, the untrained systems' scores, the answers, each annotator's feedback."""
     shared, run, grid = layout.run, config.run, config.grid
     timed("prepare", prepare, shared, run.data)
     # one base-model load for the base evaluations and the generation stage, as in `laffi run`
     base_backend = functools.cache(lambda: load_backend(run.model, run.generate))
     for system in untrained:  # the base model: no budget, no seed; nothing is chosen on its held-out score
-        for split in ("dev", "heldout"):
+        for split in splits:
             timed(f"evaluate {system.name} ({split})", evaluate, shared, system.name, run.model, run.data,
                   run.generate, replace(run.eval, split=split), backend=base_backend)
     timed("generate", generate, shared, run.model, run.data, run.generate, backend=base_backend)
@@ -318,7 +318,9 @@ def heldout_runs(layout: ExperimentLayout, chosen: list[Planned], examples: list
     return runs
 
 
-def experiment(config: ExperimentConfig, out: str | Path) -> dict:
+def experiment(config: ExperimentConfig, out: str | Path, dev_only: bool = False) -> dict:
+    """The summary (experiment.json); `dev_only`: stop after the dev scores and the choice of budgets,
+    score no held-out question, and return the screen (summaries/PLAN.dev.json) instead."""
     layout = ExperimentLayout(out)
     shared, run = layout.run, config.run
     systems = config.load_systems()
@@ -331,7 +333,7 @@ def experiment(config: ExperimentConfig, out: str | Path) -> dict:
     print(describe_plan(estimate(config, layout)), flush=True)
     timed = StageClock()
     untrained = [s for s in systems if not s.recipe]
-    shared_stages(layout, config, timed, untrained)
+    shared_stages(layout, config, timed, untrained, ("dev",) if dev_only else ("dev", "heldout"))
     cells, planned, jobs = plan_trainings(layout, config)
     print(f"experiment: {len(planned)} trainings asked for, {len(jobs)} different ones", flush=True)
     ran = {key: timed(f"train and score dev {number}/{len(jobs)}: {job.layout(layout).root.name}", run_job,
@@ -342,6 +344,8 @@ def experiment(config: ExperimentConfig, out: str | Path) -> dict:
     choices = choose_budgets(trials)  # dev scores only
     names = {(cell_key(c.coordinates), s.name): label(c.coordinates, s.name) for c in cells for s in config.trained()}
     choice = {names[key]: budget for key, budget in choices.items()}
+    if dev_only:
+        return write_screen(layout, config, trials, choices, untrained)
     changed = changed_choices(layout, choice)
     for name in changed:
         print(f"note: the budget chosen for {name} differs from an earlier choice whose held-out scores were "
@@ -379,6 +383,22 @@ def experiment(config: ExperimentConfig, out: str | Path) -> dict:
     write_summary(layout, summary)
     write_report(layout.root)
     return summary
+
+
+def write_screen(layout: ExperimentLayout, config: ExperimentConfig, trials: list[Trial], choices: dict[tuple, int],
+                 untrained: list[System]) -> dict:
+    """--dev-only: the dev screen into summaries/PLAN.dev.{json,md}; experiment.json, the last full summary
+    (what report.html shows), stays as it is."""
+    base = None
+    if untrained:
+        dev = json.loads(layout.run.metrics(untrained[0].name, "dev").read_text(encoding="utf-8"))
+        base = {"system": untrained[0].name, "f1": dev["f1"], "exact": dev["exact"]}
+    screen = dev_screen(trials, choices, config.grid.axes(), config.baseline, base)
+    screen.update(plan=plan_id(config), seeds=config.seeds, budgets=config.budgets,
+                  dev_questions=config.run.data.dev_size)
+    write_json(layout.plan_summary(screen["plan"], ".dev.json"), screen)
+    write_atomic(layout.plan_summary(screen["plan"], ".dev.md"), dev_screen_markdown(screen))
+    return screen
 
 
 def write_summary(experiment: ExperimentLayout, summary: dict) -> None:

@@ -160,6 +160,35 @@ def experiment_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dev_screen_table(summary: dict) -> Table:
+    """`--dev-only`: each system at its budget chosen on dev, its dev F1 and its paired dev difference."""
+    axes = varying_axes(summary)
+    rows = []
+    if summary.get("base"):
+        rows.append([summary["base"]["system"], *[""] * len(axes), "untrained", f"{summary['base']['f1']:.2f}", "", ""])
+    for c in summary["cells"]:
+        d = c["difference"]
+        rows.append([c["system"], *[str(c[a]) for a in axes], str(c["budget"]), _dev(c),
+                     " / ".join(f"{v:.1f}" for v in c["per_seed"].values()),
+                     f"{d['mean']:+.2f} ({' / '.join(f'{v:+.1f}' for v in d['per_seed'])})" if d else ""])
+    return Table(["system", *axes, "budget (steps)", "dev F1 (sd)", "per seed", f"- {summary['baseline']}, per seed"],
+                 rows, frozenset({len(axes) + 1, len(axes) + 2}))
+
+
+def dev_screen_markdown(summary: dict) -> str:
+    """What `laffi experiment --dev-only` prints and writes (summaries/PLAN.dev.md): no held-out number."""
+    fixed = fixed_axes(summary)
+    lines = ["# laffi experiment --dev-only", "",
+             f"Dev questions: {summary['dev_questions']}; seeds: {', '.join(map(str, summary['seeds']))}; budgets "
+             f"tried: {', '.join(map(str, summary['budgets']))} steps" + (f"; fixed: {', '.join(fixed)}" if fixed else ""),
+             "", "A screen: each system at the budget with its best mean dev F1 over seeds; the difference from "
+             f"{summary['baseline']} pairs each seed with {summary['baseline']}'s at its own chosen budget. The "
+             "held-out set is not scored; run without --dev-only for the finalists.", "",
+             markdown(*dev_screen_table(summary)), "", "Dev F1 at every budget (mean, then per seed).", "",
+             markdown(*dev_curve_table(summary))]
+    return "\n".join(lines) + "\n"
+
+
 # --- annotators: stats.json (`laffi stats`) -------------------------------------------------------
 
 def raters_table(result: dict) -> Table:

@@ -18,7 +18,8 @@ import torch
 import laffi.experiments.verdict_check as verdict_check
 import laffi.stages.verdicts as verdicts
 from laffi.experiments.verdict_check import auroc, check
-from laffi.stages.verdicts import SENTENCES, opening_ids, sentence_logprobs, verdict_probabilities
+from laffi.stages.build import verify_example
+from laffi.stages.verdicts import LINES, SENTENCES, opening_ids, sentence_logprobs, verdict_probabilities
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import ModelConfig, load_config
 from laffi.layout import ExperimentLayout, RunLayout
@@ -121,6 +122,25 @@ def test_a_verdict_sentence_is_tokenized_as_the_start_of_the_feedback_training_r
         opening = opening_ids(tokenizer, prompt, note.parts["verdict"])
         assert trained[:len(opening)] == opening
         assert opening == sentence_tokens_from_text(tokenizer, prompt, note.parts["verdict"])
+
+
+def test_verdict_lines_are_the_opening_a_verify_completion_trains_and_are_read_as_such(tiny):
+    model, tokenizer = tiny
+    annotator = ReferenceAnnotator()
+    for (example, answer), item in zip(CANDIDATES, items()):
+        note = annotator.annotate([(example, Answer(example.id, answer, answer, "m"))])[0]
+        trained_example = verify_example(example, item[1], note)
+        prompt = feedback_messages(*item)
+        assert trained_example.prompt == prompt
+        _, trained = prompt_completion_ids(tokenizer, prompt, trained_example.completion)
+        line = dict(LINES)[note.verdict]
+        opening = opening_ids(tokenizer, prompt, line)
+        assert trained[:len(opening)] == opening and trained_example.completion[0]["content"].startswith(line + "\n")
+    got = verdict_probabilities(model, tokenizer, items(), openings=LINES)
+    for item, probabilities in zip(items(), got):
+        values = torch.tensor([direct_logprob(model, tokenizer, feedback_messages(*item), s) for _, s in LINES])
+        expected = dict(zip(VERDICTS, values.softmax(0).tolist()))
+        assert probabilities == pytest.approx(expected, abs=1e-5)
 
 
 def brute_auroc(scores, positives):

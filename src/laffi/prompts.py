@@ -94,6 +94,11 @@ def feedback_messages(example: QAExample, shots: list[QAExample], answer: str) -
     ]
 
 
+def verdict_line(verdict: str) -> str:
+    """The fixed first line of a verify completion (laffi.stages.build.verify_example): "Verdict: correct"."""
+    return f"{VERDICT_FIELD}{verdict}"
+
+
 def review_completion(feedback: str, verdict: str, revised: str) -> str:
     """A refinement completion: the feedback, then the verdict and the revised answer, a line each."""
     return f"{feedback}\n{VERDICT_FIELD}{verdict}\n{REVISED_FIELD}{revised}"

@@ -14,7 +14,8 @@ Both hold the same questions: those with feedback, in the order of the train poo
   lines from the Feedback record (its corrected answer; the answer itself when it is correct). The
   critique format: the same, with the feedback's verdict sentence alone before the fields. The
   answer-feedback format: the QA prompt -> the gold answer, a blank line, then the feedback on the
-  model's own answer. A recipe with `aux` also gets sets/SYSTEM.aux.jsonl: every question of its set
+  model's own answer. The verify format: the LaFFi example with a fixed line "Verdict: VERDICT" before
+  the feedback (a verifier's training). A recipe with `aux` also gets sets/SYSTEM.aux.jsonl: every question of its set
   again, in the aux set's format, in the same order. A recipe with `preference` also gets
   sets/SYSTEM.pairs.jsonl: for every question whose own answer the annotator judged incorrect or partially
   correct, the QA prompt, the gold answer (chosen) and that answer (rejected), in TRL's preference format;
@@ -38,7 +39,14 @@ from laffi.analysis.metrics import majority_answer
 from laffi.annotators.content import content_text
 from laffi.config import ConfigError, DataConfig, require, save_config
 from laffi.layout import RunLayout, failures_file
-from laffi.prompts import answer_feedback_completion, choose_shots, feedback_messages, qa_messages, review_completion
+from laffi.prompts import (
+    answer_feedback_completion,
+    choose_shots,
+    feedback_messages,
+    qa_messages,
+    review_completion,
+    verdict_line,
+)
 from laffi.records import (
     VERDICTS,
     AnnotationFailure,
@@ -99,6 +107,15 @@ def critique_example(example: QAExample, shots: list[QAExample], note: Feedback)
     return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion))
 
 
+def verify_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
+    """The LaFFi example with a fixed verdict line first ("Verdict: incorrect", then the feedback): a model
+    trained on it states its verdict on an answer in one of three fixed lines, whose probabilities
+    (laffi.stages.verdicts.VERDICT_LINES) make it a verifier that reads one line per candidate answer,
+    whoever wrote the feedback (the reference annotator's own verdict sentences come in four wordings)."""
+    completion = verdict_line(note.verdict) + "\n" + note.text
+    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion))
+
+
 def answer_feedback_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
     """Answer-then-feedback in one completion: the QA prompt -> SFT's gold answer, then the feedback the
     model's own answer got. The answer comes first because direct answering reads the first line; were
@@ -129,7 +146,7 @@ def pair_metadata(notes: list[Feedback], pairs: list[PreferencePair]) -> dict:
 
 # the training sets a system's recipe can draw on (laffi.systems.SETS)
 SET_FORMATS = {"sft": sft_example, "laffi": laffi_example, "refine": refine_example, "critique": critique_example,
-               "answer-feedback": answer_feedback_example}
+               "answer-feedback": answer_feedback_example, "verify": verify_example}
 
 
 def write_system_set(layout: RunLayout, system: System, examples: list[QAExample], shots: list[QAExample],

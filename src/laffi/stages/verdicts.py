@@ -39,7 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from laffi.annotators.reference import VERDICTS as VERDICT_WORDINGS
 from laffi.packing import can_pack
-from laffi.prompts import Message, feedback_messages, prompt_completion_ids, prompt_ids
+from laffi.prompts import Message, feedback_messages, prompt_completion_ids, prompt_ids, verdict_line
 from laffi.records import VERDICTS, QAExample
 from laffi.stages.batches import IGNORE, Row, packed_part_indices, sequence_logps
 from laffi.tree_attention import tree_attention
@@ -49,9 +49,11 @@ Item = tuple[QAExample, list[QAExample], str]  # a question, its few-shot exampl
 # (verdict, sentence): the reference annotator's 12 verdict sentences, verdicts in laffi.records.VERDICTS order
 SENTENCES: tuple[tuple[str, str], ...] = tuple((verdict, sentence) for verdict in VERDICTS
                                                for sentence in VERDICT_WORDINGS[verdict])
-# What a verdict sentence is checked to be tokenized apart from: how the reference feedback goes on after it
-# (a diagnosis beginning with a word or with a quoted answer).
-_FOLLOWERS = (" It", ' "')
+# A verify completion's three fixed first lines (laffi.stages.build.verify_example), in VERDICTS order
+LINES: tuple[tuple[str, str], ...] = tuple((verdict, verdict_line(verdict)) for verdict in VERDICTS)
+# What an opening is checked to be tokenized apart from: how the feedback goes on after it (after a reference
+# verdict sentence a diagnosis beginning with a word or with a quoted answer; after a verdict line a newline)
+_FOLLOWERS = (" It", ' "', "\n")
 MAX_ROW_TOKENS = 2048  # tokens of one packed row, at most (unless one candidate's 12 sequences are longer)
 
 
@@ -130,13 +132,14 @@ def verdict_mass(logprobs: Sequence[float]) -> float:
 
 
 def verdict_probabilities(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item],
-                          max_row_tokens: int = MAX_ROW_TOKENS,
-                          progress: Callable[[int], object] | None = None) -> list[dict[str, float]]:
+                          max_row_tokens: int = MAX_ROW_TOKENS, progress: Callable[[int], object] | None = None,
+                          openings: Sequence[tuple[str, str]] = SENTENCES) -> list[dict[str, float]]:
     """Per (question, shots, candidate answer): P(verdict) for "correct", "partially correct" and "incorrect",
-    summing to 1 (`verdict_distribution` of `sentence_logprobs` over the reference annotator's 12 sentences).
+    summing to 1 (`verdict_distribution` of `sentence_logprobs` over `openings`: the reference annotator's
+    12 sentences, or LINES for a model trained on verify completions).
 
-    Cost: at most one forward pass per candidate (its prompt once, then the 12 sentences' few tokens, in one
+    Cost: at most one forward pass per candidate (its prompt once, then the openings' few tokens, in one
     packed row with a shared prefix), fewer where a row of `max_row_tokens` holds several candidates; no
     generation, no gradients."""
-    logprobs = sentence_logprobs(model, tokenizer, items, tuple(s for _, s in SENTENCES), max_row_tokens, progress)
-    return [verdict_distribution(values) for values in logprobs]
+    logprobs = sentence_logprobs(model, tokenizer, items, tuple(s for _, s in openings), max_row_tokens, progress)
+    return [verdict_distribution(values, openings) for values in logprobs]

@@ -36,7 +36,7 @@ from laffi.config import ConfigError, TrainConfig, build_section, read_yaml, req
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 # the training sets the build stage can make (laffi.stages.build.SET_FORMATS)
-SETS = ("sft", "laffi", "refine", "critique", "answer-feedback")
+SETS = ("sft", "laffi", "refine", "critique", "answer-feedback", "verify")
 REVIEW_SETS = ("refine", "critique")  # their completions end with the fields feedback-guided answering reads
 PROCEDURES = ("direct", "feedback-guided")
 

@@ -2,7 +2,8 @@
 
     laffi run systems.names=base,sft,laffi-dpo-r2       # every stage of the run, each round included
     laffi train runs/demo --system laffi-dpo-r2         # all rounds of one system in a built run (its
-                                                        # annotate section judges the later rounds' answers)
+                                                        # annotate section judges the later rounds' answers,
+                                                        # whose sets keep the whole feedback)
     train_rounds(layout, system, model, data, generate, train, RoundFeedback(annotate))
 
 Round 1 is the system's one training, as `laffi train` runs it, on the run's own sets (the base model's

@@ -3,7 +3,7 @@
     laffi run [CONFIG.yaml] [--preset smoke] [--out runs/x] [key=value ...]
     laffi run [CONFIG.yaml] --launcher accelerate|torchrun|process [--num-processes 8] [--accelerate-config F]
     laffi prepare|generate|annotate|build RUN_DIR [key=value ...]
-    laffi train RUN_DIR --system laffi|sft [key=value ...]
+    laffi train RUN_DIR --system laffi|sft [key=value ...]   (train.rounds: all rounds, judged by annotate.*)
     laffi evaluate RUN_DIR --system NAME [--adapter DIR] [key=value ...]
     laffi score DATA.json PREDICTIONS.json [--na-prob-file F]
     laffi stats RUN_DIR [--files feedback.jsonl feedback-llm.jsonl]
@@ -260,6 +260,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "train":
         from laffi.distributed.shards import Shard
         from laffi.stages.evaluate import dev_scorer
+        from laffi.stages.rounds import RoundFeedback, train_rounds
         from laffi.stages.train import train, train_system
         from laffi.systems import load_systems, packaged_systems
 
@@ -269,7 +270,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             specs = [*specs, args.system]       # as a set of its own it would lose its aux or preference term
         systems = {s.name: s for s in load_systems(specs)}
         name = Path(args.system).stem if named else args.system
-        if name in systems:  # its recipe's steps and train.init, as `laffi run` trains it
+        if name in systems and systems[name].training_rounds > 1:  # every round (laffi.stages.rounds), the
+            out = train_rounds(layout, systems[name], config.model, config.data,  # later ones judged by the
+                               config.generate, config.train, RoundFeedback(config.annotate))  # annotate section
+        elif name in systems:  # its recipe's steps and train.init, as `laffi run` trains it
             out = train_system(layout, systems[name], config.model, config.data, config.generate, config.train)
         else:  # a set of your own in sets/NAME.jsonl
             out = train(layout, args.system, config.model, config.train,

@@ -14,6 +14,11 @@ A run directory reads as the story of the experiment:
                                     config.yaml, checkpoint/ (and reference_logps.json: train.preference)
     eval/SYSTEM/                    predictions.jsonl, metrics.json, config.yaml (eval-dev/SYSTEM/: the
                                     same on the dev set, eval.split=dev)
+    rounds/SYSTEM/rN/               train.rounds (laffi.stages.rounds): round N's answers.jsonl (round N-1's
+                                    model on the training questions), feedback.jsonl, sets/, layout.json,
+                                    and adapters/SYSTEM/ for every round but the last, which trains into
+                                    adapters/SYSTEM/ (round 1: r1/ holds its adapter; it trained on the
+                                    run's own answers, feedback and sets)
     attention/SYSTEM/               attention.json and its PNGs (`laffi attention`)
     results.{json,md}, run_info.json, report.html, stats.json, annotations.db
 
@@ -227,6 +232,20 @@ class RunLayout:
     def reference_logps(self, system: str) -> Path:
         """train.preference: the reference policy's log-probs of the pair rows, computed once before step 1."""
         return self.adapter(system) / "reference_logps.json"
+
+    # train.rounds: each round after the first answers, annotates, builds and trains again
+    def round(self, system: str, number: int) -> RunLayout:
+        """rounds/SYSTEM/rN/: round N's own run directory on this run's data/: the answers of round N-1's model,
+        their feedback and the sets built from them (N >= 2), and its adapter unless it is the last round."""
+        return RunLayout(self.root / "rounds" / system / f"r{number}", data=self.data)
+
+    def round_training(self, system: str, number: int, rounds: int) -> RunLayout:
+        """Where round `number` of `rounds` trains: on this run's sets for round 1, on its round's sets after;
+        into rounds/SYSTEM/rN/adapters/SYSTEM, but the last round into adapters/SYSTEM, where evaluation (and
+        anything else that reads a system's adapter) looks. With one round, this very layout."""
+        own = self.round(system, number)
+        return RunLayout(self.root if number == rounds else own.root, data=self.data,
+                         sets=self.sets if number == 1 else own.sets)
 
     # stage 5: evaluate, on the held-out set (eval/) or the dev set (eval-dev/, eval.split=dev)
     def questions(self, split: str = "heldout") -> Path:

@@ -203,6 +203,10 @@ def test_laffi_run_refuses_one_process_systems_under_many_processes_before_any_s
     for launch in (["--num-processes", "2"], ["--accelerate-config", config]):
         assert main(["run", "--out", str(tmp_path), "--launcher", "accelerate", *launch]) == 2  # the default systems
         assert "systems.names: laffi-aux-half train with auxiliary examples" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path), "--launcher", "accelerate", "--num-processes", "2",
+                 "systems.names=base,sft,laffi-dpo-r2"]) == 2  # its rounds answer and annotate in one process
+    assert "systems.names: laffi-dpo-r2 train with auxiliary examples, preference pairs or several rounds" in \
+        capsys.readouterr().err
     assert main(["run", "--out", str(tmp_path), "--launcher", "torchrun", "--num-processes", "2",
                  "systems.names=sft", "train.eval_every=4"]) == 2
     assert "train.eval_every: QA evaluation during training runs in one process" in capsys.readouterr().err

@@ -16,11 +16,13 @@ import yaml
 import laffi.experiments.experiment as experiment_module
 from laffi.annotators.reference import VERDICTS
 from laffi.cli import main
-from laffi.config import ModelConfig, TrainConfig, non_default
-from laffi.experiments.experiment import experiment, job_for
+from laffi.config import AnnotateConfig, ModelConfig, TrainConfig, non_default
+from laffi.experiments.experiment import estimate, experiment, job_for
 from laffi.experiments.grid import experiment_config_from
-from laffi.layout import RunLayout, adapter_finished
-from laffi.records import Feedback, Prediction, TrainingExample, TrainLogEntry, read_records, write_records
+from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
+from laffi.records import Answer, Feedback, Prediction, TrainingExample, TrainLogEntry, read_records, write_records
+from laffi.stages.rounds import RoundFeedback
+from laffi.systems import load_system
 
 
 def tiny_run(model_dir) -> dict:
@@ -325,3 +327,52 @@ def test_dev_only_screens_without_a_held_out_score_and_a_full_run_reuses_its_tra
     full = json.loads((screen_root / "experiment.json").read_text())
     assert not any(j["trained_this_run"] for j in full["jobs"])
     assert {c["system"]: c["budget"] for c in full["cells"]} == {"sft": sft["budget"], "laffi": laffi["budget"]}
+
+
+DPO_KEY = "f796442902ab"  # laffi-dpo's key before train.rounds: a recipe at one round keeps its jobs
+
+
+def test_train_rounds_leaves_the_job_keys_of_one_round_systems_as_they_were(tmp_path):
+    variant = RunLayout(tmp_path)
+    variant.sets.mkdir(parents=True)
+    variant.training_set("laffi-dpo").write_text('{"id": "q1", "prompt": [], "completion": []}\n')
+    variant.pair_set("laffi-dpo").write_text(
+        '{"id": "q1", "prompt": [], "chosen": [{"role": "assistant", "content": "a"}], '
+        '"rejected": [{"role": "assistant", "content": "b"}], "verdict": "incorrect"}\n')
+    config = experiment_config_from({"run": {"model": {"name": "some/model"}}, "systems": ["sft", "laffi-dpo"],
+                                     "seeds": [1], "budgets": [8]})
+    dpo = config.trained()[1]
+    judge = RoundFeedback(config.annotate_config("reference"))
+    assert job_for(config, dpo, variant, config.train_for({}, 8, 1)).key == DPO_KEY
+    assert job_for(config, dpo, variant, config.train_for({}, 8, 1), judge) == \
+        job_for(config, dpo, variant, config.train_for({}, 8, 1))  # one round: no annotator in its key or job
+    # in rounds, the later rounds' annotator and content are part of what the adapter is made of
+    variant.training_set("laffi-dpo-r2").write_bytes(variant.training_set("laffi-dpo").read_bytes())
+    variant.pair_set("laffi-dpo-r2").write_bytes(variant.pair_set("laffi-dpo").read_bytes())
+    two = load_system("laffi-dpo-r2")
+    train = config.train_for({}, 8, 1)
+    keys = {job_for(config, two, variant, train, RoundFeedback(AnnotateConfig(seed=seed), content)).key
+            for seed in (0, 1) for content in ("verdict", "verdict+explanation+answer")}
+    assert len(keys) == 4
+    with pytest.raises(ValueError, match="annotator of its cell"):
+        job_for(config, two, variant, config.train_for({}, 8, 1))
+
+
+def test_a_system_in_rounds_trains_every_round_at_its_budget_and_counts_both_in_its_cost(tiny_model_dir, tmp_path):
+    config = experiment_config_from({"run": tiny_run(tiny_model_dir), "systems": ["base", "sft", "laffi-dpo-r2"],
+                                     "seeds": [0], "budgets": [2]})
+    root = tmp_path / "rounds"
+    plan = estimate(config, ExperimentLayout(root))
+    assert plan["steps_by_system"] == {"sft": 2, "laffi-dpo-r2": 4}  # the budget is the steps of each round
+    summary = experiment(config, root)
+    job = RunLayout.of(root / next(j["dir"] for j in summary["jobs"] if j["system"] == "laffi-dpo-r2"))
+    rounds = json.loads(job.train_summary("laffi-dpo-r2").read_text())["rounds"]
+    assert [(r["round"], r["steps"]) for r in rounds] == [(1, 2), (2, 2)]
+    assert adapter_finished(job.round_training("laffi-dpo-r2", 1, 2).adapter("laffi-dpo-r2"))
+    answers = read_records(job.round("laffi-dpo-r2", 2).answers, Answer)
+    assert len(answers) == 8 and len(read_records(job.round("laffi-dpo-r2", 2).feedback, Feedback)) == 8
+    assert yaml.safe_load(job.config.read_text())["annotate"]["annotator"] == "reference"  # `laffi train` reads it
+    cell = next(c for c in summary["cells"] if c["system"] == "laffi-dpo-r2")
+    assert cell["cost"]["train_tokens"] == sum(r["tokens_this_process"] for r in rounds)
+    assert cell["cost"]["train_seconds"] == pytest.approx(sum(r["seconds_this_process"] for r in rounds), abs=0.01)
+    assert cell["budget"] == 2 and job.predictions("laffi-dpo-r2").exists()  # scored with round 2's adapter

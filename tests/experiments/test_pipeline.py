@@ -154,6 +154,10 @@ def test_every_packaged_system_trains_once_and_is_evaluated_end_to_end(tiny_over
     with_aux = json.loads(layout.train_summary("laffi-aux").read_text())  # each question's LaFFi example too
     assert with_aux["aux"] == {"examples": with_aux["examples"], "weight": 1.0} and with_aux["examples"] > 0
     assert json.loads(layout.train_summary("laffi-aux-half").read_text())["aux"]["weight"] == 0.5
+    in_rounds = json.loads(layout.train_summary("laffi-dpo-r2").read_text())["rounds"]  # train.rounds: 2
+    assert [(r["round"], r["steps"]) for r in in_rounds] == [(1, 2), (2, 2)]
+    assert len(read_records(layout.round("laffi-dpo-r2", 2).answers, Answer)) == len(read_records(
+        layout.training_set("laffi-dpo-r2"), TrainingExample))  # round 1's model on round 1's questions
     for name, aux_set in (("laffi-aux-refine", "refine"), ("laffi-aux-critique", "critique")):  # fields last
         aux_examples = read_records(layout.aux_set(name), TrainingExample)
         assert len(aux_examples) == with_aux["examples"]

@@ -63,10 +63,16 @@ def lora_model(tiny_model_dir, dtype=torch.float32, moved: bool = True, dropout:
     config = load_config(overrides=[f"model.name={tiny_model_dir}", f"train.lora_dropout={dropout}"])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
     model = add_lora(model, config.model, config.train, autocast=dtype == torch.bfloat16)
-    for name, p in model.named_parameters() if moved else ():  # B starts at zero; move it so policy != reference
+    if moved:
+        move(model)
+    return model, config
+
+
+def move(model) -> None:
+    """B starts at zero: move it, as steps of training would, so that the policy differs from the reference."""
+    for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
-    return model, config
 
 
 def full_logp(model, row) -> float:
@@ -81,15 +87,16 @@ def full_logp(model, row) -> float:
 @pytest.mark.parametrize("length_normalized", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
 def test_the_loops_loss_is_the_nll_plus_the_hand_computed_dpo_loss(tiny_model_dir, packed, length_normalized):
-    model, config = lora_model(tiny_model_dir)
+    model, config = lora_model(tiny_model_dir, moved=False)
     rows = question_rows(model.config.vocab_size)
     preference = Preference(weight=0.7, beta=0.3, length_normalized=length_normalized)
     term = term_of(2, preference)
     batch = term.with_pairs([0, 1])
     assert batch == [0, 1, 2, 3, 4, 5]
-    with tree_attention(model) if packed else torch.no_grad():  # the reference as train() computes it
+    with tree_attention(model) if packed else torch.no_grad():  # the reference as train() computes it, at step 0
         term.reference = term.compute_reference(model, rows, batch_parts(rows, batch, packed, True, 4096,
                                                                          term.units(batch)), 0, CPU, packed)
+    move(model)  # the policy of a later step; the reference stays the model at step 0, here the base model
 
     policy = [full_logp(model, row) for row in rows]
     with model.disable_adapter():
@@ -111,10 +118,14 @@ def test_the_loops_loss_is_the_nll_plus_the_hand_computed_dpo_loss(tiny_model_di
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_at_step_one_every_log_ratio_is_exactly_zero_and_every_pair_loss_log_2(tiny_model_dir, tmp_path):
-    """bf16 weights under autocast, LoRA dropout on, rows cut into several packed parts: the reference (adapter
-    off) and the fresh adapter (B = 0) give the very same log-probs, and the saved reference reads back as is."""
-    model, config = lora_model(tiny_model_dir, torch.bfloat16, moved=False, dropout=0.1)
+@pytest.mark.parametrize("continued, dropout", [(False, 0.1), (True, 0.0)])
+def test_at_step_one_every_log_ratio_is_exactly_zero_and_every_pair_loss_log_2(tiny_model_dir, tmp_path, continued,
+                                                                             dropout):
+    """bf16 weights under autocast, rows cut into several packed parts: the reference (the model at step 0, its
+    adapter on) and the training's first forward give the very same log-probs, and the saved reference reads
+    back as is. A fresh adapter (B = 0) with LoRA dropout on: the reference is the base model's to the bit; a
+    continued one (B moved: train.init, a later round of train.rounds) without dropout: the adapter's own."""
+    model, config = lora_model(tiny_model_dir, torch.bfloat16, moved=continued, dropout=dropout)
     rows = question_rows(model.config.vocab_size, questions=4)
     term = term_of(4, Preference())
     batches = [term.with_pairs([0, 1, 2, 3])]
@@ -135,6 +146,10 @@ def test_at_step_one_every_log_ratio_is_exactly_zero_and_every_pair_loss_log_2(t
         assert margin_sum == 0.0
         dpo, pairs = dpo + dpo_sum, pairs + n
     assert pairs == 4 and dpo == pytest.approx(4 * math.log(2), rel=1e-6)
+    if not continued:  # the fresh adapter's reference is the base model's, bit for bit
+        with torch.autocast("cpu", torch.bfloat16), tree_attention(model), model.disable_adapter():
+            base = term.compute_reference(model, rows, parts, 0, CPU, True)
+        assert base == term.reference
 
 
 def test_a_pair_is_never_cut_apart_at_a_small_max_row_tokens():
@@ -191,11 +206,18 @@ def test_the_build_stage_writes_pairs_for_incorrect_and_partially_correct_answer
                        VERDICTS[0])
 
 
+def test_a_preference_term_may_continue_another_adapter(tmp_path):
+    # its reference is the model the training starts from (the adapter it continues), not the base model
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  sets: {sft: 1.0}\n  init: sft\n  preference: {}\n")
+    assert load_system(str(path)).init == "sft"
+
+
 @pytest.mark.parametrize("text, message", [
     ("train:\n  sets: {sft: 1.0}\n  preference: {beta: 0}\n", "train.preference.beta: must be > 0"),
+    ("train:\n  sets: {sft: 1.0}\n  rounds: 0\n", "train.rounds: must be >= 1"),
     ("train:\n  sets: {sft: 1.0}\n  preference: {weight: -1}\n", "train.preference.weight: must be > 0"),
     ("train:\n  sets: {sft: 1.0}\n  aux: laffi\n  preference: {}\n", "train.preference: not together with train.aux"),
-    ("train:\n  sets: {sft: 1.0}\n  init: sft\n  preference: {}\n", "train.preference: not with train.init"),
     ("train:\n  sets: {sft: 1.0}\n  preference: {temperature: 1}\n", "unknown option"),
 ])
 def test_a_bad_preference_recipe_is_named(tmp_path, text, message):

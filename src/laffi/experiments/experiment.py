@@ -54,11 +54,12 @@ from laffi.records import (
 )
 from laffi.report.html import write_report
 from laffi.report.tables import dev_screen_markdown, experiment_markdown
-from laffi.stages.annotate import annotate, check_annotator
+from laffi.stages.annotate import annotate, annotator_settings, check_annotator
 from laffi.stages.build import HybridConfig, build, build_hybrid
 from laffi.stages.evaluate import evaluate, evaluate_system
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
+from laffi.stages.rounds import RoundFeedback, train_rounds
 from laffi.stages.train import NUMERICS, train_system
 from laffi.systems import System
 
@@ -77,6 +78,7 @@ class Job:
     system: str
     sets: Path  # the training sets of the (first) variant it trains on
     train: TrainConfig  # with the budget (train.steps) and the seed
+    feedback: RoundFeedback | None = None  # train.rounds: who judges its later rounds' answers (None: one round)
 
     def layout(self, experiment: ExperimentLayout) -> RunLayout:
         return experiment.job(self.system, self.key, self.sets)
@@ -111,11 +113,13 @@ def build_variant(experiment: ExperimentLayout, config: ExperimentConfig, annota
     return variant
 
 
-def job_for(config: ExperimentConfig, system: System, variant: RunLayout, train: TrainConfig) -> Job:
+def job_for(config: ExperimentConfig, system: System, variant: RunLayout, train: TrainConfig,
+            feedback: RoundFeedback | None = None) -> Job:
     """The job that trains `system` on `variant`'s set with `train`, keyed by everything that decides its
     adapter and its answers: the set (and aux set), the model and train settings, and what the system's
     recipe and answering add beyond the set (an aux weight, the review settings), so a system file edited
-    under the same name makes a new job instead of reporting the old one's."""
+    under the same name makes a new job instead of reporting the old one's. A system with train.rounds
+    also needs `feedback`, the cell's annotator and content, which judge its later rounds (and key it)."""
     name = system.name
     digest = hashlib.sha256()
     digest.update(name.encode())
@@ -130,9 +134,14 @@ def job_for(config: ExperimentConfig, system: System, variant: RunLayout, train:
         digest.update(yaml.safe_dump(non_default(section), sort_keys=False).encode())
     extra = {k: v for k, v in non_default(system.recipe).items() if k != "sets"}  # the sets are in the bytes
     extra.update({f"answer.{k}": v for k, v in non_default(system.answer).items()})
+    rounds = system.training_rounds > 1
+    if rounds:  # the later rounds' sets come from this annotator, not from the variant's bytes
+        if feedback is None:
+            raise ValueError(f"{name} trains in rounds (train.rounds): its job needs the annotator of its cell")
+        extra.update({"rounds.annotate": annotator_settings(feedback.annotate), "rounds.content": feedback.content})
     if extra:  # none for a plain recipe: the keys of earlier versions stay
         digest.update(yaml.safe_dump(extra, sort_keys=True).encode())
-    return Job(digest.hexdigest()[:12], name, variant.sets, train)
+    return Job(digest.hexdigest()[:12], name, variant.sets, train, feedback if rounds else None)
 
 
 def run_job(experiment: ExperimentLayout, config: ExperimentConfig, job: Job, system: System, split: str) -> bool:
@@ -142,17 +151,27 @@ def run_job(experiment: ExperimentLayout, config: ExperimentConfig, job: Job, sy
     if adapter_finished(layout.adapter(job.system)) and layout.metrics(job.system, split).exists():
         return False
     run = config.run
-    # the job's own config.yaml: stages run by hand in it (laffi attention, laffi report) read it
-    save_config(layout.config, {**run.sections("model", "data", "generate"), "train": job.train, "eval": run.eval})
-    train_system(layout, system, run.model, run.data, run.generate, job.train)
+    # the job's own config.yaml: stages run by hand in it (laffi attention, laffi report, laffi train) read it
+    rounds = {"annotate": job.feedback.annotate} if job.feedback else {}  # who judges the later rounds
+    save_config(layout.config, {**run.sections("model", "data", "generate"), "train": job.train, "eval": run.eval,
+                                **rounds})
+    if job.feedback:  # train.rounds: each round's answers, feedback, sets and training (laffi.stages.rounds)
+        train_rounds(layout, system, run.model, run.data, run.generate, job.train, job.feedback)
+    else:
+        train_system(layout, system, run.model, run.data, run.generate, job.train)
     evaluate_system(layout, system, run.model, run.data, run.generate, replace(run.eval, split=split))
     return True
 
 
 def training_cost(layout: RunLayout, system: str) -> tuple[float, int]:
     """(seconds, tokens) of a finished training as its summary.json says (what its last session ran: a
-    resumed training counts what it ran after the resume); an older summary without tokens: from its log."""
+    resumed training counts what it ran after the resume); train.rounds: the sum over every round's training
+    (laffi.stages.rounds lists them in the last round's summary); an older summary without tokens: from its log."""
     summary = json.loads(layout.train_summary(system).read_text(encoding="utf-8"))
+    if "rounds" in summary:
+        rounds = summary["rounds"]
+        return (round(sum(r["seconds_this_process"] for r in rounds), 2),
+                sum(r["tokens_this_process"] for r in rounds))
     if "tokens_this_process" in summary:
         return summary["seconds_this_process"], summary["tokens_this_process"]
     last = read_records(layout.train_log(system), TrainLogEntry)[-1]
@@ -183,8 +202,10 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout) -> dict[str
     variants = len(grid.size) * len(grid.annotator) * len(grid.human_ratio) * len(grid.content)
     cells = variants * len(config.train_cells())
     trained = config.trained()
-    steps = {s.name: cells * len(config.seeds) * sum(b * s.recipe.steps_multiple for b in config.budgets)
-             for s in trained}
+    # a budget is train.steps per round: R rounds (train.rounds) train R times it, and answer the training
+    # questions R - 1 times more
+    steps = {s.name: cells * len(config.seeds) * sum(b * s.recipe.steps_multiple * s.recipe.rounds
+                                                     for b in config.budgets) for s in trained}
     per_step = {name: (sum(measured[name]) / len(measured[name]) if name in measured else SECONDS_PER_STEP)
                 for name in steps}
     trainings = cells * len(trained) * len(config.budgets) * len(config.seeds)
@@ -192,7 +213,8 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout) -> dict[str
     pool = data.train_size or (len(read_records(experiment.run.train_examples, QAExample))
                                if experiment.run.train_examples.exists() else 0)  # 0: the whole pool, not split yet
     answers = (trainings * data.dev_size + cells * len(trained) * len(config.seeds) * data.eval_size
-               + data.dev_size + data.eval_size + pool)  # the trainings', the base model's and the train answers
+               + data.dev_size + data.eval_size + pool  # the trainings', the base model's and the train answers
+               + cells * len(config.seeds) * len(config.budgets) * pool * sum(s.recipe.rounds - 1 for s in trained))
     seconds = sum(steps[n] * per_step[n] for n in steps) + answers * SECONDS_PER_QUESTION
     return {"cells": cells, "systems": config.systems, "seeds": config.seeds, "budgets": config.budgets,
             "trainings_at_most": trainings, "steps_by_system": steps,
@@ -281,7 +303,8 @@ def plan_trainings(layout: ExperimentLayout, config: ExperimentConfig) -> tuple[
             cells.append(Cell(coordinates, variant, options))
     planned, jobs = [], {}
     for cell, system, budget, seed in product(cells, config.trained(), config.budgets, config.seeds):
-        new = job_for(config, system, cell.variant, config.train_for(cell.train, budget, seed))
+        judge = RoundFeedback(config.annotate_config(cell.coordinates["annotator"]), cell.coordinates["content"])
+        new = job_for(config, system, cell.variant, config.train_for(cell.train, budget, seed), judge)
         planned.append(Planned(cell, system.name, budget, seed, jobs.setdefault(new.key, new)))
     return cells, planned, jobs
 

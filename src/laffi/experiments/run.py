@@ -8,7 +8,8 @@
 
 Evaluates the base model, lets it answer the train questions, annotates the answers, builds the
 training sets on the same questions, trains each system that has a train recipe (laffi.systems;
-by default sft, laffi and laffi-aux-half) with the same steps, LoRA settings and seed, evaluates
+by default sft, laffi and laffi-aux-half) with the same steps, LoRA settings and seed (a system with
+train.rounds: every round, laffi.stages.rounds, its later rounds judged by the same annotator), evaluates
 every system, and writes results.json, results.md, run_info.json and report.html. Every stage
 resumes, so rerunning after a crash continues where it stopped.
 """
@@ -30,6 +31,7 @@ from laffi.stages.build import build
 from laffi.stages.evaluate import evaluate, evaluate_system
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
+from laffi.stages.rounds import RoundFeedback, train_rounds
 from laffi.stages.train import train_system
 from laffi.systems import load_systems, training_order
 
@@ -42,10 +44,10 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     check_annotator(config.annotate)  # a bad template fails now, not after the answers
     systems = load_systems(config.systems.names)  # and a bad system file
     if launcher is not None and launcher.processes > 1:  # refused now, not hours later at that training
-        one_process_only = [s.name for s in systems if s.aux or s.preference]
+        one_process_only = [s.name for s in systems if s.aux or s.preference or s.training_rounds > 1]
         require(not one_process_only, "systems.names",
-                f"{', '.join(one_process_only)} train with auxiliary examples or preference pairs (train.aux, "
-                "train.preference), which run in one process, "
+                f"{', '.join(one_process_only)} train with auxiliary examples, preference pairs or several rounds "
+                "(train.aux, train.preference, train.rounds), which run in one process, "
                 f"not under --launcher {launcher.name} with several; leave them out (e.g. systems.names=base,sft,laffi)")
         require(not config.train.eval_every, "train.eval_every",
                 "QA evaluation during training runs in one process; set it to 0 under a launcher with several")
@@ -66,7 +68,10 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     timed("annotate", annotate, layout, config.annotate)
     timed("build", build, layout, config.data, systems)
     for system in training_order(systems):
-        if launcher is None:
+        if system.training_rounds > 1:  # its later rounds answer, annotate and build again (one process)
+            timed(f"train {system.name}", train_rounds, layout, system, config.model, config.data, config.generate,
+                  config.train, RoundFeedback(config.annotate))
+        elif launcher is None:
             timed(f"train {system.name}", train_system, layout, system, config.model, config.data, config.generate,
                   config.train)
         else:

@@ -3,7 +3,7 @@
     term = PreferenceTerm.of(preference, examples, pairs)    # pairs: sets/SYSTEM.pairs.jsonl
     rows += tokenize(tokenizer, term.pair_examples, max_seq_len)
     batches = [term.with_pairs(batch) for batch in batches]  # a question's pair joins its example's batch
-    term.reference = reference_logps(...)                     # once, before step 1, adapter off
+    term.reference = reference_logps(...)                     # once, before step 1: the model at step 0
     loss, stats = term.part_loss(model, rows, part, weights, pair_weight, pad_id, device, packed)
 
 Every step trains on train.batch_size questions' own examples (their NLL, a mean over their completion
@@ -14,14 +14,19 @@ Per pair, DPO's loss (TRL's DPOTrainer, loss_type "sigmoid"):
     -log sigmoid(beta x ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))))
 
 log pi: a completion's log-probability summed over its tokens (DPO's and TRL's convention; with
-`length_normalized`, divided by its tokens); ref: the base model, the adapter off. The step's loss is the
-NLL plus `weight` x the mean of the pairs' losses; a step whose questions have no pair has no DPO term.
+`length_normalized`, divided by its tokens); ref: the model the training starts from, frozen at step 0 (the
+base model for a new LoRA; the adapter it continues for train.init and for every round of train.rounds
+after the first, as Iterative RPO takes each iteration's reference). The step's loss is the NLL plus
+`weight` x the mean of the pairs' losses; a step whose questions have no pair has no DPO term.
 
-The reference log-probs are computed once before training, in the rows the training will run (the same
-packed parts, autocast and tree attention: a part's layout decides its rounding), keyed by the part, so
-at step 1, where LoRA's B is zero, every policy/reference log-ratio is exactly 0 and every pair's loss
-log 2. They are saved beside the checkpoint (adapters/SYSTEM/reference_logps.json): a resumed training
-reads them back, never recomputes them on another device or kernel.
+The reference log-probs are computed once before training, with the adapter on as it is at step 0, in the
+rows the training will run (the same packed parts, autocast and tree attention: a part's layout decides
+its rounding), keyed by the part, so at step 1 every policy/reference log-ratio is exactly 0 and every
+pair's loss log 2. For a new LoRA that reference is the base model's to the bit: LoRA's B is zero, and
+adding its exact zeros to a layer's output changes no bit (the same as switching the adapter off, which is
+what this code did before train.rounds). They are saved beside the checkpoint
+(adapters/SYSTEM/reference_logps.json): a resumed training reads them back, never recomputes them on
+another device or kernel, nor from the weights of a later step.
 """
 
 from __future__ import annotations
@@ -119,16 +124,17 @@ class PreferenceTerm:
 
     def compute_reference(self, model, rows: list[Row], parts: list[list[int]], pad_id: int, device: torch.device,
                           packed: bool) -> dict[Part, dict[int, float]]:
-        """The pair rows' log-probs under the base model (the adapter off, in eval mode: no dropout), part by
-        part as the training runs them. Call it under the training's autocast and, packed, in tree_attention.
-        Grad mode stays on, as in training: on a CPU it picks tree attention's kernels (a bf16 matmul or an
-        fp32 SDPA, where without grad it runs bf16 SDPA), so without it the log-ratio at step 1 is off by the
-        two kernels' rounding; the results are detached, and nothing of the base model needs a gradient."""
+        """The pair rows' log-probs under the model as it is now, before step 1 (the adapter on, in eval mode:
+        no dropout), part by part as the training runs them: the base model for a new LoRA (its B is zero),
+        the adapter a continued training starts from. Call it under the training's autocast and, packed, in
+        tree_attention. Grad mode stays on, as in training: on a CPU it picks tree attention's kernels (a bf16
+        matmul or an fp32 SDPA, where without grad it runs bf16 SDPA), so without it the log-ratio at step 1
+        is off by the two kernels' rounding; the results are detached."""
         peft_model = unwrapped(model)
         peft_model.eval()
         reference = {}
         try:
-            with torch.enable_grad(), peft_model.disable_adapter():
+            with torch.enable_grad():
                 for part in self.needed(parts):
                     logps = sequence_logps(model, [rows[i] for i in part], pad_id, device, packed).detach().tolist()
                     reference[part] = {i: logps[k] for k, i in enumerate(part) if i >= self.examples}

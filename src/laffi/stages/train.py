@@ -212,7 +212,7 @@ def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train:
 def reference(path: Path, term: PreferenceTerm, lm, rows: list[Row], batches: list[list[int]], pad_id: int,
               device: torch.device, packed: bool, autocast: bool, max_row_tokens: int) -> dict:
     """The pair rows' reference log-probs for every pass the training will run: read from `path` where a
-    begun training saved them, else computed now (the base model, under the training's autocast and tree
+    begun training saved them, else computed now (the model at step 0, under the training's autocast and tree
     attention, in its passes) and saved there before step 1."""
     parts = [part for batch in batches for part in batch_parts(rows, batch, packed, True, max_row_tokens,
                                                                  term.units(batch))]
@@ -237,11 +237,12 @@ def score_on_dev(dev: DevScorer, lm, tokenizer, autocast: bool, step: int) -> di
 
 
 def train_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig, generate: GenerateConfig,
-                 config: TrainConfig) -> Path:
+                 config: TrainConfig, init: Path | None = None) -> Path:
     """`train` a system's recipe on the run's train section `config`: its steps (train.steps_multiple),
-    from its train.init adapter if it has one, with its auxiliary examples (train.aux) if it has them, scored
-    on dev every train.eval_every steps (answering as `data` and `generate` say)."""
-    init = layout.adapter(system.init) if system.init else None
+    from its train.init adapter if it has one (or `init`: the round before's, laffi.stages.rounds), with its
+    auxiliary examples (train.aux) if it has them, scored on dev every train.eval_every steps (answering as
+    `data` and `generate` say). One training: a system with train.rounds trains through laffi.stages.rounds."""
+    init = init or (layout.adapter(system.init) if system.init else None)
     aux_weight = system.recipe.aux_weight if system.aux else None
     return train(layout, system.name, model, system.training(config), dev=dev_scorer(layout, data, generate, config),
                  init=init, aux_weight=aux_weight, preference=system.preference)

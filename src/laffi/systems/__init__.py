@@ -18,6 +18,11 @@ auxiliary one weighted by `aux_weight`). A fourth adds a preference term: `prefe
 each step's examples, a DPO loss preferring the gold answer of the step's questions to the model's own
 answer where the annotator judged that incorrect or partially correct (`Preference`).
 
+A fifth repeats the training: `rounds` (iterated rounds, laffi.stages.rounds) trains the recipe, lets the
+trained model answer the training questions again, has the same annotator judge those answers, builds the
+sets anew from them and continues the adapter on them with a whole new schedule of train.steps, so R rounds
+train R x train.steps steps.
+
 A system also names its `family`: the kind of method it is (base, sft or laffi for the packaged
 ones), which reports group and colour by, so that laffi-then-sft is drawn as LaFFi and sft-reviewed
 as SFT. Without one, a system is a family of its own (its name). No code decides by a system's name
@@ -50,9 +55,11 @@ class Preference:
     a partially correct answer is the span error that costs exact match, and the tokens it shares with the
     gold answer mostly cancel in the log-ratio difference; a weight of its own would be one more setting
     with no data to choose it. Per pair: -log sigmoid(beta x ((log pi(chosen) - log ref(chosen)) -
-    (log pi(rejected) - log ref(rejected)))), ref the base model with the adapter off (DPO, Rafailov et al.
-    2023; TRL's DPOTrainer, loss_type sigmoid). With the recipe's NLL on the gold answers beside it, this
-    is Iterative RPO's objective (Pang et al. 2024), which without the NLL term collapsed."""
+    (log pi(rejected) - log ref(rejected)))), ref the model the training starts from, frozen at its step 0:
+    the base model for a new LoRA, the adapter it continues otherwise (train.init, or the round before in
+    train.rounds) (DPO, Rafailov et al. 2023; TRL's DPOTrainer, loss_type sigmoid). With the recipe's NLL on
+    the gold answers beside it, this is Iterative RPO's objective (Pang et al. 2024), which without the NLL
+    term collapsed, and whose every iteration's reference is the model the iteration starts from."""
 
     # the DPO term's weight: the step's loss is the mean over its own examples' completion tokens plus
     # weight x the mean DPO loss over the step's pairs
@@ -82,15 +89,16 @@ class Recipe:
     aux_weight: float = 1.0
     # a DPO term on the step's questions' gold answer over the model's own wrong answer (None: none)
     preference: Preference | None = None
+    # trainings in a row, each on the sets built from the answers of the model the one before trained
+    # (laffi.stages.rounds): 1 is a single training; R trains R x train.steps steps
+    rounds: int = 1
 
     def __post_init__(self) -> None:
-        # one extra loss per step is what the training loop weighs; the DPO reference is the base model,
-        # which is not where a train.init training starts
+        # one extra loss per step is what the training loop weighs
         require(not (self.preference and self.aux), "train.preference", "not together with train.aux")
-        require(not (self.preference and self.init), "train.preference",
-                "not with train.init: its reference is the base model, not the adapter the training starts from")
         require(bool(self.sets), "train.sets", "name at least one training set")
         require(self.steps_multiple >= 1, "train.steps_multiple", "must be >= 1")
+        require(self.rounds >= 1, "train.rounds", f"must be >= 1, got {self.rounds}")
         require(not self.aux or self.aux in SETS, "train.aux", f"unknown set {self.aux!r}; available: {', '.join(SETS)}")
         require(self.aux_weight > 0, "train.aux_weight", f"must be > 0, got {self.aux_weight}")
         for name, share in self.sets.items():
@@ -165,6 +173,11 @@ class System:
     def preference(self) -> Preference | None:
         """The DPO term its training adds (train.preference), or None."""
         return self.recipe.preference if self.recipe else None
+
+    @property
+    def training_rounds(self) -> int:
+        """How many trainings in a row its recipe asks for (train.rounds; 1: one, as every system before)."""
+        return self.recipe.rounds if self.recipe else 1
 
     def training(self, train: TrainConfig) -> TrainConfig:
         """The run's train section as this system trains with it."""

@@ -267,6 +267,11 @@ class RunLayout:
     def metrics(self, system: str, split: str = "heldout") -> Path:
         return self.evaluation(system, split) / "metrics.json"
 
+    def rerank_candidates(self, system: str, split: str, k: int, temperature: float) -> Path:
+        """`python -m laffi.experiments.rerank`: the system's K answers per question of `split` (Answer records,
+        `sample` 0 greedy), one file per K and temperature, since they decide the sampled answers."""
+        return self.root / "rerank" / system / f"{split}.k{k}.t{temperature:g}.jsonl"
+
     # the outcome
     @property
     def results_json(self) -> Path:
@@ -322,6 +327,8 @@ class ExperimentLayout:
         selections.jsonl              every choice of budgets whose held-out scores were written, in order
         verdict_check.json            P(verdict) of each trained model and the base model on dev answers
                                       (`python -m laffi.experiments.verdict_check`)
+        rerank.json                   each model keeping one of K answers by each rule (`python -m
+                                      laffi.experiments.rerank`; the answers: jobs/*/rerank/SYSTEM/)
         experiment.json, experiment.md   the last invocation's summary; summaries/PLAN.{json,md}: the
                                       summary of each plan (systems, seeds, budgets, grid) run here
         report.html
@@ -364,6 +371,11 @@ class ExperimentLayout:
         """`python -m laffi.experiments.verdict_check`: each model's P(verdict) on the dev answers, and how well
         it tells right answers from wrong ones."""
         return self.root / "verdict_check.json"
+
+    @property
+    def rerank(self) -> Path:
+        """`python -m laffi.experiments.rerank`: each model's EM/F1 when it keeps one of K answers by each rule."""
+        return self.root / "rerank.json"
 
     @property
     def summary_json(self) -> Path:

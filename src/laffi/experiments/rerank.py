@@ -1,0 +1,160 @@
+"""Feedback as a verifier at test time: each trained model answers every question K times and keeps one
+answer by a rule (laffi.stages.rerank), on an experiment directory made by `laffi experiment`:
+
+    python -m laffi.experiments.rerank runs/experiment-n2 --systems laffi-verify --candidates 4
+    python -m laffi.experiments.rerank runs/experiment-n2 --systems laffi-verify,sft --split heldout
+
+For every finished training of --systems (jobs/SYSTEM-KEY/adapters/SYSTEM, each budget and seed), its
+model (the adapter merged, as `laffi evaluate` loads it) answers the split's questions K times: the
+greedy answer (sample 0, the answer direct answering gives) and K-1 sampled at --temperature, each from
+a random stream of its own (laffi.backends.sampling), into JOB/rerank/SPLIT.K.candidates.jsonl
+(resumable). Then every distinct candidate of a question is scored once: P(verdict "correct") from the
+feedback the model predicts for it (the verdict lines of a model trained on a verify set, else the
+reference annotator's sentences), and the mean log-probability per token of the candidate as its
+answer. Each rule of laffi.stages.rerank picks one candidate per question: verifier, likelihood (the
+control that spends the same test-time compute), vote, first (greedy) and oracle (pass@K, a bound).
+
+Choose a rule on dev (the default split); score the held-out set once, for the rule chosen, with
+--split heldout. Writes ExperimentLayout.rerank (rerank.json: each model's EM/F1 per rule and its costs:
+answers decoded, scoring forward passes and seconds per question) after each model, so a rerun does only
+what is missing; prints a markdown table, each system's mean over its trainings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from laffi.analysis.metrics import score_example
+from laffi.backends.answering import answer_questions
+from laffi.config import load_config
+from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
+from laffi.models import load_model, release_memory
+from laffi.prompts import choose_shots, extract_answer
+from laffi.records import Answer, QAExample, RecordWriter, read_records, write_json
+from laffi.stages.rerank import METHODS, Scores, candidate_scores, choose
+from laffi.stages.verdicts import LINES, SENTENCES
+from laffi.systems import load_systems
+
+
+def openings_for(system: str) -> tuple[tuple[str, str], ...]:
+    """The verdict openings `system` was trained to begin its feedback with."""
+    recipe = load_systems([system])[0].recipe
+    trained_on = set(recipe.sets) | {recipe.aux} if recipe else set()
+    return LINES if "verify" in trained_on else SENTENCES
+
+
+def candidates(lm, tokenizer, job: RunLayout, system: str, split: str, k: int, temperature: float,
+               examples: list[QAExample], shots: list[QAExample]) -> tuple[dict[str, list[str]], float]:
+    """Each question's K answers in sample order (greedy first), and the seconds decoding took this call."""
+    config = load_config(job.config)
+    generate = replace(config.generate, samples=k, temperature=temperature)
+    path = job.rerank_candidates(system, split, k, temperature)
+    started = time.perf_counter()
+    with RecordWriter(path, Answer) as writer:
+        answer_questions(lm, tokenizer, examples, shots, config.data, generate, writer,
+                         lambda e, g: Answer(e.id, extract_answer(g.text), g.text, system, g.sample),
+                         desc=f"rerank: answer {split} x{k}", samples=k)
+    by_question: dict[str, list[str]] = defaultdict(list)
+    for answer in sorted(read_records(path, Answer), key=lambda a: a.sample):
+        by_question[answer.id].append(answer.prediction)
+    return by_question, time.perf_counter() - started
+
+
+def rerank_model(job: RunLayout, system: str, split: str, k: int, temperature: float) -> dict:
+    """One model's numbers: per rule EM and F1 (percent), and its costs per question."""
+    config = load_config(job.config)
+    examples = read_records(job.dev_examples if split == "dev" else job.eval_examples, QAExample)
+    shots = read_records(job.shots, QAExample)
+    lm, tokenizer = load_model(config.model, adapter=job.adapter(system))
+    answers, decode_seconds = candidates(lm, tokenizer, job, system, split, k, temperature, examples, shots)
+    distinct = [(e, choose_shots(e, shots, config.data.num_shots, config.data.seed), c)
+                for e in examples for c in dict.fromkeys(answers[e.id])]
+    started = time.perf_counter()
+    scores = candidate_scores(lm, tokenizer, distinct, openings_for(system))
+    score_seconds = time.perf_counter() - started
+    del lm
+    release_memory()
+    by_candidate = {(e.id, c): (p, l) for (e, _, c), p, l in zip(distinct, scores.p_correct, scores.mean_logprob)}
+    results = {}
+    for method in METHODS:
+        exact = f1 = 0.0
+        for e in examples:
+            options = answers[e.id]
+            values = [by_candidate[e.id, c] for c in options]
+            pick = options[choose(method, options, Scores([v[0] for v in values], [v[1] for v in values]), e.answers)]
+            em_one, f1_one = score_example(e, pick)
+            exact, f1 = exact + em_one, f1 + f1_one
+        results[method] = {"exact": round(100 * exact / len(examples), 2), "f1": round(100 * f1 / len(examples), 2)}
+    return {"questions": len(examples), "candidates": k, "distinct_per_question": round(len(distinct) / len(examples), 2),
+            "methods": results,
+            "cost": {"answers_decoded_per_question": k, "scoring_passes_per_question": round(2 * len(distinct) / len(examples), 2),
+                     "decode_seconds_per_question": round(decode_seconds / len(examples), 3),
+                     "score_seconds_per_question": round(score_seconds / len(examples), 3)}}
+
+
+def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperature: float = 0.7,
+           split: str = "dev") -> dict:
+    experiment = ExperimentLayout(experiment_dir)
+    if not experiment.experiment_config.exists():
+        raise FileNotFoundError(f"{experiment.root}: not an experiment directory (no {experiment.experiment_config.name})")
+    path = experiment.rerank
+    results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"models": {}}
+    for root in experiment.job_dirs():
+        job = RunLayout.of(root)
+        for system in job.trained_systems():
+            key = f"{os.path.relpath(job.adapter(system), experiment.root)}|{split}|k{k}|t{temperature:g}"
+            if system not in systems or key in results["models"] or not adapter_finished(job.adapter(system)):
+                continue
+            train = load_config(job.config).train
+            numbers = rerank_model(job, system, split, k, temperature)
+            results["models"][key] = {"system": system, "split": split, "k": k, "temperature": temperature,
+                                      "seed": train.seed, "steps": train.steps, **numbers}
+            write_json(path, results)
+    print(markdown(results))
+    print(f"\nwritten to {path}")
+    return results
+
+
+def markdown(results: dict) -> str:
+    """Per system, split, K and budget: each rule's F1 (EM), the mean over the trainings, and the costs."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for entry in results["models"].values():
+        groups[entry["system"], entry["split"], entry["k"], entry["temperature"], entry["steps"]].append(entry)
+    lines = ["| system | split | K | steps | seeds | " + " | ".join(f"{m} F1 (EM)" for m in METHODS)
+             + " | distinct candidates | s/question: decode + score |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(METHODS) + "---:|---:|"]
+    for (system, split, k, _, steps), entries in sorted(groups.items()):
+        def mean(method: str, metric: str) -> float:
+            return sum(e["methods"][method][metric] for e in entries) / len(entries)
+
+        cost = [e["cost"] for e in entries]
+        seconds = sum(c["decode_seconds_per_question"] + c["score_seconds_per_question"] for c in cost) / len(cost)
+        lines.append(f"| {system} | {split} | {k} | {steps} | {len(entries)} | "
+                     + " | ".join(f"{mean(m, 'f1'):.2f} ({mean(m, 'exact'):.1f})" for m in METHODS)
+                     + f" | {sum(e['distinct_per_question'] for e in entries) / len(entries):.2f} | {seconds:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m laffi.experiments.rerank", description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment_dir", help="a directory made by `laffi experiment`")
+    parser.add_argument("--systems", required=True, help="comma-separated trained systems whose models answer")
+    parser.add_argument("--candidates", type=int, default=4, help="K answers per question (default 4)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="of the K-1 sampled answers (default 0.7)")
+    parser.add_argument("--split", choices=("dev", "heldout"), default="dev")
+    args = parser.parse_args(argv)
+    if args.candidates < 1:
+        parser.error("--candidates: must be >= 1")
+    return rerank(args.experiment_dir, [s.strip() for s in args.systems.split(",") if s.strip()], args.candidates,
+                  args.temperature, args.split)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

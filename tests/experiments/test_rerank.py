@@ -1,0 +1,66 @@
+"""`python -m laffi.experiments.rerank` on a tiny experiment: K answers per dev question from each trained
+model, every rule's scores, the oracle bounding them, K=1 making every rule the greedy answer, and a rerun
+doing nothing twice.
+
+    python -m pytest tests/experiments/test_rerank.py
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from laffi.experiments.experiment import experiment
+from laffi.experiments.grid import experiment_config_from
+from laffi.experiments.rerank import main, openings_for
+from laffi.layout import ExperimentLayout, RunLayout
+from laffi.records import Answer, Prediction, read_records
+from laffi.stages.rerank import METHODS
+from laffi.stages.verdicts import LINES, SENTENCES
+
+
+def tiny_run(model_dir) -> dict:
+    return {"model": {"name": str(model_dir), "threads": 2},
+            "data": {"eval_size": 4, "dev_size": 5, "train_size": 8, "num_shots": 1},
+            "generate": {"max_new_tokens": 3, "batch_size": 8},
+            "train": {"warmup_steps": 0, "batch_size": 2, "max_seq_len": 192}}
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rerank") / "x"
+    config = experiment_config_from({"run": tiny_run(tiny_model_dir), "systems": ["base", "sft", "laffi-verify"],
+                                     "seeds": [0], "budgets": [1]})
+    experiment(config, root, dev_only=True)
+    return root
+
+
+def test_openings_follow_the_set_a_system_trained_on():
+    assert openings_for("laffi-verify") == LINES and openings_for("laffi") == SENTENCES
+    assert openings_for("sft") == SENTENCES
+
+
+def test_every_rule_on_k_answers_and_a_rerun_does_nothing_twice(tiny_experiment, capsys):
+    results = main([str(tiny_experiment), "--systems", "laffi-verify,sft", "--candidates", "3"])
+    entries = list(results["models"].values())
+    assert sorted(e["system"] for e in entries) == ["laffi-verify", "sft"]
+    for entry in entries:
+        assert set(entry["methods"]) == set(METHODS) and entry["questions"] == 5
+        oracle = entry["methods"]["oracle"]["f1"]
+        assert all(entry["methods"][m]["f1"] <= oracle for m in METHODS)
+        assert 1 <= entry["distinct_per_question"] <= 3
+        assert entry["cost"]["answers_decoded_per_question"] == 3
+    job = RunLayout.of(next(p for p in ExperimentLayout(tiny_experiment).job_dirs() if p.name.startswith("laffi-verify")))
+    answers = read_records(job.rerank_candidates("laffi-verify", "dev", 3, 0.7), Answer)
+    assert sorted((a.id, a.sample) for a in answers) == sorted((q, s) for q in {a.id for a in answers} for s in range(3))
+    # the greedy candidate is the answer the dev evaluation gave
+    greedy = {a.id: a.prediction for a in answers if a.sample == 0}
+    assert greedy == {p.id: p.prediction for p in read_records(job.predictions("laffi-verify", "dev"), Prediction)}
+    assert "| laffi-verify | dev | 3 |" in capsys.readouterr().out
+    again = main([str(tiny_experiment), "--systems", "laffi-verify,sft", "--candidates", "3"])
+    assert again == results
+
+
+def test_with_one_candidate_every_rule_is_the_greedy_answer(tiny_experiment):
+    results = main([str(tiny_experiment), "--systems", "laffi-verify", "--candidates", "1"])
+    [entry] = [e for e in results["models"].values() if e["k"] == 1]
+    assert len({(m["exact"], m["f1"]) for m in entry["methods"].values()}) == 1

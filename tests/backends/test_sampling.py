@@ -80,3 +80,30 @@ def test_the_stream_seed_is_stable_and_separates_samples():
     assert len({stream_seed(seed, question, sample) for seed in (0, 1) for question in ("q1", "q2")
                 for sample in range(4)}) == 16
     assert all(0 <= stream_seed(0, "q", s) < 2**63 for s in range(100))
+
+
+def test_a_server_gets_the_temperature_and_a_seed_per_sampled_answer(tiny_model_dir):
+    from support.fault_server import FaultServer
+    from transformers import AutoTokenizer
+
+    from laffi.backends.openai_backend import OpenAIGenerator
+    from laffi.config import load_config
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    seen = {}
+
+    def completions(body):
+        if len(body["prompt"]) > 1:  # not the one-token probe
+            seen[body["prompt"][-1]] = (body["temperature"], body.get("seed"))
+        return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "text": " x\n", "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 2, "total_tokens": 0}}
+
+    prompts = {"q1": [5, 6, 1], "q1#s1": [5, 6, 2], "q1#s2": [5, 6, 3]}  # the last token tells them apart
+    sampling = Sampling(0.7, {"q1#s1": stream_seed(0, "q1", 1), "q1#s2": stream_seed(0, "q1", 2)})
+    with FaultServer(lambda item, n: "ok", completions=completions) as server:
+        config = load_config(overrides=["generate.backend=openai", f"generate.base_url={server.url}"])
+        generator = OpenAIGenerator.from_config(config.model, config.generate, tokenizer)
+        generations = [g for batch in generator.greedy_batches(prompts, 2, 8, ["\n"], sampling=sampling) for g in batch]
+    assert sorted(g.id for g in generations) == sorted(prompts)
+    assert seen == {1: (0.0, None), 2: (0.7, stream_seed(0, "q1", 1) % 2**31), 3: (0.7, stream_seed(0, "q1", 2) % 2**31)}

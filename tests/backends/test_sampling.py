@@ -106,4 +106,5 @@ def test_a_server_gets_the_temperature_and_a_seed_per_sampled_answer(tiny_model_
         generator = OpenAIGenerator.from_config(config.model, config.generate, tokenizer)
         generations = [g for batch in generator.greedy_batches(prompts, 2, 8, ["\n"], sampling=sampling) for g in batch]
     assert sorted(g.id for g in generations) == sorted(prompts)
-    assert seen == {1: (0.0, None), 2: (0.7, stream_seed(0, "q1", 1) % 2**31), 3: (0.7, stream_seed(0, "q1", 2) % 2**31)}
+    assert seen == {1: (0.0, None), 2: (0.7, stream_seed(0, "q1", 1) % 2**31),
+                    3: (0.7, stream_seed(0, "q1", 2) % 2**31)}

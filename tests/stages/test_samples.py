@@ -129,7 +129,8 @@ def test_sets_of_three_answers_per_question_count_examples_verdicts_and_distinct
     run = make_run(tmp_path / "run", n_items=3, ai_feedback=False)  # every gold answer is "north"
     judge(run, [
         ("q000", 0, "north", "correct"), ("q000", 1, "south", "incorrect"), ("q000", 2, "south", "incorrect"),
-        ("q001", 0, "the north", "partially correct"), ("q001", 1, "east", "incorrect"), ("q001", 2, "north", "correct"),
+        ("q001", 0, "the north", "partially correct"), ("q001", 1, "east", "incorrect"),
+        ("q001", 2, "north", "correct"),
         ("q002", 0, "north", "incorrect"), ("q002", 1, "west", "incorrect"), ("q002", 2, "west", "partially correct"),
     ])
     code, out, err = laffi("build", str(run), "data.num_shots=1",
@@ -142,7 +143,8 @@ def test_sets_of_three_answers_per_question_count_examples_verdicts_and_distinct
     assert [(e.id, e.sample) for e in sets["laffi"]] == [(f"q00{q}", s) for q in range(3) for s in range(3)]
     assert sets["laffi-dpo"] == sets["sft"] == sets["laffi-aux-half"]
     assert read_records(layout.aux_set("laffi-aux-half"), TrainingExample) == sets["laffi"]
-    assert f"9 examples in {layout.training_set('laffi')}" in out and f"3 examples in {layout.training_set('sft')}" in out
+    assert f"9 examples in {layout.training_set('laffi')}" in out
+    assert f"3 examples in {layout.training_set('sft')}" in out
 
     # a pair per answer judged not correct, but none for q002's gold-text answer, nor for a repeated answer
     pairs = read_records(layout.pair_set("laffi-dpo"), PreferencePair)
@@ -178,7 +180,8 @@ def test_the_sampling_options_are_checked_and_older_configs_resume(tmp_path):
         load_config(overrides=["generate.temperature=0"])
     config = load_config()
     path = sidecar_config(RunLayout(tmp_path).answers)
-    older = {"generate": {k: v for k, v in vars(config.generate).items() if k not in ("samples", "temperature", "seed")}}
+    new = ("samples", "temperature", "seed")
+    older = {"generate": {k: v for k, v in vars(config.generate).items() if k not in new}}
     save_config(path, older)  # what a run made before generate.samples saved
     save_config(path, {"generate": config.generate})  # resumes: the new options are at their defaults
     with pytest.raises(ConfigError, match="generate.samples"):

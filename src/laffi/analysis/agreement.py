@@ -20,7 +20,8 @@ For `laffi stats`, a rater is an annotator (`Feedback.annotator`: "reference",
 has more than one annotator; a source's verdict on an answer is its annotators' majority, and
 answers where they tie are left out. Two records are about the same answer when question id and
 answer text are equal, whatever their sample (generate.samples): two sampled answers with the same
-words are one answer to judge, and a rater's verdict on it counts once (the first). For each pair of raters that share answers: how many, percent agreement,
+words are one answer to judge, and a rater's verdict on it counts once (the first). For each pair
+of raters that share answers: how many, percent agreement,
 Cohen's kappa and the confusion table. laffi.report.tables renders the result as tables.
 """
 

@@ -103,7 +103,8 @@ class LLMAnnotator:
                 # the right answer it names is the corrected one; a correct answer is its own right answer
                 corrected = parsed.answer if parsed.verdict != "correct" else None
                 results[i] = Feedback(id=example.id, answer=answer.prediction, verdict=parsed.verdict, text=parsed.text,
-                                      source="ai", annotator=self.name, corrected_answer=corrected, sample=answer.sample)
+                                      source="ai", annotator=self.name, corrected_answer=corrected,
+                                      sample=answer.sample)
             pending = still
         for i in pending:
             example, answer = pairs[i]

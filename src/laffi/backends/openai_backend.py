@@ -14,15 +14,17 @@ whether the server takes token ids; one that takes only text (llama-cpp-python's
 gets the text those ids decode to, and then every reply's prompt token count must equal ours: a
 different count means the server saw a different prompt (an extra BOS, special tokens read as plain
 text, another split of a rare character). The run stops there, or with generate.exact_prompts=false
-keeps the answer and names the question. Sampled answers (`generate.samples`) go to the server with
-`generate.temperature` and a seed per answer (laffi.backends.sampling.stream_seed, cut to 31 bits, which
-every server takes): a server that honours per-request seeds (vLLM, llama.cpp) answers a (question, sample)
-the same way however it batches, though not with the in-process engine's draws. Plain greedy decoding also means no repetition penalty:
+keeps the answer and names the question. Plain greedy decoding also means no repetition penalty:
 llama.cpp's servers apply one by default (`repeat_penalty` 1.1 in llama-cpp-python's), so every
 request says `repeat_penalty: 1.0`; servers that do not know the field ignore it (vLLM, Ollama). Decoding is greedy
 (temperature 0) with the same token limit and the newline stop; the generated text goes through the
 same `extract_answer`. The server's own batching does the rest: `generate.batch_size` requests are
 kept in flight.
+
+Sampled answers (`generate.samples`) go to the server with `generate.temperature` and a seed per
+answer (laffi.backends.sampling.stream_seed, cut to 31 bits, which every server takes): a server
+that seeds each request's sampler (vLLM, llama.cpp) answers a (question, sample) the same way
+however it batches, though not with the in-process engine's draws.
 """
 
 from __future__ import annotations

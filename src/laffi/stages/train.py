@@ -337,8 +337,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     accelerator.print(f"train {system}: {accelerator.distributed_type.value}, {plan.describe()}"
                       + (f", each with its auxiliary example (weight {aux_weight:g})" if aux else "")
                       + (f", and {len(term.questions)} DPO pairs on {len(set(term.questions))} of its "
-                         f"{len(first_rows(examples))} questions (weight {preference.weight:g}, beta {preference.beta:g})"
-                         if term is not None else ""))
+                         f"{len(first_rows(examples))} questions (weight {preference.weight:g}, "
+                         f"beta {preference.beta:g})" if term is not None else ""))
 
     checkpoint = layout.checkpoint(system)
     start = load_checkpoint(checkpoint, accelerator, lm) if checkpoint.exists() else 0

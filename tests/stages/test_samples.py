@@ -12,16 +12,20 @@ import json
 import shutil
 
 import pytest
+import yaml
 from support.human_helpers import laffi, make_run
 
 import laffi.backends.answering as answering_module
-from laffi.config import ConfigError, load_config, save_config
+from laffi.config import ConfigError, GenerateConfig, load_config, save_config
 from laffi.layout import RunLayout, sidecar_config
 from laffi.records import (
     Answer,
     Feedback,
+    Prediction,
     PreferencePair,
     QAExample,
+    RecordError,
+    RecordWriter,
     TrainingExample,
     read_records,
     record_key,
@@ -29,6 +33,7 @@ from laffi.records import (
 )
 from laffi.stages.annotate import annotate
 from laffi.stages.build import build
+from laffi.stages.evaluate import evaluate
 from laffi.stages.generate import generate
 from laffi.stages.preference import PreferenceTerm
 from laffi.stages.prepare import prepare
@@ -107,6 +112,12 @@ def test_k_answers_are_seeded_independent_of_the_batch_and_resume(tiny_overrides
     meta = json.loads(layout.set_metadata("laffi").read_text())
     assert meta["size"] == K * len(questions) and meta["questions"] == len(questions)
     assert sum(meta["verdicts"].values()) == K * len(questions)
+
+    # evaluation answers each question once, greedily, and says so in its config
+    metrics = evaluate(layout, "base", config.model, config.data, config.generate, config.eval)
+    assert len(read_records(layout.predictions("base"), Prediction)) == metrics["total"] == config.data.eval_size
+    saved = yaml.safe_load(layout.eval_config("base", "heldout").read_text())["generate"]
+    assert (saved["samples"], saved["temperature"]) == (1, GenerateConfig().temperature)
 
     # training takes a question's K auxiliary examples and all its pairs into its batch
     train = load_config(overrides=[*tiny_overrides, "model.dtype=float32", "train.steps=2", "train.warmup_steps=0",
@@ -188,3 +199,16 @@ def test_the_sampling_options_are_checked_and_older_configs_resume(tmp_path):
         save_config(path, {"generate": load_config(overrides=["generate.samples=2"]).generate})
     sampled = load_config(overrides=["generate.samples=4", "generate.temperature=1.0", "generate.seed=3"]).generate
     assert sampled.for_evaluation() == config.generate  # evaluation answers once, greedily, and saves that
+
+
+def test_a_greedy_answer_is_written_as_before_and_old_lines_read_as_sample_0(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    write_records(path, [Answer("q1", "Paris", "Paris.", "m"), Answer("q1", "Lyon", "Lyon.", "m", 2)])
+    first, second = path.read_text().splitlines()
+    assert first == '{"id": "q1", "prediction": "Paris", "output": "Paris.", "model": "m"}'  # the bytes of before
+    assert json.loads(second)["sample"] == 2
+    with RecordWriter(path, Answer) as writer:
+        assert writer.done_keys == {("q1", 0), ("q1", 2)} and writer.done_ids == {"q1"}
+        writer.write([Answer("q1", "Nice", "Nice.", "m", 1)])
+        with pytest.raises(RecordError, match="'q1#s2' written twice"):
+            writer.write([Answer("q1", "Lyon", "Lyon.", "m", 2)])

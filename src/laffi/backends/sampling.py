@@ -10,7 +10,9 @@ argmax(logits / temperature + g), g drawn from its own torch.Generator, seeded b
 (seed, question id, sample) and on the CPU whatever the device, which is a draw from
 softmax(logits / temperature). Its stream advances one vocabulary-sized draw per token it generates
 and nothing else does, so the same (question, sample) gets the same answer in any batch, on any
-engine that decodes with this, and after a resume.
+engine that decodes with this, and after a resume: exactly so in fp32; in bf16 a batch's
+composition rounds the logits differently, which can move a sampled answer as it can move a
+greedy one (laffi.backends.feedback_guided measured that for greedy answers).
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ gold answer; K answers do not repeat it).
   model's own answer. A recipe with `aux` also gets sets/SYSTEM.aux.jsonl: every question of its set
   again, in the aux set's format, in the same order. A recipe with `preference` also gets
   sets/SYSTEM.pairs.jsonl: for every answer the annotator judged incorrect or partially correct, the QA
-  prompt, the gold answer (chosen) and that answer (rejected), in TRL's preference format, an answer that a
-  question's other samples already gave once (sampled answers often repeat); its .meta.json counts the
-  answers of each verdict and the pairs.
+  prompt, the gold answer (chosen) and that answer (rejected), in TRL's preference format; an answer that
+  repeats an earlier answer of its question gives no second pair (sampled answers often repeat); its
+  .meta.json counts the answers of each verdict and the pairs.
 
 The hybrid build mixes an exact share of human feedback into the LaFFi set, the rest AI feedback.
 Each answer, a (question, sample), appears at most once: `round(R * N)` answers are drawn (seeded by
@@ -49,8 +49,8 @@ from laffi.records import (
     VERDICTS,
     AnnotationFailure,
     Feedback,
-    PreferencePair,
     Key,
+    PreferencePair,
     QAExample,
     TrainingExample,
     answer_name,

@@ -79,7 +79,13 @@ class DataConfig:
 
 @dataclass
 class GenerateConfig:
-    """Decoding, shared by `generate` (train pool) and `evaluate` (held-out set)."""
+    """Decoding, shared by `generate` (train pool) and `evaluate` (held-out set).
+
+    `samples` K > 1 gives each training question K answers: the greedy one (sample 0, exactly the answer
+    of samples=1) and K-1 sampled at `temperature`, each from a random stream of its own seeded by
+    (generate.seed, question id, sample), so an answer does not depend on the batch it was decoded in or
+    on a resume. Only the generate stage takes K: evaluation always answers each question once, greedily
+    (`for_evaluation`)."""
 
     batch_size: int = 16  # prompts decoded together; shared-prefix answering prefills them in packed rows
     max_new_tokens: int = 24
@@ -98,8 +104,16 @@ class GenerateConfig:
     # A server that takes only text prompts may tokenize one differently from model.name's tokenizer
     # (llama-cpp-python does on some non-ASCII text); true: stop there; false: answer it anyway, say so.
     exact_prompts: bool = True
+    samples: int = 1  # K: answers per training question, the greedy one and K-1 sampled
+    # the sampled answers' temperature: 0.7, not 1.0, because at 1.0 a 135M model's samples often leave the
+    # passage (long off-topic spans), while 0.7 keeps them among the answers the model gives with some
+    # probability, which is the error distribution the feedback is meant to cover
+    temperature: float = 0.7
+    seed: int = 0  # the sampled answers' random streams (with each question id and sample index)
 
     def __post_init__(self) -> None:
+        require(self.samples >= 1, "generate.samples", f"must be >= 1 (1: the greedy answer alone), got {self.samples}")
+        require(0 < self.temperature <= 2, "generate.temperature", f"must be in (0, 2], got {self.temperature}")
         require(self.batch_size >= 1, "generate.batch_size", "must be >= 1")
         require(self.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1")
         require(self.backend in ("transformers", "openai"), "generate.backend",
@@ -108,6 +122,12 @@ class GenerateConfig:
                 "required with generate.backend=openai (e.g. http://localhost:8000/v1)")
         require(self.timeout > 0, "generate.timeout", "must be > 0")
         require(self.retries >= 0, "generate.retries", "must be >= 0")
+
+    def for_evaluation(self) -> "GenerateConfig":
+        """The decoding evaluation answers with: one greedy answer per question, whatever the sampling options
+        (they decide the training answers only, so an evaluation's saved config does not change with them)."""
+        fresh = GenerateConfig()
+        return dataclasses.replace(self, samples=1, temperature=fresh.temperature, seed=fresh.seed)
 
 
 @dataclass

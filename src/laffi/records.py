@@ -5,8 +5,13 @@ against the dataclass on load, so a stage never works on a malformed record; err
 file and the line.
 
 Appending is crash-safe: a stage appends records as it finishes them, and on restart
-`RecordWriter` drops a torn last line (a crash mid-write) and reports which ids are done, so
-the stage continues without losing or repeating a record.
+`RecordWriter` drops a torn last line (a crash mid-write) and reports which records are done
+(by `record_key`), so the stage continues without losing or repeating a record.
+
+A question can have several answers (`generate.samples`): an Answer, the Feedback on it and an
+AnnotationFailure carry `sample` (0: the greedy answer, 1..K-1: sampled ones), and such a record is
+(question id, sample), never the question id alone. Files written before samples existed have no
+`sample` field, and their records load as sample 0.
 """
 
 from __future__ import annotations
@@ -47,12 +52,13 @@ class QAExample:
 
 @dataclass(frozen=True)
 class Answer:
-    """What a model answered to one question (`id` is the question id)."""
+    """What a model answered to one question (`id` is the question id; `sample`: which of its answers)."""
 
     id: str
     prediction: str  # the short answer extracted from `output`
     output: str  # the raw generated text
     model: str
+    sample: int = 0  # 0: the greedy answer; 1..K-1: answers sampled at generate.temperature
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class Feedback:
     # verdict, diagnosis, evidence, answer. `laffi ablate` trains on chosen parts (laffi.annotators.content);
     # None for free text (people, the LLM annotator).
     parts: dict[str, str] | None = None
+    sample: int = 0  # which of the question's answers it is about (Answer.sample)
 
     def __post_init__(self) -> None:
         if self.parts is not None and " ".join(p for p in self.parts.values() if p) != self.text:
@@ -87,15 +94,21 @@ class AnnotationFailure:
     reason: Literal["unparseable", "request"]  # no usable reply, or the request itself failed
     error: str  # what went wrong, with the last reply for "unparseable"
     attempts: int
+    sample: int = 0  # which of the question's answers (Answer.sample)
 
 
 @dataclass(frozen=True)
 class TrainingExample:
-    """A conversational prompt/completion pair, the format TRL and `datasets` read as is."""
+    """A conversational prompt/completion pair, the format TRL and `datasets` read as is.
+
+    `id` is the question id, which is what joins a question's examples across sets (its auxiliary
+    examples and preference pairs train beside its own example); `sample` says which of the question's
+    answers a feedback example is made from, so (id, sample) names one example of a set."""
 
     id: str
     prompt: list[dict[str, str]]
     completion: list[dict[str, str]]
+    sample: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,7 @@ class PreferencePair:
     chosen: list[dict[str, str]]
     rejected: list[dict[str, str]]
     verdict: Verdict
+    sample: int = 0  # the answer (Answer.sample) that is the rejected completion
 
     def __post_init__(self) -> None:
         if self.verdict == "correct":
@@ -162,6 +176,21 @@ class RecordError(ValueError):
 
 
 R = TypeVar("R")
+Key = tuple[str, int]
+
+
+def record_key(record: Any) -> Key:
+    """What names one record of a file, the one definition of it: (question id, sample). Records of one
+    answer per question (QAExample, Prediction, ...) have no sample, and count as sample 0."""
+    return record.id, getattr(record, "sample", 0)
+
+
+def answer_name(key: Key) -> str:
+    """A record key as one string, for messages and for places that need one (the annotation app's item
+    ids): the question id for the greedy answer, so names from before samples existed stay as they were;
+    "ID#sN" for sample N."""
+    question_id, sample = key
+    return question_id if sample == 0 else f"{question_id}#s{sample}"
 
 
 @functools.cache
@@ -202,8 +231,15 @@ def from_dict(cls: type[R], data: Any, where: str = "") -> R:
     return parse_record(cls, json.dumps(data), where)
 
 
+# Fields added after files of their records were written, left out of a record while at their default:
+# a run of one answer per question writes the bytes it wrote before (an experiment keys its trainings
+# by the bytes of their sets), and readers take a missing field as the default.
+LATER_FIELDS = {"sample": 0}
+
+
 def to_dict(record: Any) -> dict[str, Any]:
-    return dataclasses.asdict(record)
+    return {key: value for key, value in dataclasses.asdict(record).items()
+            if not (key in LATER_FIELDS and value == LATER_FIELDS[key])}
 
 
 def read_records(path: str | Path, cls: type[R]) -> list[R]:
@@ -246,14 +282,19 @@ class RecordWriter:
 
     path: Path
     cls: type
-    done_ids: set[str] = field(default_factory=set)
+    done_keys: set[Key] = field(default_factory=set)  # record_key of every record in the file
+
+    @property
+    def done_ids(self) -> set[str]:
+        """The question ids with a record in the file (with samples: with at least one)."""
+        return {question_id for question_id, _ in self.done_keys}
 
     def __enter__(self) -> "RecordWriter":
         self.path = Path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             self._drop_torn_tail()
-            self.done_ids = {r.id for r in read_records(self.path, self.cls)}
+            self.done_keys = {record_key(r) for r in read_records(self.path, self.cls)}
         self._handle = self.path.open("a", encoding="utf-8")
         return self
 
@@ -266,10 +307,10 @@ class RecordWriter:
     def write(self, records: Iterable[Any]) -> None:
         """Append a batch and make it durable before returning."""
         for record in records:
-            if record.id in self.done_ids:
-                raise RecordError(f"{self.path}: record {record.id!r} written twice")
+            if (key := record_key(record)) in self.done_keys:
+                raise RecordError(f"{self.path}: record {answer_name(key)!r} written twice")
             self._handle.write(json.dumps(to_dict(record), ensure_ascii=False) + "\n")
-            self.done_ids.add(record.id)
+            self.done_keys.add(key)
         self._handle.flush()
         os.fsync(self._handle.fileno())
 

@@ -44,9 +44,9 @@ def test_schema_is_created_in_wal_mode_and_an_old_database_is_upgraded(run):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         version = conn.execute(select(db.meta.c.value).where(db.meta.c.key == "schema_version")).scalar()
-    assert int(version) == db.SCHEMA_VERSION == 2
+    assert int(version) == db.SCHEMA_VERSION == 3
     assert "annotations_by_person" in {i["name"] for i in inspect(engine).get_indexes("annotations")}
-    assert db.upgrade(engine) == 2  # idempotent
+    assert db.upgrade(engine) == 3  # idempotent
     with db.write(engine) as conn:
         conn.execute(db.meta.update().where(db.meta.c.key == "schema_version").values(value="99"))
     with pytest.raises(db.SchemaError, match="newer"):

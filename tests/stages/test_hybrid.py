@@ -59,11 +59,11 @@ def test_ratio_and_size_are_exact_and_recorded(run):
 
 def test_not_enough_feedback_or_an_inexact_ratio_is_a_clear_error(run):
     code, _, err = build(run, "--human-ratio", "0.7", "--size", "10")
-    assert code == 2 and "needs human feedback on 7 questions" in err and "have it on 6" in err
+    assert code == 2 and "needs human feedback on 7 answers" in err and "have it on 6" in err
     code, _, err = build(run, "--human-ratio", "0.5", "--size", "15")
     assert code == 2 and "--human-ratio 0.5 of --size 15 is 7.5 examples" in err
     code, _, err = build(run, "--human-ratio", "0.25", "--size", "16")
-    assert code == 2 and "needs AI feedback on 12 other questions" in err
+    assert code == 2 and "needs AI feedback on 12 other answers" in err
     code, _, err = build(run, "--human-ratio", "1.5", "--size", "2")
     assert code == 2 and "--human-ratio: must be in [0, 1]" in err
     code, _, err = build(run, "--size", "4")

@@ -19,7 +19,9 @@ For `laffi stats`, a rater is an annotator (`Feedback.annotator`: "reference",
 "llm:gpt-4o:feedback-v1", a person), and also a whole source ("source:human", "source:ai") where it
 has more than one annotator; a source's verdict on an answer is its annotators' majority, and
 answers where they tie are left out. Two records are about the same answer when question id and
-answer text are equal. For each pair of raters that share answers: how many, percent agreement,
+answer text are equal, whatever their sample (generate.samples): two sampled answers with the same
+words are one answer to judge, and a rater's verdict on it counts once (the first). For each pair
+of raters that share answers: how many, percent agreement,
 Cohen's kappa and the confusion table. laffi.report.tables renders the result as tables.
 """
 

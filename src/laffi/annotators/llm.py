@@ -11,7 +11,9 @@ The annotator is data: a prompt template file (laffi/annotators/templates/, or y
 asked again, sampled (`annotate.parse_retries` times), and then recorded as an AnnotationFailure,
 never dropped. Every reply is stored in the on-disk cache the moment it arrives, keyed by template
 version, backend, model, rendered prompt and decoding settings: a rerun, or a run killed midway and
-started again, never pays for a reply twice.
+started again, never pays for a reply twice. With several answers per question (generate.samples),
+each (question, sample) answer is one request, and its Feedback carries the sample; answers that
+repeat one another word for word are asked once (the same prompt, the same cache entry).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class LLMAnnotator:
                 example, answer = pairs[i]
                 if not isinstance(reply, Reply):
                     results[i] = AnnotationFailure(example.id, answer.prediction, self.name, "request", str(reply),
-                                                   reply.attempts)
+                                                   reply.attempts, answer.sample)
                     continue
                 try:
                     parsed = self.template.parse(reply.text)
@@ -101,12 +103,13 @@ class LLMAnnotator:
                 # the right answer it names is the corrected one; a correct answer is its own right answer
                 corrected = parsed.answer if parsed.verdict != "correct" else None
                 results[i] = Feedback(id=example.id, answer=answer.prediction, verdict=parsed.verdict, text=parsed.text,
-                                      source="ai", annotator=self.name, corrected_answer=corrected)
+                                      source="ai", annotator=self.name, corrected_answer=corrected,
+                                      sample=answer.sample)
             pending = still
         for i in pending:
             example, answer = pairs[i]
             results[i] = AnnotationFailure(example.id, answer.prediction, self.name, "unparseable", last_error[i],
-                                           self.config.parse_retries + 1)
+                                           self.config.parse_retries + 1, answer.sample)
         self.stats["items"] += len(pairs)
         for result in results:
             key = "feedback" if isinstance(result, Feedback) else f"failed_{result.reason}"

@@ -2,8 +2,10 @@
 
 It writes what a careful human annotator would: a verdict, what exactly is wrong, the passage
 sentence that supports the right answer, and the right answer. Wording is drawn from the tables
-below by a generator seeded with (seed, question id), so an item gets the same text in any batch
-or order (stages resume after crashes) while the data set does not repeat a single template.
+below by a generator seeded with (seed, question id, sample), so an item gets the same text in any
+batch or order (stages resume after crashes) while the data set does not repeat a single template;
+the greedy answer (sample 0) is seeded as before samples existed, (seed, question id), so its
+feedback is what it always was, and each sampled answer draws its wording independently.
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ class ReferenceAnnotator:
             raise ValueError(f"answer {answer.id!r} paired with question {example.id!r}")
         # A string seed is hashed with SHA-512, so the draw is stable across processes and runs;
         # one draw per part, always all four, so one part's wording never shifts another's.
-        rng = random.Random(f"{self.seed}:{example.id}")
+        rng = random.Random(f"{self.seed}:{example.id}" + (f":{answer.sample}" if answer.sample else ""))
         draws = [rng.random() for _ in range(4)]
 
         def pick(part: int, table: tuple[str, ...]) -> str:
@@ -212,4 +214,5 @@ class ReferenceAnnotator:
             parts["answer"] = pick(3, RIGHT_ANSWERS).format(gold=gold) if gold else pick(3, NO_ANSWERS)
         corrected = None if verdict == "correct" else (gold or "")
         return Feedback(id=example.id, answer=answer.prediction, verdict=verdict, text=" ".join(parts.values()),
-                        source="ai", annotator=self.name, corrected_answer=corrected, parts=parts)
+                        source="ai", annotator=self.name, corrected_answer=corrected, parts=parts,
+                        sample=answer.sample)

@@ -3,6 +3,9 @@
     for batch in greedy_generate(model, tokenizer, {"q1": ids}, batch_size=8, max_new_tokens=24):
         ...   # a list of Generation, as soon as each batch is done
 
+With `sampling` (laffi.backends.sampling), the prompts it names are sampled instead, each from its
+own random stream, the rest of the batch still greedy.
+
 Every engine (this one, `openai_backend.OpenAIGenerator`) yields `Generation` records, so the
 stages that answer questions need not know which engine ran.
 """
@@ -10,17 +13,20 @@ stages that answer questions need not know which engine ran.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Hashable, Iterator
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+
+from laffi.backends.sampling import Sampling, Streams
 
 
 @dataclass
 class Generation:
-    id: str
+    id: Hashable  # the prompt's key: a question id, or whatever key the caller gave its prompts
     text: str
     new_tokens: int
+    sample: int = 0  # which of the question's answers (set by laffi.backends.answering)
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -51,11 +57,23 @@ def stop_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return sorted(tokens), [s for s in stop_strings if len(s) > 1]
 
 
+class _Draws(LogitsProcessor):
+    """The sampled rows' draws, in generate's greedy loop (which then takes the argmax of every row)."""
+
+    def __init__(self, streams: Streams) -> None:
+        self.streams = streams
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.streams.perturb(scores, list(range(scores.shape[0])))
+
+
 @torch.inference_mode()
 def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                    prompts: dict[str, list[int]], batch_size: int, max_new_tokens: int,
-                    stop_strings: list[str] | None = None) -> Iterator[list[Generation]]:
-    """Greedy decoding in length-sorted batches; yields each batch as soon as it is done."""
+                    prompts: dict[Hashable, list[int]], batch_size: int, max_new_tokens: int,
+                    stop_strings: list[str] | None = None,
+                    sampling: Sampling | None = None) -> Iterator[list[Generation]]:
+    """Greedy decoding (the prompts `sampling` names: sampled) in length-sorted batches; yields each batch
+    as soon as it is done."""
     order = sorted(prompts, key=lambda i: len(prompts[i]))  # similar lengths: little padding
     eos = stop_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -70,9 +88,11 @@ def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in ids], device=device)
         attention = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in ids],
                                  device=device)
+        streams = Streams(sampling, ids)
+        draws = {"logits_processor": LogitsProcessorList([_Draws(streams)])} if streams.any else {}
         output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
                                 max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad,
-                                stop_strings=stop_strings, tokenizer=tokenizer if stop_strings else None)
+                                stop_strings=stop_strings, tokenizer=tokenizer if stop_strings else None, **draws)
         batch = []
         for row, question_id in zip(output[:, width:].tolist(), ids):
             new = row[: next((k + 1 for k, t in enumerate(row) if t in stop_set), len(row))]

@@ -20,6 +20,11 @@ request says `repeat_penalty: 1.0`; servers that do not know the field ignore it
 (temperature 0) with the same token limit and the newline stop; the generated text goes through the
 same `extract_answer`. The server's own batching does the rest: `generate.batch_size` requests are
 kept in flight.
+
+Sampled answers (`generate.samples`) go to the server with `generate.temperature` and a seed per
+answer (laffi.backends.sampling.stream_seed, cut to 31 bits, which every server takes): a server
+that seeds each request's sampler (vLLM, llama.cpp) answers a (question, sample) the same way
+however it batches, though not with the in-process engine's draws.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Iterator
+from typing import Hashable, Iterator
 
 from tqdm import tqdm
 
 from laffi.backends.chat import Reply, RequestFailed
 from laffi.backends.local import Generation
 from laffi.backends.openai_client import RetryingClient
+from laffi.backends.sampling import Sampling
 from laffi.config import ConfigError, GenerateConfig, ModelConfig
 
 GREEDY = {"repeat_penalty": 1.0}  # llama.cpp's name; its servers penalise repeats unless told not to
@@ -65,12 +71,14 @@ class OpenAIGenerator:
                     self.token_ids = False
             return self.token_ids
 
-    def complete(self, question_id: str, ids: list[int], max_new_tokens: int,
-                 stop_strings: list[str] | None) -> Reply:
+    def complete(self, question_id: Hashable, ids: list[int], max_new_tokens: int,
+                 stop_strings: list[str] | None, temperature: float = 0.0, seed: int | None = None) -> Reply:
+        """Greedy, or sampled at `temperature` with the server's sampler seeded by `seed`."""
+        decoding = {"extra_body": GREEDY, "temperature": temperature, "seed": seed}
         if self._takes_token_ids(ids):
-            return self.client.complete(self.model, ids, max_new_tokens, stop_strings, extra_body=GREEDY)
+            return self.client.complete(self.model, ids, max_new_tokens, stop_strings, **decoding)
         text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # special tokens included
-        reply = self.client.complete(self.model, text, max_new_tokens, stop_strings, extra_body=GREEDY)
+        reply = self.client.complete(self.model, text, max_new_tokens, stop_strings, **decoding)
         if reply.prompt_tokens and reply.prompt_tokens != len(ids):
             message = (f"the server made {reply.prompt_tokens} tokens of the prompt of question {question_id!r}, "
                        f"which is {len(ids)} tokens for laffi (model.name's tokenizer)")
@@ -81,15 +89,21 @@ class OpenAIGenerator:
             tqdm.write(f"generate: warning: {message}; answer kept (generate.exact_prompts=false)")
         return reply
 
-    def greedy_batches(self, prompts: dict[str, list[int]], batch_size: int, max_new_tokens: int,
-                       stop_strings: list[str] | None = None) -> Iterator[list[Generation]]:
-        """Like `laffi.backends.local.greedy_generate`: yields finished generations, `batch_size` at a time.
+    def greedy_batches(self, prompts: dict[Hashable, list[int]], batch_size: int, max_new_tokens: int,
+                       stop_strings: list[str] | None = None,
+                       sampling: Sampling | None = None) -> Iterator[list[Generation]]:
+        """Like `laffi.backends.local.greedy_generate`: yields finished generations, `batch_size` at a time
+        (the prompts `sampling` names: sampled).
 
         A request that fails for good raises RequestFailed: the stage stops, keeps what it wrote,
         and a rerun asks only for the rest.
         """
-        def one(question_id: str) -> Generation:
-            reply = self.complete(question_id, prompts[question_id], max_new_tokens, stop_strings)
+        seeds = sampling.seeds if sampling else {}
+
+        def one(question_id: Hashable) -> Generation:
+            sampled = {"temperature": sampling.temperature, "seed": seeds[question_id] % 2**31} \
+                if question_id in seeds else {}
+            reply = self.complete(question_id, prompts[question_id], max_new_tokens, stop_strings, **sampled)
             return Generation(question_id, reply.text, reply.completion_tokens)
 
         batch: list[Generation] = []

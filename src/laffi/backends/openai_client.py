@@ -57,11 +57,16 @@ class RetryingClient:
             max_tokens=request.max_tokens, **extra), _chat_text)
 
     def complete(self, model: str, prompt: list[int] | str, max_tokens: int, stop: list[str] | None,
-                 retries: int | None = None, extra_body: dict | None = None) -> Reply:
+                 retries: int | None = None, extra_body: dict | None = None, temperature: float = 0.0,
+                 seed: int | None = None) -> Reply:
+        """Greedy, or sampled at `temperature` from the server's random stream `seed` (vLLM and llama.cpp seed
+        each request's sampler with it, so its reply does not depend on what else the server is decoding)."""
         extra = {"stop": stop} if stop else {}
+        if seed is not None:
+            extra["seed"] = seed
         return self._call(lambda: self.client.completions.create(
-            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, extra_body=extra_body, **extra),
-            _completion_text, retries)
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature, extra_body=extra_body,
+            **extra), _completion_text, retries)
 
     def _call(self, send: Callable[[], Any], read: Callable[[Any], str], retries: int | None = None) -> Reply:
         openai = self._openai

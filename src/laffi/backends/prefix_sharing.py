@@ -1,4 +1,6 @@
 """Greedy decoding with shared prefixes computed once: a batch of prompts is one packed row.
+The prompts `sampling` names (laffi.backends.sampling) are sampled instead, each from its own stream;
+K samples of one question are K equal prompts, neighbours in token order, whose prompt runs once.
 
     for batch in shared_prefix_generate(model, tokenizer, {"q1": ids, "q2": ids2}, batch_size=16,
                                         max_new_tokens=24):
@@ -15,12 +17,13 @@ padded batch does. The answers are those of each prompt decoded alone; tests com
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Hashable, Iterator
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from laffi.backends.local import Generation, stop_tokens
+from laffi.backends.sampling import Sampling, Streams
 from laffi.packing import pack, rows_within
 from laffi.tree_attention import TreeSpans, tree_attention
 
@@ -33,9 +36,11 @@ PREFILL_TOKENS = 2048
 
 @torch.inference_mode()
 def shared_prefix_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                           prompts: dict[str, list[int]], batch_size: int, max_new_tokens: int,
-                           stop_strings: list[str] | None = None) -> Iterator[list[Generation]]:
-    """Greedy decoding of `prompts` in batches of neighbours in token order; yields each batch when done."""
+                           prompts: dict[Hashable, list[int]], batch_size: int, max_new_tokens: int,
+                           stop_strings: list[str] | None = None,
+                           sampling: Sampling | None = None) -> Iterator[list[Generation]]:
+    """Greedy decoding of `prompts` (those `sampling` names: sampled) in batches of neighbours in token
+    order; yields each batch when done."""
     stops, long_stops = stop_tokens(model, tokenizer, stop_strings)
     order = sorted(prompts, key=lambda i: prompts[i])
     device = next(model.parameters()).device
@@ -44,7 +49,7 @@ def shared_prefix_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenize
         sequences = [prompts[i] for i in ids]
         logits, cache, padding = _prefill(model, sequences, max_new_tokens, device)
         new = _decode(model, tokenizer, logits, cache, padding, [len(s) for s in sequences], max_new_tokens,
-                      set(stops), long_stops)
+                      set(stops), long_stops, Streams(sampling, ids))
         yield [Generation(i, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens))
                for i, tokens in zip(ids, new)]
 
@@ -76,12 +81,12 @@ def _prefill(model, sequences: list[list[int]], max_new_tokens: int, device):
 
 
 def _decode(model, tokenizer, logits: torch.Tensor, cache, padding: torch.Tensor, lengths: list[int],
-            max_new_tokens: int, stop_set: set[int], long_stops: list[str]) -> list[list[int]]:
+            max_new_tokens: int, stop_set: set[int], long_stops: list[str], streams: Streams) -> list[list[int]]:
     positions = torch.tensor([[n] for n in lengths], device=padding.device)
     new: list[list[int]] = [[] for _ in lengths]
     active = set(range(len(lengths)))
     for step in range(max_new_tokens):
-        chosen = logits.float().argmax(-1)
+        chosen = streams.pick(logits, sorted(active))  # a finished row draws nothing more from its stream
         for sequence in sorted(active):
             new[sequence].append(int(chosen[sequence]))
         active = {s for s in active if not _finished(new[s], stop_set, long_stops, tokenizer)}

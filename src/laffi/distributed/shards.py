@@ -24,7 +24,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
 from laffi.models import pick_device
-from laffi.records import RecordWriter, read_records
+from laffi.records import Key, RecordWriter, read_records, record_key
 
 ROUND_BATCHES = 4  # batches per process per round: fewer pauses to gather, less lost to a crash
 
@@ -33,8 +33,12 @@ ROUND_BATCHES = 4  # batches per process per round: fewer pauses to gather, less
 class Collector:
     """Stands in for a RecordWriter: keeps one process's records of a round for the gather."""
 
-    done_ids: set[str] = field(default_factory=set)
+    done_keys: set[Key] = field(default_factory=set)  # as RecordWriter's: record_key of the records done
     records: list = field(default_factory=list)
+
+    @property
+    def done_ids(self) -> set[str]:
+        return {question_id for question_id, _ in self.done_keys}
 
     def write(self, records) -> None:
         self.records.extend(records)
@@ -88,11 +92,12 @@ class Shard:
                 yield writer
         else:
             self._share(None)
-            yield Collector({r.id for r in read_records(path, cls)} if path.exists() else set())
+            yield Collector({record_key(r) for r in read_records(path, cls)} if path.exists() else set())
 
     def answer(self, answer_questions: Callable[..., dict], model, tokenizer, examples: list, shots: list, data,
                config, writer, make_record: Callable, desc: str) -> dict:
-        """`answer_questions` over all processes; returns its speed stats for the whole of them."""
+        """`answer_questions` over all processes, one answer per question (evaluation; the records are gathered
+        by question id); returns its speed stats for the whole of them."""
         if self.processes == 1:
             return answer_questions(model, tokenizer, examples, shots, data, config, writer, make_record, desc=desc)
         todo = [e for e in examples if e.id not in writer.done_ids]  # the same list on every process

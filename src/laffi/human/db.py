@@ -10,7 +10,8 @@ upgrade a read lock at once. PostgreSQL needs no such care; assignment stays cor
 through conditional updates and row locks (store.py).
 
 The schema carries a version in `meta`; `upgrade` applies the steps a database has not had yet,
-so an older annotations.db is upgraded in place when the app opens it.
+so an older annotations.db is upgraded in place when the app opens it. Step 1 creates the tables as
+the first release made them, never the live ones below, so every later step finds what it expects.
 """
 
 from __future__ import annotations
@@ -59,17 +60,28 @@ annotators = Table(
     Column("revoked_at", Float),
 )
 
+def _first_item_columns() -> list[Column]:
+    """The items table's columns as the first release created it (step 1 makes them; step 3 adds two)."""
+    return [
+        # the answer's name (laffi.records.answer_name): the question id for sample 0, "ID#sN" for sample N
+        Column("id", String(256), primary_key=True),
+        Column("position", Integer, nullable=False),  # order of the train pool; items are handed out in it
+        Column("title", Text, nullable=False),
+        Column("context", Text, nullable=False),
+        Column("question", Text, nullable=False),
+        Column("gold", Text, nullable=False),  # JSON list of the gold answers
+        Column("answer", Text, nullable=False),  # the model's answer
+        # annotations that hold a slot: assigned or done. Never above K when assigned by the app.
+        Column("claims", Integer, nullable=False, default=0),
+    ]
+
+
+# An item is one answer of the model: (question id, sample), one of the question's generate.samples answers.
 items = Table(
     "items", metadata,
-    Column("id", String(256), primary_key=True),  # the question id
-    Column("position", Integer, nullable=False),  # order of the train pool; items are handed out in it
-    Column("title", Text, nullable=False),
-    Column("context", Text, nullable=False),
-    Column("question", Text, nullable=False),
-    Column("gold", Text, nullable=False),  # JSON list of the gold answers
-    Column("answer", Text, nullable=False),  # the model's answer
-    # annotations that hold a slot: assigned or done. Never above K when assigned by the app.
-    Column("claims", Integer, nullable=False, default=0),
+    *_first_item_columns(),
+    Column("question_id", String(256), nullable=False),
+    Column("sample", Integer, nullable=False, default=0),
 )
 
 annotations = Table(
@@ -89,7 +101,10 @@ annotations = Table(
 
 
 def _create_tables(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[annotators, items, annotations])
+    first = MetaData()  # the first release's tables: the items table without what later steps added
+    tables = [annotators.to_metadata(first), Table("items", first, *_first_item_columns()),
+              annotations.to_metadata(first)]
+    first.create_all(conn, tables=tables)
     conn.execute(insert(meta).values(key="secret", value=secrets.token_hex(32)))
 
 
@@ -99,8 +114,18 @@ def _index_annotator_status(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX annotations_by_person ON annotations (annotator_id, status)")
 
 
+def _items_per_answer(conn: Connection) -> None:
+    # generate.samples: a question can have several answers, and an item is one of them. An item made
+    # before is the question's only answer, sample 0, and keeps its id (the question id), so its
+    # annotations and links stay as they were.
+    conn.exec_driver_sql("ALTER TABLE items ADD COLUMN question_id VARCHAR(256) NOT NULL DEFAULT ''")
+    conn.exec_driver_sql("ALTER TABLE items ADD COLUMN sample INTEGER NOT NULL DEFAULT 0")
+    conn.exec_driver_sql("UPDATE items SET question_id = id")
+    conn.exec_driver_sql("CREATE UNIQUE INDEX items_by_answer ON items (question_id, sample)")
+
+
 # Step i brings a database from version i to i + 1. Append; never edit a released step.
-STEPS: list[Callable[[Connection], None]] = [_create_tables, _index_annotator_status]
+STEPS: list[Callable[[Connection], None]] = [_create_tables, _index_annotator_status, _items_per_answer]
 SCHEMA_VERSION = len(STEPS)
 
 

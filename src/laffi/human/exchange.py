@@ -4,7 +4,8 @@
     laffi import-feedback runs/demo FILE.jsonl
 
 Exported records have source "human" and annotator = the person's name, one per submitted
-annotation (an item annotated by two people gives two records). Revoked people's work is kept.
+annotation (an item annotated by two people gives two records), and the item's answer: the question
+id and the sample (generate.samples). Revoked people's work is kept.
 Agreement is reported where an item has two or more human verdicts (each pair of people on their
 shared items, and all such pairs pooled) and between each human verdict and the AI verdict on
 the same answer (RUN/feedback.jsonl), with the helpers of laffi.analysis.agreement.
@@ -21,13 +22,23 @@ from sqlalchemy import Engine
 from laffi.analysis.agreement import rater_pairs, scores, shared
 from laffi.human import store
 from laffi.layout import RunLayout
-from laffi.records import Answer, Feedback, QAExample, RecordError, read_records, write_records
+from laffi.records import (
+    Answer,
+    Feedback,
+    Key,
+    QAExample,
+    RecordError,
+    answer_name,
+    read_records,
+    record_key,
+    write_records,
+)
 
 
 def to_feedback(annotation: store.Annotation) -> Feedback:
-    return Feedback(id=annotation.item_id, answer=annotation.answer, verdict=annotation.verdict,
+    return Feedback(id=annotation.question_id, answer=annotation.answer, verdict=annotation.verdict,
                     text=annotation.text, source="human", annotator=annotation.annotator,
-                    corrected_answer=annotation.corrected_answer)
+                    corrected_answer=annotation.corrected_answer, sample=annotation.sample)
 
 
 def export_feedback(engine: Engine, out: str | Path) -> list[Feedback]:
@@ -56,8 +67,8 @@ def import_feedback(engine: Engine, run_dir: str | Path, path: str | Path) -> tu
                               "only human feedback is imported (AI feedback lives in feedback.jsonl)")
     sync_run_items(engine, run_dir)
     return store.import_annotations(engine, [
-        store.Annotation(r.id, r.annotator, "done", r.answer, r.verdict, r.text, r.corrected_answer, None)
-        for r in records])
+        store.Annotation(answer_name(record_key(r)), r.annotator, "done", r.answer, r.verdict, r.text,
+                         r.corrected_answer, None, r.id, r.sample) for r in records])
 
 
 def agreement_report(human: list[Feedback], ai: list[Feedback]) -> dict:
@@ -66,12 +77,12 @@ def agreement_report(human: list[Feedback], ai: list[Feedback]) -> dict:
     Returns {"human_pairs": [{"a", "b", "n", "percent", "kappa"}], "human_pooled": {...} | None,
     "human_ai": [{"annotator", "n", "percent", "kappa"}], "human_ai_pooled": {...} | None}.
     """
-    # Two people agree on an item (they saw the same answer); a person and the AI only where the AI
-    # judged the same answer the person saw.
-    item_verdicts: dict[str, dict[str, str]] = defaultdict(dict)  # person -> {item: verdict}
-    answer_verdicts: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)  # person -> {(item, answer): verdict}
+    # Two people agree on an item, one answer (question, sample) (they saw the same answer); a person and
+    # the AI only where the AI judged the same answer text the person saw, to the same question.
+    item_verdicts: dict[str, dict[Key, str]] = defaultdict(dict)  # person -> {item: verdict}
+    answer_verdicts: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)  # person -> {(question, text): verdict}
     for f in human:
-        item_verdicts[f.annotator][f.id] = f.verdict
+        item_verdicts[f.annotator][record_key(f)] = f.verdict
         answer_verdicts[f.annotator][f.id, f.answer] = f.verdict
     ai_by_key = {(f.id, f.answer): f.verdict for f in ai if f.source == "ai"}
 

@@ -12,6 +12,11 @@ apply atomically, so concurrent annotators never push an item past K; the unique
 (item, annotator) pair keeps one person from getting an item twice. A person holds at most one
 open item at a time and gets it back on return, so nothing needs to expire; skipping or being
 revoked gives the slot back.
+
+Items. An item is one answer of the model, (question id, sample): with generate.samples=K a question
+gives K items, handed out in train-pool order, a question's answers one after another. An item's id
+is the answer's name (laffi.records.answer_name), so an item made before samples existed keeps its
+question id as its id.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select, update
 
 from laffi.human.db import annotations, annotators, items, meta, read, write
-from laffi.records import VERDICTS, Answer, QAExample
+from laffi.records import VERDICTS, Answer, QAExample, answer_name, record_key
 
 NAME = re.compile(r"^[\w.@-]{1,64}$")
 
@@ -66,6 +71,8 @@ class Item:
     question: str
     gold: list[str]
     answer: str
+    question_id: str
+    sample: int  # which of the question's answers (Answer.sample)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ class Annotation:
     text: str | None
     corrected_answer: str | None
     submitted_at: float | None
+    question_id: str  # the item's answer: (question id, sample)
+    sample: int
 
 
 def hash_token(token: str) -> str:
@@ -162,29 +171,37 @@ def authenticate(engine: Engine, token: str) -> tuple[Person | None, str]:
 
 
 def sync_items(engine: Engine, examples: Iterable[QAExample], answers: Iterable[Answer]) -> tuple[int, int]:
-    """Load the answers to annotate (in train-pool order); returns (added, updated)."""
+    """Load the answers to annotate, one item per (question, sample), in train-pool order; returns (added, updated)."""
     by_id = {e.id: (position, e) for position, e in enumerate(examples)}
     added = updated = 0
     with write(engine) as conn:
-        known = {r.id: r for r in conn.execute(select(items.c.id, items.c.answer, items.c.position))}
+        known = {(r.question_id, r.sample): r for r in conn.execute(
+            select(items.c.id, items.c.question_id, items.c.sample, items.c.answer, items.c.position))}
+        taken = {r.id for r in known.values()}
         for answer in answers:
             if answer.id not in by_id:
                 raise StoreError(f"answer to unknown question {answer.id!r}")
+            key, name = record_key(answer), answer_name(record_key(answer))
             position, example = by_id[answer.id]
             values = dict(position=position, title=example.title, context=example.context,
                           question=example.question, gold=json.dumps(example.answers), answer=answer.prediction)
-            if answer.id not in known:
-                conn.execute(insert(items).values(id=answer.id, claims=0, **values))
+            if key not in known:
+                if name in taken:
+                    raise StoreError(f"item {name!r}: a question id looks like another question's sampled answer")
+                conn.execute(insert(items).values(id=name, question_id=answer.id, sample=answer.sample, claims=0,
+                                                  **values))
+                taken.add(name)
                 added += 1
-            elif (known[answer.id].answer, known[answer.id].position) != (answer.prediction, position):
+            elif (known[key].answer, known[key].position) != (answer.prediction, position):
                 # Annotations keep the answer they were written about (annotations.answer).
-                conn.execute(update(items).where(items.c.id == answer.id).values(**values))
+                conn.execute(update(items).where(items.c.id == known[key].id).values(**values))
                 updated += 1
     return added, updated
 
 
 def _item(row) -> Item:
-    return Item(row.id, row.position, row.title, row.context, row.question, json.loads(row.gold), row.answer)
+    return Item(row.id, row.position, row.title, row.context, row.question, json.loads(row.gold), row.answer,
+                row.question_id, row.sample)
 
 
 def get_item(engine: Engine, item_id: str) -> Item:
@@ -215,7 +232,7 @@ def claim(engine: Engine, person_id: int, per_item: int) -> str | None:
             # skipping it would tell this person "all done" while slots are left. The conditional
             # UPDATE below waits for that claim and re-checks `claims < K` against its outcome.
             candidates = conn.execute(select(items.c.id).where(items.c.claims < per_item, ~mine)
-                                      .order_by(items.c.position).limit(16)).scalars().all()
+                                      .order_by(items.c.position, items.c.sample).limit(16)).scalars().all()
             if not candidates:
                 return None
             for item_id in candidates:
@@ -244,8 +261,9 @@ def get_annotation(engine: Engine, person_id: int, item_id: str) -> Annotation:
     with read(engine) as conn:
         row = _own(conn, person_id, item_id)
         name = conn.execute(select(annotators.c.name).where(annotators.c.id == person_id)).scalar_one()
+        answer = conn.execute(select(items.c.question_id, items.c.sample).where(items.c.id == item_id)).one()
     return Annotation(item_id, name, row.status, row.answer, row.verdict, row.text, row.corrected_answer,
-                      row.submitted_at)
+                      row.submitted_at, answer.question_id, answer.sample)
 
 
 def submit(engine: Engine, person_id: int, item_id: str, verdict: str, text: str,
@@ -286,7 +304,7 @@ def my_annotations(engine: Engine, person_id: int) -> list[tuple[Item, Annotatio
                             .where(annotations.c.annotator_id == person_id, annotations.c.status == "done")
                             .order_by(annotations.c.submitted_at.desc())).all()
     return [(_item(r), Annotation(r.id, r.who, r.status, r.seen, r.verdict, r.text, r.corrected_answer,
-                                  r.submitted_at)) for r in rows]
+                                  r.submitted_at, r.question_id, r.sample)) for r in rows]
 
 
 def progress(engine: Engine, person_id: int, per_item: int) -> dict[str, int]:
@@ -308,29 +326,34 @@ def progress(engine: Engine, person_id: int, per_item: int) -> dict[str, int]:
 def done_annotations(engine: Engine) -> list[Annotation]:
     """All submitted feedback, in train-pool order, then by person."""
     with read(engine) as conn:
-        rows = conn.execute(select(annotations, annotators.c.name)
+        rows = conn.execute(select(annotations, annotators.c.name, items.c.question_id, items.c.sample)
                             .join(annotators, annotators.c.id == annotations.c.annotator_id)
                             .join(items, items.c.id == annotations.c.item_id)
                             .where(annotations.c.status == "done")
-                            .order_by(items.c.position, annotators.c.name)).all()
+                            .order_by(items.c.position, items.c.sample, annotators.c.name)).all()
     return [Annotation(r.item_id, r.name, r.status, r.answer, r.verdict, r.text, r.corrected_answer,
-                       r.submitted_at) for r in rows]
+                       r.submitted_at, r.question_id, r.sample) for r in rows]
 
 
 def import_annotations(engine: Engine, records: list[Annotation]) -> tuple[int, int]:
     """Add submitted feedback made elsewhere, all or nothing; returns (added, already there).
 
     People unknown here are created without a token (`laffi annotators add` gives them one).
-    Imports may take an item past K: they record work already done, they do not assign.
+    Imports may take an item past K: they record work already done, they do not assign. A record names its
+    item by its answer, (question_id, sample); its item_id is not read.
     """
     added = same = 0
     with write(engine) as conn:
         people = {r.name: r.id for r in conn.execute(select(annotators.c.name, annotators.c.id))}
         for record in records:
+            name = answer_name((record.question_id, record.sample))
             if not NAME.match(record.annotator):
-                raise StoreError(f"{record.item_id}: annotator name {record.annotator!r} is not a valid name")
-            if conn.execute(select(items.c.id).where(items.c.id == record.item_id)).first() is None:
-                raise NotFound(f"{record.item_id}: no such item in this run's answers")
+                raise StoreError(f"{name}: annotator name {record.annotator!r} is not a valid name")
+            item_id = conn.execute(select(items.c.id).where(items.c.question_id == record.question_id,
+                                                            items.c.sample == record.sample)).scalar()
+            if item_id is None:
+                raise NotFound(f"{name}: no such item in this run's answers")
+            record = replace(record, item_id=item_id)
             if record.annotator not in people:
                 people[record.annotator] = conn.execute(insert(annotators).values(
                     name=record.annotator, is_admin=False, created_at=time.time())).inserted_primary_key[0]

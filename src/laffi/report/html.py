@@ -21,7 +21,7 @@ from pathlib import Path
 
 from laffi.config import ConfigError, read_yaml
 from laffi.layout import ExperimentLayout, RunLayout
-from laffi.records import Answer, Feedback, Prediction, QAExample, TrainLogEntry, read_records, write_atomic
+from laffi.records import Answer, Feedback, Prediction, QAExample, TrainLogEntry, read_records, record_key, write_atomic
 from laffi.report.plots import experiment_charts, loss_curves, results_chart
 from laffi.report.tables import (
     dev_curve_table,
@@ -205,11 +205,11 @@ def samples_section(root: Path) -> str:
     feedback_path = _feedback_file(layout)
     if feedback_path and layout.train_examples.exists() and layout.answers.exists():
         train = {e.id: e for e in read_records(layout.train_examples, QAExample)}
-        answers = {a.id: a for a in read_records(layout.answers, Answer)}
+        answers = {record_key(a): a for a in read_records(layout.answers, Answer)}  # one per (question, sample)
         notes = read_records(feedback_path, Feedback)[:SAMPLES]
         rows = [[train[n.id].question, train[n.id].answers[0] if train[n.id].answers else "(none)",
-                 answers[n.id].prediction if n.id in answers else n.answer, n.verdict, n.text, n.annotator]
-                for n in notes if n.id in train]
+                 answers[key].prediction if (key := record_key(n)) in answers else n.answer, n.verdict, n.text,
+                 n.annotator] for n in notes if n.id in train]
         parts += ["<h3>What the model answered and the feedback it received (train questions)</h3>",
                   table(["question", "gold", "model's answer", "verdict", "feedback", "annotator"], rows,
                         id="feedback-samples")]

@@ -3,8 +3,9 @@
     laffi annotate runs/demo [annotate.annotator=reference] [annotate.seed=0]
     laffi annotate runs/demo annotate.annotator=llm annotate.model=gpt-4o [--out feedback-gpt4o.jsonl]
 
-Writes feedback.jsonl (one Feedback per answer, source "ai", annotator = the annotator's name)
-and feedback.config.yaml. Resumable: answers that already have feedback are skipped.
+Writes feedback.jsonl (one Feedback per answer, source "ai", annotator = the annotator's name; with
+generate.samples=K, one per (question, sample) answer) and feedback.config.yaml. Resumable: answers
+that already have feedback are skipped.
 An annotator that can fail (the LLM annotator) also writes feedback.failed.jsonl, the answers that
 got no feedback and why (rerunning retries them), and feedback.summary.json (requests, cache hits,
 failures, tokens). `--out NAME.jsonl` writes a second annotator's feedback beside the first, e.g.
@@ -29,6 +30,7 @@ from laffi.records import (
     QAExample,
     RecordWriter,
     read_records,
+    record_key,
     write_json,
     write_records,
 )
@@ -69,7 +71,7 @@ def annotate(layout: RunLayout, annotate: AnnotateConfig, out: str | Path | None
     size = getattr(annotator, "batch_size", BATCH)
     failures: list[AnnotationFailure] = []
     with RecordWriter(out, Feedback) as writer:
-        todo = [a for a in answers if a.id not in writer.done_ids]
+        todo = [a for a in answers if record_key(a) not in writer.done_keys]
         with tqdm(total=len(answers), initial=len(answers) - len(todo), desc="annotate", unit="answer") as bar:
             for start in range(0, len(todo), size):
                 batch = todo[start:start + size]

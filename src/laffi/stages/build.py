@@ -7,9 +7,13 @@
 - sets/laffi.jsonl: prompt = the QA prompt + the model's own answer + a request for feedback;
   completion = the annotator's feedback. The model learns to predict the feedback it gets.
 - sets/sft.jsonl: prompt = the same QA prompt; completion = the gold answer.
-Both hold the same questions: those with feedback, in the order of the train pool.
-- sets/SYSTEM.jsonl for every other system with a train recipe (laffi.systems): each question once,
-  an exact share of them in each set's format, drawn by data.seed; sets/SYSTEM.meta.json says which.
+Both hold the same questions: those with feedback, in the order of the train pool. With several
+answers per question (generate.samples=K), a set made from feedback has one example per answer that
+got feedback (the laffi set: up to K per question), while the sft set keeps one per question (the
+gold answer; K answers do not repeat it).
+- sets/SYSTEM.jsonl for every other system with a train recipe (laffi.systems): each question in one
+  set's format, an exact share of the questions in each, drawn by data.seed (with K answers, a question
+  in a feedback format gives an example per answer); sets/SYSTEM.meta.json says which, and counts.
   The refine format: the LaFFi prompt -> the feedback, then "Verdict: ..." and "Revised answer: ..."
   lines from the Feedback record (its corrected answer; the answer itself when it is correct). The
   critique format: the same, with the feedback's verdict sentence alone before the fields. The
@@ -17,15 +21,16 @@ Both hold the same questions: those with feedback, in the order of the train poo
   model's own answer. The verify format: the LaFFi example with a fixed line "Verdict: VERDICT" before
   the feedback (a verifier's training). A recipe with `aux` also gets sets/SYSTEM.aux.jsonl: every question of its set
   again, in the aux set's format, in the same order. A recipe with `preference` also gets
-  sets/SYSTEM.pairs.jsonl: for every question whose own answer the annotator judged incorrect or partially
-  correct, the QA prompt, the gold answer (chosen) and that answer (rejected), in TRL's preference format;
-  its .meta.json counts the questions of each verdict and the pairs.
+  sets/SYSTEM.pairs.jsonl: for every answer the annotator judged incorrect or partially correct, the QA
+  prompt, the gold answer (chosen) and that answer (rejected), in TRL's preference format; an answer that
+  repeats an earlier answer of its question gives no second pair (sampled answers often repeat); its
+  .meta.json counts the answers of each verdict and the pairs.
 
 The hybrid build mixes an exact share of human feedback into the LaFFi set, the rest AI feedback.
-Each question appears at most once: `round(R * N)` questions are drawn (seeded by data.seed) from
-those with human feedback, where several people annotated a question one of them is drawn, and the
-rest from other questions with AI feedback. sets/laffi.meta.json records what a LaFFi set is made
-of: the sizes, the ratio, which questions came from people and which from the AI annotator.
+Each answer, a (question, sample), appears at most once: `round(R * N)` answers are drawn (seeded by
+data.seed) from those with human feedback, where several people annotated an answer one of them is
+drawn, and the rest from other answers with AI feedback. sets/laffi.meta.json records what a LaFFi
+set is made of: the sizes, the ratio, which answers came from people and which from the AI annotator.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from laffi.analysis.metrics import majority_answer
 from laffi.annotators.content import content_text
@@ -51,26 +57,40 @@ from laffi.records import (
     VERDICTS,
     AnnotationFailure,
     Feedback,
+    Key,
     PreferencePair,
     QAExample,
     TrainingExample,
+    answer_name,
     read_records,
+    record_key,
     write_json,
     write_records,
 )
 from laffi.systems import REVIEW_SETS, System
 
 
+Notes = dict[str, list[Feedback]]  # question id -> the feedback on its answers, by sample
+
+
+def by_question(examples: list[QAExample], chosen: dict[Key, Feedback]) -> Notes:
+    """The chosen feedback of each train question that has some, in train-pool order, by sample."""
+    grouped: Notes = defaultdict(list)
+    for key in sorted(chosen, key=lambda k: k[1]):
+        grouped[key[0]].append(chosen[key])
+    return {e.id: grouped[e.id] for e in examples if e.id in grouped}
+
+
 def build(layout: RunLayout, data: DataConfig, systems: list[System] = ()) -> dict[str, list[TrainingExample]]:
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
-    feedback = {f.id: f for f in read_records(layout.feedback, Feedback)}
+    feedback = {record_key(f): f for f in read_records(layout.feedback, Feedback)}  # one per answer
     failed = failures_file(layout.feedback)  # answers the annotator could not give feedback on
     if failed.exists() and (skipped := len(read_records(failed, AnnotationFailure))):
         print(f"build: {skipped} answers have no feedback because their annotation failed ({failed}); "
               "both sets leave them out")
     save_config(layout.sets_config, {"data": data})
-    chosen = {example.id: feedback[example.id] for example in examples if example.id in feedback}
+    chosen = by_question(examples, feedback)
     if not chosen:
         raise ValueError(f"{layout.feedback}: no feedback on any train question; run `laffi annotate` first")
     return write_sets(layout, examples, shots, chosen, data, systems=systems)
@@ -91,12 +111,12 @@ def sft_example(example: QAExample, shots: list[QAExample], note: Feedback) -> T
 
 
 def laffi_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
-    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(note.text))
+    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(note.text), note.sample)
 
 
 def refine_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
     completion = review_completion(note.text, note.verdict, revised_answer(note))
-    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion))
+    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion), note.sample)
 
 
 def critique_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
@@ -104,16 +124,16 @@ def critique_example(example: QAExample, shots: list[QAExample], note: Feedback)
     steps the embedded 135M model does not learn to write the whole feedback and its fields (on 100 dev
     questions no predicted refine completion had them), so this variant asks for much less text."""
     completion = review_completion(content_text(note, "verdict"), note.verdict, revised_answer(note))
-    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion))
+    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion), note.sample)
 
 
 def verify_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
     """The LaFFi example with a fixed verdict line first ("Verdict: incorrect", then the feedback): a model
     trained on it states its verdict on an answer in one of three fixed lines, whose probabilities
-    (laffi.stages.verdicts.VERDICT_LINES) make it a verifier that reads one line per candidate answer,
+    (laffi.stages.verdicts.LINES) make it a verifier that reads one line per candidate answer,
     whoever wrote the feedback (the reference annotator's own verdict sentences come in four wordings)."""
     completion = verdict_line(note.verdict) + "\n" + note.text
-    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion))
+    return TrainingExample(example.id, feedback_messages(example, shots, note.answer), _reply(completion), note.sample)
 
 
 def answer_feedback_example(example: QAExample, shots: list[QAExample], note: Feedback) -> TrainingExample:
@@ -121,7 +141,7 @@ def answer_feedback_example(example: QAExample, shots: list[QAExample], note: Fe
     model's own answer got. The answer comes first because direct answering reads the first line; were
     it the model's own answer, the system would learn to give the answers it already gives."""
     completion = answer_feedback_completion(majority_answer(example.answers), note.answer, note.text)
-    return TrainingExample(example.id, qa_messages(example, shots), _reply(completion))
+    return TrainingExample(example.id, qa_messages(example, shots), _reply(completion), note.sample)
 
 
 def preference_pair(example: QAExample, shots: list[QAExample], note: Feedback) -> PreferencePair | None:
@@ -133,27 +153,70 @@ def preference_pair(example: QAExample, shots: list[QAExample], note: Feedback) 
     gold = majority_answer(example.answers)
     if note.verdict == "correct" or note.answer == gold:
         return None
-    return PreferencePair(example.id, qa_messages(example, shots), _reply(gold), _reply(note.answer), note.verdict)
+    return PreferencePair(example.id, qa_messages(example, shots), _reply(gold), _reply(note.answer), note.verdict,
+                          note.sample)
 
 
-def pair_metadata(notes: list[Feedback], pairs: list[PreferencePair]) -> dict:
-    """How many of a set's questions got each verdict, and which became pairs."""
+def question_pairs(example: QAExample, shots: list[QAExample], notes: list[Feedback]) -> list[PreferencePair]:
+    """The pairs of one question's answers (`preference_pair`), each rejected answer once: sampled answers often
+    repeat, and the same pair twice would only weigh that answer double."""
+    pairs, seen = [], set()
+    for note in notes:
+        if (pair := preference_pair(example, shots, note)) and note.answer not in seen:
+            seen.add(note.answer)
+            pairs.append(pair)
+    return pairs
+
+
+def answer_counts(notes: list[Feedback]) -> dict:
+    """How many questions and answers a set's feedback covers, and how many answers got each verdict."""
     verdicts = Counter(n.verdict for n in notes)
-    return {"verdicts": {v: verdicts[v] for v in VERDICTS}, "pairs": len(pairs),
+    return {"questions": len({n.id for n in notes}), "answers": len(notes),
+            "verdicts": {v: verdicts[v] for v in VERDICTS}}
+
+
+def pair_metadata(drawn: list[tuple[QAExample, list[QAExample], list[Feedback]]], pairs: list[PreferencePair]) -> dict:
+    """How many of a set's answers got each verdict, and which became pairs: an answer judged not correct gives
+    none where it is the gold answer's text (same_as_gold) or repeats an earlier answer of its question."""
+    notes = [note for _, _, question_notes in drawn for note in question_notes]
+    gold = {example.id: majority_answer(example.answers) for example, _, _ in drawn}
+    wrong = [n for n in notes if n.verdict != "correct"]
+    same_as_gold = sum(n.answer == gold[n.id] for n in wrong)
+    return {**answer_counts(notes), "pairs": len(pairs),
             "pairs_by_verdict": {v: sum(p.verdict == v for p in pairs) for v in VERDICTS if v != "correct"},
-            "same_as_gold": sum(n.verdict != "correct" for n in notes) - len(pairs), "pair_ids": [p.id for p in pairs]}
+            "same_as_gold": same_as_gold, "repeated": len(wrong) - same_as_gold - len(pairs),
+            "pair_ids": [answer_name(record_key(p)) for p in pairs]}
+
+
+@dataclass(frozen=True)
+class SetFormat:
+    """How a training set makes its examples from a question, its shots and the feedback on one answer, and
+    whether it makes one per answer (a format that shows the answer or its feedback) or one per question (the
+    gold answer alone: K answers would only repeat it)."""
+
+    make: Callable[[QAExample, list[QAExample], Feedback], TrainingExample]
+    per_answer: bool = True
+
+    def examples(self, example: QAExample, shots: list[QAExample], notes: list[Feedback]) -> list[TrainingExample]:
+        return [self.make(example, shots, note) for note in (notes if self.per_answer else notes[:1])]
 
 
 # the training sets a system's recipe can draw on (laffi.systems.SETS)
-SET_FORMATS = {"sft": sft_example, "laffi": laffi_example, "refine": refine_example, "critique": critique_example,
-               "answer-feedback": answer_feedback_example, "verify": verify_example}
+SET_FORMATS = {"sft": SetFormat(sft_example, per_answer=False), "laffi": SetFormat(laffi_example),
+               "refine": SetFormat(refine_example), "critique": SetFormat(critique_example),
+               "answer-feedback": SetFormat(answer_feedback_example), "verify": SetFormat(verify_example)}
 
 
 def write_system_set(layout: RunLayout, system: System, examples: list[QAExample], shots: list[QAExample],
-                     chosen: dict[str, Feedback], data: DataConfig) -> list[TrainingExample]:
-    """A system's own set: every question with feedback once, round(share x N) of them in each set's format."""
+                     chosen: Notes, data: DataConfig) -> list[TrainingExample]:
+    """A system's own set: every question with feedback in one set's format, round(share x N) of the N questions
+    in each (a feedback format gives the question an example per answer, sft one)."""
     questions = [e for e in examples if e.id in chosen]
-    if system.aux in REVIEW_SETS and (missing := [e for e in questions if revised_answer(chosen[e.id]) is None]):
+
+    def named(question: str) -> bool:  # every answer's feedback names a right answer: a review set can use it
+        return all(revised_answer(note) is not None for note in chosen[question])
+
+    if system.aux in REVIEW_SETS and (missing := [e for e in questions if not named(e.id)]):
         raise ValueError(f"{system.name}: train.aux {system.aux} needs a right answer in every question's feedback; "
                          f"{len(missing)} have none (a corrected answer, or verdict correct)")
     counts = dict(zip(system.recipe.sets, shares_of(list(system.recipe.sets.values()), len(questions))))
@@ -162,24 +225,28 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
     rng.shuffle(left)
     assigned: dict[str, str] = {}
     for name in sorted(counts, key=lambda n: n not in REVIEW_SETS):  # these first: not every question has one
-        usable = [q for q in left if name not in REVIEW_SETS or revised_answer(chosen[q]) is not None]
+        usable = [q for q in left if name not in REVIEW_SETS or named(q)]
         if len(usable) < counts[name]:
             raise ValueError(f"{system.name}: {counts[name]} {name} examples asked for, but only {len(usable)} questions "
                              "have feedback that names a right answer (a corrected answer, or verdict correct)")
         assigned.update({q: name for q in usable[:counts[name]]})
         left = [q for q in left if q not in assigned]
     drawn = [(e, choose_shots(e, shots, data.num_shots, data.seed), chosen[e.id]) for e in questions]
-    rows = [SET_FORMATS[assigned[e.id]](e, drawn_shots, note) for e, drawn_shots, note in drawn]
+    rows = [row for question in drawn for row in SET_FORMATS[assigned[question[0].id]].examples(*question)]
     write_records(layout.training_set(system.name), rows)
-    if system.aux:  # the same questions and shots, so the two examples of a question share its QA prompt
-        write_records(layout.aux_set(system.name), [SET_FORMATS[system.aux](*question) for question in drawn])
+    if system.aux:  # the same questions and shots, so the examples of a question share its QA prompt
+        write_records(layout.aux_set(system.name), [row for question in drawn
+                                                    for row in SET_FORMATS[system.aux].examples(*question)])
     extra = {}
     if system.preference:  # the same questions and shots again: chosen is the sft example's completion
-        pairs = [pair for question in drawn if (pair := preference_pair(*question))]
+        pairs = [pair for question in drawn for pair in question_pairs(*question)]
         write_records(layout.pair_set(system.name), pairs)
-        extra = {"preference": pair_metadata([note for _, _, note in drawn], pairs)}
+        extra = {"preference": pair_metadata(drawn, pairs)}
+    by_set = Counter(assigned[row.id] for row in rows)
     write_json(layout.set_metadata(system.name), {
-        "set": system.name, "size": len(rows), "shares": system.recipe.sets, "examples": counts,
+        "set": system.name, "size": len(rows), "shares": system.recipe.sets,
+        "examples": {name: by_set[name] for name in counts}, "questions": counts,
+        "feedback": answer_counts([note for _, _, notes in drawn for note in notes]),
         "aux": system.aux, "seed": data.seed, "ids": {name: [e.id for e in questions if assigned[e.id] == name] for name in counts},
         **extra})
     return rows
@@ -191,18 +258,20 @@ def shares_of(shares: list[float], total: int) -> list[int]:
     return [*counts, total - sum(counts)]
 
 
-def write_sets(layout: RunLayout, examples: list[QAExample], shots: list[QAExample], chosen: dict[str, Feedback],
+def write_sets(layout: RunLayout, examples: list[QAExample], shots: list[QAExample], chosen: Notes,
                data: DataConfig, human_ratio: float | None = None,
                systems: list[System] = ()) -> dict[str, list[TrainingExample]]:
-    """Both sets on the questions that have `chosen` feedback, in train-pool order, what the LaFFi set
-    is made of (sets/laffi.meta.json), and the own set of each of `systems` that needs one."""
+    """Both sets on the questions that have `chosen` feedback, in train-pool order (the laffi set: an example
+    per answer's feedback; the sft set: one per question), what the LaFFi set is made of (sets/laffi.meta.json),
+    and the own set of each of `systems` that needs one."""
     questions = [(e, choose_shots(e, shots, data.num_shots, data.seed), chosen[e.id]) for e in examples if e.id in chosen]
-    laffi = [laffi_example(*question) for question in questions]
-    sft = [sft_example(*question) for question in questions]
+    laffi = [row for question in questions for row in SET_FORMATS["laffi"].examples(*question)]
+    sft = [row for question in questions for row in SET_FORMATS["sft"].examples(*question)]
     write_records(layout.training_set("laffi"), laffi)
     write_records(layout.training_set("sft"), sft)
     seed = None if human_ratio is None else data.seed  # only a hybrid mix is drawn at random
-    write_json(layout.set_metadata("laffi"), mix_metadata([chosen[t.id] for t in laffi], human_ratio, seed))
+    write_json(layout.set_metadata("laffi"), mix_metadata([note for _, _, notes in questions for note in notes],
+                                                          human_ratio, seed))
     sets = {"laffi": laffi, "sft": sft}
     for system in systems:
         # sft and laffi are written above, but not their auxiliary examples
@@ -212,12 +281,15 @@ def write_sets(layout: RunLayout, examples: list[QAExample], shots: list[QAExamp
 
 
 def mix_metadata(feedback: list[Feedback], ratio: float | None, seed: int | None) -> dict:
-    """What a LaFFi set is made of: sizes and question ids by source, and who wrote the human part."""
+    """What a LaFFi set is made of: sizes, questions and verdicts, the answers by source (their names: the
+    question id, "ID#sN" for a sampled answer), and who wrote the human part."""
     human = [f for f in feedback if f.source == "human"]
     return {"set": "laffi", "size": len(feedback), "human_ratio": ratio,
             "human": len(human), "ai": len(feedback) - len(human), "seed": seed,
+            "questions": len({f.id for f in feedback}), "verdicts": answer_counts(feedback)["verdicts"],
             "human_annotators": dict(sorted(Counter(f.annotator for f in human).items())),
-            "human_ids": [f.id for f in human], "ai_ids": [f.id for f in feedback if f.source == "ai"]}
+            "human_ids": [answer_name(record_key(f)) for f in human],
+            "ai_ids": [answer_name(record_key(f)) for f in feedback if f.source == "ai"]}
 
 
 @dataclass(frozen=True)
@@ -250,29 +322,34 @@ def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig,
     feedback = [f for f in _read_all(sources) if f.id in {e.id for e in examples}]
     save_config(layout.sets_config, {"data": data})
 
-    human_by_id: dict[str, list[Feedback]] = defaultdict(list)
-    ai_by_id: dict[str, Feedback] = {}
+    # the unit is an answer, (question id, sample): one answer per question is the question itself
+    human_by_key: dict[Key, list[Feedback]] = defaultdict(list)
+    ai_by_key: dict[Key, Feedback] = {}
     for f in feedback:
         if f.source == "human":
-            human_by_id[f.id].append(f)
+            human_by_key[record_key(f)].append(f)
         else:
-            ai_by_id.setdefault(f.id, f)
+            ai_by_key.setdefault(record_key(f), f)
     n_human, n_ai = hybrid.human, hybrid.size - hybrid.human
-    if len(human_by_id) < n_human:
+    if len(human_by_key) < n_human:
         raise ValueError(
             f"--human-ratio {hybrid.human_ratio} --size {hybrid.size} needs human feedback on {n_human} "
-            f"questions; {sources[0]} and {sources[1]} have it on {len(human_by_id)}. Annotate more "
+            f"answers; {sources[0]} and {sources[1]} have it on {len(human_by_key)}. Annotate more "
             f"(`laffi serve`), export it (`laffi export-feedback {layout.root}`), or lower --human-ratio or --size")
 
     rng = random.Random(data.seed)
     order = {e.id: position for position, e in enumerate(examples)}
-    human_ids = rng.sample(sorted(human_by_id, key=order.__getitem__), n_human)
-    chosen = {qid: rng.choice(sorted(human_by_id[qid], key=lambda f: f.annotator)) for qid in human_ids}
-    ai_pool = [qid for qid in sorted(ai_by_id, key=order.__getitem__) if qid not in chosen]
+
+    def in_order(keys) -> list[Key]:  # train-pool order, then by sample
+        return sorted(keys, key=lambda key: (order[key[0]], key[1]))
+
+    human_keys = rng.sample(in_order(human_by_key), n_human)
+    chosen = {key: rng.choice(sorted(human_by_key[key], key=lambda f: f.annotator)) for key in human_keys}
+    ai_pool = [key for key in in_order(ai_by_key) if key not in chosen]
     if len(ai_pool) < n_ai:
         raise ValueError(
-            f"--size {hybrid.size} with {n_human} human examples needs AI feedback on {n_ai} other questions; "
+            f"--size {hybrid.size} with {n_human} human examples needs AI feedback on {n_ai} other answers; "
             f"{layout.feedback} has it on {len(ai_pool)}. Run `laffi annotate` on more answers or lower --size")
-    chosen.update({qid: ai_by_id[qid] for qid in rng.sample(ai_pool, n_ai)})
+    chosen.update({key: ai_by_key[key] for key in rng.sample(ai_pool, n_ai)})
 
-    return write_sets(layout, examples, shots, chosen, data, hybrid.human_ratio, systems)
+    return write_sets(layout, examples, shots, by_question(examples, chosen), data, hybrid.human_ratio, systems)

@@ -53,6 +53,7 @@ def dev_scorer(layout: RunLayout, data: DataConfig, generate: GenerateConfig, tr
     percent, answering the first train.eval_questions dev questions directly. None when it is off."""
     if not train.eval_every:
         return None
+    generate = generate.for_evaluation()
     if not layout.questions("dev").exists():
         raise ConfigError(f"train.eval_every: {layout.questions('dev')} is missing; QA evaluation during training "
                           "answers the dev set (data.dev_size > 0, then `laffi prepare`)")
@@ -76,7 +77,10 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     """`backend`: returns the (model, tokenizer) to answer with, loaded by the caller, e.g. the base
     model `laffi run` also generates with; called only if questions are left to answer.
     `answering`: how the system answers (laffi.systems; direct if None); feedback-guided answering
-    reviews with the adapter `reviewer` (the answering model itself if None)."""
+    reviews with the adapter `reviewer` (the answering model itself if None). Evaluation answers each question
+    once, greedily: generate.samples and the sampling options decide training answers only, and are set to
+    their defaults here, in the decoding and in the config saved beside the predictions."""
+    generate = generate.for_evaluation()
     split = eval.split
     if not layout.questions(split).exists():
         raise FileNotFoundError(f"eval.split={split}: {layout.questions(split)} is missing; run `laffi prepare` "

@@ -2,8 +2,12 @@
 
     laffi generate runs/demo [generate.batch_size=8] [model.name=...]
 
-Writes answers.jsonl (one Answer per question) and answers.config.yaml. Resumable: answers
-already on disk are kept and only the missing questions are generated.
+    laffi generate runs/demo generate.samples=4 [generate.temperature=0.7]   # 4 answers per question
+
+Writes answers.jsonl (one Answer per question, or with generate.samples=K, K per question: sample 0
+greedy, 1..K-1 sampled) and answers.config.yaml. Resumable: answers already on disk are kept and
+only the missing (question, sample) answers are generated, the same ones a run without the stop
+would have made (each sampled answer has its own seeded random stream).
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ def generate(layout: RunLayout, model: ModelConfig, data: DataConfig, generate: 
     shots = read_records(layout.shots, QAExample)
     save_config(sidecar_config(layout.answers), {"model": model, "data": data, "generate": generate})
     with RecordWriter(layout.answers, Answer) as writer:
-        if len(writer.done_ids) < len(examples):
+        if len(writer.done_keys) < len(examples) * generate.samples:
             lm, tokenizer = backend() if backend else load_backend(model, generate)
             answer_questions(lm, tokenizer, examples, shots, data, generate, writer,
-                             lambda e, g: Answer(e.id, extract_answer(g.text), g.text, model.name),
-                             desc="generate")
+                             lambda e, g: Answer(e.id, extract_answer(g.text), g.text, model.name, g.sample),
+                             desc="generate", samples=generate.samples)
     return read_records(layout.answers, Answer)

@@ -8,7 +8,9 @@
 
 Every step trains on train.batch_size questions' own examples (their NLL, a mean over their completion
 tokens, exactly the sft set's loss) and on the pairs of the same questions: question q's gold answer
-(chosen) over the model's own answer that the annotator judged incorrect or partially correct (rejected).
+(chosen) over the model's own answer that the annotator judged incorrect or partially correct (rejected);
+with several answers per question (generate.samples) a question can have several pairs, and all of them
+join the batch of the question's first own example.
 Per pair, DPO's loss (TRL's DPOTrainer, loss_type "sigmoid"):
 
     -log sigmoid(beta x ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))))
@@ -51,18 +53,26 @@ def dpo_losses(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_c
     return -torch.nn.functional.logsigmoid(margin), margin
 
 
+def first_rows(examples: list[TrainingExample]) -> dict[str, int]:
+    """Each question's first row in a set: the example its other rows (auxiliary examples, pairs) join."""
+    rows: dict[str, int] = {}
+    for i, example in enumerate(examples):
+        rows.setdefault(example.id, i)
+    return rows
+
+
 @dataclass
 class PreferenceTerm:
     preference: Preference
     examples: int  # rows 0..examples-1 are the own examples; pair k's chosen row is examples + 2k, rejected + 1
-    questions: list[int]  # pair k's own example row
+    questions: list[int]  # pair k's own example row: the first of its question's
     pair_examples: list[TrainingExample]  # the pair rows to tokenize: chosen and rejected of each pair in turn
     reference: dict[Part, dict[int, float]] = field(default_factory=dict)  # per part: each pair row's ref log-prob
 
     @classmethod
     def of(cls, preference: Preference, examples: list[TrainingExample], pairs: list[PreferencePair],
            source: Path | str = "the pairs") -> PreferenceTerm:
-        row_of = {e.id: i for i, e in enumerate(examples)}
+        row_of = first_rows(examples)
         if unknown := [p.id for p in pairs if p.id not in row_of]:
             raise ValueError(f"{source}: pairs of questions the training set does not hold ({unknown[:3]}); "
                              "run `laffi build` again")
@@ -71,8 +81,10 @@ class PreferenceTerm:
 
     def with_pairs(self, batch: list[int]) -> list[int]:
         """A batch of own examples with the pair rows of its questions."""
-        pair_of = {question: k for k, question in enumerate(self.questions)}
-        return [*batch, *(self.examples + 2 * pair_of[i] + side for i in batch if i in pair_of for side in (0, 1))]
+        pairs_of: dict[int, list[int]] = {}
+        for k, question in enumerate(self.questions):
+            pairs_of.setdefault(question, []).append(k)
+        return [*batch, *(self.examples + 2 * k + side for i in batch for k in pairs_of.get(i, ()) for side in (0, 1))]
 
     def units(self, picked: list[int]) -> list[int]:
         """The question of each row: a packed part is cut between questions only, never inside a pair."""

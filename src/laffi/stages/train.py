@@ -65,7 +65,7 @@ from laffi.records import (
 )
 from laffi.stages.batches import Row, batch_order, completion_tokens, loss_sum, packed_part_indices, tokenize, unwrapped
 from laffi.stages.evaluate import DevScorer, dev_scorer
-from laffi.stages.preference import PreferenceTerm, load_reference, save_reference
+from laffi.stages.preference import PreferenceTerm, first_rows, load_reference, save_reference
 from laffi.systems import Preference, System
 from laffi.tree_attention import tree_attention
 
@@ -125,6 +125,18 @@ def step_weights(rows: list[Row], window: list[list[int]], aux: set[int], aux_we
     members = [i for batch in window for i in batch]
     tokens = {side: sum(completion_tokens(rows[i]) for i in members if (i in aux) == side) for side in (False, True)}
     return {i: (aux_weight if i in aux else 1.0) / max(tokens[i in aux], 1) for i in members}
+
+
+def auxiliary_rows(examples: list[TrainingExample], auxiliary: list[TrainingExample]) -> dict[int, list[int]]:
+    """The auxiliary rows (row len(examples) + j: auxiliary example j) that join each own row's batch: all of a
+    question's, with the question's first own example. With one answer per question, row i's is len + i; with
+    several (generate.samples), a question has one example in a per-question set (sft) and one per answer
+    in a feedback set, and whichever side has several, each pass over the set trains all of them once."""
+    first = first_rows(examples)
+    joined: dict[int, list[int]] = {}
+    for j, example in enumerate(auxiliary):
+        joined.setdefault(first[example.id], []).append(len(examples) + j)
+    return joined
 
 
 def batch_parts(rows: list[Row], picked: list[int], packed: bool, cut: bool, max_row_tokens: int,
@@ -276,7 +288,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         check_init(init, train)
     examples = read_records(layout.training_set(system), TrainingExample)
     auxiliary = [] if aux_weight is None else read_records(layout.aux_set(system), TrainingExample)
-    if aux_weight is not None and [e.id for e in auxiliary] != [e.id for e in examples]:
+    if aux_weight is not None and list(first_rows(auxiliary)) != list(first_rows(examples)):
         raise ValueError(f"{layout.aux_set(system)}: not the questions of {layout.training_set(system)} in its order; "
                          "run `laffi build` again")
     term = None if preference is None else PreferenceTerm.of(
@@ -305,7 +317,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     set_seed(train.seed)  # the same LoRA initialisation on every process
     lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)))
     rows = tokenize(tokenizer, examples + auxiliary, train.max_seq_len)
-    aux = set(range(len(examples), len(rows)))  # row n + i: example i's auxiliary example
+    aux = set(range(len(examples), len(rows)))  # rows n, n + 1, ...: the auxiliary examples
     if term is not None:  # row n + 2k: pair k's chosen completion, n + 2k + 1 its rejected one
         rows += tokenize(tokenizer, term.pair_examples, train.max_seq_len)
     packed = train.pack and can_pack(lm, "train.pack", "its batches run padded", accelerator.print)
@@ -325,8 +337,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         set_seed(train.seed, device_specific=True)  # but each process its own dropout masks
     accelerator.print(f"train {system}: {accelerator.distributed_type.value}, {plan.describe()}"
                       + (f", each with its auxiliary example (weight {aux_weight:g})" if aux else "")
-                      + (f", and the DPO pairs of {len(term.questions)} of its {len(examples)} questions "
-                         f"(weight {preference.weight:g}, beta {preference.beta:g})" if term is not None else ""))
+                      + (f", and {len(term.questions)} DPO pairs on {len(set(term.questions))} of its "
+                         f"{len(first_rows(examples))} questions (weight {preference.weight:g}, "
+                         f"beta {preference.beta:g})" if term is not None else ""))
 
     checkpoint = layout.checkpoint(system)
     start = load_checkpoint(checkpoint, accelerator, lm) if checkpoint.exists() else 0
@@ -334,8 +347,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     log = [e for e in read_records(log_path, TrainLogEntry) if e.step <= start] if log_path.exists() else []
     batches = batch_order(rows[:len(examples)], train.batch_size, train.steps * train.grad_accum, train.seed,
                           group_by=train.group_by)
-    if aux:  # each question's auxiliary example in its batch: in a packed row the two share its QA prompt
-        batches = [[*batch, *(i + len(examples) for i in batch)] for batch in batches]
+    if aux:  # each question's auxiliary examples in its batch: in a packed row they share its QA prompt
+        aux_of = auxiliary_rows(examples, auxiliary)
+        batches = [[*batch, *(j for i in batch for j in aux_of.get(i, ()))] for batch in batches]
     pad_id = tokenizer.pad_token_id
     if term is not None:
         batches = [term.with_pairs(batch) for batch in batches]

@@ -37,9 +37,18 @@ from laffi.config import AnnotateConfig, ConfigError, DataConfig, GenerateConfig
 from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, adapter_finished, sidecar_config
 from laffi.prompts import extract_answer
-from laffi.records import Answer, Feedback, QAExample, RecordWriter, TrainingExample, read_records, write_json
+from laffi.records import (
+    Answer,
+    Feedback,
+    QAExample,
+    RecordWriter,
+    TrainingExample,
+    read_records,
+    record_key,
+    write_json,
+)
 from laffi.stages.annotate import annotate
-from laffi.stages.build import write_sets
+from laffi.stages.build import by_question, write_sets
 from laffi.stages.train import train_system
 from laffi.systems import System
 
@@ -98,7 +107,7 @@ def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, mo
 def build_again(own: RunLayout, system: System, data: DataConfig, content: str) -> None:
     """The round's sets, as the build stage makes them, from its own feedback only (cut to `content`)."""
     examples = read_records(own.train_examples, QAExample)
-    notes = {f.id: with_content(f, content) for f in read_records(own.feedback, Feedback)}
+    notes = by_question(examples, {record_key(f): with_content(f, content) for f in read_records(own.feedback, Feedback)})
     if not notes:
         raise ValueError(f"{own.feedback}: no feedback on any of the round's answers; rerun to annotate them")
     save_config(own.sets_config, {"data": data})

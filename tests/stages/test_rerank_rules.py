@@ -1,7 +1,7 @@
 """Choosing among K candidates (laffi.stages.rerank): each rule on hand cases, K=1 returns the single
 candidate, and the likelihood score is the candidate's mean log-probability run alone on the tiny model.
 
-    python -m pytest tests/stages/test_rerank.py
+    python -m pytest tests/stages/test_rerank_rules.py
 """
 
 from __future__ import annotations

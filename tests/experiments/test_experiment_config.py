@@ -20,7 +20,12 @@ BUDGETS = Path(__file__).parents[2] / "configs" / "experiments" / "budgets.yaml"
 
 def test_there_is_an_experiment_config_for_every_question():
     configs = {path.stem: load_experiment_config(path) for path in CONFIGS}
-    assert sorted(configs) == ["annotator", "budgets", "content", "equal-steps", "finalists", "human-ratio", "size"]
+    assert sorted(configs) == ["annotator", "budgets", "content", "equal-steps", "finalists", "human-ratio", "screen",
+                               "size"]
+    # screen.yaml is a dev screen (--dev-only): one seed at one budget, in the directory of the others
+    screen = configs.pop("screen")
+    assert len(screen.seeds) == 1 and len(screen.budgets) == 1 and screen.run == configs["budgets"].run
+    assert screen.seeds[0] in configs["budgets"].seeds and screen.budgets[0] in configs["budgets"].budgets
     varied = {axis for c in configs.values() for axis in ("size", "annotator", "human_ratio", "content")
               if len(getattr(c.grid, axis)) > 1}
     assert varied == {"size", "annotator", "human_ratio", "content"}

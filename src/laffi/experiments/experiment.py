@@ -163,6 +163,12 @@ def run_job(experiment: ExperimentLayout, config: ExperimentConfig, job: Job, sy
     return True
 
 
+def dev_scores(layout: RunLayout, system: str) -> dict[str, float]:
+    """{"exact", "f1"} of `system`'s dev evaluation in `layout` (percent), as `laffi evaluate` wrote them."""
+    dev = json.loads(layout.metrics(system, "dev").read_text(encoding="utf-8"))
+    return {"exact": dev["exact"], "f1": dev["f1"]}
+
+
 def training_cost(layout: RunLayout, system: str) -> tuple[float, int]:
     """(seconds, tokens) of a finished training as its summary.json says (what its last session ran: a
     resumed training counts what it ran after the resume); train.rounds: the sum over every round's training
@@ -314,9 +320,8 @@ def dev_trials(layout: ExperimentLayout, planned: list[Planned]) -> list[Trial]:
     trials = []
     for p in planned:
         trained = p.job.layout(layout)
-        dev = json.loads(trained.metrics(p.system, "dev").read_text(encoding="utf-8"))
         seconds, tokens = training_cost(trained, p.system)
-        trials.append(Trial(p.cell.coordinates, p.system, p.budget, p.seed, {"exact": dev["exact"], "f1": dev["f1"]},
+        trials.append(Trial(p.cell.coordinates, p.system, p.budget, p.seed, dev_scores(trained, p.system),
                             seconds, tokens, str(trained.root.relative_to(layout.root))))
     return trials
 
@@ -386,8 +391,7 @@ def experiment(config: ExperimentConfig, out: str | Path, dev_only: bool = False
     if untrained:
         name = untrained[0].name
         exact, f1 = _scores(shared, name, examples)
-        dev = json.loads(shared.metrics(name, "dev").read_text(encoding="utf-8"))
-        base = {"name": name, "exact": exact, "f1": f1, "dev": {"exact": dev["exact"], "f1": dev["f1"]}}
+        base = {"name": name, "exact": exact, "f1": f1, "dev": dev_scores(shared, name)}
     summary = aggregate(heldout_runs(layout, chosen, examples), trials, choices, base, config.grid.axes(),
                         [e.title for e in examples], config.baseline, {s.name: s.family for s in systems},
                         run.eval.bootstrap_samples, run.eval.seed)
@@ -414,8 +418,7 @@ def write_screen(layout: ExperimentLayout, config: ExperimentConfig, trials: lis
     (what report.html shows), stays as it is."""
     base = None
     if untrained:
-        dev = json.loads(layout.run.metrics(untrained[0].name, "dev").read_text(encoding="utf-8"))
-        base = {"system": untrained[0].name, "f1": dev["f1"], "exact": dev["exact"]}
+        base = {"system": untrained[0].name, **dev_scores(layout.run, untrained[0].name)}
     screen = dev_screen(trials, choices, config.grid.axes(), config.baseline, base)
     screen.update(plan=plan_id(config), seeds=config.seeds, budgets=config.budgets,
                   dev_questions=config.run.data.dev_size)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from laffi.analysis.metrics import score_example
 from laffi.backends.answering import answer_questions
-from laffi.config import load_config
+from laffi.config import RunConfig, load_config
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
 from laffi.models import load_model, release_memory
 from laffi.prompts import choose_shots, extract_answer
@@ -50,10 +50,9 @@ def openings_for(system: str) -> tuple[tuple[str, str], ...]:
     return LINES if "verify" in trained_on else SENTENCES
 
 
-def candidates(lm, tokenizer, job: RunLayout, system: str, split: str, k: int, temperature: float,
+def candidates(lm, tokenizer, job: RunLayout, config: RunConfig, system: str, split: str, k: int, temperature: float,
                examples: list[QAExample], shots: list[QAExample]) -> tuple[dict[str, list[str]], float]:
     """Each question's K answers in sample order (greedy first), and the seconds decoding took this call."""
-    config = load_config(job.config)
     generate = replace(config.generate, samples=k, temperature=temperature)
     path = job.rerank_candidates(system, split, k, temperature)
     started = time.perf_counter()
@@ -67,13 +66,12 @@ def candidates(lm, tokenizer, job: RunLayout, system: str, split: str, k: int, t
     return by_question, time.perf_counter() - started
 
 
-def rerank_model(job: RunLayout, system: str, split: str, k: int, temperature: float) -> dict:
+def rerank_model(job: RunLayout, config: RunConfig, system: str, split: str, k: int, temperature: float) -> dict:
     """One model's numbers: per rule EM and F1 (percent), and its costs per question."""
-    config = load_config(job.config)
     examples = read_records(job.dev_examples if split == "dev" else job.eval_examples, QAExample)
     shots = read_records(job.shots, QAExample)
     lm, tokenizer = load_model(config.model, adapter=job.adapter(system))
-    answers, decode_seconds = candidates(lm, tokenizer, job, system, split, k, temperature, examples, shots)
+    answers, decode_seconds = candidates(lm, tokenizer, job, config, system, split, k, temperature, examples, shots)
     distinct = [(e, choose_shots(e, shots, config.data.num_shots, config.data.seed), c)
                 for e in examples for c in dict.fromkeys(answers[e.id])]
     started = time.perf_counter()
@@ -82,16 +80,17 @@ def rerank_model(job: RunLayout, system: str, split: str, k: int, temperature: f
     del lm
     release_memory()
     by_candidate = {(e.id, c): (p, l) for (e, _, c), p, l in zip(distinct, scores.p_correct, scores.mean_logprob)}
-    results = {}
-    for method in METHODS:
-        exact = f1 = 0.0
-        for e in examples:
-            options = answers[e.id]
-            values = [by_candidate[e.id, c] for c in options]
-            pick = options[choose(method, options, Scores([v[0] for v in values], [v[1] for v in values]), e.answers)]
-            em_one, f1_one = score_example(e, pick)
-            exact, f1 = exact + em_one, f1 + f1_one
-        results[method] = {"exact": round(100 * exact / len(examples), 2), "f1": round(100 * f1 / len(examples), 2)}
+    totals = {method: [0.0, 0.0] for method in METHODS}  # summed EM and F1
+    for e in examples:
+        options = answers[e.id]
+        p_correct, mean_logprob = zip(*(by_candidate[e.id, c] for c in options))
+        question_scores = Scores(list(p_correct), list(mean_logprob))
+        for method in METHODS:
+            exact, f1 = score_example(e, options[choose(method, options, question_scores, e.answers)])
+            totals[method][0] += exact
+            totals[method][1] += f1
+    results = {method: {"exact": round(100 * exact / len(examples), 2), "f1": round(100 * f1 / len(examples), 2)}
+               for method, (exact, f1) in totals.items()}
     return {"questions": len(examples), "candidates": k, "distinct_per_question": round(len(distinct) / len(examples), 2),
             "methods": results,
             "cost": {"answers_decoded_per_question": k, "scoring_passes_per_question": round(2 * len(distinct) / len(examples), 2),
@@ -112,10 +111,10 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
             key = f"{os.path.relpath(job.adapter(system), experiment.root)}|{split}|k{k}|t{temperature:g}"
             if system not in systems or key in results["models"] or not adapter_finished(job.adapter(system)):
                 continue
-            train = load_config(job.config).train
-            numbers = rerank_model(job, system, split, k, temperature)
+            config = load_config(job.config)
+            numbers = rerank_model(job, config, system, split, k, temperature)
             results["models"][key] = {"system": system, "split": split, "k": k, "temperature": temperature,
-                                      "seed": train.seed, "steps": train.steps, **numbers}
+                                      "seed": config.train.seed, "steps": config.train.steps, **numbers}
             write_json(path, results)
     print(markdown(results))
     print(f"\nwritten to {path}")

@@ -19,20 +19,16 @@ Ties go to the earliest candidate, so with K=1 every method returns the single c
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Sequence
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from laffi.analysis.metrics import normalize_answer, token_f1
-from laffi.packing import can_pack
 from laffi.prompts import prompt_completion_ids, qa_messages
 from laffi.records import QAExample
-from laffi.stages.batches import IGNORE, Row, packed_part_indices, sequence_logps
-from laffi.stages.verdicts import MAX_ROW_TOKENS, SENTENCES, verdict_probabilities
-from laffi.tree_attention import tree_attention
+from laffi.stages.batches import IGNORE, Row
+from laffi.stages.verdicts import MAX_ROW_TOKENS, SENTENCES, scored_parts, verdict_probabilities
 
 METHODS = ("verifier", "likelihood", "vote", "first", "oracle")
 
@@ -67,7 +63,6 @@ def choose(method: str, candidates: Sequence[str], scores: Scores | None = None,
     return max(range(len(candidates)), key=lambda k: (values[k], -k))
 
 
-@torch.no_grad()
 def answer_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                     items: Sequence[tuple[QAExample, list[QAExample], str]],
                     max_row_tokens: int = MAX_ROW_TOKENS) -> list[float]:
@@ -79,14 +74,9 @@ def answer_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         prompt, completion = prompt_completion_ids(tokenizer, qa_messages(example, shots),
                                                    [{"role": "assistant", "content": answer}])
         rows.append((prompt + completion, [IGNORE] * len(prompt) + completion))
-    device = next(model.parameters()).device
-    packed = can_pack(model, "likelihood ranking", "one padded batch per candidate")
-    parts = packed_part_indices(rows, max_row_tokens) if packed else [[k] for k in range(len(rows))]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[float] = [0.0] * len(rows)
-    for part in parts:
-        with tree_attention(model) if packed else nullcontext():
-            values = sequence_logps(model, [rows[i] for i in part], pad_id, device, packed).tolist()
+    for part, values in scored_parts(model, tokenizer, rows, [[k] for k in range(len(rows))], max_row_tokens,
+                                     "likelihood ranking", "one padded batch per candidate"):
         for i, value in zip(part, values):
             out[i] = value / sum(label != IGNORE for label in rows[i][1])
     return out

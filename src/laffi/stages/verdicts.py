@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -76,11 +76,26 @@ def opening_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[Message], sente
     return alone[:k]
 
 
+def scored_parts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[Row],
+                 unpacked: list[list[int]], max_row_tokens: int, what: str,
+                 fallback: str) -> Iterator[tuple[list[int], list[float]]]:
+    """Teacher-forced `rows` scored without gradients, pass by pass: (the pass's row indices, each row's
+    completion log-probability summed over its tokens). Packed rows of up to `max_row_tokens` tokens
+    with shared prefixes where the model can run them (`packing.can_pack`, which names `what` and the
+    `fallback`), else the `unpacked` groups of rows as padded batches."""
+    device = next(model.parameters()).device
+    packed = can_pack(model, what, fallback)
+    parts = packed_part_indices(rows, max_row_tokens) if packed else unpacked
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for part in parts:
+        with torch.no_grad(), tree_attention(model) if packed else nullcontext():
+            yield part, sequence_logps(model, [rows[i] for i in part], pad_id, device, packed).tolist()
+
+
 def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     return tokenizer.decode(ids, clean_up_tokenization_spaces=False)
 
 
-@torch.no_grad()
 def sentence_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Item],
                       sentences: Sequence[str] = tuple(s for _, s in SENTENCES), max_row_tokens: int = MAX_ROW_TOKENS,
                       progress: Callable[[int], object] | None = None) -> list[list[float]]:
@@ -95,16 +110,11 @@ def sentence_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         prompt = prompt_ids(tokenizer, feedback_messages(example, shots, answer))
         rows += [(prompt + c, [IGNORE] * len(prompt) + c) for c in completions]
     per_item = len(completions)
-    device = next(model.parameters()).device
-    packed = can_pack(model, "verdict scoring", "each candidate's sentences run as one padded batch")
-    parts = packed_part_indices(rows, max_row_tokens) if packed else \
-        [list(range(k, k + per_item)) for k in range(0, len(rows), per_item)]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     logprobs: list[float | None] = [None] * len(rows)
     left = [per_item] * len(items)  # sequences of each item not yet scored
-    for part in parts:
-        with tree_attention(model) if packed else nullcontext():
-            values = sequence_logps(model, [rows[i] for i in part], pad_id, device, packed).tolist()
+    unpacked = [list(range(k, k + per_item)) for k in range(0, len(rows), per_item)]
+    for part, values in scored_parts(model, tokenizer, rows, unpacked, max_row_tokens, "verdict scoring",
+                                     "each candidate's sentences run as one padded batch"):
         done = 0
         for i, value in zip(part, values):
             logprobs[i] = value

@@ -254,7 +254,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{len(examples)} examples in {layout.training_set(name)}")
             pairs = json.loads(layout.set_metadata(name).read_text(encoding="utf-8")).get("preference") \
                 if layout.set_metadata(name).exists() else None
-            if pairs:  # a recipe with train.preference: how many of its questions the DPO term acts on
+            if pairs and "labelled" in pairs:  # train.preference.loss kto: the answers it labels
+                print(f"{pairs['labelled']} labelled answers ({pairs['desirable']} desirable, "
+                      f"{pairs['undesirable']} undesirable) in {layout.labelled_set(name)}")
+            elif pairs:  # a recipe with train.preference: how many of its questions the DPO term acts on
                 by_verdict = ", ".join(f"{n} {verdict}" for verdict, n in pairs["pairs_by_verdict"].items())
                 print(f"{pairs['pairs']} preference pairs ({by_verdict}) in {layout.pair_set(name)}")
     elif args.command == "train":

@@ -194,6 +194,14 @@ class RunLayout:
         """A system's preference pairs (train.preference): QA prompt, gold answer, the model's own answer."""
         return self.sets / f"{system}.pairs.jsonl"
 
+    def labelled_set(self, system: str) -> Path:
+        """A system's own answers labelled by their verdicts (train.preference.loss kto)."""
+        return self.sets / f"{system}.labelled.jsonl"
+
+    def preference_set(self, system: str, loss: str) -> Path:
+        """Where a preference term of `loss` (laffi.systems.LOSSES) reads its records."""
+        return self.labelled_set(system) if loss == "kto" else self.pair_set(system)
+
     @property
     def sets_config(self) -> Path:
         return self.sets / CONFIG

@@ -132,6 +132,23 @@ class PreferencePair:
 
 
 @dataclass(frozen=True)
+class LabelledAnswer:
+    """One of the model's own answers with its verdict, TRL's unpaired (KTO) format: the QA prompt, the answer
+    as the completion, and whether the annotator judged it correct (desirable) or incorrect or partially
+    correct (undesirable)."""
+
+    id: str  # the question id
+    prompt: list[dict[str, str]]
+    completion: list[dict[str, str]]
+    verdict: Verdict
+    sample: int = 0  # the answer (Answer.sample) that is the completion
+
+    @property
+    def desirable(self) -> bool:
+        return self.verdict == "correct"
+
+
+@dataclass(frozen=True)
 class Review:
     """One round of feedback-guided answering: the feedback a model predicted on an answer, and the
     verdict and revised answer read from its fields (None where it did not write them)."""
@@ -165,7 +182,8 @@ class TrainLogEntry:
     grad_norm: float | None = None  # before clipping, over all processes (None if the engine reports none)
     dev_exact: float | None = None  # train.eval_every: EM and F1 (percent) on the dev questions after this step
     dev_f1: float | None = None
-    # train.preference: the step's mean DPO loss over its pairs (unweighted), and the mean reward margin
+    # train.preference: the step's mean DPO loss over its pairs (unweighted), and the mean reward margin;
+    # with loss kto, the mean KTO loss over its labelled answers (weighted) and their mean signed reward
     # beta x (policy/reference log-ratio of the chosen - that of the rejected); None: no pairs in the step
     preference_loss: float | None = None
     reward_margin: float | None = None

@@ -257,7 +257,8 @@ def test_laffi_train_trains_the_dpo_system_and_resumes_to_the_same_adapter(tiny_
     assert log[0].preference_loss == pytest.approx(math.log(2), abs=1e-6) and log[0].reward_margin == 0
     assert log[-1].reward_margin > 0  # the same questions every epoch: the gold answer gains on the wrong one
     summary = json.loads((out_dir / "summary.json").read_text())
-    assert summary["preference"] == {"pairs": 7, "weight": 1.0, "beta": 0.1, "length_normalized": False}
+    assert summary["preference"] == {"pairs": 7, "loss": "dpo", "weight": 1.0, "beta": 0.1, "length_normalized": False,
+                                     "desirable_weight": 0.0}
     adapters["straight"] = load_file(out_dir / "adapter_model.safetensors")
 
     real_save = train_module.save_checkpoint

@@ -24,7 +24,9 @@ gold answer; K answers do not repeat it).
   sets/SYSTEM.pairs.jsonl: for every answer the annotator judged incorrect or partially correct, the QA
   prompt, the gold answer (chosen) and that answer (rejected), in TRL's preference format; an answer that
   repeats an earlier answer of its question gives no second pair (sampled answers often repeat); its
-  .meta.json counts the answers of each verdict and the pairs.
+  .meta.json counts the answers of each verdict and the pairs. With train.preference.loss kto it gets
+  sets/SYSTEM.labelled.jsonl instead: each distinct answer of a question once, with its verdict, in TRL's
+  unpaired format (prompt, completion; correct is desirable).
 
 The hybrid build mixes an exact share of human feedback into the LaFFi set, the rest AI feedback.
 Each answer, a (question, sample), appears at most once: `round(R * N)` answers are drawn (seeded by
@@ -58,6 +60,7 @@ from laffi.records import (
     AnnotationFailure,
     Feedback,
     Key,
+    LabelledAnswer,
     PreferencePair,
     QAExample,
     TrainingExample,
@@ -168,6 +171,21 @@ def question_pairs(example: QAExample, shots: list[QAExample], notes: list[Feedb
     return pairs
 
 
+def labelled_answers(example: QAExample, shots: list[QAExample], notes: list[Feedback]) -> list[LabelledAnswer]:
+    """Each distinct answer of one question with its verdict (train.preference.loss kto), in sample order. An
+    answer judged not correct that is the gold answer's very text gives none (a verdict that disagrees with
+    the gold answer would push the gold answer down), as it gives no DPO pair."""
+    gold = majority_answer(example.answers)
+    labelled, seen = [], set()
+    for note in notes:
+        if note.answer in seen or (note.verdict != "correct" and note.answer == gold):
+            continue
+        seen.add(note.answer)
+        labelled.append(LabelledAnswer(example.id, qa_messages(example, shots), _reply(note.answer), note.verdict,
+                                       note.sample))
+    return labelled
+
+
 def answer_counts(notes: list[Feedback]) -> dict:
     """How many questions and answers a set's feedback covers, and how many answers got each verdict."""
     verdicts = Counter(n.verdict for n in notes)
@@ -186,6 +204,15 @@ def pair_metadata(drawn: list[tuple[QAExample, list[QAExample], list[Feedback]]]
             "pairs_by_verdict": {v: sum(p.verdict == v for p in pairs) for v in VERDICTS if v != "correct"},
             "same_as_gold": same_as_gold, "repeated": len(wrong) - same_as_gold - len(pairs),
             "pair_ids": [answer_name(record_key(p)) for p in pairs]}
+
+
+def labelled_metadata(drawn: list[tuple[QAExample, list[QAExample], list[Feedback]]],
+                      labelled: list[LabelledAnswer]) -> dict:
+    """How many of a set's answers got each verdict, and how many became desirable and undesirable answers."""
+    notes = [note for _, _, question_notes in drawn for note in question_notes]
+    return {**answer_counts(notes), "labelled": len(labelled),
+            "desirable": sum(a.desirable for a in labelled), "undesirable": sum(not a.desirable for a in labelled),
+            "labelled_ids": [answer_name(record_key(a)) for a in labelled]}
 
 
 @dataclass(frozen=True)
@@ -238,7 +265,11 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
         write_records(layout.aux_set(system.name), [row for question in drawn
                                                     for row in SET_FORMATS[system.aux].examples(*question)])
     extra = {}
-    if system.preference:  # the same questions and shots again: chosen is the sft example's completion
+    if system.preference and system.preference.loss == "kto":  # the same questions and shots again
+        labelled = [answer for question in drawn for answer in labelled_answers(*question)]
+        write_records(layout.labelled_set(system.name), labelled)
+        extra = {"preference": labelled_metadata(drawn, labelled)}
+    elif system.preference:  # the same questions and shots again: chosen is the sft example's completion
         pairs = [pair for question in drawn for pair in question_pairs(*question)]
         write_records(layout.pair_set(system.name), pairs)
         extra = {"preference": pair_metadata(drawn, pairs)}

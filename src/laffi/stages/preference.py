@@ -21,6 +21,12 @@ base model for a new LoRA; the adapter it continues for train.init and for every
 after the first, as Iterative RPO takes each iteration's reference). The step's loss is the NLL plus
 `weight` x the mean of the pairs' losses; a step whose questions have no pair has no DPO term.
 
+With `loss: kto` (laffi.systems.Preference) the term's rows are single labelled answers
+(sets/SYSTEM.labelled.jsonl: each distinct own answer of a question, desirable where judged correct), which
+join their question's batch as a pair does, and each one's loss is KTO's with the reference point at 0:
+desirable_weight x (1 - sigmoid(r)) for a desirable answer, 1 - sigmoid(-r) otherwise, r = beta x (log pi -
+log ref); the step's term is `weight` x their mean, and at step 1 every one is 0.5 (x its weight).
+
 The reference log-probs are computed once before training, with the adapter on as it is at step 0, in the
 rows the training will run (the same packed parts, autocast and tree attention: a part's layout decides
 its rounding), keyed by the part, so at step 1 every policy/reference log-ratio is exactly 0 and every
@@ -39,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from laffi.records import PreferencePair, TrainingExample, write_json
+from laffi.records import LabelledAnswer, PreferencePair, TrainingExample, write_json
 from laffi.stages.batches import Row, completion_tokens, sequence_logps, unwrapped
 from laffi.systems import Preference
 
@@ -53,6 +59,16 @@ def dpo_losses(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_c
     return -torch.nn.functional.logsigmoid(margin), margin
 
 
+def checked_rows(examples: list[TrainingExample], records: list[PreferencePair] | list[LabelledAnswer],
+                 source: Path | str) -> dict[str, int]:
+    """`first_rows` of a set, after checking that it holds every question of a preference term's records."""
+    row_of = first_rows(examples)
+    if unknown := [r.id for r in records if r.id not in row_of]:
+        raise ValueError(f"{source}: records of questions the training set does not hold ({unknown[:3]}); "
+                         "run `laffi build` again")
+    return row_of
+
+
 def first_rows(examples: list[TrainingExample]) -> dict[str, int]:
     """Each question's first row in a set: the example its other rows (auxiliary examples, pairs) join."""
     rows: dict[str, int] = {}
@@ -61,45 +77,81 @@ def first_rows(examples: list[TrainingExample]) -> dict[str, int]:
     return rows
 
 
+def kto_losses(policy: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, beta: float,
+               desirable_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each labelled answer's KTO loss with the reference point at 0 (laffi.systems.Preference.loss) and its
+    signed reward: r = beta x (log pi - log ref), positive where the answer moved the way its label asks."""
+    sign = desirable.to(policy.dtype) * 2 - 1
+    reward = sign * beta * (policy - ref)
+    weights = torch.where(desirable, desirable_weight, 1.0).to(policy.dtype)
+    return weights * (1 - torch.sigmoid(reward)), reward
+
+
 @dataclass
 class PreferenceTerm:
     preference: Preference
-    examples: int  # rows 0..examples-1 are the own examples; pair k's chosen row is examples + 2k, rejected + 1
-    questions: list[int]  # pair k's own example row: the first of its question's
-    pair_examples: list[TrainingExample]  # the pair rows to tokenize: chosen and rejected of each pair in turn
-    reference: dict[Part, dict[int, float]] = field(default_factory=dict)  # per part: each pair row's ref log-prob
+    # rows 0..examples-1 are the own examples; then the term's groups of rows, each `size` rows: a DPO pair
+    # (group k's chosen row is examples + 2k, its rejected row the next) or one labelled answer (kto)
+    examples: int
+    questions: list[int]  # group k's own example row: the first of its question's
+    pair_examples: list[TrainingExample]  # the group rows to tokenize, group by group
+    reference: dict[Part, dict[int, float]] = field(default_factory=dict)  # per part: each group row's ref log-prob
+    desirable: list[bool] = field(default_factory=list)  # kto: group k's label
+    desirable_weight: float = 1.0  # kto: lambda_D as this set makes it (Preference.desirable_weight)
+
+    @property
+    def size(self) -> int:
+        return 1 if self.preference.loss == "kto" else 2
 
     @classmethod
     def of(cls, preference: Preference, examples: list[TrainingExample], pairs: list[PreferencePair],
            source: Path | str = "the pairs") -> PreferenceTerm:
-        row_of = first_rows(examples)
-        if unknown := [p.id for p in pairs if p.id not in row_of]:
-            raise ValueError(f"{source}: pairs of questions the training set does not hold ({unknown[:3]}); "
-                             "run `laffi build` again")
+        row_of = checked_rows(examples, pairs, source)
         rows = [TrainingExample(p.id, p.prompt, completion) for p in pairs for completion in (p.chosen, p.rejected)]
         return cls(preference, len(examples), [row_of[p.id] for p in pairs], rows)
 
+    @classmethod
+    def labelled(cls, preference: Preference, examples: list[TrainingExample], answers: list[LabelledAnswer],
+                 source: Path | str = "the labelled answers") -> PreferenceTerm:
+        row_of = checked_rows(examples, answers, source)
+        desirable = [a.desirable for a in answers]
+        good, bad = sum(desirable), len(desirable) - sum(desirable)
+        lambda_d = preference.desirable_weight or (bad / good if good and bad else 1.0)
+        rows = [TrainingExample(a.id, a.prompt, a.completion, a.sample) for a in answers]
+        return cls(preference, len(examples), [row_of[a.id] for a in answers], rows, desirable=desirable,
+                   desirable_weight=lambda_d)
+
+    def describe(self, questions: int) -> str:
+        p = self.preference
+        if self.size == 1:
+            return (f"{len(self.questions)} labelled answers ({sum(self.desirable)} desirable, weight "
+                    f"{self.desirable_weight:.3g}) on {len(set(self.questions))} of its {questions} questions (KTO, "
+                    f"weight {p.weight:g}, beta {p.beta:g})")
+        return (f"{len(self.questions)} DPO pairs on {len(set(self.questions))} of its {questions} questions "
+                f"(weight {p.weight:g}, beta {p.beta:g})")
+
     def with_pairs(self, batch: list[int]) -> list[int]:
-        """A batch of own examples with the pair rows of its questions."""
-        pairs_of: dict[int, list[int]] = {}
+        """A batch of own examples with the group rows of its questions."""
+        groups_of: dict[int, list[int]] = {}
         for k, question in enumerate(self.questions):
-            pairs_of.setdefault(question, []).append(k)
-        return [*batch, *(self.examples + 2 * k + side for i in batch for k in pairs_of.get(i, ()) for side in (0, 1))]
+            groups_of.setdefault(question, []).append(k)
+        return [*batch, *(self.examples + self.size * k + side for i in batch for k in groups_of.get(i, ())
+                          for side in range(self.size))]
 
     def units(self, picked: list[int]) -> list[int]:
         """The question of each row: a packed part is cut between questions only, never inside a pair."""
-        return [i if i < self.examples else self.questions[(i - self.examples) // 2] for i in picked]
+        return [i if i < self.examples else self.questions[(i - self.examples) // self.size] for i in picked]
 
     def pair_rows(self, part: list[int] | Part) -> list[int]:
         return [i for i in part if i >= self.examples]
 
     def step_weights(self, rows: list[Row], window: list[list[int]]) -> tuple[dict[int, float], float]:
         """Each own row's NLL weight, 1 / the step's own completion tokens (the sft set's token mean), and
-        each pair's DPO weight, `weight` / the step's pairs."""
+        each group's weight, `weight` / the step's groups (pairs, or labelled answers)."""
         own = [i for batch in window for i in batch if i < self.examples]
         tokens = sum(completion_tokens(rows[i]) for i in own)
-        pairs = sum(len(self.pair_rows(batch)) for batch in window) // 2
-        return {i: 1 / max(tokens, 1) for i in own}, self.preference.weight / max(pairs, 1)
+        groups = sum(len(self.pair_rows(batch)) for batch in window) // self.size
+        return {i: 1 / max(tokens, 1) for i in own}, self.preference.weight / max(groups, 1)
 
     def _scaled(self, logps: torch.Tensor, rows: list[Row], indices: list[int]) -> torch.Tensor:
         if not self.preference.length_normalized:
@@ -109,26 +161,33 @@ class PreferenceTerm:
     def part_loss(self, model, rows: list[Row], part: list[int], weights: dict[int, float], pair_weight: float,
                   pad_id: int, device: torch.device, packed: bool) -> tuple[torch.Tensor, list[float]]:
         """One forward pass's share of the step's loss: its own rows' weighted NLL plus `pair_weight` x its
-        pairs' DPO losses (both rows of a pair are in one part), and [summed DPO loss, summed margin, pairs]."""
+        groups' losses (a pair's rows are in one part), and [summed term loss, summed margin or signed reward,
+        groups]."""
         logps = sequence_logps(model, [rows[i] for i in part], pad_id, device, packed)
         own = [k for k, i in enumerate(part) if i < self.examples]
         loss = -(logps[own] * torch.tensor([weights[part[k]] for k in own], device=logps.device)).sum()
         at = {i: k for k, i in enumerate(part)}
-        chosen = [i for i in self.pair_rows(part) if (i - self.examples) % 2 == 0]
-        if not chosen:
+        first = [i for i in self.pair_rows(part) if (i - self.examples) % self.size == 0]
+        if not first:
             return loss, [0.0, 0.0, 0]
-        rejected = [i + 1 for i in chosen]
-        if missing := [i for i in rejected if i not in at]:  # packed_part_indices with units() never does this
-            raise RuntimeError(f"a pair was cut apart (rows {missing} missing from the part)")
         reference = self.reference[tuple(part)]
 
         def sequences(side: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             ref = torch.tensor([reference[i] for i in side], device=logps.device)
             return self._scaled(logps[[at[i] for i in side]], rows, side), self._scaled(ref, rows, side)
 
-        (policy_chosen, ref_chosen), (policy_rejected, ref_rejected) = sequences(chosen), sequences(rejected)
-        losses, margins = dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.preference.beta)
-        return loss + pair_weight * losses.sum(), [losses.sum().item(), margins.sum().item(), len(chosen)]
+        if self.size == 1:
+            policy, ref = sequences(first)
+            labels = torch.tensor([self.desirable[i - self.examples] for i in first], device=logps.device)
+            losses, margins = kto_losses(policy, ref, labels, self.preference.beta, self.desirable_weight)
+        else:
+            rejected = [i + 1 for i in first]
+            if missing := [i for i in rejected if i not in at]:  # packed_part_indices with units() never does this
+                raise RuntimeError(f"a pair was cut apart (rows {missing} missing from the part)")
+            (policy_chosen, ref_chosen), (policy_rejected, ref_rejected) = sequences(first), sequences(rejected)
+            losses, margins = dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                         self.preference.beta)
+        return loss + pair_weight * losses.sum(), [losses.sum().item(), margins.sum().item(), len(first)]
 
     def needed(self, parts: list[list[int]]) -> list[Part]:
         """The parts whose pair rows need reference log-probs, each once."""

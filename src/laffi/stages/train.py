@@ -9,7 +9,7 @@ Batches are mostly one article's examples, each run as one packed row in which t
 share runs once (laffi.stages.batches; train.group_by, train.pack). A system with auxiliary examples
 (train.aux in its recipe) adds each question's auxiliary example to its batch; the step's loss is
 then a mean over each side's own completion tokens (`step_weights`). A system with a preference term
-(train.preference) adds each question's DPO pair to its batch (laffi.stages.preference).
+(train.preference) adds each question's DPO pairs or labelled answers (KTO) to its batch (laffi.stages.preference).
 
 Writes adapters/SYSTEM/: the adapter in PEFT's format (PeftModel.from_pretrained loads it),
 train_log.jsonl (loss, lr, tokens/s per step), summary.json and config.yaml. Every
@@ -55,6 +55,7 @@ from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_fin
 from laffi.models import hold_heap, load_model, pick_device
 from laffi.packing import can_pack
 from laffi.records import (
+    LabelledAnswer,
     PreferencePair,
     TrainingExample,
     TrainLogEntry,
@@ -277,12 +278,22 @@ def start_from(lm, init: Path, train: TrainConfig) -> None:
         raise ConfigError(f"train.init: {init} adapts other modules than train.target_modules={train.target_modules}")
 
 
+def preference_term(layout: RunLayout, system: str, preference: Preference,
+                    examples: list[TrainingExample]) -> PreferenceTerm:
+    """The term of train.preference over the set's pairs (dpo) or labelled answers (kto)."""
+    path = layout.preference_set(system, preference.loss)
+    if preference.loss == "kto":
+        return PreferenceTerm.labelled(preference, examples, read_records(path, LabelledAnswer), path)
+    return PreferenceTerm.of(preference, examples, read_records(path, PreferencePair), path)
+
+
 def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig, dev: DevScorer | None = None,
           init: Path | None = None, aux_weight: float | None = None, preference: Preference | None = None) -> Path:
     """`dev`: with train.eval_every, how to score the adapter on dev questions (laffi.stages.evaluate.dev_scorer).
     `init`: a trained adapter (adapters/OTHER) to continue instead of a new LoRA. `aux_weight`: every step
     also trains on the auxiliary examples (layout.aux_set) of its questions, their mean loss weighted by it.
-    `preference`: every step also trains a DPO term on the pairs (layout.pair_set) of its questions."""
+    `preference`: every step also trains a DPO term on the pairs (layout.pair_set) of its questions, or a KTO
+    term on their labelled answers (layout.labelled_set)."""
     out = layout.adapter(system)
     if init is not None and not adapter_finished(out):  # a finished second stage no longer needs its first
         check_init(init, train)
@@ -291,8 +302,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     if aux_weight is not None and list(first_rows(auxiliary)) != list(first_rows(examples)):
         raise ValueError(f"{layout.aux_set(system)}: not the questions of {layout.training_set(system)} in its order; "
                          "run `laffi build` again")
-    term = None if preference is None else PreferenceTerm.of(
-        preference, examples, read_records(layout.pair_set(system), PreferencePair), layout.pair_set(system))
+    term = None if preference is None else preference_term(layout, system, preference, examples)
     # one process, or one of many under accelerate launch / torchrun (read from the environment)
     accelerator = Accelerator(cpu=pick_device(model.device).type == "cpu", step_scheduler_with_optimizer=False)
     plan = plan_batches(train, accelerator.num_processes)
@@ -337,9 +347,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         set_seed(train.seed, device_specific=True)  # but each process its own dropout masks
     accelerator.print(f"train {system}: {accelerator.distributed_type.value}, {plan.describe()}"
                       + (f", each with its auxiliary example (weight {aux_weight:g})" if aux else "")
-                      + (f", and {len(term.questions)} DPO pairs on {len(set(term.questions))} of its "
-                         f"{len(first_rows(examples))} questions (weight {preference.weight:g}, "
-                         f"beta {preference.beta:g})" if term is not None else ""))
+                      + (f", and {term.describe(len(first_rows(examples)))}" if term is not None else ""))
 
     checkpoint = layout.checkpoint(system)
     start = load_checkpoint(checkpoint, accelerator, lm) if checkpoint.exists() else 0
@@ -405,7 +413,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         summary = {"system": system, "examples": len(examples), "steps": train.steps, "resumed_from_step": start,
                    "init": str(init) if init else None,
                    "aux": {"examples": len(auxiliary), "weight": aux_weight} if aux_weight is not None else None,
-                   "preference": {"pairs": len(term.questions), **asdict(preference)} if term is not None else None,
+                   "preference": {"pairs" if term.size == 2 else "labelled": len(term.questions), **asdict(preference),
+                                  **({"desirable": sum(term.desirable), "desirable_weight": term.desirable_weight}
+                                     if term.size == 1 else {})} if term is not None else None,
                    "packed": packed, "autocast": autocast, "processes": plan.processes, "per_device_batch": plan.per_device_batch,
                    "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
                    "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,

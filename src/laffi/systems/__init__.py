@@ -16,7 +16,8 @@ adds tokens, not steps: `aux` puts, next to each step's examples, the same quest
 another set's format, as an auxiliary loss (each loss averaged over its own completion tokens, the
 auxiliary one weighted by `aux_weight`). A fourth adds a preference term: `preference` trains, next to
 each step's examples, a DPO loss preferring the gold answer of the step's questions to the model's own
-answer where the annotator judged that incorrect or partially correct (`Preference`).
+answer where the annotator judged that incorrect or partially correct (`Preference`), or with loss kto a
+KTO-style loss on the model's own answers, each labelled by its verdict alone.
 
 A fifth repeats the training: `rounds` (iterated rounds, laffi.stages.rounds) trains the recipe, lets the
 trained model answer the training questions again, has the same annotator judge those answers, builds the
@@ -44,6 +45,7 @@ DEFINITIONS = Path(__file__).parent / "definitions"
 SETS = ("sft", "laffi", "refine", "critique", "answer-feedback", "verify")
 REVIEW_SETS = ("refine", "critique")  # their completions end with the fields feedback-guided answering reads
 PROCEDURES = ("direct", "feedback-guided")
+LOSSES = ("dpo", "kto")  # train.preference.loss: pairs, or answers labelled by their verdicts alone
 
 
 @dataclass
@@ -61,16 +63,33 @@ class Preference:
     the gold answers beside it, this is Iterative RPO's objective (Pang et al. 2024), which without the NLL
     term collapsed, and whose every iteration's reference is the model the iteration starts from."""
 
-    # the DPO term's weight: the step's loss is the mean over its own examples' completion tokens plus
-    # weight x the mean DPO loss over the step's pairs
+    # dpo: pairs, the gold answer over the model's own answer judged not correct (sets/SYSTEM.pairs.jsonl).
+    # kto: unpaired (KTO, Ethayarajh et al. 2024), each distinct own answer once, desirable where judged
+    # correct and undesirable where judged incorrect or partially correct (sets/SYSTEM.labelled.jsonl), with
+    # r = beta x (log pi - log ref): a desirable answer's loss is desirable_weight x (1 - sigmoid(r)), an
+    # undesirable one's 1 - sigmoid(-r). KTO's reference point z (a KL estimate from mismatched prompt and
+    # answer pairs, clamped at 0) is fixed at 0, as TRL's KTOTrainer does with loss_type apo_zero_unpaired,
+    # whose loss this is: a KL estimate would take a forward pass over extra rows in every step.
+    loss: str = "dpo"
+    # the term's weight: the step's loss is the mean over its own examples' completion tokens plus weight x
+    # the mean DPO loss over the step's pairs (kto: the mean over the step's labelled answers)
     weight: float = 1.0
     beta: float = 0.1  # DPO's temperature, its paper's and TRL's default
     # False: log-probs summed over a completion's tokens (DPO's and TRL's convention). Summed, a long
     # rejected answer is pushed down by its length alone (its log-prob has more terms to lower); True
     # divides each log-prob by its completion's tokens (TRL's sigmoid_norm)
     length_normalized: bool = False
+    # kto: lambda_D, with lambda_U 1. 0: n_U / n_D of the system's labelled answers, so that desirable and
+    # undesirable answers weigh the same in all (KTO's advice: lambda_D n_D / (lambda_U n_U) in [1, 4/3]);
+    # a 135M model's own answers are mostly wrong, so a fixed 1 would let the undesirable ones dominate
+    desirable_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        require(self.loss in LOSSES, "train.preference.loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        require(self.desirable_weight >= 0, "train.preference.desirable_weight",
+                f"must be >= 0 (0: balanced from the set), got {self.desirable_weight}")
+        require(self.loss == "kto" or self.desirable_weight == 0, "train.preference.desirable_weight",
+                "is a kto option; DPO's pairs have no desirable side of their own")
         require(self.weight > 0, "train.preference.weight", f"must be > 0, got {self.weight}")
         require(self.beta > 0, "train.preference.beta", f"must be > 0, got {self.beta}")
 

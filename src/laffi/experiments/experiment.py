@@ -113,6 +113,10 @@ def build_variant(experiment: ExperimentLayout, config: ExperimentConfig, annota
     return variant
 
 
+# train.preference options added after jobs with a preference term were keyed, at their defaults
+NEWER_PREFERENCE = {"loss": "dpo", "desirable_weight": 0.0}
+
+
 def job_for(config: ExperimentConfig, system: System, variant: RunLayout, train: TrainConfig,
             feedback: RoundFeedback | None = None) -> Job:
     """The job that trains `system` on `variant`'s set with `train`, keyed by everything that decides its
@@ -134,6 +138,9 @@ def job_for(config: ExperimentConfig, system: System, variant: RunLayout, train:
         # only options set away from their defaults: one a later version adds keeps existing jobs
         digest.update(yaml.safe_dump(non_default(section), sort_keys=False).encode())
     extra = {k: v for k, v in non_default(system.recipe).items() if k != "sets"}  # the sets are in the bytes
+    if "preference" in extra:  # its options newer than laffi-dpo's first jobs count only away from their defaults
+        extra["preference"] = {k: v for k, v in extra["preference"].items()
+                               if k not in NEWER_PREFERENCE or NEWER_PREFERENCE[k] != v}
     extra.update({f"answer.{k}": v for k, v in non_default(system.answer).items()})
     rounds = system.training_rounds > 1
     if rounds:  # the later rounds' sets come from this annotator, not from the variant's bytes

@@ -64,3 +64,13 @@ def test_with_one_candidate_every_rule_is_the_greedy_answer(tiny_experiment):
     results = main([str(tiny_experiment), "--systems", "laffi-verify", "--candidates", "1"])
     [entry] = [e for e in results["models"].values() if e["k"] == 1]
     assert len({(m["exact"], m["f1"]) for m in entry["methods"].values()}) == 1
+
+
+def test_steps_and_seeds_pick_the_trainings_that_answer(tiny_experiment, capsys):
+    none = main([str(tiny_experiment), "--systems", "sft", "--candidates", "2", "--steps", "7"])  # no such budget
+    assert not [e for e in none["models"].values() if e["k"] == 2]
+    results = main([str(tiny_experiment), "--systems", "sft", "--candidates", "2", "--steps", "1", "--seeds", "0"])
+    assert [e["steps"] for e in results["models"].values() if e["k"] == 2] == [1]
+    with pytest.raises(SystemExit):
+        main([str(tiny_experiment), "--systems", "sft", "--steps", "one"])
+    assert "--steps: comma-separated whole numbers" in capsys.readouterr().err

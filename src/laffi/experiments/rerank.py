@@ -3,6 +3,7 @@ answer by a rule (laffi.stages.rerank), on an experiment directory made by `laff
 
     python -m laffi.experiments.rerank runs/experiment-n2 --systems laffi-verify --candidates 4
     python -m laffi.experiments.rerank runs/experiment-n2 --systems laffi-verify,sft --split heldout
+    python -m laffi.experiments.rerank runs/experiment-n2 --systems sft --steps 32 --seeds 0   # some trainings
 
 For every finished training of --systems (jobs/SYSTEM-KEY/adapters/SYSTEM, each budget and seed), its
 model (the adapter merged, as `laffi evaluate` loads it) answers the split's questions K times: the
@@ -99,7 +100,8 @@ def rerank_model(job: RunLayout, config: RunConfig, system: str, split: str, k: 
 
 
 def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperature: float = 0.7,
-           split: str = "dev") -> dict:
+           split: str = "dev", steps: list[int] | None = None, seeds: list[int] | None = None) -> dict:
+    """`steps`, `seeds`: only the trainings of these budgets and seeds (None: every one)."""
     experiment = ExperimentLayout(experiment_dir)
     if not experiment.experiment_config.exists():
         raise FileNotFoundError(f"{experiment.root}: not an experiment directory (no {experiment.experiment_config.name})")
@@ -112,6 +114,8 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
             if system not in systems or key in results["models"] or not adapter_finished(job.adapter(system)):
                 continue
             config = load_config(job.config)
+            if (steps and config.train.steps not in steps) or (seeds and config.train.seed not in seeds):
+                continue
             numbers = rerank_model(job, config, system, split, k, temperature)
             results["models"][key] = {"system": system, "split": split, "k": k, "temperature": temperature,
                                       "seed": config.train.seed, "steps": config.train.steps, **numbers}
@@ -148,11 +152,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--candidates", type=int, default=4, help="K answers per question (default 4)")
     parser.add_argument("--temperature", type=float, default=0.7, help="of the K-1 sampled answers (default 0.7)")
     parser.add_argument("--split", choices=("dev", "heldout"), default="dev")
+    parser.add_argument("--steps", default="", help="comma-separated budgets: only their trainings (default: all)")
+    parser.add_argument("--seeds", default="", help="comma-separated seeds: only their trainings (default: all)")
     args = parser.parse_args(argv)
     if args.candidates < 1:
         parser.error("--candidates: must be >= 1")
+    def numbers(option: str, text: str) -> list[int]:
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            parser.error(f"{option}: comma-separated whole numbers, got {text!r}")
+
     return rerank(args.experiment_dir, [s.strip() for s in args.systems.split(",") if s.strip()], args.candidates,
-                  args.temperature, args.split)
+                  args.temperature, args.split, numbers("--steps", args.steps), numbers("--seeds", args.seeds))
 
 
 if __name__ == "__main__":

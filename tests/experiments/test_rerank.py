@@ -49,6 +49,10 @@ def test_every_rule_on_k_answers_and_a_rerun_does_nothing_twice(tiny_experiment,
         assert all(entry["methods"][m]["f1"] <= oracle for m in METHODS)
         assert 1 <= entry["distinct_per_question"] <= 3
         assert entry["cost"]["answers_decoded_per_question"] == 3
+        assert entry["distinct_candidates"] == round(entry["distinct_per_question"] * 5)
+        for value in entry["auroc_exact"].values():  # None where every candidate is right, or every one wrong
+            assert value is None or 0 <= value <= 1
+        assert (entry["auroc_exact"]["verifier"] is None) == (entry["right_candidates"] in (0, entry["distinct_candidates"]))
     job = RunLayout.of(next(p for p in ExperimentLayout(tiny_experiment).job_dirs() if p.name.startswith("laffi-verify")))
     answers = read_records(job.rerank_candidates("laffi-verify", "dev", 3, 0.7), Answer)
     assert sorted((a.id, a.sample) for a in answers) == sorted((q, s) for q in {a.id for a in answers} for s in range(3))

@@ -35,6 +35,7 @@ from pathlib import Path
 from laffi.analysis.metrics import score_example
 from laffi.backends.answering import answer_questions
 from laffi.config import RunConfig, load_config
+from laffi.experiments.verdict_check import auroc
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
 from laffi.models import load_model, release_memory
 from laffi.prompts import choose_shots, extract_answer
@@ -92,8 +93,13 @@ def rerank_model(job: RunLayout, config: RunConfig, system: str, split: str, k: 
             totals[method][1] += f1
     results = {method: {"exact": round(100 * exact / len(examples), 2), "f1": round(100 * f1 / len(examples), 2)}
                for method, (exact, f1) in totals.items()}
+    right = [score_example(e, c)[0] == 1 for e, _, c in distinct]  # each distinct candidate: an exact match?
+    separation = {name: None if (value := auroc(list(values), right)) is None else round(value, 3)
+                  for name, values in (("verifier", scores.p_correct), ("likelihood", scores.mean_logprob))}
     return {"questions": len(examples), "candidates": k, "distinct_per_question": round(len(distinct) / len(examples), 2),
             "methods": results,
+            # how well each score tells exact-match-right distinct candidates from wrong ones (0.5: not at all)
+            "auroc_exact": separation, "right_candidates": sum(right), "distinct_candidates": len(right),
             "cost": {"answers_decoded_per_question": k, "scoring_passes_per_question": round(2 * len(distinct) / len(examples), 2),
                      "decode_seconds_per_question": round(decode_seconds / len(examples), 3),
                      "score_seconds_per_question": round(score_seconds / len(examples), 3)}}
@@ -125,14 +131,20 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
     return results
 
 
+def separation(entries: list[dict], name: str) -> str:
+    """The mean AUROC of one score over the trainings that have it (entries from before it was recorded don't)."""
+    values = [e["auroc_exact"][name] for e in entries if e.get("auroc_exact", {}).get(name) is not None]
+    return f"{sum(values) / len(values):.3f}" if values else "-"
+
+
 def markdown(results: dict) -> str:
     """Per system, split, K and budget: each rule's F1 (EM), the mean over the trainings, and the costs."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for entry in results["models"].values():
         groups[entry["system"], entry["split"], entry["k"], entry["temperature"], entry["steps"]].append(entry)
     lines = ["| system | split | K | steps | seeds | " + " | ".join(f"{m} F1 (EM)" for m in METHODS)
-             + " | distinct candidates | s/question: decode + score |",
-             "|---|---|---:|---:|---:|" + "---:|" * len(METHODS) + "---:|---:|"]
+             + " | AUROC (EM): verifier / likelihood | distinct candidates | s/question: decode + score |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(METHODS) + "---|---:|---:|"]
     for (system, split, k, _, steps), entries in sorted(groups.items()):
         def mean(method: str, metric: str) -> float:
             return sum(e["methods"][method][metric] for e in entries) / len(entries)
@@ -141,6 +153,7 @@ def markdown(results: dict) -> str:
         seconds = sum(c["decode_seconds_per_question"] + c["score_seconds_per_question"] for c in cost) / len(cost)
         lines.append(f"| {system} | {split} | {k} | {steps} | {len(entries)} | "
                      + " | ".join(f"{mean(m, 'f1'):.2f} ({mean(m, 'exact'):.1f})" for m in METHODS)
+                     + f" | {' / '.join(separation(entries, name) for name in ('verifier', 'likelihood'))}"
                      + f" | {sum(e['distinct_per_question'] for e in entries) / len(entries):.2f} | {seconds:.2f} |")
     return "\n".join(lines)
 

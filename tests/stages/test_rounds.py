@@ -133,3 +133,26 @@ def test_a_crash_in_round_two_resumes_round_two_only(rounds_run):
     assert summary["rounds"][0]["adapter"] == f"rounds/{SYSTEM}/r1/adapters/{SYSTEM}"
     assert summary["rounds"][1]["resumed_from_step"] == 2
     assert [e.step for e in read_records(layout.train_log(SYSTEM), TrainLogEntry)] == [1, 2, 3, 4]
+
+
+def test_with_several_samples_a_later_round_answers_each_question_that_many_times(tiny_model_dir, tmp_path):
+    settings = [f"model.name={tiny_model_dir}", "model.threads=2", "model.dtype=float32", "data.num_shots=1",
+                "generate.max_new_tokens=4", "generate.batch_size=4", "generate.samples=2", "generate.temperature=1.5",
+                "train.steps=2", "train.warmup_steps=1", "train.batch_size=2", "train.max_seq_len=256",
+                f"systems.names=base,sft,{SYSTEM}"]
+    run = make_run(tmp_path / "run", n_items=4)
+    examples = read_records(run / "data" / "train.jsonl", QAExample)
+    write_records(run / "feedback.jsonl", [Feedback(e.id, "south", "incorrect", "feedback", "ai", "reference")
+                                           for e in examples])
+    code, _, err = laffi("build", str(run), *settings)
+    assert code == 0, err
+    code, _, err = laffi("train", str(run), "--system", SYSTEM, *settings)
+    assert code == 0, err
+    second = RunLayout(run).round(SYSTEM, 2)
+    answers = read_records(second.answers, Answer)
+    assert sorted((a.id, a.sample) for a in answers) == sorted((e.id, s) for e in examples for s in (0, 1))
+    feedback = read_records(second.feedback, Feedback)
+    assert sorted((f.id, f.sample) for f in feedback) == sorted((a.id, a.sample) for a in answers)
+    wrong = {(f.id, f.answer) for f in feedback if f.verdict != "correct" and f.answer != "north"}
+    pairs = read_records(second.pair_set(SYSTEM), PreferencePair)
+    assert {(p.id, p.rejected[0]["content"]) for p in pairs} == wrong  # one pair per distinct wrong answer

@@ -9,7 +9,8 @@
 Round 1 is the system's one training, as `laffi train` runs it, on the run's own sets (the base model's
 answers and their feedback). Every later round N, in its own run directory (laffi.layout, `RunLayout.round`):
 1. answers: round N-1's model (its adapter merged, as evaluation answers) answers round 1's training
-   questions greedily, with the run's generate settings;
+   questions with the run's generate settings: greedily, or with generate.samples K the greedy answer and
+   K-1 sampled, as the generate stage answers for round 1;
 2. feedback: round 1's annotator judges them (`RoundFeedback`: the run's annotate section, an experiment
    cell's annotator and content);
 3. sets: built from this round's answers and feedback alone (on-policy: the last round's data, as
@@ -88,7 +89,8 @@ def train_rounds(layout: RunLayout, system: System, model: ModelConfig, data: Da
 def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, model: ModelConfig, data: DataConfig,
                  generate: GenerateConfig) -> None:
     """The answers of `adapter`'s model to the questions of round 1's training set (a grid.size cell's drawn
-    questions, not the whole pool), greedy, appended to `own`.answers as they come (resumable)."""
+    questions, not the whole pool), generate.samples of them per question (the greedy one first), appended to
+    `own`.answers as they come (resumable)."""
     own.record()  # its layout.json: the run's data/, so a stage run by hand in the round finds it
     questions = {e.id for e in read_records(layout.training_set(name), TrainingExample)}
     examples = [e for e in read_records(layout.train_examples, QAExample) if e.id in questions]
@@ -97,11 +99,12 @@ def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, mo
     save_config(sidecar_config(own.answers), {"model": model, "data": data, "generate": generate,
                                               "adapter": {"path": source}})
     with RecordWriter(own.answers, Answer) as writer:
-        if len(writer.done_ids) < len(examples):
+        if len(writer.done_keys) < len(examples) * generate.samples:
             lm, tokenizer = load_backend(model, generate, adapter=adapter)
             answer_questions(lm, tokenizer, examples, shots, data, generate, writer,
-                             lambda e, g: Answer(e.id, extract_answer(g.text), g.text, f"{model.name}+{source}"),
-                             desc=f"answers of {source}")
+                             lambda e, g: Answer(e.id, extract_answer(g.text), g.text, f"{model.name}+{source}",
+                                                 g.sample),
+                             desc=f"answers of {source}", samples=generate.samples)
 
 
 def build_again(own: RunLayout, system: System, data: DataConfig, content: str) -> None:

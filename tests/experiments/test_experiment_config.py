@@ -20,12 +20,24 @@ BUDGETS = Path(__file__).parents[2] / "configs" / "experiments" / "budgets.yaml"
 
 def test_there_is_an_experiment_config_for_every_question():
     configs = {path.stem: load_experiment_config(path) for path in CONFIGS}
-    assert sorted(configs) == ["annotator", "budgets", "content", "equal-steps", "finalists", "human-ratio", "screen",
-                               "size"]
+    assert sorted(configs) == ["annotator", "budgets", "content", "curve-32", "curve-512", "equal-steps", "finalists",
+                               "human-ratio", "screen", "screen-k4", "size"]
     # screen.yaml is a dev screen (--dev-only): one seed at one budget, in the directory of the others
     screen = configs.pop("screen")
     assert len(screen.seeds) == 1 and len(screen.budgets) == 1 and screen.run == configs["budgets"].run
     assert screen.seeds[0] in configs["budgets"].seeds and screen.budgets[0] in configs["budgets"].budgets
+    # screen-k4.yaml: the same screen with four answers a question, so a directory of its own
+    k4 = configs.pop("screen-k4")
+    assert k4.run.generate.samples == 4 and (k4.seeds, k4.budgets) == (screen.seeds, screen.budgets)
+    assert k4.run.data == screen.run.data
+    # the data-size curve: nested subsets of the train pool around budgets.yaml's 128 questions, the same dev set
+    curve = {size: configs.pop(f"curve-{size}") for size in (32, 512)}
+    assert [c.run.data.train_size for c in curve.values()] == [32, 512]
+    assert configs["budgets"].run.data.train_size == 128
+    for c in curve.values():
+        assert c.systems == ["base", "sft", "laffi-dpo"] and c.baseline == "sft"
+        assert c.run.data.dev_size == configs["budgets"].run.data.dev_size
+        assert c.run.data.seed == configs["budgets"].run.data.seed
     varied = {axis for c in configs.values() for axis in ("size", "annotator", "human_ratio", "content")
               if len(getattr(c.grid, axis)) > 1}
     assert varied == {"size", "annotator", "human_ratio", "content"}

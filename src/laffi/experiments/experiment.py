@@ -130,9 +130,8 @@ def job_for(config: ExperimentConfig, system: System, variant: RunLayout, train:
     digest.update(variant.training_set(name).read_bytes())
     if variant.aux_set(name).exists():  # train.aux
         digest.update(variant.aux_set(name).read_bytes())
-    for preference_set in (variant.pair_set(name), variant.labelled_set(name)):  # train.preference
-        if preference_set.exists():
-            digest.update(preference_set.read_bytes())
+    if system.preference:  # train.preference: the pairs or labelled answers its term reads
+        digest.update(variant.preference_set(name, system.preference.loss).read_bytes())
     digest.update(f"numerics {NUMERICS}".encode())  # an older laffi's kernels and defaults made other adapters
     for section in (config.run.model, train):
         # only options set away from their defaults: one a later version adds keeps existing jobs

@@ -82,18 +82,19 @@ def rerank_model(job: RunLayout, config: RunConfig, system: str, split: str, k: 
     del lm
     release_memory()
     by_candidate = {(e.id, c): (p, l) for (e, _, c), p, l in zip(distinct, scores.p_correct, scores.mean_logprob)}
+    graded = {(e.id, c): score_example(e, c) for e, _, c in distinct}  # each distinct candidate's (EM, F1)
     totals = {method: [0.0, 0.0] for method in METHODS}  # summed EM and F1
     for e in examples:
         options = answers[e.id]
         p_correct, mean_logprob = zip(*(by_candidate[e.id, c] for c in options))
         question_scores = Scores(list(p_correct), list(mean_logprob))
         for method in METHODS:
-            exact, f1 = score_example(e, options[choose(method, options, question_scores, e.answers)])
+            exact, f1 = graded[e.id, options[choose(method, options, question_scores, e.answers)]]
             totals[method][0] += exact
             totals[method][1] += f1
     results = {method: {"exact": round(100 * exact / len(examples), 2), "f1": round(100 * f1 / len(examples), 2)}
                for method, (exact, f1) in totals.items()}
-    right = [score_example(e, c)[0] == 1 for e, _, c in distinct]  # each distinct candidate: an exact match?
+    right = [graded[e.id, c][0] == 1 for e, _, c in distinct]  # each distinct candidate: an exact match?
     separation = {name: None if (value := auroc(list(values), right)) is None else round(value, 3)
                   for name, values in (("verifier", scores.p_correct), ("likelihood", scores.mean_logprob))}
     return {"questions": len(examples), "candidates": k, "distinct_per_question": round(len(distinct) / len(examples), 2),

@@ -40,7 +40,7 @@ another device or kernel, nor from the weights of a later step.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -129,6 +129,13 @@ class PreferenceTerm:
                     f"weight {p.weight:g}, beta {p.beta:g})")
         return (f"{len(self.questions)} DPO pairs on {len(set(self.questions))} of its {questions} questions "
                 f"(weight {p.weight:g}, beta {p.beta:g})")
+
+    def summary(self) -> dict:
+        """What summary.json records of the term: its pairs or labelled answers and its settings."""
+        if self.size == 1:
+            return {"labelled": len(self.questions), **asdict(self.preference), "desirable": sum(self.desirable),
+                    "desirable_weight": self.desirable_weight}
+        return {"pairs": len(self.questions), **asdict(self.preference)}
 
     def with_pairs(self, batch: list[int]) -> list[int]:
         """A batch of own examples with the group rows of its questions."""

@@ -413,9 +413,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         summary = {"system": system, "examples": len(examples), "steps": train.steps, "resumed_from_step": start,
                    "init": str(init) if init else None,
                    "aux": {"examples": len(auxiliary), "weight": aux_weight} if aux_weight is not None else None,
-                   "preference": {"pairs" if term.size == 2 else "labelled": len(term.questions), **asdict(preference),
-                                  **({"desirable": sum(term.desirable), "desirable_weight": term.desirable_weight}
-                                     if term.size == 1 else {})} if term is not None else None,
+                   "preference": term.summary() if term is not None else None,
                    "packed": packed, "autocast": autocast, "processes": plan.processes, "per_device_batch": plan.per_device_batch,
                    "per_device_accum": plan.per_device_accum, "examples_per_step": plan.examples_per_step,
                    "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,

@@ -83,13 +83,18 @@ def test_a_model_that_cannot_take_packed_rows_falls_back_and_says_so_once_per_op
     assert packing.can_pack(flash, "train.pack", "", said.append) and len(said) == 2  # tree attention replaces it
 
 
-@pytest.mark.parametrize("heads, kv_heads", [(6, 2), (4, 4)])
-def test_bf16_training_segments_compute_the_block_masked_attention_within_bf16_precision(heads, kv_heads):
-    """The CPU bf16 training path (batched matmuls, scores rounded to bf16): its output and gradients
-    against the whole row's block-masked attention in fp64, on the same bf16 inputs."""
+@pytest.mark.parametrize("heads, kv_heads, query_block", [(6, 2, 128), (4, 4, 128), (6, 2, 3), (4, 4, 2)])
+def test_bf16_training_segments_compute_the_block_masked_attention_within_bf16_precision(heads, kv_heads,
+                                                                                         query_block):
+    """The CPU bf16 training path (batched matmuls, scores rounded to bf16, a segment's queries in blocks
+    that see their own keys up to the block's last): its output and gradients against the whole row's
+    block-masked attention in fp64, on the same bf16 inputs."""
     from laffi.tree_attention import _segment_attention
 
     row = pack(sequences())
+    tree = TreeSpans.of(row, query_block=query_block)
+    longest = max(segment.stop - segment.start for segment in tree.segments)  # 15 tokens: up to 8 blocks
+    assert max(len(segment.blocks) for segment in tree.segments) == -(-longest // query_block)
     tokens, dim = len(row.tokens), 16
     torch.manual_seed(0)
     inputs = [torch.randn(1, h, tokens, dim).to(torch.bfloat16) for h in (heads, kv_heads, kv_heads)]
@@ -109,7 +114,8 @@ def test_bf16_training_segments_compute_the_block_masked_attention_within_bf16_p
         return out.transpose(1, 2)
 
     def segments(query, key, value):
-        return _segment_attention(None, query, key, value, None, packed_tree=TreeSpans.of(row))[0]
+        return _segment_attention(None, query, key, value, None,
+                                  packed_tree=TreeSpans.of(row, query_block=query_block))[0]
 
     expected = gradients(*(t.double() for t in inputs), block_masked)
     got = gradients(*inputs, segments)
@@ -119,3 +125,16 @@ def test_bf16_training_segments_compute_the_block_masked_attention_within_bf16_p
         assert error < 2e-2, f"{name}: relative error {error:.3g}"
     with torch.no_grad():  # forward only (answering): SDPA's kernel, as close as the rounding allows
         torch.testing.assert_close(segments(*inputs).double(), expected[0], atol=2e-2, rtol=2e-2)
+
+
+def test_a_block_of_queries_sees_the_ancestors_and_its_own_keys_up_to_its_last_query():
+    row = pack(sequences())
+    for segment in TreeSpans.of(row, query_block=4).segments:
+        own = segment.stop - segment.start
+        assert [first for first, _ in segment.blocks] == list(range(0, own, 4))
+        assert segment.blocks[-1][1] == own
+        ancestors = [] if segment.ancestors is None else segment.ancestors.tolist()
+        for first, stop in segment.blocks:
+            seen = segment.seen_by((first, stop))
+            keys = list(range(seen.start, seen.stop)) if isinstance(seen, slice) else seen.tolist()
+            assert keys == ancestors + list(range(segment.start, segment.start + stop))

@@ -180,11 +180,12 @@ def _blocks(scaled_query, key, value, tree: TreeSpans):
             rows = slice(segment.start + first, segment.start + stop)
             # query head h reads key/value head h // groups, as repeat_interleave would pair them
             queries = scaled_query[0, :, rows].reshape(kv_heads, -1, dim)
-            seen = segment.ancestor_count + stop
-            keys, values = all_keys[:, :seen], all_values[:, :seen]
+            count = segment.ancestor_count + stop  # the keys it sees: every ancestor's, own ones up to its last
+            keys, values = all_keys[:, :count], all_values[:, :count]
             scores = torch.bmm(queries, keys.transpose(1, 2))
-            own = segment.ancestor_count + first  # the block's own keys start here, and causally
-            scores[:, :, own:] += tree.causal(stop - first, groups, scores.dtype, scores.device)
+            # own keys before the block's first query are all seen; from there on, causally (a square)
+            diagonal = segment.ancestor_count + first
+            scores[:, :, diagonal:] += tree.causal(stop - first, groups, scores.dtype, scores.device)
             probabilities = torch.softmax(scores, dim=-1)
             yield rows, queries, keys, values, probabilities, segment.seen_by((first, stop))
 

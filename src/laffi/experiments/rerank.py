@@ -32,10 +32,10 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+from laffi.analysis.auroc import auroc
 from laffi.analysis.metrics import score_example
 from laffi.backends.answering import answer_questions
 from laffi.config import RunConfig, load_config
-from laffi.experiments.verdict_check import auroc
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
 from laffi.models import load_model, release_memory
 from laffi.prompts import choose_shots, extract_answer

@@ -33,11 +33,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from tqdm import tqdm
 
 from laffi.stages.verdicts import MAX_ROW_TOKENS, SENTENCES, sentence_logprobs, verdict_distribution, verdict_mass
+from laffi.analysis.auroc import auroc
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import DataConfig, load_config, read_yaml
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
@@ -48,30 +48,6 @@ from laffi.systems import family_of, load_systems
 
 OWN, UNTRAINED = "own", "untrained"  # where a candidate answer comes from: the scored model, the base model
 F1_RIGHT = 0.5  # a candidate counts as right by F1 from here on
-
-
-def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
-    """Area under the ROC curve of `scores` for `positives`: the probability that a random positive scores
-    above a random negative, a tie counting one half (the Mann-Whitney U statistic over n_pos x n_neg,
-    from average ranks). None without both a positive and a negative."""
-    if len(scores) != len(positives):
-        raise ValueError(f"auroc: {len(scores)} scores for {len(positives)} labels")
-    order = sorted(range(len(scores)), key=scores.__getitem__)
-    ranks = [0.0] * len(scores)
-    start = 0
-    while start < len(order):  # a run of equal scores shares the mean of its ranks (1-based)
-        stop = start + 1
-        while stop < len(order) and scores[order[stop]] == scores[order[start]]:
-            stop += 1
-        for k in range(start, stop):
-            ranks[order[k]] = (start + 1 + stop) / 2
-        start = stop
-    n_pos = sum(map(bool, positives))
-    n_neg = len(positives) - n_pos
-    if not n_pos or not n_neg:
-        return None
-    u = sum(rank for rank, positive in zip(ranks, positives) if positive) - n_pos * (n_pos + 1) / 2
-    return u / (n_pos * n_neg)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,12 @@
 
 A packed row's block mask is mostly empty: a sequence's own rest never sees another's. SDPA's CPU
 kernel still computes every block of a masked row. Here each segment's queries attend to its
-ancestors' keys (all of them) and to its own (causally), one small attention per segment, so only
-the blocks the mask allows are computed.
+ancestors' keys (all of them) and to its own (causally), one small attention per segment (per block
+of a segment's queries in the bf16 kernel), so only the blocks the mask allows are computed.
 
 Which kernel runs a segment, measured on the embedded model's shapes (9 query and 3 key/value heads
 of 64, rows of 1,200-1,400 tokens in 5-11 segments: SFT, LaFFi and auxiliary batches; one layer's
-forward and backward, 2 cores, AMD EPYC with AVX512-BF16, 2026-12-05):
+forward and backward, 2 cores, AMD EPYC with AVX512-BF16, 2026-12-05, before the query blocks below):
 - training in bf16 on a CPU: three batched bf16 matmuls per segment (the query heads of one key/value
   head batched together, the causal mask added from `TreeSpans.causal`, cached for all layers), 11-17 ms a
   layer, against 33-45 ms for SDPA's flash kernel in fp32 (what ran until 2026-12-05: the CPU flash
@@ -53,7 +53,9 @@ class Segment:
     start: int
     stop: int
     ancestors: torch.Tensor | None  # row indices of the tokens of the segments above this one, in order
-    mask: torch.Tensor | None  # (own tokens, ancestor + own tokens): all ancestors, own ones causally
+    # (own tokens, ancestor + own tokens): all ancestors, own ones causally; SDPA's (the bf16 kernel adds
+    # `TreeSpans.causal` per block instead)
+    mask: torch.Tensor | None
     # the row indices of the keys its queries see, ancestors' then own: a slice where they are one run of rows
     # (a root, a first child), which costs no copy, else an index for index_select (one copy, no concatenation)
     sees: slice | torch.Tensor
@@ -130,8 +132,9 @@ class _Bf16MatmulSegments(torch.autograd.Function):
     """Segment attention by batched bf16 matmuls: (1, heads, tokens, dim) queries and (1, kv heads, tokens,
     dim) keys and values in, (1, tokens, heads, dim) out, one block of a segment's queries at a time. The
     backward recomputes each block's probabilities instead of keeping them (they were 13 MB a layer on a
-    1,400-token LaFFi row, 0.4 GB a step), so it keeps only its three inputs; key and value gradients add
-    up over blocks in fp32."""
+    1,400-token LaFFi row, 0.4 GB a step), so it keeps only its three inputs. Key and value gradients add
+    up over blocks in fp32, each block's part rounded to bf16 by its matmul first (so they round a little
+    differently from one matmul per segment: 0.26% relative on 9/3 heads of 64, both about 0.45% from fp64)."""
 
     @staticmethod
     def forward(ctx, query, key, value, tree: TreeSpans, scale: float):

@@ -36,7 +36,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from laffi.stages.verdicts import MAX_ROW_TOKENS, SENTENCES, sentence_logprobs, verdict_distribution, verdict_mass
 from laffi.analysis.auroc import auroc
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import DataConfig, load_config, read_yaml
@@ -44,6 +43,7 @@ from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
 from laffi.models import load_model, release_memory
 from laffi.prompts import choose_shots
 from laffi.records import VERDICTS, Answer, Prediction, QAExample, read_records, write_json
+from laffi.stages.verdicts import MAX_ROW_TOKENS, SENTENCES, sentence_logprobs, verdict_distribution, verdict_mass
 from laffi.systems import family_of, load_systems
 
 OWN, UNTRAINED = "own", "untrained"  # where a candidate answer comes from: the scored model, the base model

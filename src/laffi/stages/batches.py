@@ -19,14 +19,13 @@ import random
 
 import torch
 
+from laffi.cross_entropy import IGNORE, summed_cross_entropy  # IGNORE: the label value the loss skips
 from laffi.packing import common_prefix_length, pack, rows_within
 from laffi.prompts import prompt_completion_ids
 from laffi.records import TrainingExample
 from laffi.tree_attention import NAME, TreeSpans
 
 Row = tuple[list[int], list[int]]  # input ids, labels (IGNORE on the prompt)
-
-IGNORE = -100  # label value that cross-entropy skips
 
 
 def tokenize(tokenizer, examples: list[TrainingExample], max_seq_len: int) -> list[Row]:
@@ -83,14 +82,6 @@ def collate(rows: list[Row], pad_id: int, device: torch.device, weights: list[fl
     if weights is not None:
         batch["weights"] = torch.tensor(weights, device=device)
     return batch
-
-
-def summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """The targets' cross-entropy summed, each token's multiplied by its weight where given."""
-    if weights is None:
-        return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
-    losses = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="none")
-    return (losses * weights).sum()
 
 
 def completion_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -208,7 +199,7 @@ def packed_logits(model, batch: dict) -> torch.Tensor:
                    use_cache=False, logits_to_keep=batch["predict_at"]).logits
     if logits.shape[1] != batch["targets"].shape[0]:  # a model without logits_to_keep computed every position
         logits = logits[:, batch["predict_at"][0]]
-    return logits[0]
+    return logits.squeeze(0)  # not logits[0]: its backward would zero-fill a (1, targets, vocab) gradient first
 
 
 def packed_loss_sum(model, batch: dict) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from laffi import cross_entropy
-from laffi.cross_entropy import IGNORE, summed_cross_entropy
+from laffi.cross_entropy import IGNORE, summed_cross_entropy, token_cross_entropy
 
 
 def reference(logits, targets, weights):
@@ -53,6 +53,26 @@ def test_an_ignored_target_with_an_impossible_logit_adds_nothing():
     loss.backward()
     assert torch.isclose(loss, reference(logits.detach(), torch.tensor([IGNORE, 1]), None))
     assert torch.isfinite(logits.grad).all()
+
+
+def test_token_losses_are_those_of_cross_entropy_without_reduction(monkeypatch):
+    """What DPO's sequence log-probabilities take: a gradient per token, not one for their sum."""
+    monkeypatch.setattr(cross_entropy, "ROWS", 3)
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(7, 50, generator=generator).bfloat16()
+    targets = torch.randint(0, 50, (7,), generator=generator)
+    targets[0] = IGNORE
+    grad_tokens = torch.randn(7, generator=generator)
+
+    def run(fn):
+        leaf = logits.detach().clone().requires_grad_()
+        losses = fn(leaf)
+        losses.backward(grad_tokens)
+        return losses.detach(), leaf.grad
+
+    losses, grad = run(lambda x: token_cross_entropy(x, targets))
+    expected, expected_grad = run(lambda x: torch.nn.functional.cross_entropy(x.float(), targets, reduction="none"))
+    assert torch.equal(losses, expected) and torch.equal(grad, expected_grad)
 
 
 def test_refuses_mismatched_shapes():

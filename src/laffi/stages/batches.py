@@ -19,7 +19,7 @@ import random
 
 import torch
 
-from laffi.cross_entropy import IGNORE, summed_cross_entropy  # IGNORE: the label value the loss skips
+from laffi.cross_entropy import IGNORE, summed_cross_entropy, token_cross_entropy  # IGNORE: the label the loss skips
 from laffi.packing import common_prefix_length, pack, rows_within
 from laffi.prompts import prompt_completion_ids
 from laffi.records import TrainingExample
@@ -219,7 +219,7 @@ def sequence_logps(model, rows: list[Row], pad_id: int, device: torch.device, pa
         batch = collate(rows, pad_id, device)
         logits, kept = completion_logits(model, batch)
         targets, owners = batch["labels"][:, 1:][kept], kept.nonzero()[:, 0]
-    token_logps = -torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    token_logps = -token_cross_entropy(logits, targets)
     return torch.zeros(len(rows), device=token_logps.device).index_add(0, owners, token_logps)
 
 

@@ -50,6 +50,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return losses.masked_fill_(targets == IGNORE, 0)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_losses):
         logits, targets = ctx.saved_tensors
         dtype = torch.promote_types(logits.dtype, torch.float32)

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parent.parent / "src" / "laffi"
 # below must still have no circles.
 LAYERS = [
     {"records", "config", "layout"},
-    {"data", "prompts", "models", "packing", "tree_attention", "systems"},
+    {"data", "prompts", "models", "packing", "tree_attention", "cross_entropy", "systems"},
     {"analysis", "backends", "annotators", "distributed"},
     {"stages", "human"},
     {"report"},

@@ -137,6 +137,15 @@ TRAIN_ROWS = [
 LOSS_TOLERANCE = 0.02  # relative: bf16 rounding, new kernels and no dropout change each loss by about 1%
 
 
+def pair_by_pair(before: dict, after: dict) -> str:
+    """The ratio of each repeat's two runs, which ran minutes apart: the best runs of two rows can come
+    from different repeats, and this machine's speed moves by a third between repeats."""
+    runs = [row.get("examples_per_s_each_run", []) for row in (before, after)]
+    if min(len(r) for r in runs) < 2:
+        return ""
+    return " (repeat by repeat: " + ", ".join(f"{a / b:.2f}x" for b, a in zip(*runs)) + ")"
+
+
 def train_comparisons(rows: list[dict]) -> dict:
     def find(label, set_name):
         return next((r for r in rows if r["label"] == label and r["set"] == set_name and r["tool"] == "laffi"), None)
@@ -147,8 +156,8 @@ def train_comparisons(rows: list[dict]) -> dict:
             gap = max(abs(a - b) / b for a, b in zip(after["losses"], before["losses"]))
             verdict = "within" if gap <= LOSS_TOLERANCE else "OUTSIDE"
             out[f"default / {BEFORE} examples/s, {set_name} set, same batches"] = (
-                f"{after['examples_per_s'] / before['examples_per_s']:.2f}x; step losses differ by at most "
-                f"{gap:.2%} ({verdict} the {LOSS_TOLERANCE:.0%} tolerance)")
+                f"{after['examples_per_s'] / before['examples_per_s']:.2f}x{pair_by_pair(before, after)}; step "
+                f"losses differ by at most {gap:.2%} ({verdict} the {LOSS_TOLERANCE:.0%} tolerance)")
     dropout, default = find("laffi lora_dropout=0.05", "laffi"), find("laffi default", "laffi")
     before = find(f"laffi {BEFORE}", "laffi")
     if dropout and before:

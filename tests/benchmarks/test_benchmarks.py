@@ -110,3 +110,14 @@ def test_the_profile_of_a_training_names_its_ops(bench_dir, tiny_model_dir):
                     f"model.name={tiny_model_dir}", "model.threads=2", "train.batch_size=2", "train.warmup_steps=1").stdout
     assert "\nsft: 2 steps, seconds at the end of each: [" in printed
     assert "aten::mm" in printed and "Self CPU" in printed
+
+
+def test_the_comparison_gives_each_repeats_ratio_beside_the_best_runs_ratio():
+    sys.path.insert(0, str(BENCHMARKS))
+    from speed import BEFORE, train_comparisons  # noqa: E402
+
+    def row(label, runs):
+        return {"tool": "laffi", "label": label, "set": "sft", "losses": [2.0, 1.0],
+                "examples_per_s": max(runs), "examples_per_s_each_run": runs}
+    value, = train_comparisons([row(f"laffi {BEFORE}", [1.0, 1.2]), row("laffi default", [1.7, 2.3])]).values()
+    assert value.startswith("1.92x (repeat by repeat: 1.70x, 1.92x); step losses differ by at most 0.00% (within")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the tests below import speed.py's table and comparisons
 
 
 def bench(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -78,7 +79,6 @@ def test_an_exported_laffi_trains_the_same_batches_beside_this_one_and_the_table
         bench_dir, tiny_model_dir, tmp_path):
     """The before/after rows of `make bench`: another laffi's src/ (here HEAD's, exported as the
     benchmark exports 19199e7) on PYTHONPATH trains the same batches, auxiliary examples included."""
-    sys.path.insert(0, str(BENCHMARKS))
     from speed import BEFORE, child, export_source, table, train_comparisons  # noqa: E402
 
     source = export_source("HEAD", tmp_path / "exported")
@@ -113,7 +113,6 @@ def test_the_profile_of_a_training_names_its_ops(bench_dir, tiny_model_dir):
 
 
 def test_the_comparison_gives_each_repeats_ratio_beside_the_best_runs_ratio():
-    sys.path.insert(0, str(BENCHMARKS))
     from speed import BEFORE, train_comparisons  # noqa: E402
 
     def row(label, runs):

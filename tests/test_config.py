@@ -38,6 +38,13 @@ def test_bad_options_are_named(override, option):
         load_config(overrides=[override])
 
 
+@pytest.mark.parametrize("overrides, option", [(["model=foo", "model.name=x"], "model was given a value"),
+                                               (["model.name=x", "model=foo"], "model is a section")])
+def test_an_override_that_clashes_with_another_is_named(overrides, option):
+    with pytest.raises(ConfigError, match=option):
+        load_config(overrides=overrides)
+
+
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="preset"):
         load_config(preset="huge")

@@ -365,8 +365,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"{pair!r}: overrides are written key=value, e.g. train.steps=20")
         *parents, leaf = key.split(".")
         node = nested
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{pair!r}: {'.'.join(parents[:depth + 1])} was given a value by an earlier "
+                                  "override, so it has no options to set")
+        if isinstance(node.get(leaf), dict):
+            raise ConfigError(f"{pair!r}: {key} is a section, set its options ({key}.OPTION=value)")
         node[leaf] = yaml.safe_load(raw) if raw else ""
     return nested
 

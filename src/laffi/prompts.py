@@ -146,7 +146,7 @@ def prompt_completion_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[Messa
 
 
 _LEAD_INS = re.compile(
-    r"^(?:(?:the\s+)?answer(?:\s+is)?\s*[:\-]?|a:|it\s+is|it's|according to the passage,?)\s*", re.I
+    r"^(?:(?:the\s+)?answer\b(?:\s+is\b)?\s*[:\-]?|a:|it\s+is\b|it's|according to the passage,?)\s*", re.I
 )
 
 

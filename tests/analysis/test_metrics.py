@@ -344,3 +344,17 @@ def test_paired_differences_are_the_paired_bootstrap_per_metric_in_points():
 def test_paired_bootstrap_rejects_unequal_lengths():
     with pytest.raises(ValueError, match="got 2 and 3"):
         paired_bootstrap_difference([1.0, 0.0], [1.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("output, answer", [
+    ("The answer is Paris.", "Paris"),
+    ("Answer: 1871", "1871"),
+    ("It is the Rhine", "the Rhine"),
+    ("Answering machines", "Answering machines"),  # a lead-in is a whole word, not a word's start
+    ("Answers to prayers\nmore", "Answers to prayers"),
+    ("Itis Pass", "Itis Pass"),
+])
+def test_the_answer_is_the_first_line_without_lead_ins(output, answer):
+    from laffi.prompts import extract_answer
+
+    assert extract_answer(output) == answer

@@ -197,3 +197,8 @@ def test_admin_page_shows_progress_and_agreement(run, engine):
     assert "All pairs: 50.0% · kappa 0.000 · n=2" in admin  # ann/bob agree on q000 only
     assert "All: 75.0%" in admin and "ann vs AI</td><td>100.0%" in admin and "bob vs AI</td><td>50.0%" in admin
     assert "<td>ann</td><td>active</td>" in admin.replace("\n      ", "")
+
+
+def test_a_database_url_of_another_kind_is_refused_by_name():
+    with pytest.raises(db.SchemaError, match="mysql://u@h/x: a SQLite file"):
+        db.make_engine("mysql://u@h/x")

@@ -60,6 +60,12 @@ def test_batch_order_is_deterministic_and_covers_every_example(group_by):
     assert len(batch_order(rows, batch_size=2, num_batches=12, seed=3, group_by=group_by)) == 12  # more than one epoch
 
 
+@pytest.mark.parametrize("group_by", ["length", "prefix"])
+def test_no_rows_is_an_error_not_an_endless_loop(group_by):
+    with pytest.raises(ValueError, match="no rows"):
+        batch_order([], batch_size=2, num_batches=3, seed=0, group_by=group_by)
+
+
 def test_packed_batches_hold_one_family_where_they_can():
     """Three "articles" (first token 0, 1, 2) of 4 examples each, batches of 2: every batch is one article,
     and across epochs the pairs inside an article change."""

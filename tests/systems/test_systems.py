@@ -82,7 +82,9 @@ def test_systems_must_name_what_they_answer_and_review_with(tmp_path):
 
 
 @pytest.mark.parametrize("shares, total, expected", [([0.5, 0.5], 8, [4, 4]), ([0.25, 0.75], 12, [3, 9]),
-                                                     ([1 / 3, 2 / 3], 10, [3, 7]), ([1.0], 5, [5])])
+                                                     ([1 / 3, 2 / 3], 10, [3, 7]), ([1.0], 5, [5]),
+                                                     ([0.25] * 4, 6, [2, 1, 1, 2]), ([0.3, 0.3, 0.4], 5, [2, 1, 2]),
+                                                     ([0.2] * 5, 3, [1, 0, 1, 0, 1])])
 def test_shares_are_whole_counts_that_sum_to_the_total(shares, total, expected):
     assert shares_of(shares, total) == expected
 

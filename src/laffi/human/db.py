@@ -160,6 +160,8 @@ def make_engine(url: str, pool_size: int = 8) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
+    if not url.startswith(("postgresql://", "postgresql+psycopg://")):
+        raise SchemaError(f"--db {url}: a SQLite file (sqlite:///PATH) or PostgreSQL (postgresql://...) is supported")
     try:
         import psycopg  # noqa: F401
     except ImportError as error:

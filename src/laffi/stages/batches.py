@@ -47,6 +47,8 @@ def batch_order(rows: list[Row], batch_size: int, num_batches: int, seed: int,
     """A fixed sequence of batches; it depends only on the data and the seed, so a resumed run sees the
     same batches. group_by="length": shuffled each epoch, grouped by length to avoid padding waste;
     "prefix": grouped by shared prefix (`family_batch_order`)."""
+    if not rows:
+        raise ValueError("no rows to draw batches from")
     if group_by == "prefix":
         return family_batch_order([ids for ids, _ in rows], batch_size, num_batches, seed)
     lengths = [len(ids) for ids, _ in rows]

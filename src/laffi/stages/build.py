@@ -284,9 +284,10 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
 
 
 def shares_of(shares: list[float], total: int) -> list[int]:
-    """Whole counts for `shares` of `total` that sum to it: each rounded, the last one taking the rest."""
-    counts = [round(share * total) for share in shares[:-1]]
-    return [*counts, total - sum(counts)]
+    """Whole counts for `shares` of `total` that sum to it, none negative: the running sums of the shares are
+    rounded, so each count is within one of its share (with two sets: the first rounded, the second the rest)."""
+    bounds = [round(sum(shares[:k]) * total) for k in range(1, len(shares))]
+    return [high - low for low, high in zip([0, *bounds], [*bounds, total])]
 
 
 def write_sets(layout: RunLayout, examples: list[QAExample], shots: list[QAExample], chosen: Notes,
@@ -350,7 +351,8 @@ def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig,
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
     sources = [layout.human_feedback, layout.feedback]
-    feedback = [f for f in _read_all(sources) if f.id in {e.id for e in examples}]
+    pool = {e.id for e in examples}
+    feedback = [f for f in _read_all(sources) if f.id in pool]
     save_config(layout.sets_config, {"data": data})
 
     # the unit is an answer, (question id, sample): one answer per question is the question itself

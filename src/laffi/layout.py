@@ -68,6 +68,12 @@ def is_adapter(folder: Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).exists()
 
 
+def adapter_weights(folder: Path) -> Path:
+    """The file of an adapter's weights: PEFT's safetensors, or the pickle that PEFT before 0.6 wrote."""
+    older = Path(folder) / "adapter_model.bin"
+    return older if older.exists() and not (Path(folder) / ADAPTER_WEIGHTS).exists() else Path(folder) / ADAPTER_WEIGHTS
+
+
 def adapter_finished(folder: Path) -> bool:
     """Whether training wrote the adapter's weights into `folder` (a crashed one has only a checkpoint)."""
     return (Path(folder) / ADAPTER_WEIGHTS).exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import threading
@@ -282,6 +283,16 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     return path
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 of a file's bytes: what a saved config records of an input that a later step could rewrite
+    (a training set, an adapter's weights), so output made from the old one is not taken as made from the new."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
+from support.checkpoint_crash import killed_after_a_checkpoint
 from support.human_helpers import laffi, make_run
 from transformers import AutoModelForCausalLM
 
@@ -229,13 +230,8 @@ def test_a_bad_preference_recipe_is_named(tmp_path, text, message):
         load_system(str(path))
 
 
-class Crash(Exception):
-    pass
-
-
 def test_laffi_train_trains_the_dpo_system_and_resumes_to_the_same_adapter(tiny_overrides, tmp_path, monkeypatch):
     import laffi.stages.preference as preference_module
-    import laffi.stages.train as train_module
 
     settings = [*tiny_overrides, "data.num_shots=1", "systems.names=base,sft,laffi-dpo", "train.lr=5e-3",
                 "train.lora_dropout=0", "model.dtype=float32", "train.max_row_tokens=400"]
@@ -261,16 +257,8 @@ def test_laffi_train_trains_the_dpo_system_and_resumes_to_the_same_adapter(tiny_
                                      "desirable_weight": 0.0}
     adapters["straight"] = load_file(out_dir / "adapter_model.safetensors")
 
-    real_save = train_module.save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise Crash("killed right after the step-2 checkpoint")
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
-    with pytest.raises(Crash):
+    with killed_after_a_checkpoint(monkeypatch):  # at step 2
         laffi("train", str(tmp_path / "crashed"), "--system", "laffi-dpo", *settings)
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
 
     def no_recompute(*args, **kwargs):
         raise AssertionError("a resumed training recomputed the reference log-probs")

@@ -212,3 +212,16 @@ def test_a_greedy_answer_is_written_as_before_and_old_lines_read_as_sample_0(tmp
         writer.write([Answer("q1", "Nice", "Nice.", "m", 1)])
         with pytest.raises(RecordError, match="'q1#s2' written twice"):
             writer.write([Answer("q1", "Lyon", "Lyon.", "m", 2)])
+
+
+def test_feedback_on_answers_generated_again_is_not_taken_as_done(tmp_path):
+    config = load_config(overrides=["data.eval_size=8", "data.train_size=4"])
+    layout = RunLayout(tmp_path)
+    prepare(layout, config.data)
+    questions = read_records(layout.train_examples, QAExample)
+    write_records(layout.answers, [Answer(q.id, "Paris", "Paris", "one model") for q in questions])
+    assert len(annotate(layout, config.annotate)) == len(questions)
+    assert len(annotate(layout, config.annotate)) == len(questions)  # the same answers: done
+    write_records(layout.answers, [Answer(q.id, "Rome", "Rome", "another model") for q in questions])
+    with pytest.raises(ValueError, match=f"{questions[0].id}.*'Paris'.*'Rome'.*generated again"):
+        annotate(layout, config.annotate)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from support.checkpoint_crash import killed_after_a_checkpoint
 
 from laffi.config import load_config
 from laffi.layout import RunLayout
@@ -130,32 +131,18 @@ def test_a_step_cut_into_rows_within_max_row_tokens_trains_the_same_adapter(tiny
         torch.testing.assert_close(adapters[48][name], adapters[4096][name], rtol=1e-4, atol=1e-6)
 
 
-class Crash(Exception):
-    pass
-
-
 def test_interrupted_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, monkeypatch):
-    import laffi.stages.train as train_module
-
     config = load_config(overrides=overrides(tiny_model_dir))
     make_set(tmp_path / "straight")
     straight = load_file(train(RunLayout(tmp_path / "straight"), "sft", config.model, config.train)
                          / "adapter_model.safetensors")
 
     make_set(tmp_path / "crashed")
-    real_save = train_module.save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise Crash("killed right after the step-3 checkpoint")
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
-    with pytest.raises(Crash):
+    with killed_after_a_checkpoint(monkeypatch):  # at step 3
         train(RunLayout(tmp_path / "crashed"), "sft", config.model, config.train)
     out = RunLayout(tmp_path / "crashed").adapter("sft")
     assert (out / "checkpoint").exists() and not (out / "adapter_model.safetensors").exists()
 
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
     resumed = load_file(train(RunLayout(tmp_path / "crashed"), "sft", config.model, config.train)
                         / "adapter_model.safetensors")
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 3
@@ -177,14 +164,27 @@ def test_changed_settings_do_not_mix_with_a_finished_adapter(tiny_model_dir, tmp
         train(RunLayout(tmp_path), "sft", changed.model, changed.train)
 
 
+def test_a_rebuilt_set_does_not_reuse_the_adapter_of_the_old_one(tiny_model_dir, tmp_path):
+    from laffi.config import ConfigError
+
+    examples = make_set(tmp_path)
+    config = load_config(overrides=overrides(tiny_model_dir, "train.steps=2"))
+    train(RunLayout(tmp_path), "sft", config.model, config.train)
+    train(RunLayout(tmp_path), "sft", config.model, config.train)  # the same set: the finished adapter
+    write_records(RunLayout(tmp_path).training_set("sft"), examples[:3])
+    with pytest.raises(ConfigError, match=r"different settings \(inputs\.set\)"):
+        train(RunLayout(tmp_path), "sft", config.model, config.train)
+
+
 def test_an_adapter_begun_by_an_older_laffi_is_checked_against_its_old_config(tiny_model_dir, tmp_path):
     from laffi.config import ConfigError, save_config
 
     make_set(tmp_path)
     layout = RunLayout(tmp_path)
     before = load_config(overrides=overrides(tiny_model_dir, "train.steps=2"))
-    # what an older laffi left: adapters/sft/train_config.yaml (and, say, a checkpoint to resume)
+    # what an older laffi left: adapters/sft/train_config.yaml and a checkpoint to resume
     save_config(layout.old_train_config("sft"), {"model": before.model, "train": before.train})
+    (layout.checkpoint("sft") / "state").mkdir(parents=True)
     changed = load_config(overrides=overrides(tiny_model_dir, "train.steps=3"))
     with pytest.raises(ConfigError, match="train.steps"):
         train(layout, "sft", changed.model, changed.train)
@@ -301,6 +301,7 @@ def test_the_saved_train_config_refuses_another_init_or_aux_weight_and_takes_old
 
     layout = RunLayout(tmp_path)
     layout.adapter("mine").mkdir(parents=True)
+    layout.train_log("mine").write_text("{}\n")  # a training begun: its config is checked, not replaced
     save_train_config(layout, "mine", ModelConfig(), TrainConfig(), Continuation("laffi", 1.0))
     save_train_config(layout, "mine", ModelConfig(), TrainConfig(), Continuation("laffi", 1.0))  # the same: fine
     with pytest.raises(ConfigError, match="recipe.aux_weight"):
@@ -320,3 +321,50 @@ def test_the_saved_train_config_refuses_another_init_or_aux_weight_and_takes_old
     with pytest.raises(ConfigError, match="recipe.preference"):
         save_train_config(layout, "mine", ModelConfig(), TrainConfig(),
                           Continuation("laffi", 1.0, Preference(beta=0.2)))
+
+
+def test_predictions_of_an_adapter_trained_again_are_not_reused(tiny_overrides, tmp_path):
+    import shutil
+
+    from laffi.config import ConfigError
+    from laffi.stages.evaluate import evaluate
+    from laffi.stages.prepare import prepare
+
+    layout = RunLayout(tmp_path)
+    first, second = (load_config(overrides=[*tiny_overrides, f"train.steps={n}"]) for n in (1, 2))
+    prepare(layout, first.data)
+    make_set(tmp_path)
+    adapter = train(layout, "sft", first.model, first.train)
+    for _ in range(2):  # the second time: the predictions there are this adapter's
+        evaluate(layout, "sft", first.model, first.data, first.generate, first.eval, adapter=adapter)
+    shutil.rmtree(adapter)
+    train(layout, "sft", second.model, second.train)
+    with pytest.raises(ConfigError, match=r"different settings \(inputs\.adapter\)"):
+        evaluate(layout, "sft", first.model, first.data, first.generate, first.eval, adapter=adapter)
+
+
+def test_a_resumed_keep_best_training_keeps_the_best_adapter_of_its_checkpoint(tiny_overrides, tmp_path, monkeypatch):
+    """What a crashed training wrote into best/ after its last checkpoint (here: zeros, as a step trained
+    again might not reach) is replaced by the best adapter the checkpoint carried."""
+    from laffi.stages.evaluate import dev_scorer
+    from laffi.stages.prepare import prepare
+
+    config = load_config(overrides=[*tiny_overrides, "train.steps=4", "train.eval_every=1", "train.eval_questions=2",
+                                    "train.keep_best=true", "train.checkpoint_every=2"])
+
+    def run(root):
+        layout = RunLayout(root)
+        prepare(layout, config.data)
+        make_set(root)
+        return train(layout, "sft", config.model, config.train,
+                     dev=dev_scorer(layout, config.data, config.generate, config.train))
+
+    straight = load_file(run(tmp_path / "straight") / "adapter_model.safetensors")
+    with killed_after_a_checkpoint(monkeypatch):  # at step 2
+        run(tmp_path / "crashed")
+    best = RunLayout(tmp_path / "crashed").best_adapter("sft") / "adapter_model.safetensors"
+    save_file({k: torch.zeros_like(v) for k, v in load_file(best).items()}, best)
+    resumed = load_file(run(tmp_path / "crashed") / "adapter_model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=1e-4, atol=1e-6)

@@ -58,6 +58,18 @@ def annotator_settings(config: AnnotateConfig) -> dict:
     return {"annotator": config.annotator, "seed": config.seed}
 
 
+def check_same_answers(out: Path, answers: list[Answer]) -> None:
+    """The feedback already in `out` must be on the answers there are now: answers generated again (another
+    model, other settings) would otherwise count as annotated, and `laffi build` would pair the new answers'
+    questions with feedback on the old ones."""
+    now = {record_key(a): a.prediction for a in answers}
+    for note in read_records(out, Feedback) if out.exists() else []:
+        if now.get(record_key(note), note.answer) != note.answer:
+            raise ValueError(f"{out}: its feedback on {note.id!r} (sample {note.sample}) is about the answer "
+                             f"{note.answer!r}, but the answer now is {now[record_key(note)]!r}: the answers were "
+                             f"generated again; delete {out.name} and {sidecar_config(out).name} to annotate them anew")
+
+
 def annotate(layout: RunLayout, annotate: AnnotateConfig, out: str | Path | None = None) -> list[Feedback]:
     """Feedback on every answer into `out` (default RUN/feedback.jsonl; a relative path is in the run dir)."""
     out = layout.root / out if out else layout.feedback
@@ -71,6 +83,7 @@ def annotate(layout: RunLayout, annotate: AnnotateConfig, out: str | Path | None
     size = getattr(annotator, "batch_size", BATCH)
     failures: list[AnnotationFailure] = []
     with RecordWriter(out, Feedback) as writer:
+        check_same_answers(out, answers)
         todo = [a for a in answers if record_key(a) not in writer.done_keys]
         with tqdm(total=len(answers), initial=len(answers) - len(todo), desc="annotate", unit="answer") as bar:
             for start in range(0, len(todo), size):

@@ -25,9 +25,9 @@ from laffi.backends.answering import answer_questions, load_backend
 from laffi.backends.feedback_guided import answer_with_feedback
 from laffi.config import ConfigError, DataConfig, EvalConfig, GenerateConfig, ModelConfig, TrainConfig, plain, save_config
 from laffi.distributed.shards import Collector, Shard
-from laffi.layout import ADAPTER_CONFIG, RunLayout, is_adapter
+from laffi.layout import ADAPTER_CONFIG, RunLayout, adapter_weights, is_adapter
 from laffi.prompts import extract_answer
-from laffi.records import Prediction, QAExample, Review, read_records, write_json
+from laffi.records import Prediction, QAExample, Review, fingerprint, read_records, write_json
 from laffi.systems import Answering, System
 
 
@@ -97,8 +97,12 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     described = {"name": system, "adapter": adapter_path}  # a direct system's, as before systems had procedures
     if guided:
         described.update(answer=plain(answering), reviewer=reviewer_path)
+    # the adapters' weights too: one trained again under the same path must not keep the old one's answers
+    weights = {option: fingerprint(adapter_weights(path))
+               for option, path in (("adapter", adapter_path), ("reviewer", reviewer_path)) if path}
     shard.on_main(lambda: save_config(layout.eval_config(system, split), {
-        "model": model, "data": data, "generate": generate, "eval": eval, "system": described}))
+        "model": model, "data": data, "generate": generate, "eval": eval, "system": described},
+        outputs=[layout.predictions(system, split)], inputs=weights))
 
     def score(example: QAExample, generation) -> Prediction:
         answer = extract_answer(generation.text)

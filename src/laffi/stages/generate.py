@@ -27,7 +27,8 @@ def generate(layout: RunLayout, model: ModelConfig, data: DataConfig, generate: 
     `laffi experiment` share the base model with the base evaluation); called only if questions are left."""
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
-    save_config(sidecar_config(layout.answers), {"model": model, "data": data, "generate": generate})
+    save_config(sidecar_config(layout.answers), {"model": model, "data": data, "generate": generate},
+                outputs=[layout.answers])
     with RecordWriter(layout.answers, Answer) as writer:
         if len(writer.done_keys) < len(examples) * generate.samples:
             lm, tokenizer = backend() if backend else load_backend(model, generate)

@@ -19,7 +19,7 @@ from laffi.records import QAExample, read_records, write_records
 
 
 def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[QAExample]]:
-    save_config(layout.data_config, {"data": data})
+    save_config(layout.data_config, {"data": data}, outputs=[layout.train_examples])  # written last
     written = [p.exists() for p in (layout.train_examples, layout.eval_examples, layout.shots)]
     if all(written):
         if data.dev_size and not layout.dev_examples.exists():

@@ -36,7 +36,7 @@ from laffi.annotators.content import FULL, with_content
 from laffi.backends.answering import answer_questions, load_backend
 from laffi.config import AnnotateConfig, ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, save_config
 from laffi.distributed.shards import Shard
-from laffi.layout import RunLayout, adapter_finished, sidecar_config
+from laffi.layout import RunLayout, adapter_finished, adapter_weights, sidecar_config
 from laffi.prompts import extract_answer
 from laffi.records import (
     Answer,
@@ -44,6 +44,7 @@ from laffi.records import (
     QAExample,
     RecordWriter,
     TrainingExample,
+    fingerprint,
     read_records,
     record_key,
     write_json,
@@ -97,7 +98,8 @@ def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, mo
     shots = read_records(layout.shots, QAExample)
     source = str(adapter.relative_to(layout.root))  # relative: the run directory may move
     save_config(sidecar_config(own.answers), {"model": model, "data": data, "generate": generate,
-                                              "adapter": {"path": source}})
+                                              "adapter": {"path": source}},
+                outputs=[own.answers], inputs={"adapter": fingerprint(adapter_weights(adapter))})
     with RecordWriter(own.answers, Answer) as writer:
         if len(writer.done_keys) < len(examples) * generate.samples:
             lm, tokenizer = load_backend(model, generate, adapter=adapter)

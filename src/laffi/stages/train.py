@@ -48,6 +48,8 @@ from laffi.distributed.checkpoint import (
     full_state_dict,
     keep_model_weights_out_of_state,
     load_checkpoint,
+    recover_checkpoint,
+    restore_carried,
     save_checkpoint,
 )
 from laffi.distributed.shards import Shard
@@ -59,6 +61,7 @@ from laffi.records import (
     PreferencePair,
     TrainingExample,
     TrainLogEntry,
+    fingerprint,
     read_records,
     write_atomic,
     write_json,
@@ -210,16 +213,19 @@ class Continuation:
 
 
 def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig,
-                      continuation: Continuation = Continuation()) -> None:
-    """save_config for the adapter. An adapter begun by an older laffi has its config under the old name,
-    which is taken over first, so a resumed checkpoint is still checked against it; one whose config has
+                      continuation: Continuation = Continuation(), inputs: dict[str, str] | None = None) -> None:
+    """save_config for the adapter, with `inputs`, the fingerprints of the sets it trains on (a rebuilt set must
+    not resume or reuse an adapter of the old one). An adapter begun by an older laffi has its config under the
+    old name, which is taken over first, so a resumed checkpoint is still checked against it; one whose config has
     no recipe section (laffi before train.aux) is taken to have been begun with this recipe."""
     path = layout.train_config(system)
     if layout.old_train_config(system).exists() and not path.exists():
         layout.old_train_config(system).rename(path)
     if path.exists() and "recipe" not in (saved := yaml.safe_load(path.read_text(encoding="utf-8")) or {}):
         write_atomic(path, yaml.safe_dump({**saved, "recipe": asdict(continuation)}, sort_keys=False))
-    save_config(path, {"model": model, "train": train, "recipe": continuation})
+    begun = [layout.checkpoint(system), layout.train_log(system), layout.adapter(system) / ADAPTER_WEIGHTS,
+             layout.reference_logps(system)]
+    save_config(path, {"model": model, "train": train, "recipe": continuation}, outputs=begun, inputs=inputs)
 
 
 def reference(path: Path, term: PreferenceTerm, lm, rows: list[Row], batches: list[list[int]], pad_id: int,
@@ -323,7 +329,15 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     # the main process writes the config; if it differs from the one there, every process stops
     shard = Shard(accelerator.process_index, accelerator.num_processes)
     continuation = Continuation(init.name if init is not None else "", aux_weight or 0.0, preference)
-    shard.on_main(lambda: save_train_config(layout, system, model, train, continuation))
+    sets = {"set": layout.training_set(system), "aux": layout.aux_set(system) if aux_weight is not None else None,
+            "preference": layout.preference_set(system, preference.loss) if preference is not None else None}
+    inputs = {name: fingerprint(path) for name, path in sets.items() if path is not None}
+
+    def before_resuming() -> None:
+        recover_checkpoint(layout.checkpoint(system))
+        save_train_config(layout, system, model, train, continuation, inputs)
+
+    shard.on_main(before_resuming)
     if adapter_finished(out):
         return out  # finished earlier
 
@@ -356,6 +370,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     start = load_checkpoint(checkpoint, accelerator, lm) if checkpoint.exists() else 0
     log_path = layout.train_log(system)
     log = [e for e in read_records(log_path, TrainLogEntry) if e.step <= start] if log_path.exists() else []
+    if train.keep_best and main:  # best/ as it was at that step: a best step after it is trained again
+        restore_carried(checkpoint if start else None, layout.best_adapter(system))
     batches = batch_order(rows[:len(examples)], train.batch_size, train.steps * train.grad_accum, train.seed,
                           group_by=train.group_by)
     if aux:  # each question's auxiliary examples in its batch: in a packed row they share its QA prompt
@@ -401,7 +417,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         if train.checkpoint_every and step % train.checkpoint_every == 0 and step < train.steps:
             if main:
                 write_records(log_path, log)
-            save_checkpoint(checkpoint, accelerator, lm, step)
+            save_checkpoint(checkpoint, accelerator, lm, step,
+                            carry=layout.best_adapter(system) if train.keep_best else None)
     bar.close()
 
     best = max((e for e in log if e.dev_f1 is not None), key=lambda e: e.dev_f1, default=None)  # first of ties

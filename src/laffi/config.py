@@ -135,6 +135,10 @@ class GenerateConfig:
 
 @dataclass
 class AnnotateConfig:
+    # how replies are fetched, not what they say (base_url too: the same model behind another address; the
+    # model name is what the reply cache keys on): a resumed stage may change them (`save_config`)
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("base_url", "api_key_env", "concurrency", "timeout", "retries",
+                                              "backoff", "cache_dir")
     annotator: str = "reference"  # reference: rule-based on the golds; llm: an LLM writes the feedback
     seed: int = 0
     # The llm annotator (see laffi.annotators.llm). backend openai: any OpenAI-compatible chat endpoint
@@ -175,6 +179,7 @@ class AnnotateConfig:
 
 @dataclass
 class TrainConfig:
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("checkpoint_every",)  # may change on a resume (`save_config`)
     steps: int = 32  # optimizer steps
     batch_size: int = 4  # examples per forward pass
     grad_accum: int = 1  # forward passes per optimizer step
@@ -420,15 +425,17 @@ def plain(section: Any) -> dict[str, Any]:
 
 
 def non_default(section: Any) -> dict[str, Any]:
-    """The options of a section that differ from their declared defaults: what an option added in a later
-    laffi version, left at its default, does not change. Read from the fields, not from an empty instance,
+    """The options of a section that differ from their declared defaults, but for its OPERATIONAL ones (how
+    the work runs, not what it makes): what an option added in a later laffi version, left at its default,
+    does not change. Read from the fields, not from an empty instance,
     so sections that cannot be built empty (a system's Recipe) are served too."""
     def default(f: dataclasses.Field) -> Any:
         value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
-    values = dataclasses.asdict(section)
-    return {f.name: values[f.name] for f in dataclasses.fields(section) if values[f.name] != default(f)}
+    values, operational = dataclasses.asdict(section), getattr(type(section), "OPERATIONAL", ())
+    return {f.name: values[f.name] for f in dataclasses.fields(section)
+            if values[f.name] != default(f) and f.name not in operational}
 
 
 def save_config(path: str | Path, sections: dict[str, Any], outputs: Iterable[Path] = (),

@@ -49,3 +49,18 @@ def test_raters_are_paired_on_the_items_both_judged():
     assert pairs[0][2:] == shared(ann, bob)
     assert scores(*pairs[0][2:]) == {"n": 2, "percent": 50.0, "kappa": 0.0}  # p_o 1/2, p_e (1*2 + 0) / 4
     assert confusion(*pairs[0][2:])["incorrect"] == {"correct": 1, "partially correct": 0, "incorrect": 0}
+
+
+def test_a_person_votes_once_per_answer_in_the_sources_majority():
+    from laffi.analysis.agreement import raters
+    from laffi.records import Feedback
+
+    def said(person, verdict, sample):
+        return Feedback("q1", "Paris", verdict, "x", "human", person, sample=sample)
+
+    # alice judged the same answer text three times (three samples gave it); bob and carol once each
+    records = [said("alice", "correct", s) for s in range(3)] + [said("bob", "incorrect", 0),
+                                                                  said("carol", "incorrect", 0)]
+    groups, pools = raters(records)
+    assert groups["source:human"] == {("q1", "Paris"): "incorrect"}  # 2 people of 3, not 3 votes of 5
+    assert groups["alice"] == {("q1", "Paris"): "correct"} and pools["source:human"] == {"alice", "bob", "carol"}

@@ -135,6 +135,20 @@ def test_few_shot_examples_are_earlier_chat_turns(tmp_path):
         load_template(str(bad))
 
 
+@pytest.mark.parametrize("text, message", [
+    ("version: 1\nuser: 'x'\nreply: [unclosed\n", r"bad\.yaml:\d+:\d+: not valid YAML: expected"),
+    ("version: 1\nuser: 'x'\nreply: 'Verdict: (.*)'\n", "reply must be a mapping"),
+    ("version: 1\nuser: 'x'\nreply: {verdict: 3, feedback: '(.*)'}\n", "reply.verdict must be a regular expression"),
+])
+def test_a_broken_template_file_is_named_with_what_is_wrong(tmp_path, text, message):
+    from laffi.annotators.template import TemplateError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(TemplateError, match=message):
+        load_template(str(bad))
+
+
 @pytest.mark.parametrize("version, reply, parsed", [
     ("v1", "Verdict: Partially correct\nFeedback: It misses a word.", ("partially correct", "It misses a word.", None)),
     ("v1", "**Verdict:** incorrect\n**Feedback:** Wrong span. The answer is Paris.",

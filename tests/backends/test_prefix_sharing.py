@@ -52,6 +52,17 @@ def test_answers_equal_unshared_when_a_batch_is_prefilled_in_several_rows(tiny, 
     _answers_equal(*tiny, batch_size=32)
 
 
+def test_padded_decoding_ignores_the_penalties_a_model_config_ships(tiny):
+    model, _ = tiny
+    config = model.generation_config
+    saved = (config.repetition_penalty, config.no_repeat_ngram_size)
+    config.repetition_penalty, config.no_repeat_ngram_size = 3.0, 2  # as Qwen2.5-Instruct ships 1.05
+    try:
+        _answers_equal(*tiny, batch_size=4)
+    finally:
+        config.repetition_penalty, config.no_repeat_ngram_size = saved
+
+
 def _answers_equal(model, tokenizer, batch_size):
     prompts = prompts_with_shared_prefixes()
     plain = {g.id: g for batch in greedy_generate(model, tokenizer, prompts, 1, 12, ["\n"]) for g in batch}

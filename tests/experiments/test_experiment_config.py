@@ -141,6 +141,11 @@ def test_a_train_axis_written_as_other_lists_are():
     ({"baseline": "base"}, "baseline"),  # untrained
     ({"run": {"data": {"dev_size": 0}}}, "run.data.dev_size"),
     ({"run": {"train": {"steps": 0}}}, "run.train.steps"),
+    ({"run": {"train": {"steps": 200}}}, "run.train.steps"),  # the budgets are the steps; not read
+    ({"run": {"train": {"seed": 5}}}, "run.train.seed"),
+    ({"run": {"systems": {"names": ["base", "sft"]}}}, "run.systems.names"),
+    ({"annotators": {"g": {"annotator": "llm", "model": "m"}},  # free text has no parts
+      "grid": {"annotator": ["g"], "content": ["verdict+explanation"]}}, "grid.content"),
     ({"grid": {"system": ["sft"]}}, "grid.system"),  # `laffi ablate`'s, now top-level
     ({"grid": {"seeds": [0, 1]}}, "grid.seeds"),
     ({"annotators": {"llm": {"annotator": "llm"}}}, "annotators.llm.model"),
@@ -168,3 +173,8 @@ def test_what_a_refused_system_is_told(tmp_path):
         experiment_config_from({"systems": ["base", "sft", "laffi-refine-mix", str(reviewed)]})
     # ...while the same systems without it are an experiment
     assert experiment_config_from({"systems": ["base", "sft", "laffi-refine-mix"]}).baseline == "sft"
+
+
+def test_a_grid_warmup_below_every_budget_allows_budgets_below_the_runs_warmup():
+    config = experiment_config_from({"budgets": [1], "grid": {"train": {"warmup_steps": [0]}}})
+    assert config.train_for(config.train_cells()[0], 1, 0).warmup_steps == 0

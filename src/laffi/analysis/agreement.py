@@ -109,9 +109,11 @@ def raters(records: list[Feedback]) -> tuple[dict[str, dict[Key, str]], dict[str
     members: dict[str, set[str]] = defaultdict(set)
     for record in records:
         key = (record.id, " ".join(record.answer.split()))
-        by_annotator[record.annotator].setdefault(key, record.verdict)  # the first, if a file repeats one
-        votes[record.source][key][record.verdict] += 1
         members[record.source].add(record.annotator)
+        if key in by_annotator[record.annotator]:
+            continue  # the first counts, if a file repeats one (or samples repeat an answer): one vote a person
+        by_annotator[record.annotator][key] = record.verdict
+        votes[record.source][key][record.verdict] += 1
     groups, pools = dict(by_annotator), {}
     for source, items in votes.items():
         if len(members[source]) < 2:

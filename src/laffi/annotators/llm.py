@@ -32,9 +32,9 @@ from laffi.models import cache_dir
 from laffi.records import AnnotationFailure, Answer, Feedback, QAExample
 
 RETRY_TEMPERATURE = 0.7  # a re-ask at temperature 0 would get the same unreadable reply back
-# Options that change how replies are fetched but not what they say: a run may change them and resume
-# (base_url too: the same model behind another address; the model name is what the cache keys on).
-OPERATIONAL = ("base_url", "api_key_env", "concurrency", "timeout", "retries", "backoff", "cache_dir", "seed")
+# Options that change how replies are fetched but not what they say: a run may change them and resume;
+# the seed too, which only the reference annotator draws from.
+OPERATIONAL = (*AnnotateConfig.OPERATIONAL, "seed")
 
 
 def cache_root(config: AnnotateConfig) -> Path:

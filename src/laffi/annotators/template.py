@@ -102,15 +102,24 @@ def load_template(name: str, option: str = "annotate.template") -> Template:
     path = template_path(name)
     if not path.is_file():
         raise ConfigError(f"{option}: {name!r} is neither a packaged template nor a file")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise TemplateError(f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}") from None
     if not isinstance(data, dict):
         raise TemplateError(f"{path}: expected a YAML mapping with version, system, user and reply")
     missing = [k for k in ("version", "user", "reply") if not data.get(k)]
     reply = data.get("reply") or {}
-    missing += [f"reply.{k}" for k in ("verdict", "feedback") if isinstance(reply, dict) and not reply.get(k)]
+    if not isinstance(reply, dict):
+        raise TemplateError(f"{path}: reply must be a mapping of regular expressions (verdict, feedback, answer)")
+    missing += [f"reply.{k}" for k in ("verdict", "feedback") if not reply.get(k)]
     if missing:
         raise TemplateError(f"{path}: missing {', '.join(missing)}")
     for key in ("verdict", "feedback", *(["answer"] if reply.get("answer") else [])):
+        if not isinstance(reply[key], str):
+            raise TemplateError(f"{path}: reply.{key} must be a regular expression (a string)")
         try:
             if re.compile(reply[key]).groups < 1:
                 raise TemplateError(f"{path}: reply.{key} needs a capturing group for the {key}")
@@ -126,6 +135,8 @@ def load_template(name: str, option: str = "annotate.template") -> Template:
     for n, shot in enumerate(shots):
         if not isinstance(shot, dict) or set(shot) != fields or not isinstance(shot["golds"], list):
             raise TemplateError(f"{path}: shots[{n}] needs exactly {', '.join(sorted(fields))} (golds a list)")
+        if not all(isinstance(shot[k], str) for k in fields - {"golds"}):
+            raise TemplateError(f"{path}: shots[{n}]: {', '.join(sorted(fields - {'golds'}))} must be text")
     template = Template(version=str(data["version"]), system=str(data.get("system") or ""), user=str(data["user"]),
                         verdict_pattern=reply["verdict"], feedback_pattern=reply["feedback"], path=path,
                         shots=tuple(shots), answer_pattern=reply.get("answer") or None)

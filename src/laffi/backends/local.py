@@ -90,7 +90,10 @@ def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                                  device=device)
         streams = Streams(sampling, ids)
         draws = {"logits_processor": LogitsProcessorList([_Draws(streams)])} if streams.any else {}
-        output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
+        # plain greedy decoding, as shared-prefix answering does: the settings a model's generation_config
+        # may ship (Qwen2.5's Instruct models: repetition_penalty 1.05) are set to off, not merged in
+        output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False, repetition_penalty=1.0,
+                                no_repeat_ngram_size=0, min_new_tokens=0,
                                 max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad,
                                 stop_strings=stop_strings, tokenizer=tokenizer if stop_strings else None, **draws)
         batch = []

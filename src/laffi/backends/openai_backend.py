@@ -9,17 +9,19 @@ Same prompts, same answer extraction, same records as in-process: the prompt is 
 tokenized here, by the same code and tokenizer (`model.name`), and sent as token ids to the
 *completions* endpoint, so the server sees exactly the tokens the in-process model would. (The chat
 endpoint would apply the server's own chat template, which cannot express `model.prompt_format=plain`
-and may add or drop special tokens.) One probe request (a one-token prompt, no retries) tells
-whether the server takes token ids; one that takes only text (llama-cpp-python's answers HTTP 500)
-gets the text those ids decode to, and then every reply's prompt token count must equal ours: a
-different count means the server saw a different prompt (an extra BOS, special tokens read as plain
-text, another split of a rare character). The run stops there, or with generate.exact_prompts=false
-keeps the answer and names the question. Plain greedy decoding also means no repetition penalty:
-llama.cpp's servers apply one by default (`repeat_penalty` 1.1 in llama-cpp-python's), so every
-request says `repeat_penalty: 1.0`; servers that do not know the field ignore it (vLLM, Ollama). Decoding is greedy
-(temperature 0) with the same token limit and the newline stop; the generated text goes through the
-same `extract_answer`. The server's own batching does the rest: `generate.batch_size` requests are
-kept in flight.
+and may add or drop special tokens.) One probe request (a one-token prompt) tells whether the server
+takes token ids: a refusal (HTTP 4xx other than 408, 409 and 429, or 500 and 501) says no, while a
+busy or unreachable server is retried as every request is. A server that takes only text
+(llama-cpp-python's answers HTTP 500) gets the text those ids decode to, and then every reply's
+prompt token count must equal ours: a different count means the server saw a different prompt (an
+extra BOS, special tokens read as plain text, another split of a rare character). The run stops
+there, or with generate.exact_prompts=false keeps the answer and names the question. Plain greedy
+decoding also means no repetition penalty: llama.cpp's servers apply one by default (`repeat_penalty`
+1.1 in llama-cpp-python's), and vLLM applies the one in a model's generation_config.json (Qwen2.5's
+Instruct models: 1.05), so every request says `repeat_penalty: 1.0` and `repetition_penalty: 1.0`;
+servers ignore the field they do not know. Decoding is greedy (temperature 0) with the same token
+limit and the newline stop; the generated text goes through the same `extract_answer`. The server's
+own batching does the rest: `generate.batch_size` requests are kept in flight.
 
 Sampled answers (`generate.samples`) go to the server with `generate.temperature` and a seed per
 answer (laffi.backends.sampling.stream_seed, cut to 31 bits, which every server takes): a server
@@ -42,7 +44,8 @@ from laffi.backends.openai_client import RetryingClient
 from laffi.backends.sampling import Sampling
 from laffi.config import ConfigError, GenerateConfig, ModelConfig
 
-GREEDY = {"repeat_penalty": 1.0}  # llama.cpp's name; its servers penalise repeats unless told not to
+# llama.cpp's name and vLLM's: their servers penalise repeats unless told not to (see above)
+GREEDY = {"repeat_penalty": 1.0, "repetition_penalty": 1.0}
 
 
 class OpenAIGenerator:
@@ -64,10 +67,12 @@ class OpenAIGenerator:
     def _takes_token_ids(self, ids: list[int]) -> bool:
         with self._probe_lock:
             if self.token_ids is None:
-                try:
-                    self.client.complete(self.model, ids[:1], 1, None, retries=0, extra_body=GREEDY)
+                try:  # 500 is a refusal too, llama-cpp-python's; what the policy retries is retried
+                    self.client.complete(self.model, ids[:1], 1, None, extra_body=GREEDY, final=(500, 501))
                     self.token_ids = True
-                except RequestFailed:  # refused (any status: servers differ in how they say it)
+                except RequestFailed as error:
+                    if error.status is None:  # no answer (busy, starting, unreachable): nothing learnt
+                        raise
                     self.token_ids = False
             return self.token_ids
 

@@ -58,17 +58,19 @@ class RetryingClient:
 
     def complete(self, model: str, prompt: list[int] | str, max_tokens: int, stop: list[str] | None,
                  retries: int | None = None, extra_body: dict | None = None, temperature: float = 0.0,
-                 seed: int | None = None) -> Reply:
+                 seed: int | None = None, final: tuple[int, ...] = ()) -> Reply:
         """Greedy, or sampled at `temperature` from the server's random stream `seed` (vLLM and llama.cpp seed
-        each request's sampler with it, so its reply does not depend on what else the server is decoding)."""
+        each request's sampler with it, so its reply does not depend on what else the server is decoding).
+        `final`: HTTP statuses that fail at once, with their status, though the policy would retry them."""
         extra = {"stop": stop} if stop else {}
         if seed is not None:
             extra["seed"] = seed
         return self._call(lambda: self.client.completions.create(
             model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature, extra_body=extra_body,
-            **extra), _completion_text, retries)
+            **extra), _completion_text, retries, final)
 
-    def _call(self, send: Callable[[], Any], read: Callable[[Any], str], retries: int | None = None) -> Reply:
+    def _call(self, send: Callable[[], Any], read: Callable[[Any], str], retries: int | None = None,
+              final: tuple[int, ...] = ()) -> Reply:
         openai = self._openai
         retries = self.retries if retries is None else retries
         for attempt in range(retries + 1):
@@ -83,7 +85,7 @@ class RetryingClient:
             except openai.APIStatusError as error:
                 status = error.status_code
                 self.counters.error(str(status))
-                if status not in (408, 409, 429) and status < 500:
+                if status not in (408, 409, 429) and status < 500 or status in final:
                     raise RequestFailed(f"HTTP {status}: {_short(error)}", attempt + 1, status) from error
                 wait = _retry_after(error.response)
                 last = f"HTTP {status}: {_short(error)}"

@@ -98,7 +98,7 @@ class Launcher:
         """Run `laffi train` under the launcher on the run's config.yaml; returns the adapter directory."""
         out = layout.adapter(system)
         if adapter_finished(out):
-            return out  # finished earlier; `laffi run` has checked that the config is the same
+            return out  # finished earlier; `laffi run` has checked its config and sets (`claim_adapter`)
         import torch  # here, not at the top: the CLI imports this module, and `laffi --help` needs no torch
 
         if torch.cuda.is_available():  # the GPU memory this process cached for generation, to the children

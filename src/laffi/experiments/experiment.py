@@ -362,12 +362,15 @@ def experiment(config: ExperimentConfig, out: str | Path, dev_only: bool = False
     by_name = {s.name: s for s in systems}
     for name in config.grid.annotator:
         check_annotator(config.annotate_config(name), option=f"annotators.{name}")
-    # the shared run's settings may not change under existing artifacts; train and the grid may
-    save_config(shared.config, run.sections("model", "data", "generate", "eval"))
+    untrained = [s for s in systems if not s.recipe]
+    # the shared run's settings may not change under existing artifacts (until the model has written any, a
+    # mistyped option is fixed by running again); train and the grid may
+    model_outputs = [shared.answers,
+                     *(shared.predictions(s.name, split) for s in untrained for split in ("dev", "heldout"))]
+    save_config(shared.config, run.sections("model", "data", "generate", "eval"), outputs=model_outputs)
     write_atomic(layout.experiment_config, yaml.safe_dump(to_dict(config), sort_keys=False))
     print(describe_plan(estimate(config, layout)), flush=True)
     timed = StageClock()
-    untrained = [s for s in systems if not s.recipe]
     shared_stages(layout, config, timed, untrained, ("dev",) if dev_only else ("dev", "heldout"))
     cells, planned, jobs = plan_trainings(layout, config)
     print(f"experiment: {len(planned)} trainings asked for, {len(jobs)} different ones", flush=True)

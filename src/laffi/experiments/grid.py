@@ -116,8 +116,15 @@ class ExperimentConfig:
             require(bool(values), name, "must list at least one value")
             require(len(set(values)) == len(values), name, f"lists a value twice: {values}")
         require(all(b >= 1 for b in self.budgets), "budgets", f"train.steps values, each >= 1: {self.budgets}")
-        require(all(b >= self.run.train.warmup_steps for b in self.budgets), "budgets",
-                f"each must be >= run.train.warmup_steps ({self.run.train.warmup_steps})")
+        if "warmup_steps" not in self.grid.train:  # else each cell's is checked with train_for below
+            require(all(b >= self.run.train.warmup_steps for b in self.budgets), "budgets",
+                    f"each must be >= run.train.warmup_steps ({self.run.train.warmup_steps})")
+        preset = build_section(RunConfig, PRESETS["default"])
+        for option, value, default, instead in (
+                ("run.train.steps", self.run.train.steps, preset.train.steps, "budgets: [...]"),
+                ("run.train.seed", self.run.train.seed, preset.train.seed, "seeds: [...]"),
+                ("run.systems.names", self.run.systems.names, preset.systems.names, "systems: [...]")):
+            require(value == default, option, f"an experiment does not read it; set {instead} instead")
         require(self.run.data.dev_size > 0, "run.data.dev_size", "the budgets are chosen on the dev set; must be > 0")
         for system in self.trained():
             require(system.init is None, "systems",
@@ -144,6 +151,9 @@ class ExperimentConfig:
         for name in self.grid.annotator:
             require(name in self.annotators, "grid.annotator",
                     f"unknown annotator {name!r}; name reference or add it under annotators")
+            require(self.annotators[name].annotator != "llm" or "verdict+explanation" not in self.grid.content,
+                    "grid.content", f"verdict+explanation needs feedback recorded in parts, and annotator {name} "
+                    "(an LLM) writes free text; use verdict or verdict+explanation+answer")
         for name in self.annotators:
             require(name not in RESERVED and name.replace("-", "").replace("_", "").isalnum(),
                     f"annotators.{name}", "names are letters, digits, - and _, and not 'human'")

@@ -32,7 +32,7 @@ from laffi.stages.evaluate import evaluate, evaluate_system
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.rounds import RoundFeedback, train_rounds
-from laffi.stages.train import train_system
+from laffi.stages.train import claim_adapter, system_recipe, train_system
 from laffi.systems import load_systems, training_order
 
 
@@ -77,7 +77,8 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
         elif launcher is None:
             timed(f"train {system.name}", train_system, layout, system, config.model, config.data, config.generate,
                   config.train)
-        else:
+        else:  # checked here too: the launcher skips a finished adapter without starting a process
+            claim_adapter(layout, system.name, config.model, **system_recipe(layout, system, config.train))
             timed(f"train {system.name}", launcher.train, layout, system.name)
     for system in (s for s in systems if s.name not in metrics):  # every adapter is there now, reviewers too
         metrics[system.name] = timed(f"evaluate {system.name}", evaluate_system, layout, system, *shared)

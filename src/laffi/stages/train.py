@@ -255,16 +255,34 @@ def score_on_dev(dev: DevScorer, lm, tokenizer, autocast: bool, step: int) -> di
         model.train()
 
 
+def claim_adapter(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig, init: Path | None = None,
+                  aux_weight: float | None = None, preference: Preference | None = None) -> None:
+    """Before a training starts, resumes or is skipped as finished: a checkpoint left set aside by a crash put
+    back, and the adapter's config saved, or checked (ConfigError) against the settings, recipe and sets
+    (their fingerprints) it was begun with. `train` calls it; so does `laffi run` before it hands a training
+    to a launcher, which skips a finished one."""
+    continuation = Continuation(init.name if init is not None else "", aux_weight or 0.0, preference)
+    sets = {"set": layout.training_set(system), "aux": layout.aux_set(system) if aux_weight is not None else None,
+            "preference": layout.preference_set(system, preference.loss) if preference is not None else None}
+    recover_checkpoint(layout.checkpoint(system))
+    save_train_config(layout, system, model, train, continuation,
+                      inputs={name: fingerprint(path) for name, path in sets.items() if path is not None})
+
+
+def system_recipe(layout: RunLayout, system: System, config: TrainConfig, init: Path | None = None) -> dict:
+    """What `train` takes for a system's recipe on the run's train section `config`: its steps
+    (train.steps_multiple), its train.init adapter if it has one (or `init`: the round before's,
+    laffi.stages.rounds), its auxiliary weight (train.aux) and preference term."""
+    return {"train": system.training(config), "init": init or (layout.adapter(system.init) if system.init else None),
+            "aux_weight": system.recipe.aux_weight if system.aux else None, "preference": system.preference}
+
+
 def train_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig, generate: GenerateConfig,
                  config: TrainConfig, init: Path | None = None) -> Path:
-    """`train` a system's recipe on the run's train section `config`: its steps (train.steps_multiple),
-    from its train.init adapter if it has one (or `init`: the round before's, laffi.stages.rounds), with its
-    auxiliary examples (train.aux) if it has them, scored on dev every train.eval_every steps (answering as
+    """`train` a system's recipe (`system_recipe`), scored on dev every train.eval_every steps (answering as
     `data` and `generate` say). One training: a system with train.rounds trains through laffi.stages.rounds."""
-    init = init or (layout.adapter(system.init) if system.init else None)
-    aux_weight = system.recipe.aux_weight if system.aux else None
-    return train(layout, system.name, model, system.training(config), dev=dev_scorer(layout, data, generate, config),
-                 init=init, aux_weight=aux_weight, preference=system.preference)
+    return train(layout, system.name, model, dev=dev_scorer(layout, data, generate, config),
+                 **system_recipe(layout, system, config, init))
 
 
 def check_init(init: Path, train: TrainConfig) -> None:
@@ -328,16 +346,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     main = accelerator.is_main_process
     # the main process writes the config; if it differs from the one there, every process stops
     shard = Shard(accelerator.process_index, accelerator.num_processes)
-    continuation = Continuation(init.name if init is not None else "", aux_weight or 0.0, preference)
-    sets = {"set": layout.training_set(system), "aux": layout.aux_set(system) if aux_weight is not None else None,
-            "preference": layout.preference_set(system, preference.loss) if preference is not None else None}
-    inputs = {name: fingerprint(path) for name, path in sets.items() if path is not None}
-
-    def before_resuming() -> None:
-        recover_checkpoint(layout.checkpoint(system))
-        save_train_config(layout, system, model, train, continuation, inputs)
-
-    shard.on_main(before_resuming)
+    shard.on_main(lambda: claim_adapter(layout, system, model, train, init, aux_weight, preference))
     if adapter_finished(out):
         return out  # finished earlier
 

@@ -312,3 +312,27 @@ def test_a_missing_api_key_is_named_and_leaves_nothing_behind(tmp_path, monkeypa
 @pytest.mark.parametrize("name", sorted(p.stem for p in TEMPLATES.glob("*.yaml")))
 def test_every_packaged_template_loads_under_its_own_version(name):
     assert load_template(name).version == name  # the version keys the cache and names the annotator
+
+
+def test_a_cached_reply_of_another_shape_is_asked_again(tmp_path):
+    from laffi.annotators.llm import LLMAnnotator
+    from laffi.backends.chat import Reply
+    from laffi.config import AnnotateConfig
+
+    asked = []
+
+    class Backend:
+        name = "fake"
+
+        def complete_many(self, requests):
+            for j, _ in enumerate(requests):
+                asked.append(j)
+                yield j, Reply("Verdict: correct\nFeedback: It is the answer.", 10, 5)
+
+    config = AnnotateConfig("llm", model="m", cache_dir=str(tmp_path / "cache"))
+    pair = (QAExample("q1", "T", "Paris is the capital.", "Capital?", ["Paris"]), Answer("q1", "Paris", "Paris", "m"))
+    first, = LLMAnnotator(config, backend=Backend()).annotate([pair])
+    for path in (tmp_path / "cache").rglob("*.json"):  # as another version might have stored its replies
+        path.write_text(json.dumps({"request": {}, "reply": {"content": "Verdict: correct"}}))
+    again, = LLMAnnotator(config, backend=Backend()).annotate([pair])
+    assert len(asked) == 2 and again == first

@@ -202,3 +202,12 @@ def test_admin_page_shows_progress_and_agreement(run, engine):
 def test_a_database_url_of_another_kind_is_refused_by_name():
     with pytest.raises(db.SchemaError, match="mysql://u@h/x: a SQLite file"):
         db.make_engine("mysql://u@h/x")
+
+
+def test_the_answer_is_marked_where_it_is_in_the_passage():
+    from laffi.human.app import highlight
+
+    # lowercased, "İ" is two characters: a match found in a lowercased copy lands one character early
+    assert str(highlight("İstanbul is big", "IS BIG")) == "İstanbul <mark>is big</mark>"
+    assert str(highlight("a <b> Paris", "paris")) == "a &lt;b&gt; <mark>Paris</mark>"
+    assert str(highlight("Paris", " ")) == "Paris"

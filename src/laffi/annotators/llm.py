@@ -124,7 +124,7 @@ class LLMAnnotator:
             payload, request = self._request(example, answer, attempt)
             keys.append(ReplyCache.key(payload))
             requests.setdefault(keys[-1], (payload, request))  # identical inputs are asked once
-        cached = {key: Reply(**hit) for key in requests if (hit := self.cache.get(key)) is not None}
+        cached = {key: reply for key in requests if (reply := self._cached(key)) is not None}
         for i, key in enumerate(keys):
             if key in cached:
                 out[i] = cached[key]
@@ -138,6 +138,15 @@ class LLMAnnotator:
                 if key == todo[j]:
                     out[i] = reply
         return out
+
+    def _cached(self, key: str) -> Reply | None:
+        """The reply stored under `key`; None if there is none, or one of another shape (another version's),
+        which is then asked again and overwritten."""
+        hit = self.cache.get(key)
+        try:
+            return None if hit is None else Reply(**hit)
+        except TypeError:
+            return None
 
     def summary(self) -> dict:
         seconds = time.perf_counter() - self._started

@@ -10,6 +10,7 @@ submits, s skips.
 
 from __future__ import annotations
 
+import re
 import secrets
 import unicodedata
 
@@ -27,10 +28,11 @@ PUBLIC = {"healthz", "login"}
 
 def highlight(context: str, answer: str) -> Markup:
     """The passage, escaped, with the first occurrence of the answer marked."""
-    start = context.lower().find(answer.lower()) if answer.strip() else -1
-    if start < 0:
+    # matched in the passage itself: lowercasing a copy can change its length ("İ" is two characters lower)
+    found = re.search(re.escape(answer), context, re.IGNORECASE) if answer.strip() else None
+    if found is None:
         return escape(context)
-    end = start + len(answer)
+    start, end = found.span()
     return escape(context[:start]) + Markup("<mark>") + escape(context[start:end]) + Markup("</mark>") + \
         escape(context[end:])
 

@@ -277,9 +277,13 @@ def submit(engine: Engine, person_id: int, item_id: str, verdict: str, text: str
         row = _own(conn, person_id, item_id)
         if row.status == "skipped":
             raise Conflict("You skipped this item; it has gone back to the pool.")
-        conn.execute(update(annotations).where(annotations.c.id == row.id).values(
-            status="done", verdict=verdict, text=text, corrected_answer=corrected_answer or None,
-            submitted_at=time.time()))
+        # conditional, as the read above took no lock: on PostgreSQL a skip or a revocation committed since
+        # is seen here, and the feedback is refused instead of reported saved while nothing was
+        saved = conn.execute(update(annotations).where(annotations.c.id == row.id, annotations.c.status != "skipped")
+                             .values(status="done", verdict=verdict, text=text,
+                                     corrected_answer=corrected_answer or None, submitted_at=time.time()))
+        if saved.rowcount != 1:
+            raise Conflict("This item is no longer yours: it was skipped or your access was revoked meanwhile.")
 
 
 def skip(engine: Engine, person_id: int, item_id: str) -> None:
@@ -288,9 +292,11 @@ def skip(engine: Engine, person_id: int, item_id: str) -> None:
         row = _own(conn, person_id, item_id)
         if row.status == "done":
             raise Conflict("You already submitted feedback on this item; edit it instead.")
-        if row.status == "assigned":
-            conn.execute(update(annotations).where(annotations.c.id == row.id).values(status="skipped"))
-            conn.execute(update(items).where(items.c.id == item_id).values(claims=items.c.claims - 1))
+        if row.status == "assigned":  # conditional: of two skips at once (a double click) one gives the slot back
+            given = conn.execute(update(annotations).where(annotations.c.id == row.id,
+                                                           annotations.c.status == "assigned").values(status="skipped"))
+            if given.rowcount == 1:
+                conn.execute(update(items).where(items.c.id == item_id).values(claims=items.c.claims - 1))
 
 
 def my_annotations(engine: Engine, person_id: int) -> list[tuple[Item, Annotation]]:

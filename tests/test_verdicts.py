@@ -214,7 +214,8 @@ def test_the_check_scores_every_model_and_resumes(tiny_experiment, capsys, monke
         assert entry["metrics"]["all"]["candidates"] == len(pairs)
         assert entry["metrics"]["own"]["candidates"] == len(dev)
         assert entry["seed"] == (0 if entry["adapter"] else None)
-    assert "| laffi | 0 | 1 |" in capsys.readouterr().out
+        assert (entry["cell"] or "").startswith("reference.verdict+explanation+answer.h0.nall" if entry["adapter"] else "")
+    assert "| laffi | reference.verdict+explanation+answer.h0.nall, train.batch_size=2, " in capsys.readouterr().out
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model already in verdict_check.json was scored again")

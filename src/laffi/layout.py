@@ -330,7 +330,8 @@ class RunLayout:
 class ExperimentLayout:
     """The paths of an experiment directory (`laffi experiment`):
 
-        experiment.yaml               the resolved experiment config (rewritten each run: grids may grow)
+        experiment.yaml               the resolved experiment config (rewritten each run: grids may grow;
+                                      summaries/PLAN.yaml: each plan's)
         config.yaml, data/, answers.jsonl, eval/base/, eval-dev/base/   the shared run, a run directory
         feedback.NAME.jsonl           annotator NAME's feedback on the answers
         feedback.human.jsonl          people's feedback, for grid.human_ratio > 0
@@ -371,6 +372,11 @@ class ExperimentLayout:
     def job(self, system: str, key: str, sets: Path) -> RunLayout:
         """A training of `system` on the set in `sets` (its variant's), and its evaluations."""
         return RunLayout(self.root / "jobs" / f"{system}-{key}", data=self.run.data, sets=sets)
+
+    @staticmethod
+    def variant_of(job: RunLayout) -> str:
+        """The variant whose sets a job trained on, by its folder's name (`variant`): ANNOTATOR.CONTENT.hRATIO.nSIZE."""
+        return job.sets.parent.name
 
     def job_dirs(self) -> list[Path]:
         """Every job's directory (`job`), in name order."""

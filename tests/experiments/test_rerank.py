@@ -59,9 +59,16 @@ def test_every_rule_on_k_answers_and_a_rerun_does_nothing_twice(tiny_experiment,
     # the greedy candidate is the answer the dev evaluation gave
     greedy = {a.id: a.prediction for a in answers if a.sample == 0}
     assert greedy == {p.id: p.prediction for p in read_records(job.predictions("laffi-verify", "dev"), Prediction)}
-    assert "| laffi-verify | dev | 3 |" in capsys.readouterr().out
+    assert all(e["cell"].startswith("reference.verdict+explanation+answer.h0.nall") for e in entries)
+    assert "| laffi-verify | reference.verdict+explanation+answer.h0.nall" in capsys.readouterr().out
     again = main([str(tiny_experiment), "--systems", "laffi-verify,sft", "--candidates", "3"])
     assert again == results
+
+
+def test_the_held_out_set_is_answered_only_by_trainings_chosen_on_dev(tiny_experiment, capsys):
+    results = main([str(tiny_experiment), "--systems", "sft", "--candidates", "2", "--split", "heldout"])
+    assert not [e for e in results["models"].values() if e["split"] == "heldout"]  # a dev-only screen chose none
+    assert "not scored on the held-out set by `laffi experiment`" in capsys.readouterr().out
 
 
 def test_with_one_candidate_every_rule_is_the_greedy_answer(tiny_experiment):

@@ -208,6 +208,17 @@ def test_an_experiment_report_has_its_tables_charts_and_samples(experiment_dir):
     assert "<script" not in page and not re.search(r'(src|href)="(?!data:)', page)
 
 
+def test_the_report_shows_the_config_of_the_plan_its_numbers_come_from(experiment_dir):
+    layout = ExperimentLayout(experiment_dir)
+    plan = json.loads(layout.summary_json.read_text())["plan"]
+    layout.plan_summary(plan, ".yaml").parent.mkdir(exist_ok=True)
+    layout.plan_summary(plan, ".yaml").write_text("systems: [base, sft, laffi]\nbudgets: [4, 8]\n")
+    layout.experiment_config.write_text("systems: [base, sft]\nbudgets: [64]\n")  # a later --dev-only screen's
+    assert main(["report", str(experiment_dir)]) == 0
+    page = (experiment_dir / "report.html").read_text()
+    assert f"<p class=note>{plan}.yaml</p><pre>systems: [base, sft, laffi]" in page and "budgets: [64]" not in page
+
+
 def test_the_reports_render_in_chromium_with_their_tables_and_every_image_loaded(run_dir, experiment_dir, browser,
                                                                                    tmp_path):
     for root, table, rows in ((run_dir, "results", 3), (experiment_dir, "experiment", 1 + 4)):  # systems; base + cells

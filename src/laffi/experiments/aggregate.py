@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from laffi.analysis.bootstrap import article_interval, bootstrap_interval, paired_differences_in_points
+from laffi.config import TrainConfig, non_default
 
 METRICS = ("exact", "f1")
 
@@ -63,6 +64,13 @@ class CellRun:
 
 def cell_key(cell: dict[str, Any]) -> tuple:
     return tuple(cell.values())
+
+
+def job_cell(variant: str, train: TrainConfig) -> str:
+    """The cell of an experiment a job trained in, as its directory tells it: its variant (ExperimentLayout.variant_of)
+    and the train options it sets beyond its budget and seed (a grid's train axes, and the run's own)."""
+    options = {k: v for k, v in non_default(train).items() if k not in ("steps", "seed")}
+    return ", ".join([variant, *(f"train.{k}={v}" for k, v in options.items())])
 
 
 def label(cell: dict[str, Any], system: str | None = None) -> str:

@@ -368,7 +368,9 @@ def experiment(config: ExperimentConfig, out: str | Path, dev_only: bool = False
     model_outputs = [shared.answers,
                      *(shared.predictions(s.name, split) for s in untrained for split in ("dev", "heldout"))]
     save_config(shared.config, run.sections("model", "data", "generate", "eval"), outputs=model_outputs)
-    write_atomic(layout.experiment_config, yaml.safe_dump(to_dict(config), sort_keys=False))
+    resolved = yaml.safe_dump(to_dict(config), sort_keys=False)
+    write_atomic(layout.experiment_config, resolved)  # the latest invocation's
+    write_atomic(layout.plan_summary(plan_id(config), ".yaml"), resolved)  # this plan's, which its summary names
     print(describe_plan(estimate(config, layout)), flush=True)
     timed = StageClock()
     shared_stages(layout, config, timed, untrained, ("dev",) if dev_only else ("dev", "heldout"))

@@ -16,9 +16,11 @@ answer. Each rule of laffi.stages.rerank picks one candidate per question: verif
 control that spends the same test-time compute), vote, first (greedy) and oracle (pass@K, a bound).
 
 Choose a rule on dev (the default split); score the held-out set once, for the rule chosen, with
---split heldout. Writes ExperimentLayout.rerank (rerank.json: each model's EM/F1 per rule and its costs:
-answers decoded, scoring forward passes and seconds per question) after each model, so a rerun does only
-what is missing; prints a markdown table, each system's mean over its trainings.
+--split heldout, which answers with the trainings `laffi experiment` scored on the held-out set (the
+budgets it chose on dev) only. A model's entry records its cell (its variant and train options), and
+the table's means are over the seeds of one system, cell and budget. Writes ExperimentLayout.rerank
+(rerank.json: each model's EM/F1 per rule and its costs: answers decoded, scoring forward passes and
+seconds per question) after each model, so a rerun does only what is missing; prints a markdown table.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from laffi.analysis.auroc import auroc
 from laffi.analysis.metrics import score_example
 from laffi.backends.answering import answer_questions
 from laffi.config import RunConfig, load_config
+from laffi.experiments.aggregate import job_cell
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
 from laffi.models import load_model, release_memory
 from laffi.prompts import choose_shots, extract_answer
@@ -123,8 +126,13 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
             config = load_config(job.config)
             if (steps and config.train.steps not in steps) or (seeds and config.train.seed not in seeds):
                 continue
+            if split == "heldout" and not job.predictions(system, "heldout").exists():
+                print(f"rerank: {root.name}: not scored on the held-out set by `laffi experiment` (its budget was "
+                      "not chosen on dev); skipped", flush=True)
+                continue
             numbers = rerank_model(job, config, system, split, k, temperature)
-            results["models"][key] = {"system": system, "split": split, "k": k, "temperature": temperature,
+            results["models"][key] = {"system": system, "cell": job_cell(experiment.variant_of(job), config.train),
+                                      "split": split, "k": k, "temperature": temperature,
                                       "seed": config.train.seed, "steps": config.train.steps, **numbers}
             write_json(path, results)
     print(markdown(results))
@@ -139,20 +147,22 @@ def separation(entries: list[dict], name: str) -> str:
 
 
 def markdown(results: dict) -> str:
-    """Per system, split, K and budget: each rule's F1 (EM), the mean over the trainings, and the costs."""
+    """Per system, cell, split, K and budget: each rule's F1 (EM), the mean over the trainings (seeds), and the
+    costs. (An entry from before cells were recorded has none: "-".)"""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for entry in results["models"].values():
-        groups[entry["system"], entry["split"], entry["k"], entry["temperature"], entry["steps"]].append(entry)
-    lines = ["| system | split | K | steps | seeds | " + " | ".join(f"{m} F1 (EM)" for m in METHODS)
+        groups[entry["system"], entry.get("cell", "-"), entry["split"], entry["k"], entry["temperature"],
+               entry["steps"]].append(entry)
+    lines = ["| system | cell | split | K | steps | seeds | " + " | ".join(f"{m} F1 (EM)" for m in METHODS)
              + " | AUROC (EM): verifier / likelihood | distinct candidates | s/question: decode + score |",
-             "|---|---|---:|---:|---:|" + "---:|" * len(METHODS) + "---|---:|---:|"]
-    for (system, split, k, _, steps), entries in sorted(groups.items()):
+             "|---|---|---|---:|---:|---:|" + "---:|" * len(METHODS) + "---|---:|---:|"]
+    for (system, cell, split, k, _, steps), entries in sorted(groups.items()):
         def mean(method: str, metric: str) -> float:
             return sum(e["methods"][method][metric] for e in entries) / len(entries)
 
         cost = [e["cost"] for e in entries]
         seconds = sum(c["decode_seconds_per_question"] + c["score_seconds_per_question"] for c in cost) / len(cost)
-        lines.append(f"| {system} | {split} | {k} | {steps} | {len(entries)} | "
+        lines.append(f"| {system} | {cell} | {split} | {k} | {steps} | {len(entries)} | "
                      + " | ".join(f"{mean(m, 'f1'):.2f} ({mean(m, 'exact'):.1f})" for m in METHODS)
                      + f" | {' / '.join(separation(entries, name) for name in ('verifier', 'likelihood'))}"
                      + f" | {sum(e['distinct_per_question'] for e in entries) / len(entries):.2f} | {seconds:.2f} |")

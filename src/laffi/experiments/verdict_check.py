@@ -39,6 +39,7 @@ from tqdm import tqdm
 from laffi.analysis.auroc import auroc
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import DataConfig, load_config, read_yaml
+from laffi.experiments.aggregate import job_cell
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
 from laffi.models import load_model, release_memory
 from laffi.prompts import choose_shots
@@ -129,6 +130,7 @@ class Model:
     predictions: Path  # its own dev answers
     seed: int | None
     steps: int | None
+    cell: str | None = None  # its variant and train options (laffi.experiments.aggregate.job_cell)
 
 
 def models(experiment: ExperimentLayout, untrained: str, systems: list[str] | None) -> list[Model]:
@@ -145,7 +147,8 @@ def models(experiment: ExperimentLayout, untrained: str, systems: list[str] | No
                 continue
             train = load_config(job.config).train if job.config.exists() else None
             found.append(Model(os.path.relpath(job.adapter(system), experiment.root), system, job.adapter(system),
-                               job.predictions(system, "dev"), train and train.seed, train and train.steps))
+                               job.predictions(system, "dev"), train and train.seed, train and train.steps,
+                               train and job_cell(experiment.variant_of(job), train)))
     return found
 
 
@@ -186,6 +189,7 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
         release_memory()
         results["models"][model.key] = {
             "system": model.system, "family": family_of(model.system), "seed": model.seed, "steps": model.steps,
+            "cell": model.cell,
             "adapter": None if model.adapter is None else model.key, "seconds": round(time.perf_counter() - started, 1),
             "metrics": metrics(scored), "candidates": scored}
         write_json(path, results)
@@ -204,29 +208,34 @@ def _mean(rows: list[dict], name: str) -> float | None:
 
 
 def markdown(results: dict) -> str:
-    """One row per model (base first, then by family, system and seed), then each system's mean over seeds."""
-    entries = sorted(results["models"].values(),
-                     key=lambda e: (e["adapter"] is not None, e["family"] or "", e["system"], e["seed"] or 0))
-    lines = ["| system | seed | steps | candidates | correct / partial / incorrect | AUROC P(correct): correct vs rest "
-             "(all / own / untrained) | AUROC P(correct): F1 >= 0.5 | argmax = verdict | mean log P(any verdict) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One row per model (base first, then by family, system, cell, budget and seed), then the mean over the seeds
+    of each system, cell and budget (an entry from before cells were recorded has none: "–")."""
+    def cell(e: dict) -> str:
+        return e.get("cell") or "–"
+
+    entries = sorted(results["models"].values(), key=lambda e: (e["adapter"] is not None, e["family"] or "",
+                                                                e["system"], cell(e), e["steps"] or 0, e["seed"] or 0))
+    lines = ["| system | cell | seed | steps | candidates | correct / partial / incorrect | AUROC P(correct): correct "
+             "vs rest (all / own / untrained) | AUROC P(correct): F1 >= 0.5 | argmax = verdict | mean log P(any "
+             "verdict) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         m, counts = e["metrics"], e["metrics"]["all"]["verdicts"]
-        lines.append(f"| {e['system']} | {'–' if e['seed'] is None else e['seed']} | {e['steps'] or '–'} | "
+        lines.append(f"| {e['system']} | {cell(e)} | {'–' if e['seed'] is None else e['seed']} | {e['steps'] or '–'} | "
                      f"{m['all']['candidates']} | {' / '.join(str(counts[v]) for v in VERDICTS)} | "
                      f"{' / '.join(_cell(m[s]['auroc_correct']) for s in ('all', OWN, UNTRAINED))} | "
                      f"{_cell(m['all']['auroc_f1'])} | {_cell(m['all']['argmax_accuracy'])} | "
                      f"{_cell(m['all']['mean_log_mass'])} |")
-    by_system: dict[str, list[dict]] = {}
+    by_system: dict[tuple, list[dict]] = {}
     for e in entries:
-        by_system.setdefault(e["system"], []).append(e["metrics"]["all"])
-    means = [(system, rows) for system, rows in by_system.items() if len(rows) > 1]
+        by_system.setdefault((e["system"], cell(e), e["steps"] or "–"), []).append(e["metrics"]["all"])
+    means = [(group, rows) for group, rows in by_system.items() if len(rows) > 1]
     if means:
-        lines += ["", "| system | seeds | mean AUROC: correct vs rest | mean AUROC: F1 >= 0.5 "
+        lines += ["", "| system | cell | steps | seeds | mean AUROC: correct vs rest | mean AUROC: F1 >= 0.5 "
                       "| mean argmax = verdict |",
-                  "|---|---|---|---|---|"]
-        for system, rows in means:
-            lines.append(f"| {system} | {len(rows)} | {_cell(_mean(rows, 'auroc_correct'))} | "
+                  "|---|---|---|---|---|---|---|"]
+        for (system, where, steps), rows in means:
+            lines.append(f"| {system} | {where} | {steps} | {len(rows)} | {_cell(_mean(rows, 'auroc_correct'))} | "
                          f"{_cell(_mean(rows, 'auroc_f1'))} | {_cell(_mean(rows, 'argmax_accuracy'))} |")
     return "\n".join(lines)
 

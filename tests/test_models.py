@@ -55,6 +55,15 @@ def test_attention_kernel_choice(tiny_model_dir):
     assert model.config._attn_implementation == "sdpa"
 
 
+def test_auto_attention_on_a_gpu_with_flash_attn_picks_it_where_the_architecture_has_it(tiny_model_dir, monkeypatch):
+    import laffi.models as models
+
+    monkeypatch.setattr(models, "is_flash_attn_2_available", lambda: True)  # as on a CUDA machine with flash-attn
+    cuda = torch.device("cuda")
+    assert pick_attention("auto", str(tiny_model_dir), cuda, torch.bfloat16) == "flash_attention_2"  # Llama has it
+    assert pick_attention("auto", str(tiny_model_dir), cuda, torch.float32) is None
+
+
 def test_missing_gguf_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.gguf"):
         resolve_model_path(str(tmp_path / "nothing.gguf"))

@@ -115,3 +115,10 @@ def test_a_mistyped_data_source_is_fixed_by_running_again(tmp_path, capsys):
     assert RunLayout(run).train_examples.exists()
     assert main(["prepare", str(run), "data.eval_size=9"]) != 0  # once drawn, the questions stay
     assert "different settings (data.eval_size)" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_name_that_is_neither_a_system_nor_a_trained_adapter(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["prepare", str(run), "data.eval_size=8"]) == 0
+    assert main(["evaluate", str(run), "--system", "lafi"]) == 2  # a typo, not the base model under that name
+    assert "--system lafi: not a system" in capsys.readouterr().err

@@ -32,7 +32,7 @@ from laffi.distributed.launch import LAUNCHERS, Launcher, LaunchFailed, leave_pr
 from laffi.human.commands import COMMANDS as HUMAN_COMMANDS
 from laffi.human.commands import register as register_human_commands
 from laffi.human.commands import run as run_human_command
-from laffi.layout import ExperimentLayout, RunLayout
+from laffi.layout import ExperimentLayout, RunLayout, is_adapter
 from laffi.records import RecordError
 
 # Flags that are shorthands for config overrides (`--base-url X` is `annotate.base_url=X` on annotate).
@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = _stage_parser(sub, "evaluate", "answer and score the held-out questions")
     evaluate.add_argument("--system", required=True,
                           help="a system (laffi.systems: base, sft, laffi-refine-mix-guided, or a .yaml), answered with "
-                               "its adapter and procedure; or, with --adapter, the name of the results folder")
+                               "its adapter and procedure; NAME of a set of your own that `laffi train` trained "
+                               "(adapters/NAME); with --adapter, or with --backend openai (the served model), the "
+                               "name of the results folder")
     evaluate.add_argument("--adapter", help="a PEFT adapter directory to evaluate, answering directly")
     for stage in (generate, evaluate):
         stage.add_argument("--backend", help="transformers (in-process) or openai (generate.backend)")
@@ -247,7 +249,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.human_ratio is not None or args.size is not None:
             if args.human_ratio is None or args.size is None:
                 raise ConfigError("--human-ratio and --size go together: a hybrid set of N examples, share R human")
-            sets = build_hybrid(layout, config.data, HybridConfig(args.human_ratio, args.size))
+            sets = build_hybrid(layout, config.data, HybridConfig(args.human_ratio, args.size),
+                                load_systems(config.systems.names))
         else:
             sets = build(layout, config.data, load_systems(config.systems.names))
         for name, examples in sets.items():
@@ -289,10 +292,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         from laffi.systems import load_system, system_path
 
         shared = (config.model, config.data, config.generate, config.eval)
-        if args.adapter or not system_path(args.system).is_file():  # an adapter of your own, or the base model
+        own = layout.adapter(args.system)
+        if args.adapter:  # an adapter of your own, scored under this name
             metrics = evaluate(layout, args.system, *shared, adapter=args.adapter)
-        else:  # a system (laffi.systems): its adapter, a reviewer's, its answering procedure
+        elif system_path(args.system).is_file():  # a system (laffi.systems): its adapter, a reviewer's, its procedure
             metrics = evaluate_system(layout, load_system(args.system), *shared)
+        elif is_adapter(own):  # a set of your own, trained by `laffi train RUN --system NAME`
+            metrics = evaluate(layout, args.system, *shared, adapter=own)
+        elif config.generate.backend == "openai":  # the server's model (generate.served_model) answers
+            metrics = evaluate(layout, args.system, *shared)
+        else:  # not the base model under a mistyped name
+            raise ConfigError(f"--system {args.system}: not a system (a packaged one or a .yaml file) and no adapter "
+                              f"in {own}; pass --adapter DIR to score an adapter under this name")
         if Shard.current().is_main:  # under a launcher, one line, not one per process
             print(json.dumps({k: metrics[k] for k in ("exact", "f1", "total", "exact_ci95", "f1_ci95")}))
     return 0

@@ -57,7 +57,8 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested != "auto":
         return getattr(torch, requested)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        # bf16 units (compute capability 8+), not torch's default answer, which counts slow emulation (V100, T4)
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
@@ -79,7 +80,7 @@ def pick_attention(requested: str, path: str, device: torch.device, dtype: torch
 
 
 def _supports_flash_attention(path: str) -> bool:
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(AutoConfig.from_pretrained(path)))
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(AutoConfig.from_pretrained(path)), None)  # no default: TypeError
     return bool(getattr(model_class, "_supports_flash_attn", False))
 
 
@@ -183,7 +184,7 @@ def four_bit_kwargs(config: ModelConfig, device: torch.device) -> dict:
                                           importlib.util.find_spec("bitsandbytes") is None)) if absent]
     if missing:
         raise ConfigError(f"model.load_in_4bit: needs {' and '.join(missing)}; this process runs on {device}")
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=compute)
     index = torch.cuda.current_device() if device.index is None else device.index

@@ -91,3 +91,26 @@ def test_embedded_model_answers_held_out_prompts_alike_with_and_without_prefix_s
     shared = {g.id: g.text for batch in shared_prefix_generate(model, tokenizer, prompts, 8, 24, ["\n"])
               for g in batch}
     assert shared == padded
+
+
+@pytest.mark.parametrize("dtype, merged", [("float32", True), ("bfloat16", False)])
+def test_an_adapter_is_merged_only_into_fp32_weights(tiny_model_dir, tmp_path, dtype, merged):
+    """In bf16, adding a small trained update to the weights rounds most of it away; beside them it is kept."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:  # a trained-sized update: about 0.3% of the weights it adds to
+            torch.nn.init.normal_(p, std=2e-3)
+    lora.save_pretrained(tmp_path / "adapter")
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir), dtype=dtype), adapter=tmp_path / "adapter")
+    assert isinstance(model, PeftModel) != merged
+    ids = torch.tensor([[5, 60, 700, 8000, 90]])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, dtype))
+        beside = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+        expected, got = beside(ids).logits.float(), model(ids).logits.float()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -191,6 +191,12 @@ def four_bit_kwargs(config: ModelConfig, device: torch.device) -> dict:
     return {"quantization_config": quantization, "device_map": {"": index}}  # placed at load; .to() refuses
 
 
+# What answering with an adapter computes beyond its options, saved with what it answered: bumped when that
+# changes, so answers of an older laffi are not taken for this one's. 2 (2026-12-06): in 16-bit weights the
+# adapter stays beside them (1: merged into them, which lost half of a trained update).
+ADAPTER_ANSWERING = 2
+
+
 def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model + tokenizer on the chosen device; with `adapter`, a PEFT adapter on top."""
     if config.threads:
@@ -203,8 +209,12 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
                                                  attn_implementation=pick_attention(config.attention, path, device, dtype))
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter))
-        if not four_bit:  # merged weights answer exactly like the adapter, without its extra matmuls
-            model = model.merge_and_unload()  # (merging into 4-bit weights would round them again)
+        # Merged into fp32 weights an adapter answers as it does beside them, without its extra matmuls. In 16-bit
+        # weights it stays beside them, as in training: a trained update is about 0.25% of a weight, below bf16's
+        # rounding step, and merged, half of it was lost (relative norm, the demo's adapters); 4-bit weights would
+        # be rounded again.
+        if dtype == torch.float32 and not four_bit:
+            model = model.merge_and_unload()
     # from_pretrained loads onto the CPU; a CPU model is left as it is, which also leaves alone
     # weights that FSDP put on the meta device or DeepSpeed ZeRO-3 partitioned while loading
     if not four_bit and device.type != "cpu":

@@ -326,8 +326,10 @@ def test_the_saved_train_config_refuses_another_init_or_aux_weight_and_takes_old
 def test_predictions_of_an_adapter_trained_again_are_not_reused(tiny_overrides, tmp_path):
     import shutil
 
+    import yaml
+
     from laffi.config import ConfigError
-    from laffi.stages.evaluate import evaluate
+    from laffi.stages.evaluate import evaluate, older_adapter_answers
     from laffi.stages.prepare import prepare
 
     layout = RunLayout(tmp_path)
@@ -337,8 +339,19 @@ def test_predictions_of_an_adapter_trained_again_are_not_reused(tiny_overrides, 
     adapter = train(layout, "sft", first.model, first.train)
     for _ in range(2):  # the second time: the predictions there are this adapter's
         evaluate(layout, "sft", first.model, first.data, first.generate, first.eval, adapter=adapter)
+    saved = yaml.safe_load(layout.eval_config("sft").read_text())
+    assert not older_adapter_answers(layout, "sft", "heldout")
+    del saved["system"]["answering"]  # as a laffi that merged adapters into 16-bit weights wrote it
+    layout.eval_config("sft").write_text(yaml.safe_dump(saved))
+    assert older_adapter_answers(layout, "sft", "heldout")
+    with pytest.raises(ConfigError, match=r"different settings \(system\.answering\)"):
+        evaluate(layout, "sft", first.model, first.data, first.generate, first.eval, adapter=adapter)
+    shutil.rmtree(layout.evaluation("sft"))
     shutil.rmtree(adapter)
     train(layout, "sft", second.model, second.train)
+    evaluate(layout, "sft", first.model, first.data, first.generate, first.eval, adapter=adapter)  # a fresh start
+    shutil.rmtree(adapter)
+    train(layout, "sft", first.model, first.train)
     with pytest.raises(ConfigError, match=r"different settings \(inputs\.adapter\)"):
         evaluate(layout, "sft", first.model, first.data, first.generate, first.eval, adapter=adapter)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, replace
 from itertools import product
@@ -56,7 +57,7 @@ from laffi.report.html import write_report
 from laffi.report.tables import dev_screen_markdown, experiment_markdown
 from laffi.stages.annotate import annotate, annotator_settings, check_annotator
 from laffi.stages.build import HybridConfig, build, build_hybrid
-from laffi.stages.evaluate import evaluate, evaluate_system
+from laffi.stages.evaluate import evaluate, evaluate_system, older_adapter_answers
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.rounds import RoundFeedback, train_rounds
@@ -155,6 +156,10 @@ def run_job(experiment: ExperimentLayout, config: ExperimentConfig, job: Job, sy
     """Train one job and score it on `split` (each stage resumes); True if it had anything left to do."""
     layout = job.layout(experiment)
     layout.record()  # its layout.json: the shared data/ and its variant's sets/
+    if older_adapter_answers(layout, job.system, split):  # the adapter as an older laffi applied it: answered again
+        print(f"{layout.root.name}: {split} answers made with the adapter applied as an older laffi did; answering "
+              "again", flush=True)
+        shutil.rmtree(layout.evaluation(job.system, split))
     if adapter_finished(layout.adapter(job.system)) and layout.metrics(job.system, split).exists():
         return False
     run = config.run

@@ -6,7 +6,7 @@ answer by a rule (laffi.stages.rerank), on an experiment directory made by `laff
     python -m laffi.experiments.rerank runs/experiment-n2 --systems sft --steps 32 --seeds 0   # some trainings
 
 For every finished training of --systems (jobs/SYSTEM-KEY/adapters/SYSTEM, each budget and seed), its
-model (the adapter merged, as `laffi evaluate` loads it) answers the split's questions K times: the
+model (the adapter loaded as `laffi evaluate` loads it) answers the split's questions K times: the
 greedy answer (sample 0, the answer direct answering gives) and K-1 sampled at --temperature, each from
 a random stream of its own (laffi.backends.sampling), into JOB/rerank/SPLIT.K.candidates.jsonl
 (resumable). Then every distinct candidate of a question is scored once: P(verdict "correct") from the

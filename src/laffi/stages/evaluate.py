@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from laffi.analysis.bootstrap import bootstrap_interval
 from laffi.analysis.metrics import score_example, summarize
 from laffi.backends.answering import answer_questions, load_backend
@@ -26,6 +28,7 @@ from laffi.backends.feedback_guided import answer_with_feedback
 from laffi.config import ConfigError, DataConfig, EvalConfig, GenerateConfig, ModelConfig, TrainConfig, plain, save_config
 from laffi.distributed.shards import Collector, Shard
 from laffi.layout import ADAPTER_CONFIG, RunLayout, adapter_weights, is_adapter
+from laffi.models import ADAPTER_ANSWERING
 from laffi.prompts import extract_answer
 from laffi.records import Prediction, QAExample, Review, fingerprint, read_records, write_json
 from laffi.systems import Answering, System
@@ -95,6 +98,8 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
             raise FileNotFoundError(f"{option}: {path} holds no PEFT adapter ({ADAPTER_CONFIG})")
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
     described = {"name": system, "adapter": adapter_path}  # a direct system's, as before systems had procedures
+    if adapter_path:
+        described["answering"] = ADAPTER_ANSWERING
     if guided:
         described.update(answer=plain(answering), reviewer=reviewer_path)
     # the adapters' weights too: one trained again under the same path must not keep the old one's answers
@@ -138,6 +143,16 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     if shard.is_main:
         write_json(metrics_file, metrics)
     return metrics
+
+
+def older_adapter_answers(layout: RunLayout, system: str, split: str) -> bool:
+    """Whether the evaluation there answered with an adapter as an older laffi applied it (models.ADAPTER_ANSWERING):
+    its answers are not this laffi's. `laffi evaluate` refuses them (save_config); an experiment redoes them."""
+    path = layout.eval_config(system, split)
+    if not path.exists():
+        return False
+    described = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("system") or {}
+    return bool(described.get("adapter")) and described.get("answering", 1) != ADAPTER_ANSWERING
 
 
 def evaluate_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig,

@@ -8,7 +8,7 @@
 
 Round 1 is the system's one training, as `laffi train` runs it, on the run's own sets (the base model's
 answers and their feedback). Every later round N, in its own run directory (laffi.layout, `RunLayout.round`):
-1. answers: round N-1's model (its adapter merged, as evaluation answers) answers round 1's training
+1. answers: round N-1's model (its adapter loaded as evaluation loads it) answers round 1's training
    questions with the run's generate settings: greedily, or with generate.samples K the greedy answer and
    K-1 sampled, as the generate stage answers for round 1;
 2. feedback: round 1's annotator judges them (`RoundFeedback`: the run's annotate section, an experiment

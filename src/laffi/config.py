@@ -424,6 +424,11 @@ def plain(section: Any) -> dict[str, Any]:
     return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
 
 
+def operational(section: Any) -> tuple[str, ...]:
+    """A section's OPERATIONAL options: how its work runs, not what it makes (none for a plain dict)."""
+    return getattr(type(section), "OPERATIONAL", ())
+
+
 def non_default(section: Any) -> dict[str, Any]:
     """The options of a section that differ from their declared defaults, but for its OPERATIONAL ones (how
     the work runs, not what it makes): what an option added in a later laffi version, left at its default,
@@ -433,9 +438,9 @@ def non_default(section: Any) -> dict[str, Any]:
         value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
-    values, operational = dataclasses.asdict(section), getattr(type(section), "OPERATIONAL", ())
+    values = dataclasses.asdict(section)
     return {f.name: values[f.name] for f in dataclasses.fields(section)
-            if values[f.name] != default(f) and f.name not in operational}
+            if values[f.name] != default(f) and f.name not in operational(section)}
 
 
 def save_config(path: str | Path, sections: dict[str, Any], outputs: Iterable[Path] = (),
@@ -461,13 +466,10 @@ def save_config(path: str | Path, sections: dict[str, Any], outputs: Iterable[Pa
     if path.exists() and begun:
         before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         defaults = {name: dataclasses.asdict(type(s)()) for name, s in sections.items() if dataclasses.is_dataclass(s)}
-        operational = {name: getattr(type(s), "OPERATIONAL", ()) for name, s in sections.items()}
-        if inputs is not None and "inputs" not in before:
-            now_compared = {name: values for name, values in now.items() if name != "inputs"}
-        else:
-            now_compared = now
-        changed = [f"{name}.{key}" for name in now_compared for key in now_compared[name]
-                   if key not in operational.get(name, ())
+        skipped = {name: operational(s) for name, s in sections.items()}
+        compared = [name for name in now if name != "inputs" or "inputs" in before]
+        changed = [f"{name}.{key}" for name in compared for key in now[name]
+                   if key not in skipped.get(name, ())
                    and (before.get(name) or {}).get(key, defaults.get(name, {}).get(key)) != now[name][key]]
         if changed:
             raise ConfigError(

@@ -268,6 +268,10 @@ class RunLayout:
     def evaluation(self, system: str, split: str = "heldout") -> Path:
         return self.root / {"heldout": "eval", "dev": "eval-dev"}[split] / system
 
+    def model_outputs(self) -> list[Path]:
+        """What the model wrote here: its answers and every evaluation's predictions (held-out and dev)."""
+        return [self.answers, *sorted(self.root.glob("eval*/*/predictions.jsonl"))]
+
     def evaluated_systems(self) -> list[str]:
         """The systems scored on the held-out set."""
         return sorted(p.name for p in (self.root / "eval").glob("*") if self.predictions(p.name).exists())

@@ -370,9 +370,7 @@ def experiment(config: ExperimentConfig, out: str | Path, dev_only: bool = False
     untrained = [s for s in systems if not s.recipe]
     # the shared run's settings may not change under existing artifacts (until the model has written any, a
     # mistyped option is fixed by running again); train and the grid may
-    model_outputs = [shared.answers,
-                     *(shared.predictions(s.name, split) for s in untrained for split in ("dev", "heldout"))]
-    save_config(shared.config, run.sections("model", "data", "generate", "eval"), outputs=model_outputs)
+    save_config(shared.config, run.sections("model", "data", "generate", "eval"), outputs=shared.model_outputs())
     resolved = yaml.safe_dump(to_dict(config), sort_keys=False)
     write_atomic(layout.experiment_config, resolved)  # the latest invocation's
     write_atomic(layout.plan_summary(plan_id(config), ".yaml"), resolved)  # this plan's, which its summary names

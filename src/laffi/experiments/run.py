@@ -54,8 +54,7 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     # the whole run's settings; a launched training reads them from there (`laffi train RUN --system X`)
     # replaced, not compared, until the model has written something: a mistyped path or model name is fixed
     # by running again, while data/config.yaml guards the questions already drawn
-    model_outputs = [layout.answers, *(layout.predictions(name) for name in layout.evaluated_systems())]
-    save_config(layout.config, config.sections(), outputs=model_outputs)
+    save_config(layout.config, config.sections(), outputs=layout.model_outputs())
     timed = StageClock()
     shared = (config.model, config.data, config.generate, config.eval)
     timed("prepare", prepare, layout, config.data)

@@ -226,10 +226,10 @@ def markdown(results: dict) -> str:
                      f"{' / '.join(_cell(m[s]['auroc_correct']) for s in ('all', OWN, UNTRAINED))} | "
                      f"{_cell(m['all']['auroc_f1'])} | {_cell(m['all']['argmax_accuracy'])} | "
                      f"{_cell(m['all']['mean_log_mass'])} |")
-    by_system: dict[tuple, list[dict]] = {}
+    by_group: dict[tuple, list[dict]] = {}
     for e in entries:
-        by_system.setdefault((e["system"], cell(e), e["steps"] or "–"), []).append(e["metrics"]["all"])
-    means = [(group, rows) for group, rows in by_system.items() if len(rows) > 1]
+        by_group.setdefault((e["system"], cell(e), e["steps"] or "–"), []).append(e["metrics"]["all"])
+    means = [(group, rows) for group, rows in by_group.items() if len(rows) > 1]
     if means:
         lines += ["", "| system | cell | steps | seeds | mean AUROC: correct vs rest | mean AUROC: F1 >= 0.5 "
                       "| mean argmax = verdict |",

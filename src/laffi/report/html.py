@@ -239,8 +239,8 @@ def render(root: str | Path) -> str:
     config = experiment.experiment_config if experiment.experiment_config.exists() else RunLayout.of(root).config
     if experiment.summary_json.exists():  # the config of the plan whose numbers the page shows, not the latest one
         plan = json.loads(experiment.summary_json.read_text(encoding="utf-8")).get("plan")
-        config = experiment.plan_summary(plan, ".yaml") if plan and experiment.plan_summary(plan, ".yaml").exists() \
-            else config
+        if plan and experiment.plan_summary(plan, ".yaml").exists():
+            config = experiment.plan_summary(plan, ".yaml")
     title = f"LaFFi {'experiment' if experiment.summary_json.exists() else 'run'}: {root.resolve().name}"
     body = [f"<h1>{esc(title)}</h1>",
             f'<p class="note">{esc(root)}, report written {esc(time.strftime("%Y-%m-%d %H:%M"))}</p>',

@@ -102,12 +102,15 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
         described["answering"] = ADAPTER_ANSWERING
     if guided:
         described.update(answer=plain(answering), reviewer=reviewer_path)
-    # the adapters' weights too: one trained again under the same path must not keep the old one's answers
-    weights = {option: fingerprint(adapter_weights(path))
-               for option, path in (("adapter", adapter_path), ("reviewer", reviewer_path)) if path}
-    shard.on_main(lambda: save_config(layout.eval_config(system, split), {
-        "model": model, "data": data, "generate": generate, "eval": eval, "system": described},
-        outputs=[layout.predictions(system, split)], inputs=weights))
+
+    def save() -> None:  # with the adapters' weights: one trained again under the same path is not the old one
+        weights = {option: fingerprint(adapter_weights(path))
+                   for option, path in (("adapter", adapter_path), ("reviewer", reviewer_path)) if path}
+        save_config(layout.eval_config(system, split), {
+            "model": model, "data": data, "generate": generate, "eval": eval, "system": described},
+            outputs=[layout.predictions(system, split)], inputs=weights)
+
+    shard.on_main(save)
 
     def score(example: QAExample, generation) -> Prediction:
         answer = extract_answer(generation.text)

@@ -100,8 +100,9 @@ class OpenAIGenerator:
         """Like `laffi.backends.local.greedy_generate`: yields finished generations, `batch_size` at a time
         (the prompts `sampling` names: sampled).
 
-        A request that fails for good raises RequestFailed: the stage stops, keeps what it wrote,
-        and a rerun asks only for the rest.
+        A request that fails for good stops the sending of the rest; the replies that arrived meanwhile
+        (those in flight finish) are yielded first, then its error is raised: the stage stops, keeps what
+        it wrote, and a rerun asks only for the rest.
         """
         seeds = sampling.seeds if sampling else {}
 
@@ -112,16 +113,28 @@ class OpenAIGenerator:
             return Generation(question_id, reply.text, reply.completion_tokens)
 
         batch: list[Generation] = []
+        failure: BaseException | None = None
         with ThreadPoolExecutor(batch_size) as pool:
             futures = [pool.submit(one, question_id) for question_id in prompts]
             try:
                 for future in as_completed(futures):
+                    if future.cancelled():
+                        continue
+                    error = future.exception()
+                    if error is not None:
+                        if failure is None:  # send nothing more; what is in flight still arrives
+                            failure = error
+                            for pending in futures:
+                                pending.cancel()
+                        continue
                     batch.append(future.result())
                     if len(batch) == batch_size:
                         yield batch
                         batch = []
             finally:
-                for future in futures:  # after a failure, send nothing more
+                for future in futures:  # the caller stopped early: send nothing more
                     future.cancel()
         if batch:
             yield batch
+        if failure is not None:
+            raise failure

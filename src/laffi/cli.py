@@ -28,7 +28,8 @@ from pathlib import Path
 
 from laffi.backends.chat import RequestFailed
 from laffi.config import ConfigError, RunConfig, load_config
-from laffi.distributed.launch import LAUNCHERS, Launcher, LaunchFailed, leave_process_group
+from laffi.distributed.launch import (LAUNCHERS, SHARDED_COMMANDS, Launcher, LaunchFailed, launched_processes,
+                                     leave_process_group)
 from laffi.human.commands import COMMANDS as HUMAN_COMMANDS
 from laffi.human.commands import register as register_human_commands
 from laffi.human.commands import run as run_human_command
@@ -158,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if launched_processes() > 1 and args.command not in SHARDED_COMMANDS:
+        raise ConfigError(f"laffi {args.command} runs in one process, and {launched_processes()} were launched (WORLD_SIZE): "
+                          f"each would do all of it; run it without accelerate launch / torchrun (only "
+                          f"{', '.join(SHARDED_COMMANDS)} share their work among processes; `laffi run --launcher` "
+                          "launches its trainings itself)")
     if args.command in HUMAN_COMMANDS:
         return run_human_command(args)
     if args.command == "score":

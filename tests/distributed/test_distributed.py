@@ -17,8 +17,9 @@ from laffi.config import ConfigError, TrainConfig, load_config, save_config
 from laffi.distributed.batching import plan_batches, shard_window
 from laffi.distributed.launch import Launcher
 from laffi.layout import RunLayout
-from laffi.records import Prediction, QAExample, TrainingExample, TrainLogEntry, read_records, write_records
+from laffi.records import Answer, Prediction, QAExample, TrainingExample, TrainLogEntry, read_records, write_records
 from laffi.stages.evaluate import evaluate
+from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.train import train
 
@@ -173,6 +174,25 @@ def test_two_processes_evaluate_the_same_predictions_in_question_order(tiny_over
     assert (metrics["exact"], metrics["f1"]) == (one["exact"], one["f1"])
 
 
+def test_two_processes_generate_the_answers_and_samples_one_process_makes(tiny_overrides, tmp_path):
+    # 10 train questions, 2 answers each (greedy and one sampled from its own stream), over 2 processes
+    overrides = [*tiny_overrides, "data.train_size=10", "data.num_shots=0", "generate.batch_size=2",
+                 "generate.max_new_tokens=2", "generate.samples=2"]
+    config = load_config(overrides=overrides)
+    for name in ("one", "two"):
+        prepare(RunLayout(tmp_path / name), config.data)
+    generate(RunLayout(tmp_path / "one"), config.model, config.data, config.generate)
+    done = subprocess.run(Launcher("accelerate", 2).wrap(["-m", "laffi.cli", "generate", str(tmp_path / "two"),
+                                                          *overrides]), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    questions = [e.id for e in read_records(RunLayout(tmp_path / "two").train_examples, QAExample)]
+    two = read_records(RunLayout(tmp_path / "two").answers, Answer)
+    assert [(a.id, a.sample) for a in two] == [(q, s) for q in questions for s in (0, 1)]  # each once, in order
+    one = {(a.id, a.sample): a for a in read_records(RunLayout(tmp_path / "one").answers, Answer)}  # token order
+    assert [one[(a.id, a.sample)] for a in two] == two
+
+
 def test_laffi_run_hands_each_training_to_the_launcher(monkeypatch, tmp_path):
     import laffi.experiments.run as run_module
     from laffi.cli import main
@@ -214,6 +234,19 @@ def test_laffi_run_refuses_one_process_systems_under_many_processes_before_any_s
     assert [Launcher("accelerate").processes, Launcher("process").processes, Launcher("torchrun", 2).processes] == [1, 1, 2]
     assert Launcher("accelerate", config_file=config).processes == 8 and Launcher("accelerate", 3, config).processes == 3
     assert Launcher("accelerate", config_file=one_gpu).processes == 1
+
+
+@pytest.mark.parametrize("command", [["annotate", "RUN"], ["build", "RUN"], ["prepare", "RUN"],
+                                     ["run", "--out", "RUN"], ["experiment", "CONFIG.yaml"]])
+def test_a_command_that_does_not_share_its_work_is_refused_under_a_launcher(command, monkeypatch, tmp_path, capsys):
+    from laffi.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch and torchrun set in each process
+    argv = [str(tmp_path / "x") if a in ("RUN", "CONFIG.yaml") else a for a in command]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"laffi {command[0]} runs in one process, and 2 were launched" in error
+    assert list(tmp_path.iterdir()) == []  # refused before writing anything
 
 
 def test_launcher_commands():

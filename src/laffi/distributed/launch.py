@@ -16,6 +16,7 @@ where within `laffi run`'s own process it stays in the allocator and adds to the
 from __future__ import annotations
 
 import gc
+import os
 import socket
 import subprocess
 import sys
@@ -26,6 +27,14 @@ from laffi.config import read_yaml, require
 from laffi.layout import RunLayout, adapter_finished
 
 LAUNCHERS = ("accelerate", "torchrun", "process")
+# The commands that share their work among the processes a launcher starts; any other, launched N times,
+# would do all of it N times over, each process appending the same records or writing the same files.
+SHARDED_COMMANDS = ("generate", "train", "evaluate")
+
+
+def launched_processes() -> int:
+    """How many processes a launcher (accelerate launch, torchrun) started for this command; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class LaunchFailed(RuntimeError):

@@ -13,7 +13,6 @@ does what the single-process code did: open the writer, call `answer_questions`.
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, Callable, Iterator
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
+from laffi.distributed.launch import launched_processes
 from laffi.models import pick_device
 from laffi.records import Key, RecordWriter, read_records, record_key
 
@@ -53,7 +53,7 @@ class Shard:
     def current(cls, device: str = "auto") -> "Shard":
         """This process's place among those a launcher started (WORLD_SIZE), or the only one.
         `device` is model.device: on CPU the processes meet over gloo."""
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        if launched_processes() == 1:
             return cls()
         # joins the process group, and makes this process's GPU the one "cuda" means
         state = PartialState(cpu=pick_device(device).type == "cpu")
@@ -95,25 +95,30 @@ class Shard:
             yield Collector({record_key(r) for r in read_records(path, cls)} if path.exists() else set())
 
     def answer(self, answer_questions: Callable[..., dict], model, tokenizer, examples: list, shots: list, data,
-               config, writer, make_record: Callable, desc: str) -> dict:
-        """`answer_questions` over all processes, one answer per question (evaluation; the records are gathered
-        by question id); returns its speed stats for the whole of them."""
+               config, writer, make_record: Callable, desc: str, samples: int = 1) -> dict:
+        """`answer_questions` over all processes, `samples` answers per question (K > 1: the generate stage's
+        training answers), each process a share of the questions of a round; the records are gathered by
+        record key and written in question order. Returns its speed stats for the whole of them."""
         if self.processes == 1:
-            return answer_questions(model, tokenizer, examples, shots, data, config, writer, make_record, desc=desc)
-        todo = [e for e in examples if e.id not in writer.done_ids]  # the same list on every process
+            return answer_questions(model, tokenizer, examples, shots, data, config, writer, make_record, desc=desc,
+                                    samples=samples)
+        keys = [[(e.id, sample) for sample in range(samples)] for e in examples]
+        # the same list on every process: the questions with an answer still to make
+        todo = [e for e, own in zip(examples, keys) if any(key not in writer.done_keys for key in own)]
         size = self.processes * config.batch_size * ROUND_BATCHES
         started, prompt_tokens, new_tokens = time.perf_counter(), 0, 0
         for start in range(0, len(todo), size):
             round_ = todo[start:start + size]
-            mine = Collector()
+            mine = Collector(set(writer.done_keys))  # a question's samples already on disk are not made again
             speed = answer_questions(model, tokenizer, round_[self.rank::self.processes], shots, data, config, mine,
-                                     make_record, desc=f"{desc} [{start + len(round_)}/{len(todo)}]")
+                                     make_record, desc=f"{desc} [{start + len(round_)}/{len(todo)}]", samples=samples)
             parts = gather_object([(mine.records, speed["prompt_tokens"], speed["new_tokens"])])
             prompt_tokens += sum(p for _, p, _ in parts)
             new_tokens += sum(n for _, _, n in parts)
             if self.is_main:
-                by_id = {record.id: record for records, _, _ in parts for record in records}
-                writer.write(by_id[e.id] for e in round_)
+                made = {record_key(record): record for records, _, _ in parts for record in records}
+                writer.write(made[(e.id, sample)] for e in round_ for sample in range(samples)
+                             if (e.id, sample) in made)
         self._share(None)  # the others read the file only after the main process has written it all
         elapsed = time.perf_counter() - started
         return {"questions": len(todo), "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,

@@ -16,9 +16,10 @@ from typing import Callable
 
 from laffi.backends.answering import answer_questions, load_backend
 from laffi.config import DataConfig, GenerateConfig, ModelConfig, save_config
+from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, sidecar_config
 from laffi.prompts import extract_answer
-from laffi.records import Answer, QAExample, RecordWriter, read_records
+from laffi.records import Answer, QAExample, read_records
 
 
 def generate(layout: RunLayout, model: ModelConfig, data: DataConfig, generate: GenerateConfig,
@@ -27,12 +28,13 @@ def generate(layout: RunLayout, model: ModelConfig, data: DataConfig, generate: 
     `laffi experiment` share the base model with the base evaluation); called only if questions are left."""
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
-    save_config(sidecar_config(layout.answers), {"model": model, "data": data, "generate": generate},
-                outputs=[layout.answers])
-    with RecordWriter(layout.answers, Answer) as writer:
+    shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
+    shard.on_main(lambda: save_config(sidecar_config(layout.answers), {"model": model, "data": data,
+                                                                       "generate": generate}, outputs=[layout.answers]))
+    with shard.writer(layout.answers, Answer) as writer:
         if len(writer.done_keys) < len(examples) * generate.samples:
             lm, tokenizer = backend() if backend else load_backend(model, generate)
-            answer_questions(lm, tokenizer, examples, shots, data, generate, writer,
-                             lambda e, g: Answer(e.id, extract_answer(g.text), g.text, model.name, g.sample),
-                             desc="generate", samples=generate.samples)
+            shard.answer(answer_questions, lm, tokenizer, examples, shots, data, generate, writer,
+                         lambda e, g: Answer(e.id, extract_answer(g.text), g.text, model.name, g.sample),
+                         desc="generate", samples=generate.samples)
     return read_records(layout.answers, Answer)

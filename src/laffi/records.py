@@ -78,6 +78,9 @@ class Feedback:
     # None for free text (people, the LLM annotator).
     parts: dict[str, str] | None = None
     sample: int = 0  # which of the question's answers it is about (Answer.sample)
+    # when a person submitted it in the annotation app (seconds since the epoch), kept through export and
+    # import; None for annotators' feedback
+    submitted_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.parts is not None and " ".join(p for p in self.parts.values() if p) != self.text:
@@ -253,7 +256,7 @@ def from_dict(cls: type[R], data: Any, where: str = "") -> R:
 # Fields added after files of their records were written, left out of a record while at their default:
 # a run of one answer per question writes the bytes it wrote before (an experiment keys its trainings
 # by the bytes of their sets), and readers take a missing field as the default.
-LATER_FIELDS = {"sample": 0}
+LATER_FIELDS = {"sample": 0, "submitted_at": None}
 
 
 def to_dict(record: Any) -> dict[str, Any]:

@@ -7,6 +7,9 @@ exported feedback holds exactly those three.
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 from support.human_helpers import add_annotator, laffi, make_run, serve
 
 from laffi.records import Feedback, read_records
@@ -19,6 +22,8 @@ def test_sign_in_annotate_three_items_and_export_exactly_those(tmp_path, browser
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
+
+    started = time.time()
 
     run = make_run(tmp_path / "run", n_items=6, context=f"The Nile flows north. {PAYLOAD}")
     token = add_annotator(run, "alice")
@@ -75,7 +80,8 @@ def test_sign_in_annotate_three_items_and_export_exactly_those(tmp_path, browser
     code, out, err = laffi("export-feedback", str(run))
     assert code == 0, err
     exported = read_records(run / "feedback.human.jsonl", Feedback)
-    assert exported == [
+    assert all(started < f.submitted_at < time.time() for f in exported)
+    assert [replace(f, submitted_at=None) for f in exported] == [
         Feedback(first, "south", "incorrect", "The Nile flows north, not south. <b>bold?</b>", "human", "alice"),
         Feedback(second, "north", "correct", "Correct and short.", "human", "alice", "north"),
         Feedback(fourth, "north", "partially correct", "Half right.", "human", "alice"),

@@ -117,7 +117,7 @@ def test_a_database_of_schema_version_2_keeps_its_items_as_sample_0(tmp_path, ba
         assert int(version) == db.SCHEMA_VERSION == 3
         assert [tuple(r) for r in rows] == [("q000", "q000", 0), ("q001", "q001", 0)]
         assert exchange.export_feedback(engine, tmp_path / "human.jsonl") == [
-            Feedback("q000", "south", "incorrect", "It is north.", "human", "alice")]
+            Feedback("q000", "south", "incorrect", "It is north.", "human", "alice", submitted_at=1.0)]
         # the run's answers as they are now: the old items stay (same ids, same annotation), samples join
         with_samples(run, 3)
         assert exchange.sync_run_items(engine, run) == (3 * SAMPLES - 2, 0)

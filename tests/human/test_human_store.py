@@ -6,6 +6,8 @@ revocation, export and import through the CLI, and the agreement report.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from sqlalchemy import inspect, select
 from support.human_helpers import add_annotator, laffi, make_run
@@ -115,9 +117,11 @@ def test_cli_add_list_revoke_export_and_import_round_trip(run, tmp_path):
     code, out, _ = laffi("export-feedback", str(run))
     assert code == 0 and "2 human feedback records" in out and "human vs AI: 100.0% agree" in out
     exported = read_records(run / "feedback.human.jsonl", Feedback)
-    assert exported == [
+    assert [replace(f, submitted_at=None) for f in exported] == [
         Feedback("q000", "south", "incorrect", "Wrong: it is north.", "human", "alice", "north"),
         Feedback("q001", "north", "correct", "Right, and short.", "human", "alice", None)]
+    with db.read(engine) as conn:  # when each was submitted, as the database has it
+        assert sorted(f.submitted_at for f in exported) == sorted(conn.execute(select(db.annotations.c.submitted_at)).scalars())
 
     # Import into a fresh database (say, PostgreSQL after SQLite): same records come back out.
     other = f"sqlite:///{tmp_path / 'other.db'}"
@@ -129,7 +133,9 @@ def test_cli_add_list_revoke_export_and_import_round_trip(run, tmp_path):
     code, out, _ = laffi("import-feedback", str(run), str(tmp_path / "in.jsonl"), "--db", other)
     assert "imported 0 feedback records (3 already there)" in out
     laffi("export-feedback", str(run), "--db", other, "--out", str(tmp_path / "back.jsonl"))
-    assert read_records(tmp_path / "back.jsonl", Feedback) == exported + [extra]
+    back = read_records(tmp_path / "back.jsonl", Feedback)
+    assert back[:2] == exported  # submission times included
+    assert replace(back[2], submitted_at=None) == extra and back[2].submitted_at  # none given: the import's time
 
     changed = [Feedback("q002", "south", "correct", "Changed my mind.", "human", "bob")]
     write_records(tmp_path / "conflict.jsonl", changed)

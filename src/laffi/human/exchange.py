@@ -4,8 +4,8 @@
     laffi import-feedback runs/demo FILE.jsonl
 
 Exported records have source "human" and annotator = the person's name, one per submitted
-annotation (an item annotated by two people gives two records), and the item's answer: the question
-id and the sample (generate.samples). Revoked people's work is kept.
+annotation (an item annotated by two people gives two records), the item's answer (the question
+id and the sample, generate.samples) and when it was submitted, which an import keeps. Revoked people's work is kept.
 Agreement is reported where an item has two or more human verdicts (each pair of people on their
 shared items, and all such pairs pooled) and between each human verdict and the AI verdict on
 the same answer (RUN/feedback.jsonl), with the helpers of laffi.analysis.agreement.
@@ -38,7 +38,8 @@ from laffi.records import (
 def to_feedback(annotation: store.Annotation) -> Feedback:
     return Feedback(id=annotation.question_id, answer=annotation.answer, verdict=annotation.verdict,
                     text=annotation.text, source="human", annotator=annotation.annotator,
-                    corrected_answer=annotation.corrected_answer, sample=annotation.sample)
+                    corrected_answer=annotation.corrected_answer, sample=annotation.sample,
+                    submitted_at=annotation.submitted_at)
 
 
 def export_feedback(engine: Engine, out: str | Path) -> list[Feedback]:
@@ -68,7 +69,7 @@ def import_feedback(engine: Engine, run_dir: str | Path, path: str | Path) -> tu
     sync_run_items(engine, run_dir)
     return store.import_annotations(engine, [
         store.Annotation(answer_name(record_key(r)), r.annotator, "done", r.answer, r.verdict, r.text,
-                         r.corrected_answer, None, r.id, r.sample) for r in records])
+                         r.corrected_answer, r.submitted_at, r.id, r.sample) for r in records])
 
 
 def agreement_report(human: list[Feedback], ai: list[Feedback]) -> dict:

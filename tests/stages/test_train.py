@@ -1,6 +1,7 @@
 """LoRA training on a tiny model: the loss mask, learning, the PEFT format, and resume."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -346,6 +347,11 @@ def test_predictions_of_an_adapter_trained_again_are_not_reused(tiny_overrides, 
     assert older_adapter_answers(layout, "sft", "heldout")
     with pytest.raises(ConfigError, match=r"different settings \(system\.answering\)"):
         evaluate(layout, "sft", first.model, first.data, first.generate, first.eval, adapter=adapter)
+    shutil.rmtree(layout.evaluation("sft"))
+    fp32 = replace(first.model, dtype="float32")  # merged into fp32 weights, by older laffis too: not redone
+    evaluate(layout, "sft", fp32, first.data, first.generate, first.eval, adapter=adapter)
+    assert "answering" not in yaml.safe_load(layout.eval_config("sft").read_text())["system"]
+    assert not older_adapter_answers(layout, "sft", "heldout")
     shutil.rmtree(layout.evaluation("sft"))
     shutil.rmtree(adapter)
     train(layout, "sft", second.model, second.train)

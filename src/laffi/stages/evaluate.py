@@ -98,7 +98,7 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
             raise FileNotFoundError(f"{option}: {path} holds no PEFT adapter ({ADAPTER_CONFIG})")
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
     described = {"name": system, "adapter": adapter_path}  # a direct system's, as before systems had procedures
-    if adapter_path:
+    if adapter_path and model.dtype != "float32":  # merged into fp32 weights, as every laffi did: nothing to tell apart
         described["answering"] = ADAPTER_ANSWERING
     if guided:
         described.update(answer=plain(answering), reviewer=reviewer_path)
@@ -154,8 +154,11 @@ def older_adapter_answers(layout: RunLayout, system: str, split: str) -> bool:
     path = layout.eval_config(system, split)
     if not path.exists():
         return False
-    described = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("system") or {}
-    return bool(described.get("adapter")) and described.get("answering", 1) != ADAPTER_ANSWERING
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    described = saved.get("system") or {}
+    if not described.get("adapter") or (saved.get("model") or {}).get("dtype") == "float32":
+        return False  # fp32 weights: the adapter merged into them, by every laffi alike
+    return described.get("answering", 1) != ADAPTER_ANSWERING
 
 
 def evaluate_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig,

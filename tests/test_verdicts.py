@@ -22,7 +22,7 @@ from laffi.stages.verdicts import LINES, SENTENCES, opening_ids, sentence_logpro
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import ModelConfig, load_config
 from laffi.layout import ExperimentLayout, RunLayout
-from laffi.models import load_model
+from laffi.models import ADAPTER_ANSWERING, load_model
 from laffi.prompts import choose_shots, feedback_messages, prompt_completion_ids
 from laffi.records import VERDICTS, Answer, Feedback, Prediction, QAExample, TrainingExample, read_records
 
@@ -238,6 +238,18 @@ def test_the_check_scores_only_the_models_not_yet_written(tiny_experiment, tmp_p
     second = check(copy)
     assert sorted(e["system"] for e in second["models"].values()) == ["base", "laffi", "sft"]
     assert all(second["models"][key] == value for key, value in first["models"].items())
+
+    # an adapter's entry scored with it merged into the bf16 weights (before models.ADAPTER_ANSWERING 2): again
+    written = json.loads(layout.verdict_check.read_text(encoding="utf-8"))
+    key = next(k for k, e in written["models"].items() if e["system"] == "sft")
+    assert written["models"][key]["answering"] == ADAPTER_ANSWERING
+    assert "answering" not in written["models"]["base"]
+    del written["models"][key]["answering"]
+    written["models"][key]["metrics"] = "older"
+    layout.verdict_check.write_text(json.dumps(written), encoding="utf-8")
+    third = check(copy)
+    assert third["models"][key]["metrics"] == second["models"][key]["metrics"]
+    assert third["models"][key]["answering"] == ADAPTER_ANSWERING
 
 
 def test_sentences_are_the_reference_annotators():

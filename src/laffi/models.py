@@ -197,6 +197,18 @@ def four_bit_kwargs(config: ModelConfig, device: torch.device) -> dict:
 ADAPTER_ANSWERING = 2
 
 
+def adapter_answering(dtype: str) -> int | None:
+    """What to record beside answers made with an adapter on weights of `model.dtype`: ADAPTER_ANSWERING, or None
+    for fp32 weights, into which every laffi has merged the adapter alike."""
+    return None if dtype == "float32" else ADAPTER_ANSWERING
+
+
+def answered_as_now(recorded: dict, dtype: str) -> bool:
+    """Whether `recorded` (an evaluation's system section, a rerank or verdict-check entry) was answered with its
+    adapter as this laffi applies it; a record without "answering" is of version 1."""
+    return adapter_answering(dtype) is None or recorded.get("answering", 1) == ADAPTER_ANSWERING
+
+
 def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model + tokenizer on the chosen device; with `adapter`, a PEFT adapter on top."""
     if config.threads:

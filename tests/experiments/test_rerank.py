@@ -7,13 +7,17 @@ doing nothing twice.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
 from laffi.experiments.experiment import experiment
 from laffi.experiments.grid import experiment_config_from
 from laffi.experiments.rerank import main, openings_for
 from laffi.layout import ExperimentLayout, RunLayout
-from laffi.records import Answer, Prediction, read_records
+from laffi.models import ADAPTER_ANSWERING
+from laffi.records import Answer, Prediction, read_records, write_records
 from laffi.stages.rerank import METHODS
 from laffi.stages.verdicts import LINES, SENTENCES
 
@@ -63,6 +67,21 @@ def test_every_rule_on_k_answers_and_a_rerun_does_nothing_twice(tiny_experiment,
     assert "| laffi-verify | reference.verdict+explanation+answer.h0.nall" in capsys.readouterr().out
     again = main([str(tiny_experiment), "--systems", "laffi-verify,sft", "--candidates", "3"])
     assert again == results
+
+    # an entry answered with the adapter merged into the bf16 weights (before models.ADAPTER_ANSWERING 2): redone,
+    # its candidates too (here made wrong on purpose, which a reuse would score)
+    path = ExperimentLayout(tiny_experiment).rerank
+    saved = json.loads(path.read_text())
+    key = next(k for k, e in saved["models"].items() if e["system"] == "laffi-verify")
+    assert saved["models"][key]["answering"] == ADAPTER_ANSWERING
+    del saved["models"][key]["answering"]
+    path.write_text(json.dumps(saved))
+    stale = job.rerank_candidates("laffi-verify", "dev", 3, 0.7)
+    write_records(stale, [replace(a, prediction="zzz") for a in answers])
+    redone = main([str(tiny_experiment), "--systems", "laffi-verify,sft", "--candidates", "3"])
+    assert redone["models"][key]["answering"] == ADAPTER_ANSWERING
+    assert redone["models"][key]["methods"] == results["models"][key]["methods"]
+    assert read_records(stale, Answer) == answers
 
 
 def test_the_held_out_set_is_answered_only_by_trainings_chosen_on_dev(tiny_experiment, capsys):

@@ -40,7 +40,7 @@ from laffi.backends.answering import answer_questions
 from laffi.config import RunConfig, load_config
 from laffi.experiments.aggregate import job_cell
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
-from laffi.models import load_model, release_memory
+from laffi.models import adapter_answering, answered_as_now, load_model, release_memory
 from laffi.prompts import choose_shots, extract_answer
 from laffi.records import Answer, QAExample, RecordWriter, read_records, write_json
 from laffi.stages.rerank import METHODS, Scores, candidate_scores, choose
@@ -121,17 +121,24 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
         job = RunLayout.of(root)
         for system in job.trained_systems():
             key = f"{os.path.relpath(job.adapter(system), experiment.root)}|{split}|k{k}|t{temperature:g}"
-            if system not in systems or key in results["models"] or not adapter_finished(job.adapter(system)):
+            if system not in systems or not adapter_finished(job.adapter(system)):
                 continue
             config = load_config(job.config)
             if (steps and config.train.steps not in steps) or (seeds and config.train.seed not in seeds):
                 continue
+            if key in results["models"]:
+                if answered_as_now(results["models"][key], config.model.dtype):
+                    continue
+                # answered with the adapter as an older laffi applied it (models.ADAPTER_ANSWERING): again
+                job.rerank_candidates(system, split, k, temperature).unlink(missing_ok=True)
             if split == "heldout" and not job.predictions(system, "heldout").exists():
                 print(f"rerank: {root.name}: not scored on the held-out set by `laffi experiment` (its budget was "
                       "not chosen on dev); skipped", flush=True)
                 continue
             numbers = rerank_model(job, config, system, split, k, temperature)
+            answering = adapter_answering(config.model.dtype)
             results["models"][key] = {"system": system, "cell": job_cell(experiment.variant_of(job), config.train),
+                                      **({"answering": answering} if answering else {}),
                                       "split": split, "k": k, "temperature": temperature,
                                       "seed": config.train.seed, "steps": config.train.steps, **numbers}
             write_json(path, results)

@@ -41,7 +41,7 @@ from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import DataConfig, load_config, read_yaml
 from laffi.experiments.aggregate import job_cell
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
-from laffi.models import load_model, release_memory
+from laffi.models import adapter_answering, answered_as_now, load_model, release_memory
 from laffi.prompts import choose_shots
 from laffi.records import VERDICTS, Answer, Prediction, QAExample, read_records, write_json
 from laffi.stages.verdicts import MAX_ROW_TOKENS, SENTENCES, sentence_logprobs, verdict_distribution, verdict_mass
@@ -177,7 +177,9 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
         raise ValueError(f"{path} was written for other settings (untrained system, dev questions: --limit, or "
                          f"sentences): {', '.join(k for k, v in header.items() if results.get(k) != v)}; "
                          "rerun with the same --limit, or delete it to start over")
-    todo = [m for m in models(experiment, untrained, systems) if m.key not in results["models"]]
+    done = results["models"]  # an adapter's entry made as an older laffi applied it (models.ADAPTER_ANSWERING): again
+    todo = [m for m in models(experiment, untrained, systems)
+            if m.key not in done or m.adapter is not None and not answered_as_now(done[m.key], config.model.dtype)]
     for number, model in enumerate(todo, start=1):
         own = read_records(model.predictions, Prediction)
         found = candidates(examples, {OWN: own, UNTRAINED: untrained_answers})
@@ -191,6 +193,8 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
             "system": model.system, "family": family_of(model.system), "seed": model.seed, "steps": model.steps,
             "cell": model.cell,
             "adapter": None if model.adapter is None else model.key, "seconds": round(time.perf_counter() - started, 1),
+            **({"answering": adapter_answering(config.model.dtype)}
+               if model.adapter is not None and adapter_answering(config.model.dtype) else {}),
             "metrics": metrics(scored), "candidates": scored}
         write_json(path, results)
     print(markdown(results))

@@ -28,7 +28,7 @@ from laffi.backends.feedback_guided import answer_with_feedback
 from laffi.config import ConfigError, DataConfig, EvalConfig, GenerateConfig, ModelConfig, TrainConfig, plain, save_config
 from laffi.distributed.shards import Collector, Shard
 from laffi.layout import ADAPTER_CONFIG, RunLayout, adapter_weights, is_adapter
-from laffi.models import ADAPTER_ANSWERING
+from laffi.models import adapter_answering, answered_as_now
 from laffi.prompts import extract_answer
 from laffi.records import Prediction, QAExample, Review, fingerprint, read_records, write_json
 from laffi.systems import Answering, System
@@ -98,8 +98,8 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
             raise FileNotFoundError(f"{option}: {path} holds no PEFT adapter ({ADAPTER_CONFIG})")
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
     described = {"name": system, "adapter": adapter_path}  # a direct system's, as before systems had procedures
-    if adapter_path and model.dtype != "float32":  # merged into fp32 weights, as every laffi did: nothing to tell apart
-        described["answering"] = ADAPTER_ANSWERING
+    if adapter_path and adapter_answering(model.dtype):
+        described["answering"] = adapter_answering(model.dtype)
     if guided:
         described.update(answer=plain(answering), reviewer=reviewer_path)
 
@@ -156,9 +156,8 @@ def older_adapter_answers(layout: RunLayout, system: str, split: str) -> bool:
         return False
     saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     described = saved.get("system") or {}
-    if not described.get("adapter") or (saved.get("model") or {}).get("dtype") == "float32":
-        return False  # fp32 weights: the adapter merged into them, by every laffi alike
-    return described.get("answering", 1) != ADAPTER_ANSWERING
+    dtype = (saved.get("model") or {}).get("dtype", ModelConfig.dtype)
+    return bool(described.get("adapter")) and not answered_as_now(described, dtype)
 
 
 def evaluate_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig,

@@ -16,12 +16,13 @@ import yaml
 import laffi.experiments.experiment as experiment_module
 from laffi.annotators.reference import VERDICTS
 from laffi.cli import main
-from laffi.config import AnnotateConfig, ModelConfig, TrainConfig, non_default
+from laffi.config import AnnotateConfig, ConfigError, ModelConfig, TrainConfig, load_config, non_default
 from laffi.experiments.experiment import estimate, experiment, job_for
 from laffi.experiments.grid import experiment_config_from
-from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
+from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, sidecar_config
+from laffi.models import ADAPTER_ANSWERING
 from laffi.records import Answer, Feedback, Prediction, TrainingExample, TrainLogEntry, read_records, write_records
-from laffi.stages.rounds import RoundFeedback
+from laffi.stages.rounds import RoundFeedback, answer_again
 from laffi.systems import load_system
 
 
@@ -376,3 +377,13 @@ def test_a_system_in_rounds_trains_every_round_at_its_budget_and_counts_both_in_
     assert cell["cost"]["train_tokens"] == sum(r["tokens_this_process"] for r in rounds)
     assert cell["cost"]["train_seconds"] == pytest.approx(sum(r["seconds_this_process"] for r in rounds), abs=0.01)
     assert cell["budget"] == 2 and job.predictions("laffi-dpo-r2").exists()  # scored with round 2's adapter
+
+    # round 2's answers, half made with round 1's adapter merged into bf16 weights (laffi before 53396c9): refused
+    round2, first = job.round("laffi-dpo-r2", 2), job.round_training("laffi-dpo-r2", 1, 2).adapter("laffi-dpo-r2")
+    saved = yaml.safe_load(sidecar_config(round2.answers).read_text())
+    assert saved["adapter"]["answering"] == ADAPTER_ANSWERING
+    del saved["adapter"]["answering"]
+    sidecar_config(round2.answers).write_text(yaml.safe_dump(saved))
+    run = load_config(job.config)
+    with pytest.raises(ConfigError, match=r"adapter\.answering"):
+        answer_again(job, round2, "laffi-dpo-r2", first, run.model, run.data, run.generate)

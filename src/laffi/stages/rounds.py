@@ -37,6 +37,7 @@ from laffi.backends.answering import answer_questions, load_backend
 from laffi.config import AnnotateConfig, ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, save_config
 from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, adapter_finished, adapter_weights, sidecar_config
+from laffi.models import adapter_answering
 from laffi.prompts import extract_answer
 from laffi.records import (
     Answer,
@@ -97,8 +98,10 @@ def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, mo
     examples = [e for e in read_records(layout.train_examples, QAExample) if e.id in questions]
     shots = read_records(layout.shots, QAExample)
     source = str(adapter.relative_to(layout.root))  # relative: the run directory may move
+    # answers half made with the adapter merged into bf16 weights (before models.ADAPTER_ANSWERING 2) are refused
+    answering = {"answering": adapter_answering(model.dtype)} if adapter_answering(model.dtype) else {}
     save_config(sidecar_config(own.answers), {"model": model, "data": data, "generate": generate,
-                                              "adapter": {"path": source}},
+                                              "adapter": {"path": source, **answering}},
                 outputs=[own.answers], inputs={"adapter": fingerprint(adapter_weights(adapter))})
     with RecordWriter(own.answers, Answer) as writer:
         if len(writer.done_keys) < len(examples) * generate.samples:

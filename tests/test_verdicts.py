@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 import laffi.experiments.verdict_check as verdict_check
 import laffi.stages.verdicts as verdicts
@@ -250,6 +251,16 @@ def test_the_check_scores_only_the_models_not_yet_written(tiny_experiment, tmp_p
     third = check(copy)
     assert third["models"][key]["metrics"] == second["models"][key]["metrics"]
     assert third["models"][key]["answering"] == ADAPTER_ANSWERING
+
+    # its own dev answers made the old way: skipped (not scored as if new) until the experiment answers again
+    job = RunLayout.of((copy / key).parent.parent)
+    saved = yaml.safe_load(job.eval_config("sft", "dev").read_text())
+    del saved["system"]["answering"]
+    job.eval_config("sft", "dev").write_text(yaml.safe_dump(saved))
+    written = json.loads(layout.verdict_check.read_text(encoding="utf-8"))
+    del written["models"][key]
+    layout.verdict_check.write_text(json.dumps(written), encoding="utf-8")
+    assert key not in check(copy)["models"]
 
 
 def test_sentences_are_the_reference_annotators():

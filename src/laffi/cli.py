@@ -240,8 +240,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "generate":
         from laffi.stages.generate import generate
 
+        from laffi.distributed.shards import Shard
+
         answers = generate(layout, config.model, config.data, config.generate)
-        print(f"{len(answers)} answers in {layout.answers}")
+        if Shard.current().is_main:  # under a launcher, one line, not one per process
+            print(f"{len(answers)} answers in {layout.answers}")
     elif args.command == "annotate":
         from laffi.stages.annotate import annotate
 

@@ -182,15 +182,51 @@ def test_two_processes_generate_the_answers_and_samples_one_process_makes(tiny_o
     for name in ("one", "two"):
         prepare(RunLayout(tmp_path / name), config.data)
     generate(RunLayout(tmp_path / "one"), config.model, config.data, config.generate)
+    one = {(a.id, a.sample): a for a in read_records(RunLayout(tmp_path / "one").answers, Answer)}  # token order
+    questions = [e.id for e in read_records(RunLayout(tmp_path / "two").train_examples, QAExample)]
+    # a stopped run to resume: one question's greedy answer and another's both answers are on disk already
+    before = [one[(questions[0], 0)], one[(questions[1], 0)], one[(questions[1], 1)]]
+    write_records(RunLayout(tmp_path / "two").answers, before)
     done = subprocess.run(Launcher("accelerate", 2).wrap(["-m", "laffi.cli", "generate", str(tmp_path / "two"),
                                                           *overrides]), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("answers in") == 1  # printed by the main process only
 
-    questions = [e.id for e in read_records(RunLayout(tmp_path / "two").train_examples, QAExample)]
     two = read_records(RunLayout(tmp_path / "two").answers, Answer)
-    assert [(a.id, a.sample) for a in two] == [(q, s) for q in questions for s in (0, 1)]  # each once, in order
-    one = {(a.id, a.sample): a for a in read_records(RunLayout(tmp_path / "one").answers, Answer)}  # token order
+    rest = [(q, s) for q in questions for s in (0, 1) if (q, s) not in {(a.id, a.sample) for a in before}]
+    assert [(a.id, a.sample) for a in two] == [(a.id, a.sample) for a in before] + rest  # each once, in order
     assert [one[(a.id, a.sample)] for a in two] == two
+
+
+def test_a_process_whose_request_fails_stops_all_and_what_arrived_is_written(tiny_overrides, tmp_path):
+    from support.fault_server import FaultServer
+
+    from laffi.backends.answering import build_prompts
+    from laffi.models import load_tokenizer
+
+    overrides = [*tiny_overrides, "data.train_size=6", "data.num_shots=0", "generate.batch_size=2",
+                 "generate.max_new_tokens=2", "generate.retries=0"]
+    config = load_config(overrides=overrides)
+    layout = RunLayout(tmp_path / "run")
+    prepare(layout, config.data)
+    examples = read_records(layout.train_examples, QAExample)
+    prompts = build_prompts(load_tokenizer(config.model), examples, read_records(layout.shots, QAExample), config.data)
+    failing = examples[3].id  # the second process's second question
+
+    def completions(body):
+        if body["prompt"] == prompts[failing]:
+            return 400, {"error": {"message": "refused on purpose"}}
+        return 200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "text": " x\n", "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 2, "total_tokens": 0}}
+
+    with FaultServer(lambda item, n: "ok", completions=completions) as server:
+        command = Launcher("accelerate", 2).wrap(["-m", "laffi.cli", "generate", str(layout.root), *overrides,
+                                                  "generate.backend=openai", f"generate.base_url={server.url}"])
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "refused on purpose" in done.stderr
+    written = [a.id for a in read_records(layout.answers, Answer)]
+    assert written == [e.id for e in examples if e.id != failing]  # both processes' answers, in question order
 
 
 def test_laffi_run_hands_each_training_to_the_launcher(monkeypatch, tmp_path):

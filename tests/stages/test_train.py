@@ -341,17 +341,17 @@ def test_predictions_of_an_adapter_trained_again_are_not_reused(tiny_overrides, 
     for _ in range(2):  # the second time: the predictions there are this adapter's
         evaluate(layout, "sft", first.model, first.data, first.generate, first.eval, adapter=adapter)
     saved = yaml.safe_load(layout.eval_config("sft").read_text())
-    assert not older_adapter_answers(layout, "sft", "heldout")
+    assert not older_adapter_answers(layout, "sft", "heldout", first.model)
     del saved["system"]["answering"]  # as a laffi that merged adapters into 16-bit weights wrote it
     layout.eval_config("sft").write_text(yaml.safe_dump(saved))
-    assert older_adapter_answers(layout, "sft", "heldout")
+    assert older_adapter_answers(layout, "sft", "heldout", first.model)
     with pytest.raises(ConfigError, match=r"different settings \(system\.answering\)"):
         evaluate(layout, "sft", first.model, first.data, first.generate, first.eval, adapter=adapter)
     shutil.rmtree(layout.evaluation("sft"))
     fp32 = replace(first.model, dtype="float32")  # merged into fp32 weights, by older laffis too: not redone
     evaluate(layout, "sft", fp32, first.data, first.generate, first.eval, adapter=adapter)
     assert "answering" not in yaml.safe_load(layout.eval_config("sft").read_text())["system"]
-    assert not older_adapter_answers(layout, "sft", "heldout")
+    assert not older_adapter_answers(layout, "sft", "heldout", fp32)
     shutil.rmtree(layout.evaluation("sft"))
     shutil.rmtree(adapter)
     train(layout, "sft", second.model, second.train)

@@ -99,9 +99,10 @@ class Shard:
         """`answer_questions` over all processes, `samples` answers per question (K > 1: the generate stage's
         training answers), each process a share of the questions of a round; the records are gathered by
         record key and written in question order. Returns its speed stats for the whole of them."""
+        more = {"samples": samples} if samples > 1 else {}  # an evaluation's answerer may take no samples
         if self.processes == 1:
             return answer_questions(model, tokenizer, examples, shots, data, config, writer, make_record, desc=desc,
-                                    samples=samples)
+                                    **more)
         keys = [[(e.id, sample) for sample in range(samples)] for e in examples]
         # the same list on every process: the questions with an answer still to make
         todo = [e for e, own in zip(examples, keys) if any(key not in writer.done_keys for key in own)]
@@ -110,15 +111,26 @@ class Shard:
         for start in range(0, len(todo), size):
             round_ = todo[start:start + size]
             mine = Collector(set(writer.done_keys))  # a question's samples already on disk are not made again
-            speed = answer_questions(model, tokenizer, round_[self.rank::self.processes], shots, data, config, mine,
-                                     make_record, desc=f"{desc} [{start + len(round_)}/{len(todo)}]", samples=samples)
-            parts = gather_object([(mine.records, speed["prompt_tokens"], speed["new_tokens"])])
-            prompt_tokens += sum(p for _, p, _ in parts)
-            new_tokens += sum(n for _, _, n in parts)
-            if self.is_main:
-                made = {record_key(record): record for records, _, _ in parts for record in records}
+            error, speed = None, {"prompt_tokens": 0, "new_tokens": 0}
+            try:
+                speed = answer_questions(model, tokenizer, round_[self.rank::self.processes], shots, data, config,
+                                         mine, make_record, desc=f"{desc} [{start + len(round_)}/{len(todo)}]", **more)
+            except Exception as exc:  # the others wait at the gather: meet them there, with what did arrive
+                error = exc
+            parts = gather_object([(mine.records, speed["prompt_tokens"], speed["new_tokens"],
+                                    None if error is None else f"{type(error).__name__}: {error}")])
+            prompt_tokens += sum(p for _, p, _, _ in parts)
+            new_tokens += sum(n for _, _, n, _ in parts)
+            if self.is_main:  # what arrived is kept, also when a process failed: a rerun asks only for the rest
+                made = {record_key(record): record for records, _, _, _ in parts for record in records}
                 writer.write(made[(e.id, sample)] for e in round_ for sample in range(samples)
                              if (e.id, sample) in made)
+            failed = [(rank, text) for rank, (*_, text) in enumerate(parts) if text]
+            if error is not None:
+                raise error
+            if failed:
+                raise RuntimeError(f"process {failed[0][0]} failed while answering ({failed[0][1]}); what the "
+                                   "processes had answered is written")
         self._share(None)  # the others read the file only after the main process has written it all
         elapsed = time.perf_counter() - started
         return {"questions": len(todo), "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,

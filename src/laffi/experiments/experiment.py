@@ -156,7 +156,7 @@ def run_job(experiment: ExperimentLayout, config: ExperimentConfig, job: Job, sy
     """Train one job and score it on `split` (each stage resumes); True if it had anything left to do."""
     layout = job.layout(experiment)
     layout.record()  # its layout.json: the shared data/ and its variant's sets/
-    if older_adapter_answers(layout, job.system, split):  # the adapter as an older laffi applied it: answered again
+    if older_adapter_answers(layout, job.system, split, config.run.model):  # the adapter as an older laffi applied it: answered again
         print(f"{layout.root.name}: {split} answers made with the adapter applied as an older laffi did; answering "
               "again", flush=True)
         shutil.rmtree(layout.evaluation(job.system, split))

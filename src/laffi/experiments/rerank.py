@@ -126,17 +126,16 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
             config = load_config(job.config)
             if (steps and config.train.steps not in steps) or (seeds and config.train.seed not in seeds):
                 continue
-            if key in results["models"]:
-                if answered_as_now(results["models"][key], config.model.dtype):
-                    continue
-                # answered with the adapter as an older laffi applied it (models.ADAPTER_ANSWERING): again
-                job.rerank_candidates(system, split, k, temperature).unlink(missing_ok=True)
+            if key in results["models"] and answered_as_now(results["models"][key], config.model):
+                continue
             if split == "heldout" and not job.predictions(system, "heldout").exists():
                 print(f"rerank: {root.name}: not scored on the held-out set by `laffi experiment` (its budget was "
                       "not chosen on dev); skipped", flush=True)
                 continue
+            if key in results["models"]:  # answered with the adapter as an older laffi applied it: again
+                job.rerank_candidates(system, split, k, temperature).unlink(missing_ok=True)
             numbers = rerank_model(job, config, system, split, k, temperature)
-            answering = adapter_answering(config.model.dtype)
+            answering = adapter_answering(config.model)
             results["models"][key] = {"system": system, "cell": job_cell(experiment.variant_of(job), config.train),
                                       **({"answering": answering} if answering else {}),
                                       "split": split, "k": k, "temperature": temperature,

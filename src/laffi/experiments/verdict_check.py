@@ -44,6 +44,7 @@ from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
 from laffi.models import adapter_answering, answered_as_now, load_model, release_memory
 from laffi.prompts import choose_shots
 from laffi.records import VERDICTS, Answer, Prediction, QAExample, read_records, write_json
+from laffi.stages.evaluate import older_adapter_answers
 from laffi.stages.verdicts import MAX_ROW_TOKENS, SENTENCES, sentence_logprobs, verdict_distribution, verdict_mass
 from laffi.systems import family_of, load_systems
 
@@ -145,7 +146,12 @@ def models(experiment: ExperimentLayout, untrained: str, systems: list[str] | No
             if not (adapter_finished(job.adapter(system)) and job.predictions(system, "dev").exists()):
                 print(f"verdict check: {root.name}: {system} is not trained and scored on dev yet; skipped", flush=True)
                 continue
-            train = load_config(job.config).train if job.config.exists() else None
+            config = load_config(job.config) if job.config.exists() else None
+            if config and older_adapter_answers(job, system, "dev", config.model):  # its own answers, the old way
+                print(f"verdict check: {root.name}: {system}'s dev answers were made with the adapter as an older laffi "
+                      "applied it; rerun `laffi experiment` to answer again; skipped", flush=True)
+                continue
+            train = config and config.train
             found.append(Model(os.path.relpath(job.adapter(system), experiment.root), system, job.adapter(system),
                                job.predictions(system, "dev"), train and train.seed, train and train.steps,
                                train and job_cell(experiment.variant_of(job), train)))
@@ -179,7 +185,7 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
                          "rerun with the same --limit, or delete it to start over")
     done = results["models"]  # an adapter's entry made as an older laffi applied it (models.ADAPTER_ANSWERING): again
     todo = [m for m in models(experiment, untrained, systems)
-            if m.key not in done or m.adapter is not None and not answered_as_now(done[m.key], config.model.dtype)]
+            if m.key not in done or m.adapter is not None and not answered_as_now(done[m.key], config.model)]
     for number, model in enumerate(todo, start=1):
         own = read_records(model.predictions, Prediction)
         found = candidates(examples, {OWN: own, UNTRAINED: untrained_answers})
@@ -193,8 +199,8 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
             "system": model.system, "family": family_of(model.system), "seed": model.seed, "steps": model.steps,
             "cell": model.cell,
             "adapter": None if model.adapter is None else model.key, "seconds": round(time.perf_counter() - started, 1),
-            **({"answering": adapter_answering(config.model.dtype)}
-               if model.adapter is not None and adapter_answering(config.model.dtype) else {}),
+            **({"answering": adapter_answering(config.model)}
+               if model.adapter is not None and adapter_answering(config.model) else {}),
             "metrics": metrics(scored), "candidates": scored}
         write_json(path, results)
     print(markdown(results))

@@ -98,8 +98,8 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
             raise FileNotFoundError(f"{option}: {path} holds no PEFT adapter ({ADAPTER_CONFIG})")
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
     described = {"name": system, "adapter": adapter_path}  # a direct system's, as before systems had procedures
-    if adapter_path and adapter_answering(model.dtype):
-        described["answering"] = adapter_answering(model.dtype)
+    if adapter_path and adapter_answering(model):
+        described["answering"] = adapter_answering(model)
     if guided:
         described.update(answer=plain(answering), reviewer=reviewer_path)
 
@@ -148,16 +148,15 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     return metrics
 
 
-def older_adapter_answers(layout: RunLayout, system: str, split: str) -> bool:
-    """Whether the evaluation there answered with an adapter as an older laffi applied it (models.ADAPTER_ANSWERING):
-    its answers are not this laffi's. `laffi evaluate` refuses them (save_config); an experiment redoes them."""
+def older_adapter_answers(layout: RunLayout, system: str, split: str, model: ModelConfig) -> bool:
+    """Whether the evaluation there, made with `model`, answered with an adapter as an older laffi applied it
+    (models.ADAPTER_ANSWERING): its answers are not this laffi's. `laffi evaluate` refuses them (save_config); an
+    experiment redoes them."""
     path = layout.eval_config(system, split)
     if not path.exists():
         return False
-    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    described = saved.get("system") or {}
-    dtype = (saved.get("model") or {}).get("dtype", ModelConfig.dtype)
-    return bool(described.get("adapter")) and not answered_as_now(described, dtype)
+    described = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("system") or {}
+    return bool(described.get("adapter")) and not answered_as_now(described, model)
 
 
 def evaluate_system(layout: RunLayout, system: System, model: ModelConfig, data: DataConfig,

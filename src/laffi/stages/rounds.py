@@ -99,7 +99,7 @@ def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, mo
     shots = read_records(layout.shots, QAExample)
     source = str(adapter.relative_to(layout.root))  # relative: the run directory may move
     # answers half made with the adapter merged into bf16 weights (before models.ADAPTER_ANSWERING 2) are refused
-    answering = {"answering": adapter_answering(model.dtype)} if adapter_answering(model.dtype) else {}
+    answering = {"answering": adapter_answering(model)} if adapter_answering(model) else {}
     save_config(sidecar_config(own.answers), {"model": model, "data": data, "generate": generate,
                                               "adapter": {"path": source, **answering}},
                 outputs=[own.answers], inputs={"adapter": fingerprint(adapter_weights(adapter))})

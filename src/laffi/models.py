@@ -197,20 +197,20 @@ def four_bit_kwargs(config: ModelConfig, device: torch.device) -> dict:
 ADAPTER_ANSWERING = 2
 
 
-def adapter_answering(config: ModelConfig) -> int | None:
-    """What to record beside answers made with an adapter on `config`'s weights: ADAPTER_ANSWERING for 16-bit
-    weights (model.dtype as this machine resolves it, as load_model does), None where every laffi applied the
-    adapter alike: merged into fp32 weights, beside 4-bit ones."""
+def answering_of(config: ModelConfig) -> dict[str, int]:
+    """What to record beside answers made with an adapter on `config`'s weights: {"answering": ADAPTER_ANSWERING}
+    for 16-bit weights (model.dtype as this machine resolves it, as load_model does), nothing where every laffi
+    applied the adapter alike: merged into fp32 weights, beside 4-bit ones."""
     if config.load_in_4bit or pick_dtype(config.dtype, pick_device(config.device)) == torch.float32:
-        return None
-    return ADAPTER_ANSWERING
+        return {}
+    return {"answering": ADAPTER_ANSWERING}
 
 
 def answered_as_now(recorded: dict, config: ModelConfig) -> bool:
     """Whether `recorded` (an evaluation's system section, a rerank or verdict-check entry), made with `config`'s
     model, was answered with its adapter as this laffi applies it; a record without "answering" is of version 1.
     A record of model.dtype=auto is taken to come from a machine that resolves it as this one does."""
-    return adapter_answering(config) is None or recorded.get("answering", 1) == ADAPTER_ANSWERING
+    return not answering_of(config) or recorded.get("answering", 1) == ADAPTER_ANSWERING
 
 
 def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

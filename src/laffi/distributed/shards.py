@@ -103,9 +103,8 @@ class Shard:
         if self.processes == 1:
             return answer_questions(model, tokenizer, examples, shots, data, config, writer, make_record, desc=desc,
                                     **more)
-        keys = [[(e.id, sample) for sample in range(samples)] for e in examples]
         # the same list on every process: the questions with an answer still to make
-        todo = [e for e, own in zip(examples, keys) if any(key not in writer.done_keys for key in own)]
+        todo = [e for e in examples if any((e.id, sample) not in writer.done_keys for sample in range(samples))]
         size = self.processes * config.batch_size * ROUND_BATCHES
         started, prompt_tokens, new_tokens = time.perf_counter(), 0, 0
         for start in range(0, len(todo), size):

@@ -40,7 +40,7 @@ from laffi.backends.answering import answer_questions
 from laffi.config import RunConfig, load_config
 from laffi.experiments.aggregate import job_cell
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
-from laffi.models import adapter_answering, answered_as_now, load_model, release_memory
+from laffi.models import answered_as_now, answering_of, load_model, release_memory
 from laffi.prompts import choose_shots, extract_answer
 from laffi.records import Answer, QAExample, RecordWriter, read_records, write_json
 from laffi.stages.rerank import METHODS, Scores, candidate_scores, choose
@@ -135,9 +135,8 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
             if key in results["models"]:  # answered with the adapter as an older laffi applied it: again
                 job.rerank_candidates(system, split, k, temperature).unlink(missing_ok=True)
             numbers = rerank_model(job, config, system, split, k, temperature)
-            answering = adapter_answering(config.model)
             results["models"][key] = {"system": system, "cell": job_cell(experiment.variant_of(job), config.train),
-                                      **({"answering": answering} if answering else {}),
+                                      **answering_of(config.model),
                                       "split": split, "k": k, "temperature": temperature,
                                       "seed": config.train.seed, "steps": config.train.steps, **numbers}
             write_json(path, results)

@@ -41,7 +41,7 @@ from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import DataConfig, load_config, read_yaml
 from laffi.experiments.aggregate import job_cell
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
-from laffi.models import adapter_answering, answered_as_now, load_model, release_memory
+from laffi.models import answered_as_now, answering_of, load_model, release_memory
 from laffi.prompts import choose_shots
 from laffi.records import VERDICTS, Answer, Prediction, QAExample, read_records, write_json
 from laffi.stages.evaluate import older_adapter_answers
@@ -199,8 +199,7 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
             "system": model.system, "family": family_of(model.system), "seed": model.seed, "steps": model.steps,
             "cell": model.cell,
             "adapter": None if model.adapter is None else model.key, "seconds": round(time.perf_counter() - started, 1),
-            **({"answering": adapter_answering(config.model)}
-               if model.adapter is not None and adapter_answering(config.model) else {}),
+            **(answering_of(config.model) if model.adapter is not None else {}),
             "metrics": metrics(scored), "candidates": scored}
         write_json(path, results)
     print(markdown(results))

@@ -19,16 +19,15 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from laffi.analysis.bootstrap import bootstrap_interval
 from laffi.analysis.metrics import score_example, summarize
 from laffi.backends.answering import answer_questions, load_backend
 from laffi.backends.feedback_guided import answer_with_feedback
-from laffi.config import ConfigError, DataConfig, EvalConfig, GenerateConfig, ModelConfig, TrainConfig, plain, save_config
+from laffi.config import (ConfigError, DataConfig, EvalConfig, GenerateConfig, ModelConfig, TrainConfig, plain, read_yaml,
+                          save_config)
 from laffi.distributed.shards import Collector, Shard
 from laffi.layout import ADAPTER_CONFIG, RunLayout, adapter_weights, is_adapter
-from laffi.models import adapter_answering, answered_as_now
+from laffi.models import answered_as_now, answering_of
 from laffi.prompts import extract_answer
 from laffi.records import Prediction, QAExample, Review, fingerprint, read_records, write_json
 from laffi.systems import Answering, System
@@ -98,8 +97,8 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
             raise FileNotFoundError(f"{option}: {path} holds no PEFT adapter ({ADAPTER_CONFIG})")
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
     described = {"name": system, "adapter": adapter_path}  # a direct system's, as before systems had procedures
-    if adapter_path and adapter_answering(model):
-        described["answering"] = adapter_answering(model)
+    if adapter_path:
+        described.update(answering_of(model))
     if guided:
         described.update(answer=plain(answering), reviewer=reviewer_path)
 
@@ -155,7 +154,7 @@ def older_adapter_answers(layout: RunLayout, system: str, split: str, model: Mod
     path = layout.eval_config(system, split)
     if not path.exists():
         return False
-    described = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("system") or {}
+    described = read_yaml(path).get("system") or {}
     return bool(described.get("adapter")) and not answered_as_now(described, model)
 
 

@@ -32,14 +32,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from laffi.annotators.content import FULL, with_content
 from laffi.backends.answering import answer_questions, load_backend
-from laffi.config import AnnotateConfig, ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, save_config
+from laffi.config import (AnnotateConfig, ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, read_yaml,
+                          save_config)
 from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, adapter_finished, adapter_weights, sidecar_config
-from laffi.models import adapter_answering, answered_as_now
+from laffi.models import answered_as_now, answering_of
 from laffi.prompts import extract_answer
 from laffi.records import (
     Answer,
@@ -101,14 +100,12 @@ def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, mo
     shots = read_records(layout.shots, QAExample)
     source = str(adapter.relative_to(layout.root))  # relative: the run directory may move
     saved = sidecar_config(own.answers)
-    if own.answers.exists() and saved.exists() and \
-            not answered_as_now((yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("adapter") or {}, model):
+    if own.answers.exists() and saved.exists() and not answered_as_now(read_yaml(saved).get("adapter") or {}, model):
         raise ConfigError(f"{own.answers}: begun with {source} merged into the bf16 weights, as laffi before commit "
                           f"53396c9 answered (models.ADAPTER_ANSWERING); delete {own.root} (this round's answers, "
                           "feedback and sets) and any unfinished training of this round to make the round again")
-    answering = {"answering": adapter_answering(model)} if adapter_answering(model) else {}
-    save_config(sidecar_config(own.answers), {"model": model, "data": data, "generate": generate,
-                                              "adapter": {"path": source, **answering}},
+    save_config(saved, {"model": model, "data": data, "generate": generate,
+                        "adapter": {"path": source, **answering_of(model)}},
                 outputs=[own.answers], inputs={"adapter": fingerprint(adapter_weights(adapter))})
     with RecordWriter(own.answers, Answer) as writer:
         if len(writer.done_keys) < len(examples) * generate.samples:

@@ -15,7 +15,8 @@ import pytest
 from laffi.experiments.experiment import experiment
 from laffi.experiments.grid import experiment_config_from
 from laffi.experiments.rerank import main, openings_for
-from laffi.layout import ExperimentLayout, RunLayout
+from laffi.config import read_yaml
+from laffi.layout import ExperimentLayout, RunLayout, sidecar_config
 from laffi.models import ADAPTER_ANSWERING
 from laffi.records import Answer, Prediction, read_records, write_records
 from laffi.stages.rerank import METHODS
@@ -69,19 +70,27 @@ def test_every_rule_on_k_answers_and_a_rerun_does_nothing_twice(tiny_experiment,
     assert again == results
 
     # an entry answered with the adapter merged into the bf16 weights (before models.ADAPTER_ANSWERING 2): redone,
-    # its candidates too (here made wrong on purpose, which a reuse would score)
+    # its candidates too (here made wrong on purpose, which a reuse would score; that laffi wrote no sidecar)
     path = ExperimentLayout(tiny_experiment).rerank
     saved = json.loads(path.read_text())
     key = next(k for k, e in saved["models"].items() if e["system"] == "laffi-verify")
     assert saved["models"][key]["answering"] == ADAPTER_ANSWERING
-    del saved["models"][key]["answering"]
-    path.write_text(json.dumps(saved))
     stale = job.rerank_candidates("laffi-verify", "dev", 3, 0.7)
+    assert read_yaml(sidecar_config(stale)) == {"answering": {"answering": ADAPTER_ANSWERING}}
+    for older in ({**saved["models"], key: {k: v for k, v in saved["models"][key].items() if k != "answering"}},
+                  {k: e for k, e in saved["models"].items() if k != key}):  # an old entry; none (a crash)
+        path.write_text(json.dumps({"models": older}))
+        write_records(stale, [replace(a, prediction="zzz") for a in answers])
+        sidecar_config(stale).unlink()
+        redone = main([str(tiny_experiment), "--systems", "laffi-verify,sft", "--candidates", "3"])
+        assert redone["models"][key]["answering"] == ADAPTER_ANSWERING
+        assert redone["models"][key]["methods"] == results["models"][key]["methods"]
+        assert read_records(stale, Answer) == answers
+    # candidates this laffi began (its sidecar says so) are resumed, not answered again
+    path.write_text(json.dumps({"models": {k: e for k, e in saved["models"].items() if k != key}}))
     write_records(stale, [replace(a, prediction="zzz") for a in answers])
-    redone = main([str(tiny_experiment), "--systems", "laffi-verify,sft", "--candidates", "3"])
-    assert redone["models"][key]["answering"] == ADAPTER_ANSWERING
-    assert redone["models"][key]["methods"] == results["models"][key]["methods"]
-    assert read_records(stale, Answer) == answers
+    resumed = main([str(tiny_experiment), "--systems", "laffi-verify,sft", "--candidates", "3"])
+    assert resumed["models"][key]["methods"]["first"]["f1"] == 0 and read_records(stale, Answer)[0].prediction == "zzz"
 
 
 def test_the_held_out_set_is_answered_only_by_trainings_chosen_on_dev(tiny_experiment, capsys):

@@ -8,9 +8,10 @@ answer by a rule (laffi.stages.rerank), on an experiment directory made by `laff
 For every finished training of --systems (jobs/SYSTEM-KEY/adapters/SYSTEM, each budget and seed), its
 model (the adapter loaded as `laffi evaluate` loads it) answers the split's questions K times: the
 greedy answer (sample 0, the answer direct answering gives) and K-1 sampled at --temperature, each from
-a random stream of its own (laffi.backends.sampling), into JOB/rerank/SPLIT.K.candidates.jsonl
-(resumable). Then every distinct candidate of a question is scored once: P(verdict "correct") from the
-feedback the model predicts for it (the verdict lines of a model trained on a verify set, else the
+a random stream of its own (laffi.backends.sampling), into JOB/rerank/SYSTEM/SPLIT.kK.tT.jsonl
+(resumable; its sidecar .config.yaml records how the adapter was applied, and candidates an older
+laffi began are answered again). Then every distinct candidate of a question is scored once: P(verdict
+"correct") from the feedback the model predicts for it (the verdict lines of a model trained on a verify set, else the
 reference annotator's sentences), and the mean log-probability per token of the candidate as its
 answer. Each rule of laffi.stages.rerank picks one candidate per question: verifier, likelihood (the
 control that spends the same test-time compute), vote, first (greedy) and oracle (pass@K, a bound).
@@ -37,9 +38,9 @@ from pathlib import Path
 from laffi.analysis.auroc import auroc
 from laffi.analysis.metrics import score_example
 from laffi.backends.answering import answer_questions
-from laffi.config import RunConfig, load_config
+from laffi.config import RunConfig, load_config, read_yaml, save_config
 from laffi.experiments.aggregate import job_cell
-from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
+from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, sidecar_config
 from laffi.models import answered_as_now, answering_of, load_model, release_memory
 from laffi.prompts import choose_shots, extract_answer
 from laffi.records import Answer, QAExample, RecordWriter, read_records, write_json
@@ -60,6 +61,13 @@ def candidates(lm, tokenizer, job: RunLayout, config: RunConfig, system: str, sp
     """Each question's K answers in sample order (greedy first), and the seconds decoding took this call."""
     generate = replace(config.generate, samples=k, temperature=temperature)
     path = job.rerank_candidates(system, split, k, temperature)
+    # Candidates begun with the adapter applied as an older laffi applied it (merged into 16-bit weights; that
+    # laffi wrote no sidecar) are answered again, not resumed: a crash can leave them without a rerank.json entry.
+    sidecar = sidecar_config(path)
+    if path.exists() and not answered_as_now(read_yaml(sidecar).get("answering", {}) if sidecar.exists() else {},
+                                             config.model):
+        path.unlink()
+    save_config(sidecar, {"answering": answering_of(config.model)}, outputs=[path])
     started = time.perf_counter()
     with RecordWriter(path, Answer) as writer:
         answer_questions(lm, tokenizer, examples, shots, config.data, generate, writer,
@@ -132,8 +140,6 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
                 print(f"rerank: {root.name}: not scored on the held-out set by `laffi experiment` (its budget was "
                       "not chosen on dev); skipped", flush=True)
                 continue
-            if key in results["models"]:  # answered with the adapter as an older laffi applied it: again
-                job.rerank_candidates(system, split, k, temperature).unlink(missing_ok=True)
             numbers = rerank_model(job, config, system, split, k, temperature)
             results["models"][key] = {"system": system, "cell": job_cell(experiment.variant_of(job), config.train),
                                       **answering_of(config.model),

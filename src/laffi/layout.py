@@ -1,4 +1,4 @@
-"""Every path of a run directory and of an experiment directory: no other module spells a file name.
+"""Every path of a run directory and of an experiment directory: no other module spells their names.
 
 A run directory reads as the story of the experiment:
 

@@ -1,6 +1,9 @@
 """The answering engines, and the chat backends the LLM annotator talks to.
 
-- local.py: in-process greedy decoding with transformers (`greedy_generate`), yielding `Generation`s.
+- prefix_sharing.py: in-process decoding with transformers, a batch of prompts packed into one row
+  whose shared prefixes run once (`shared_prefix_generate`; the default, generate.share_prefix=true);
+  sampling.py: each sampled answer's seeded random stream; local.py: the padded-batch fallback.
+- feedback_guided.py: answer, predict the feedback on the answer, take the revised answer it names.
 - openai_backend.py: `generate.backend=openai`, the same prompt tokens on an OpenAI-compatible server.
 - answering.py: picks the engine a config names (`load_backend`) and answers questions with it,
   appending a record per answer (`answer_questions`): what the generate and evaluate stages call.
@@ -10,5 +13,6 @@
 - chat.py: what a chat backend takes and gives.
 
 A chat backend (openai_client.OpenAIChat, local_chat.LocalChat) has a `name` (backend and model, part
-of the annotator's cache key) and `complete_many(requests) -> list[Reply | RequestFailed]`.
+of the annotator's cache key) and `complete_many(requests)`, which yields (index, Reply | RequestFailed)
+as each request finishes.
 """

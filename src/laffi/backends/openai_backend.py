@@ -3,7 +3,8 @@
     vllm serve Qwen/Qwen2.5-7B-Instruct --port 8000
     laffi generate runs/qwen generate.backend=openai generate.base_url=http://localhost:8000/v1 \\
         model.name=Qwen/Qwen2.5-7B-Instruct generate.batch_size=64
-    laffi evaluate runs/qwen --system base --backend openai --base-url http://localhost:8000/v1
+    laffi evaluate runs/qwen --system base --backend openai --base-url http://localhost:8000/v1 \\
+        model.name=Qwen/Qwen2.5-7B-Instruct
 
 Same prompts, same answer extraction, same records as in-process: the prompt is rendered and
 tokenized here, by the same code and tokenizer (`model.name`), and sent as token ids to the

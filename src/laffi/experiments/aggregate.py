@@ -4,7 +4,7 @@ the baseline.
 
     from laffi.experiments.aggregate import Trial, CellRun, choose_budgets, aggregate
     choices = choose_budgets(trials)        # dev scores only: (cell, system) -> budget
-    summary = aggregate(runs, trials, choices, base, articles, baseline="sft", families=..., samples=1000)
+    summary = aggregate(runs, trials, choices, base, axes, articles, baseline="sft", families=..., samples=1000)
 
 A trial is one training (a system in a cell, at a budget and a seed) with its dev scores and its
 cost; choose_budgets reads nothing else, so the held-out set cannot steer a choice. A system's

@@ -2,7 +2,7 @@
 
     laffi run                                   # embedded model and data, default preset
     laffi run --preset smoke --out runs/smoke   # a few minutes on a laptop
-    laffi run configs/qwen7b-gpu.yaml train.steps=200
+    laffi run configs/qwen2.5-7b-gpu.yaml train.steps=200
     laffi run configs/qwen2.5-7b-gpu.yaml --launcher accelerate --num-processes 8 systems.names=base,sft,laffi
     laffi run systems.names=base,sft,laffi,laffi-refine-mix,laffi-refine-mix-guided
 

@@ -1,9 +1,9 @@
 """The annotation web app (Flask, server-rendered pages). Run it with `laffi serve RUN_DIR`.
 
 Pages: / (sign in), /annotate (your next item), /items/<id> (an item's form, also to edit your
-feedback), /mine (your feedback), /admin (progress per person, agreement), /healthz (the only
-page open without a token). Keyboard: 1/2/3 pick the verdict and jump to the text, Ctrl+Enter
-submits, s skips.
+feedback), /mine (your feedback), /admin (progress per person, agreement), /healthz (with the sign-in
+page, the only ones open without a token). Keyboard: 1/2/3 pick the verdict and jump to the text,
+Ctrl+Enter submits, s skips.
 
     create_app(ServeConfig(run_dir="runs/demo"), engine)
 """

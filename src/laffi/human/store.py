@@ -2,9 +2,9 @@
 
     engine = open_engine(url)
     token = add_annotator(engine, "alice")
-    person = authenticate(engine, token)
+    person, _why = authenticate(engine, token)   # (None, the reason) for a bad token
     item_id = claim(engine, person.id, per_item=2)
-    submit(engine, person.id, item_id, "incorrect", "The answer is the year, not the place.")
+    submit(engine, person.id, item_id, "incorrect", "The answer is the year, not the place.", "1871")
 
 Assignment. `items.claims` counts the annotations that hold a slot on an item (assigned or done).
 A claim is the conditional update `claims = claims + 1 WHERE claims < K`, which both databases

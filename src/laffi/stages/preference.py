@@ -3,7 +3,7 @@
     term = PreferenceTerm.of(preference, examples, pairs)    # pairs: sets/SYSTEM.pairs.jsonl
     rows += tokenize(tokenizer, term.pair_examples, max_seq_len)
     batches = [term.with_pairs(batch) for batch in batches]  # a question's pair joins its example's batch
-    term.reference = reference_logps(...)                     # once, before step 1: the model at step 0
+    term.reference = term.compute_reference(...)              # once, before step 1: the model at step 0
     loss, stats = term.part_loss(model, rows, part, weights, pair_weight, pad_id, device, packed)
 
 Every step trains on train.batch_size questions' own examples (their NLL, a mean over their completion

@@ -114,3 +114,20 @@ def test_an_adapter_is_merged_only_into_fp32_weights(tiny_model_dir, tmp_path, d
         beside = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
         expected, got = beside(ids).logits.float(), model(ids).logits.float()
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_adapter_trained_on_a_model_of_other_sizes_is_refused_naming_both(tiny_model_dir, tmp_path):
+    """A run built stage by stage keeps no model.name between commands: left off one of them, the adapter meets
+    another model, and PEFT's size mismatch becomes an error that says what happened."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "adapter")
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.hidden_size = 48
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "wider")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "wider")
+    with pytest.raises(ConfigError, match=rf"does not fit model.name={tmp_path / 'wider'}; it was trained on "
+                                          rf"{tiny_model_dir}.*give every stage the same model.name"):
+        load_model(ModelConfig(name=str(tmp_path / "wider")), adapter=tmp_path / "adapter")

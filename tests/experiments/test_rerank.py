@@ -12,10 +12,10 @@ from dataclasses import replace
 
 import pytest
 
+from laffi.config import read_yaml
 from laffi.experiments.experiment import experiment
 from laffi.experiments.grid import experiment_config_from
 from laffi.experiments.rerank import main, openings_for
-from laffi.config import read_yaml
 from laffi.layout import ExperimentLayout, RunLayout, sidecar_config
 from laffi.models import ADAPTER_ANSWERING
 from laffi.records import Answer, Prediction, read_records, write_records
@@ -24,7 +24,8 @@ from laffi.stages.verdicts import LINES, SENTENCES
 
 
 def tiny_run(model_dir) -> dict:
-    return {"model": {"name": str(model_dir), "threads": 2},
+    # bf16 as on a CPU with bf16 units: the entries then record how the adapter was applied (fp32 merges it)
+    return {"model": {"name": str(model_dir), "threads": 2, "dtype": "bfloat16"},
             "data": {"eval_size": 4, "dev_size": 5, "train_size": 8, "num_shots": 1},
             "generate": {"max_new_tokens": 3, "batch_size": 8},
             "train": {"warmup_steps": 0, "batch_size": 2, "max_seq_len": 192}}

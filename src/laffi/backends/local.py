@@ -1,4 +1,5 @@
-"""The padded-batch answering engine (generate.share_prefix=false): greedy decoding with transformers, in length-sorted batches.
+"""The padded-batch answering engine (generate.share_prefix=false): greedy decoding with transformers, in
+length-sorted batches.
 
     for batch in greedy_generate(model, tokenizer, {"q1": ids}, batch_size=8, max_new_tokens=24):
         ...   # a list of Generation, as soon as each batch is done

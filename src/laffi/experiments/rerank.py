@@ -9,8 +9,8 @@ For every finished training of --systems (jobs/SYSTEM-KEY/adapters/SYSTEM, each 
 model (the adapter loaded as `laffi evaluate` loads it) answers the split's questions K times: the
 greedy answer (sample 0, the answer direct answering gives) and K-1 sampled at --temperature, each from
 a random stream of its own (laffi.backends.sampling), into JOB/rerank/SYSTEM/SPLIT.kK.tT.jsonl
-(resumable; its sidecar .config.yaml records how the adapter was applied, and candidates an older
-laffi began are answered again). Then every distinct candidate of a question is scored once: P(verdict
+(resumable; its sidecar .config.yaml records how the adapter was applied: with 16-bit weights,
+candidates begun without one, by an older laffi, are answered again). Then every distinct candidate of a question is scored once: P(verdict
 "correct") from the feedback the model predicts for it (the verdict lines of a model trained on a verify set, else the
 reference annotator's sentences), and the mean log-probability per token of the candidate as its
 answer. Each rule of laffi.stages.rerank picks one candidate per question: verifier, likelihood (the

@@ -342,10 +342,10 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         raise ValueError(f"{layout.aux_set(system)}: not the questions of {layout.training_set(system)} in its order; "
                          "run `laffi build` again")
     term = None if preference is None else preference_term(layout, system, preference, examples)
-    if (other := answered_by_another_model(layout, model)) and Shard.current().is_main:
-        print(f"train {system}: note: {other}", flush=True)
     # one process, or one of many under accelerate launch / torchrun (read from the environment)
     accelerator = Accelerator(cpu=pick_device(model.device).type == "cpu", step_scheduler_with_optimizer=False)
+    if (other := answered_by_another_model(layout, model)) and accelerator.is_main_process:
+        print(f"train {system}: note: {other}", flush=True)
     plan = plan_batches(train, accelerator.num_processes)
     if train.eval_every and accelerator.num_processes > 1:
         raise ConfigError("train.eval_every: QA evaluation during training runs in one process; set it to 0 "

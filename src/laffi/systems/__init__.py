@@ -1,7 +1,8 @@
 """Systems as data: what a system trains on and how it answers, one small YAML file each.
 
     from laffi.systems import load_systems
-    systems = load_systems(["base", "sft", "laffi", "laffi-refine-mix", "laffi-refine-mix-guided"])   # or paths to .yaml
+    # or paths to .yaml files; a guided system needs the system whose adapter it answers with
+    systems = load_systems(["base", "sft", "laffi", "laffi-refine-mix", "laffi-refine-mix-guided"])
 
 A system is a training recipe (which training sets, and the share of each in its examples) and an
 answering procedure (direct, or feedback-guided: answer, predict the feedback on that answer, take

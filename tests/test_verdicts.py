@@ -166,7 +166,7 @@ def tiny_experiment(tiny_model_dir, tmp_path_factory):
     from laffi.experiments.grid import experiment_config_from
 
     root = tmp_path_factory.mktemp("verdict-experiment") / "experiment"
-    run = {"model": {"name": str(tiny_model_dir), "threads": 2, "prompt_format": "plain"},
+    run = {"model": {"name": str(tiny_model_dir), "threads": 2, "prompt_format": "plain", "dtype": "bfloat16"},
            "data": {"eval_size": 3, "dev_size": 5, "train_size": 6, "num_shots": 1},
            "generate": {"max_new_tokens": 3, "batch_size": 8},
            "train": {"warmup_steps": 0, "batch_size": 2, "max_seq_len": 192, "checkpoint_every": 0},

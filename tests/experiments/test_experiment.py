@@ -27,7 +27,8 @@ from laffi.systems import load_system
 
 
 def tiny_run(model_dir) -> dict:
-    return {"model": {"name": str(model_dir), "threads": 2},
+    # bf16, as model.dtype=auto is on a CPU with bf16 units: adapters stay beside the weights (fp32 merges them)
+    return {"model": {"name": str(model_dir), "threads": 2, "dtype": "bfloat16"},
             "data": {"eval_size": 6, "dev_size": 5, "train_size": 8, "num_shots": 1},
             "generate": {"max_new_tokens": 3, "batch_size": 8},
             "train": {"warmup_steps": 0, "batch_size": 2, "max_seq_len": 192, "checkpoint_every": 1},

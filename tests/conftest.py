@@ -42,8 +42,9 @@ def tiny_overrides(tiny_model_dir) -> list[str]:
     """Overrides that make a whole run small: 8 held-out and 8 train questions, 2-step trainings."""
     # bf16 on every CPU, as model.dtype=auto is where it has bf16 units (fp32 merges adapters into the weights)
     return [f"model.name={tiny_model_dir}", "model.threads=2", "model.dtype=bfloat16", "data.eval_size=8",
-            "data.train_size=8", "generate.max_new_tokens=4", "generate.batch_size=4", "train.steps=4", "train.warmup_steps=1",
-            "train.batch_size=2", "train.max_seq_len=256", "train.checkpoint_every=2", "eval.bootstrap_samples=200"]
+            "data.train_size=8", "generate.max_new_tokens=4", "generate.batch_size=4", "train.steps=4",
+            "train.warmup_steps=1", "train.batch_size=2", "train.max_seq_len=256", "train.checkpoint_every=2",
+            "eval.bootstrap_samples=200"]
 
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -77,7 +77,7 @@ def test_every_rule_on_k_answers_and_a_rerun_does_nothing_twice(tiny_experiment,
     key = next(k for k, e in saved["models"].items() if e["system"] == "laffi-verify")
     assert saved["models"][key]["answering"] == ADAPTER_ANSWERING
     stale = job.rerank_candidates("laffi-verify", "dev", 3, 0.7)
-    assert read_yaml(sidecar_config(stale)) == {"answering": {"answering": ADAPTER_ANSWERING}}
+    assert read_yaml(sidecar_config(stale)) == {"adapter": {"answering": ADAPTER_ANSWERING}}
     for older in ({**saved["models"], key: {k: v for k, v in saved["models"][key].items() if k != "answering"}},
                   {k: e for k, e in saved["models"].items() if k != key}):  # an old entry; none (a crash)
         path.write_text(json.dumps({"models": older}))

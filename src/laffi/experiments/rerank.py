@@ -10,10 +10,10 @@ model (the adapter loaded as `laffi evaluate` loads it) answers the split's ques
 greedy answer (sample 0, the answer direct answering gives) and K-1 sampled at --temperature, each from
 a random stream of its own (laffi.backends.sampling), into JOB/rerank/SYSTEM/SPLIT.kK.tT.jsonl
 (resumable; its sidecar .config.yaml records how the adapter was applied: with 16-bit weights,
-candidates begun without one, by an older laffi, are answered again). Then every distinct candidate of a question is scored once: P(verdict
-"correct") from the feedback the model predicts for it (the verdict lines of a model trained on a verify set, else the
-reference annotator's sentences), and the mean log-probability per token of the candidate as its
-answer. Each rule of laffi.stages.rerank picks one candidate per question: verifier, likelihood (the
+candidates begun without one, by an older laffi, are answered again). Then every distinct candidate
+of a question is scored once: P(verdict "correct") from the feedback the model predicts for it (the
+verdict lines of a model trained on a verify set, else the reference annotator's sentences), and the
+mean log-probability per token of the candidate as its answer. Each rule of laffi.stages.rerank picks one candidate per question: verifier, likelihood (the
 control that spends the same test-time compute), vote, first (greedy) and oracle (pass@K, a bound).
 
 Choose a rule on dev (the default split); score the held-out set once, for the rule chosen, with
@@ -63,11 +63,12 @@ def candidates(lm, tokenizer, job: RunLayout, config: RunConfig, system: str, sp
     path = job.rerank_candidates(system, split, k, temperature)
     # Candidates begun with the adapter applied as an older laffi applied it (merged into 16-bit weights; that
     # laffi wrote no sidecar) are answered again, not resumed: a crash can leave them without a rerank.json entry.
+    # The sidecar's "adapter" section is the one round answers record (laffi.stages.rounds).
     sidecar = sidecar_config(path)
-    if path.exists() and not answered_as_now(read_yaml(sidecar).get("answering", {}) if sidecar.exists() else {},
-                                             config.model):
+    recorded = (read_yaml(sidecar).get("adapter") or {}) if sidecar.exists() else {}
+    if path.exists() and not answered_as_now(recorded, config.model):
         path.unlink()
-    save_config(sidecar, {"answering": answering_of(config.model)}, outputs=[path])
+    save_config(sidecar, {"adapter": answering_of(config.model)}, outputs=[path])
     started = time.perf_counter()
     with RecordWriter(path, Answer) as writer:
         answer_questions(lm, tokenizer, examples, shots, config.data, generate, writer,

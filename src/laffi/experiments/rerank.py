@@ -13,8 +13,9 @@ a random stream of its own (laffi.backends.sampling), into JOB/rerank/SYSTEM/SPL
 candidates begun without one, by an older laffi, are answered again). Then every distinct candidate
 of a question is scored once: P(verdict "correct") from the feedback the model predicts for it (the
 verdict lines of a model trained on a verify set, else the reference annotator's sentences), and the
-mean log-probability per token of the candidate as its answer. Each rule of laffi.stages.rerank picks one candidate per question: verifier, likelihood (the
-control that spends the same test-time compute), vote, first (greedy) and oracle (pass@K, a bound).
+mean log-probability per token of the candidate as its answer. Each rule of laffi.stages.rerank picks
+one candidate per question: verifier, likelihood (the control that spends the same test-time compute),
+vote, first (greedy) and oracle (pass@K, a bound).
 
 Choose a rule on dev (the default split); score the held-out set once, for the rule chosen, with
 --split heldout, which answers with the trainings `laffi experiment` scored on the held-out set (the

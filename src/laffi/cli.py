@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_parser(sub, "prepare", "split the QA data into train pool, held-out set and few-shot pool")
     generate = _stage_parser(sub, "generate", "let the model answer the train questions")
     annotate = _stage_parser(sub, "annotate", "write feedback on the model's answers")
-    annotate.add_argument("--annotator", help="reference or llm (annotate.annotator)")
+    annotate.add_argument("--annotator", help="reference, reference-strict or llm (annotate.annotator)")
     annotate.add_argument("--base-url", help="the LLM annotator's OpenAI-compatible server (annotate.base_url)")
     annotate.add_argument("--model", help="the LLM annotator's model (annotate.model)")
     annotate.add_argument("--out", help="feedback file in the run directory (default feedback.jsonl)")

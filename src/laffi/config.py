@@ -133,13 +133,19 @@ class GenerateConfig:
         return dataclasses.replace(self, samples=1, temperature=fresh.temperature, seed=fresh.seed)
 
 
+# annotate.annotator's values; the reference variants' rules are laffi.annotators.reference.OVERLAP_F1's
+ANNOTATORS = ("reference", "reference-strict", "llm")
+
+
 @dataclass
 class AnnotateConfig:
     # how replies are fetched, not what they say (base_url too: the same model behind another address; the
     # model name is what the reply cache keys on): a resumed stage may change them (`save_config`)
     OPERATIONAL: ClassVar[tuple[str, ...]] = ("base_url", "api_key_env", "concurrency", "timeout", "retries",
                                               "backoff", "cache_dir")
-    annotator: str = "reference"  # reference: rule-based on the golds; llm: an LLM writes the feedback
+    # reference: rule-based on the golds; reference-strict: the same, but an answer that only shares words with a
+    # gold answer is partially correct from a token F1 of 0.5 on (laffi.annotators.reference); llm: an LLM writes it
+    annotator: str = "reference"
     seed: int = 0
     # The llm annotator (see laffi.annotators.llm). backend openai: any OpenAI-compatible chat endpoint
     # (OpenAI, vLLM, llama.cpp, Ollama); transformers: a local model, model = a model.name-style spec.
@@ -159,8 +165,8 @@ class AnnotateConfig:
     cache_dir: str = ""  # replies already paid for; empty: $LAFFI_CACHE/llm (~/.cache/laffi/llm)
 
     def __post_init__(self) -> None:
-        require(self.annotator in ("reference", "llm"), "annotate.annotator",
-                f"unknown annotator {self.annotator!r}; available: reference, llm")
+        require(self.annotator in ANNOTATORS, "annotate.annotator",
+                f"unknown annotator {self.annotator!r}; available: {', '.join(ANNOTATORS)}")
         if self.annotator != "llm":
             return
         require(self.backend in ("openai", "transformers"), "annotate.backend",

@@ -1,9 +1,15 @@
+import dataclasses
 import re
 
 import pytest
+import yaml
 
-from laffi.annotators.reference import DIAGNOSES, QUOTES, RIGHT_ANSWERS, VERDICTS, ReferenceAnnotator
-from laffi.records import Answer, QAExample
+from laffi.annotators.reference import DIAGNOSES, OVERLAP_F1, QUOTES, RIGHT_ANSWERS, VERDICTS, ReferenceAnnotator
+from laffi.config import ANNOTATORS, ConfigError, load_config
+from laffi.layout import RunLayout, sidecar_config
+from laffi.records import Answer, QAExample, read_records, write_records
+from laffi.stages.annotate import annotate as annotate_stage
+from laffi.stages.prepare import prepare
 
 CONTEXT = (
     "The Eiffel Tower was designed by the engineering firm of Gustave Eiffel. "
@@ -174,3 +180,72 @@ def test_every_part_has_several_phrasings():
 def test_mismatched_pair_is_refused():
     with pytest.raises(ValueError, match="paired"):
         ReferenceAnnotator().annotate([(example(["Paris"]), Answer("other", "Paris", "Paris", "m"))])
+
+
+def strict(ex, prediction):
+    [feedback] = ReferenceAnnotator(name="reference-strict").annotate([(ex, Answer(ex.id, prediction, prediction, "m"))])
+    assert feedback.annotator == "reference-strict"
+    return feedback
+
+
+@pytest.mark.parametrize("prediction, kind", [
+    ("Gustave Martin of Lyon", "unsupported"),  # shares "Gustave": token F1 0.33 with the gold
+    ("the firm of Dr. Smith", "wrong span"),  # shares "firm of", every word in the passage: F1 0.44
+])
+def test_strict_calls_an_answer_that_only_shares_a_word_incorrect(prediction, kind):
+    ex = example(["engineering firm of Gustave Eiffel"] if kind == "wrong span" else ["Gustave Eiffel"])
+    assert annotate(ex, prediction).verdict == "partially correct"
+    fb = strict(ex, prediction)
+    assert fb.verdict == "incorrect" and uses(fb.text, DIAGNOSES[kind])
+    assert fb.corrected_answer == ex.answers[0]
+
+
+def test_strict_does_not_take_a_number_for_the_start_of_another():
+    ex = example(["1889"], question="When was it built?")
+    assert annotate(ex, "188").verdict == "partially correct"  # "188" starts "1889"
+    assert strict(ex, "188").verdict == "incorrect"
+
+
+def test_strict_keeps_close_overlaps_and_containment_partially_correct():
+    close = strict(example(["engineering firm of Gustave Eiffel"]), "Eiffel firm")  # token F1 0.57
+    assert close.verdict == "partially correct" and uses(close.text, DIAGNOSES["overlap"])
+    long_ = strict(example(["1889"], question="When was it built?"), "It was built for the fair in 1889")  # F1 0.2
+    assert long_.verdict == "partially correct" and uses(long_.text, DIAGNOSES["too long"])
+    short = strict(example(["the engineering firm of Gustave Eiffel"]), "Eiffel")
+    assert short.verdict == "partially correct" and uses(short.text, DIAGNOSES["incomplete"])
+
+
+@pytest.mark.parametrize("prediction", ["Gustave Eiffel", "Dr. Smith", "Alexandre Martin", "Gustave Eiffel in Paris", ""])
+def test_strict_words_every_other_answer_as_reference_does(prediction):
+    ex = example(["Gustave Eiffel"])
+    assert strict(ex, prediction).text == annotate(ex, prediction).text
+
+
+def test_every_reference_variant_the_config_accepts_has_its_rule():
+    assert set(ANNOTATORS) - {"llm"} == set(OVERLAP_F1)
+    assert load_config(overrides=["annotate.annotator=reference-strict"]).annotate.annotator == "reference-strict"
+
+
+def test_an_unknown_reference_variant_is_refused():
+    with pytest.raises(ValueError, match="unknown reference annotator 'reference-lax'; available: reference, "
+                                         "reference-strict"):
+        ReferenceAnnotator(name="reference-lax")
+
+
+def test_the_annotate_stage_runs_the_variant_it_is_given_and_refuses_to_mix_them(tmp_path):
+    config = load_config(overrides=["data.eval_size=8", "data.train_size=6", "annotate.annotator=reference-strict"])
+    layout = RunLayout(tmp_path)
+    prepare(layout, config.data)
+    questions = read_records(layout.train_examples, QAExample)
+    # each answer shares one word, "Paris", with a made-up gold answer: partially correct under reference only
+    examples = [dataclasses.replace(q, answers=["Paris in France"], is_impossible=False) for q in questions]
+    write_records(layout.train_examples, examples)
+    write_records(layout.answers, [Answer(q.id, "Paris Hilton", "Paris Hilton", "m") for q in questions])
+    feedback = annotate_stage(layout, config.annotate)
+    assert {(f.annotator, f.verdict) for f in feedback} == {("reference-strict", "incorrect")}
+    assert yaml.safe_load(sidecar_config(layout.feedback).read_text()) == {
+        "annotate": {"annotator": "reference-strict", "seed": 0}}
+    with pytest.raises(ConfigError, match=r"different settings \(annotate\.annotator\)"):
+        annotate_stage(layout, load_config(overrides=["data.eval_size=8", "data.train_size=6"]).annotate)
+    loose = annotate_stage(layout, load_config(overrides=[]).annotate, out="reference.jsonl")
+    assert {(f.annotator, f.verdict) for f in loose} == {("reference", "partially correct")}

@@ -21,7 +21,7 @@ BUDGETS = Path(__file__).parents[2] / "configs" / "experiments" / "budgets.yaml"
 def test_there_is_an_experiment_config_for_every_question():
     configs = {path.stem: load_experiment_config(path) for path in CONFIGS}
     assert sorted(configs) == ["annotator", "budgets", "content", "curve-32", "curve-512", "equal-steps", "finalists",
-                               "human-ratio", "screen", "screen-k4", "size"]
+                               "human-ratio", "screen", "screen-k4", "size", "strict-annotator"]
     # screen.yaml is a dev screen (--dev-only): one seed at one budget, in the directory of the others
     screen = configs.pop("screen")
     assert len(screen.seeds) == 1 and len(screen.budgets) == 1 and screen.run == configs["budgets"].run
@@ -38,6 +38,12 @@ def test_there_is_an_experiment_config_for_every_question():
         assert c.systems == ["base", "sft", "laffi-dpo"] and c.baseline == "sft"
         assert c.run.data.dev_size == configs["budgets"].run.data.dev_size
         assert c.run.data.seed == configs["budgets"].run.data.seed
+    # strict-annotator.yaml: the reference annotator's two variants on equal-steps.yaml's run and budget,
+    # so its reference cells are that experiment's trainings
+    strict = configs["strict-annotator"]
+    assert strict.grid.annotator == ["reference", "reference-strict"]
+    assert strict.annotate_config("reference-strict").annotator == "reference-strict"
+    assert (strict.run, strict.budgets, strict.seeds) == (configs["equal-steps"].run, [32], configs["equal-steps"].seeds)
     varied = {axis for c in configs.values() for axis in ("size", "annotator", "human_ratio", "content")
               if len(getattr(c.grid, axis)) > 1}
     assert varied == {"size", "annotator", "human_ratio", "content"}

@@ -6,6 +6,12 @@ below by a generator seeded with (seed, question id, sample), so an item gets th
 batch or order (stages resume after crashes) while the data set does not repeat a single template;
 the greedy answer (sample 0) is seeded as before samples existed, (seed, question id), so its
 feedback is what it always was, and each sampled answer draws its wording independently.
+
+Two variants, by name (annotate.annotator). An answer that contains a gold answer ("too long") or lies
+within one ("incomplete") is partially correct under both. One that only shares words with a gold
+answer is partially correct under `reference` whatever it shares (a single word, or "199" as the start
+of "1998"); under `reference-strict` only from a token F1 of 0.5 with that gold, and incorrect below it
+(diagnosed as a wrong span or as unsupported, like an answer that shares nothing).
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ from __future__ import annotations
 import random
 import re
 
-from laffi.analysis.metrics import majority_answer, normalize_answer
+from laffi.analysis.metrics import majority_answer, normalize_answer, token_f1
 from laffi.records import Answer, Feedback, QAExample
+
+# Each variant's least token F1 with a gold answer at which merely sharing words with it is partially correct.
+OVERLAP_F1 = {"reference": 0.0, "reference-strict": 0.5}
 
 VERDICTS = {
     "correct": ("The answer is correct.", "This is correct.", "Correct.", "Your answer is correct."),
@@ -153,10 +162,10 @@ def _relation(pred: list[str], gold: list[str], pred_text: str, gold_text: str) 
 
 
 class ReferenceAnnotator:
-    name = "reference"
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
+    def __init__(self, seed: int = 0, name: str = "reference") -> None:
+        if name not in OVERLAP_F1:
+            raise ValueError(f"unknown reference annotator {name!r}; available: {', '.join(OVERLAP_F1)}")
+        self.seed, self.name, self.overlap_f1 = seed, name, OVERLAP_F1[name]
 
     def annotate(self, pairs: list[tuple[QAExample, Answer]]) -> list[Feedback]:
         return [self._feedback(example, answer) for example, answer in pairs]
@@ -184,7 +193,8 @@ class ReferenceAnnotator:
             gold = quote_gold = majority_answer(golds)
             exact = next((g for g in golds if _tokens(g) == pred), None)
             # Diagnose against the majority gold if the prediction relates to it, else the first that does.
-            related = [(g, r) for g in (gold, *golds) if (r := _relation(pred, _tokens(g), prediction, g))]
+            related = [(g, r) for g in (gold, *golds) if (r := _relation(pred, _tokens(g), prediction, g))
+                       and (r != "overlap" or token_f1(prediction, [g]) >= self.overlap_f1)]
             if not pred:
                 verdict, kind = "incorrect", "empty"
             elif exact is not None:

@@ -48,7 +48,7 @@ def check_annotator(config: AnnotateConfig, option: str = "annotate") -> None:
 def make_annotator(config: AnnotateConfig):
     if config.annotator == "llm":
         return llm.LLMAnnotator(config)
-    return ReferenceAnnotator(seed=config.seed)
+    return ReferenceAnnotator(seed=config.seed, name=config.annotator)
 
 
 def annotator_settings(config: AnnotateConfig) -> dict:

@@ -23,7 +23,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsA
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import is_flash_attn_2_available
 
-from laffi.config import ConfigError, ModelConfig
+from laffi.config import ConfigError, ModelConfig, read_yaml
 from laffi.layout import ADAPTER_CONFIG
 from laffi.prompts import PLAIN_CHAT_TEMPLATE, ensure_chat_template
 
@@ -213,6 +213,12 @@ def answered_as_now(recorded: dict, config: ModelConfig) -> bool:
     model, was answered with its adapter as this laffi applies it; a record without "answering" is of version 1.
     A record of model.dtype=auto is taken to come from a machine that resolves it as this one does."""
     return not answering_of(config) or recorded.get("answering", 1) == ADAPTER_ANSWERING
+
+
+def recorded_answering(sidecar: Path) -> dict:
+    """The "adapter" section that answers made with an adapter outside `laffi evaluate` (a round's answers,
+    rerank's candidates) record in their sidecar config, for answered_as_now; {} where there is no sidecar."""
+    return (read_yaml(sidecar).get("adapter") or {}) if sidecar.exists() else {}
 
 
 def trained_on(adapter: Path) -> str:

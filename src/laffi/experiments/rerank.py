@@ -39,10 +39,10 @@ from pathlib import Path
 from laffi.analysis.auroc import auroc
 from laffi.analysis.metrics import score_example
 from laffi.backends.answering import answer_questions
-from laffi.config import RunConfig, load_config, read_yaml, save_config
+from laffi.config import RunConfig, load_config, save_config
 from laffi.experiments.aggregate import job_cell
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, sidecar_config
-from laffi.models import answered_as_now, answering_of, load_model, release_memory
+from laffi.models import answered_as_now, answering_of, load_model, recorded_answering, release_memory
 from laffi.prompts import choose_shots, extract_answer
 from laffi.records import Answer, QAExample, RecordWriter, read_records, write_json
 from laffi.stages.rerank import METHODS, Scores, candidate_scores, choose
@@ -64,10 +64,8 @@ def candidates(lm, tokenizer, job: RunLayout, config: RunConfig, system: str, sp
     path = job.rerank_candidates(system, split, k, temperature)
     # Candidates begun with the adapter applied as an older laffi applied it (merged into 16-bit weights; that
     # laffi wrote no sidecar) are answered again, not resumed: a crash can leave them without a rerank.json entry.
-    # The sidecar's "adapter" section is the one round answers record (laffi.stages.rounds).
     sidecar = sidecar_config(path)
-    recorded = (read_yaml(sidecar).get("adapter") or {}) if sidecar.exists() else {}
-    if path.exists() and not answered_as_now(recorded, config.model):
+    if path.exists() and not answered_as_now(recorded_answering(sidecar), config.model):
         path.unlink()
     save_config(sidecar, {"adapter": answering_of(config.model)}, outputs=[path])
     started = time.perf_counter()

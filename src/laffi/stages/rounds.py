@@ -34,11 +34,10 @@ from pathlib import Path
 
 from laffi.annotators.content import FULL, with_content
 from laffi.backends.answering import answer_questions, load_backend
-from laffi.config import (AnnotateConfig, ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, read_yaml,
-                          save_config)
+from laffi.config import AnnotateConfig, ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, save_config
 from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, adapter_finished, adapter_weights, sidecar_config
-from laffi.models import answered_as_now, answering_of
+from laffi.models import answered_as_now, answering_of, recorded_answering
 from laffi.prompts import extract_answer
 from laffi.records import (
     Answer,
@@ -100,7 +99,7 @@ def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, mo
     shots = read_records(layout.shots, QAExample)
     source = str(adapter.relative_to(layout.root))  # relative: the run directory may move
     saved = sidecar_config(own.answers)
-    if own.answers.exists() and saved.exists() and not answered_as_now(read_yaml(saved).get("adapter") or {}, model):
+    if own.answers.exists() and saved.exists() and not answered_as_now(recorded_answering(saved), model):
         raise ConfigError(f"{own.answers}: begun with {source} merged into the bf16 weights, as laffi before commit "
                           f"53396c9 answered (models.ADAPTER_ANSWERING); delete {own.root} (this round's answers, "
                           "feedback and sets) and any unfinished training of this round to make the round again")

@@ -183,7 +183,8 @@ def test_mismatched_pair_is_refused():
 
 
 def strict(ex, prediction):
-    [feedback] = ReferenceAnnotator(name="reference-strict").annotate([(ex, Answer(ex.id, prediction, prediction, "m"))])
+    answer = Answer(ex.id, prediction, prediction, "m")
+    [feedback] = ReferenceAnnotator(name="reference-strict").annotate([(ex, answer)])
     assert feedback.annotator == "reference-strict"
     return feedback
 
@@ -215,7 +216,21 @@ def test_strict_keeps_close_overlaps_and_containment_partially_correct():
     assert short.verdict == "partially correct" and uses(short.text, DIAGNOSES["incomplete"])
 
 
-@pytest.mark.parametrize("prediction", ["Gustave Eiffel", "Dr. Smith", "Alexandre Martin", "Gustave Eiffel in Paris", ""])
+def test_strict_counts_shared_words_from_a_token_f1_of_one_half():
+    fb = strict(example(["Gustave Eiffel"]), "Gustave Martin")  # F1 exactly 0.5
+    assert fb.verdict == "partially correct" and uses(fb.text, DIAGNOSES["overlap"])
+
+
+def test_strict_judges_by_another_gold_answer_where_the_first_shares_too_little():
+    # the majority gold (twice) shares only "firm" with the answer; the third gold is in it
+    ex = example(["the firm of Smith", "the firm of Smith", "Gustave Eiffel"])
+    assert uses(annotate(ex, "Gustave Eiffel and his firm").text, DIAGNOSES["overlap"])  # F1 0.25 with the majority
+    fb = strict(ex, "Gustave Eiffel and his firm")
+    assert fb.verdict == "partially correct" and uses(fb.text, DIAGNOSES["too long"]) and '"and his firm"' in fb.text
+
+
+@pytest.mark.parametrize("prediction",
+                         ["Gustave Eiffel", "Dr. Smith", "Alexandre Martin", "Gustave Eiffel in Paris", ""])
 def test_strict_words_every_other_answer_as_reference_does(prediction):
     ex = example(["Gustave Eiffel"])
     assert strict(ex, prediction).text == annotate(ex, prediction).text

@@ -43,7 +43,8 @@ def test_there_is_an_experiment_config_for_every_question():
     strict = configs["strict-annotator"]
     assert strict.grid.annotator == ["reference", "reference-strict"]
     assert strict.annotate_config("reference-strict").annotator == "reference-strict"
-    assert (strict.run, strict.budgets, strict.seeds) == (configs["equal-steps"].run, [32], configs["equal-steps"].seeds)
+    equal = configs["equal-steps"]
+    assert (strict.run, strict.budgets, strict.seeds) == (equal.run, [32], equal.seeds)
     varied = {axis for c in configs.values() for axis in ("size", "annotator", "human_ratio", "content")
               if len(getattr(c.grid, axis)) > 1}
     assert varied == {"size", "annotator", "human_ratio", "content"}

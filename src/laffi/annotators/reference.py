@@ -10,8 +10,9 @@ feedback is what it always was, and each sampled answer draws its wording indepe
 Two variants, by name (annotate.annotator). An answer that contains a gold answer ("too long") or lies
 within one ("incomplete") is partially correct under both. One that only shares words with a gold
 answer is partially correct under `reference` whatever it shares (a single word, or "199" as the start
-of "1998"); under `reference-strict` only from a token F1 of 0.5 with that gold, and incorrect below it
-(diagnosed as a wrong span or as unsupported, like an answer that shares nothing).
+of "1998"); under `reference-strict` only from a token F1 of 0.5 with that gold. Below it the answer is
+judged by another gold answer it relates to, and where there is none it is incorrect (diagnosed as a
+wrong span or as unsupported, like an answer that shares nothing).
 """
 
 from __future__ import annotations

@@ -99,6 +99,8 @@ def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, mo
     shots = read_records(layout.shots, QAExample)
     source = str(adapter.relative_to(layout.root))  # relative: the run directory may move
     saved = sidecar_config(own.answers)
+    # Every laffi that made round answers saved this config first; answers without one say nothing of how they
+    # were made, and save_config below takes them as made with these settings (rerank answers those again).
     if own.answers.exists() and saved.exists() and not answered_as_now(recorded_answering(saved), model):
         raise ConfigError(f"{own.answers}: begun with {source} merged into the bf16 weights, as laffi before commit "
                           f"53396c9 answered (models.ADAPTER_ANSWERING); delete {own.root} (this round's answers, "

@@ -86,6 +86,12 @@ def test_defaults():
     assert empty.annotators["reference"].seed == empty.run.annotate.seed
 
 
+def test_every_annotator_draws_with_the_run_annotate_seed_unless_it_sets_its_own():
+    config = experiment_config_from({"run": {"annotate": {"seed": 3}}, "annotators": {
+        "strict": {"annotator": "reference-strict"}, "strict-7": {"annotator": "reference-strict", "seed": 7}}})
+    assert {name: a.seed for name, a in config.annotators.items()} == {"reference": 3, "strict": 3, "strict-7": 7}
+
+
 def test_overrides():
     config = load_experiment_config(BUDGETS, ["seeds=4,5", "budgets=8,16", "grid.size=2", "run.train.lr=1e-4",
                                               "grid.human_ratio=0,0.5", "grid.content=verdict", "systems=base,sft"])

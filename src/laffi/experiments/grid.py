@@ -19,7 +19,7 @@ A file has these sections (configs/experiments/ has one per question):
       human_ratio: [0.0]                 # share of human feedback (feedback.human.jsonl; hybrid build)
       content: [verdict+explanation+answer]   # laffi.annotators.content
       train: {lr: [1.0e-4, 3.0e-4]}      # any train option: its values (train.steps is `budgets`)
-    annotators:   # optional: the `annotate` settings of each annotator the grid names
+    annotators:   # optional: the `annotate` settings of each annotator the grid names (seed: run.annotate.seed's)
       llm: {annotator: llm, backend: transformers, model: embedded}
 
 Everything is checked when the config is built, and errors name the option (`grid.size: ...`).
@@ -200,8 +200,12 @@ def experiment_config_from(values: Any) -> ExperimentConfig:
         if isinstance(grid, dict) and old in grid:
             raise ConfigError(f"grid.{old}: now a top-level `{new}:` (every cell runs every system and seed)")
     # the shared run starts from the default preset, as `laffi run` does
-    return build_section(ExperimentConfig, {**values, "run": merge_values(PRESETS["default"], values.get("run") or {}),
-                                            "grid": grid, "annotators": values.get("annotators") or {}})
+    run = merge_values(PRESETS["default"], values.get("run") or {})
+    annotators = values.get("annotators") or {}
+    if isinstance(annotators, dict):  # each draws with the run's annotate.seed, as reference does, unless it sets one
+        seed = (run.get("annotate") or {}).get("seed", AnnotateConfig.seed)
+        annotators = {name: {"seed": seed, **a} if isinstance(a, dict) else a for name, a in annotators.items()}
+    return build_section(ExperimentConfig, {**values, "run": run, "grid": grid, "annotators": annotators})
 
 
 def load_experiment_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

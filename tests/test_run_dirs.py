@@ -117,6 +117,22 @@ def test_a_mistyped_data_source_is_fixed_by_running_again(tmp_path, capsys):
     assert "different settings (data.eval_size)" in capsys.readouterr().err
 
 
+def test_a_run_begun_by_prepare_keeps_its_settings_for_the_later_stage_commands(tmp_path):
+    from laffi.cli import _config, build_parser
+    from laffi.config import load_config
+
+    run = tmp_path / "run"
+    assert main(["prepare", str(run), "--preset", "smoke", "data.eval_size=8", "train.steps=3"]) == 0
+    assert load_config(RunLayout(run).config).train.steps == 3  # saved whole, not only the data section
+    later = build_parser().parse_args(["train", str(run), "--system", "sft"])
+    assert (_config(later).train.steps, _config(later).data.eval_size) == (3, 8)  # read by a later stage command
+    later = build_parser().parse_args(["train", str(run), "train.steps=5", "--system", "sft"])
+    assert _config(later).train.steps == 5  # a later command's own override: for that command only
+    assert load_config(RunLayout(run).config).train.steps == 3
+    assert main(["prepare", str(run), "data.eval_size=9"]) != 0  # refused by data/config.yaml ...
+    assert load_config(RunLayout(run).config).data.eval_size == 8  # ... and config.yaml left as it was
+
+
 def test_evaluate_refuses_a_name_that_is_neither_a_system_nor_a_trained_adapter(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["prepare", str(run), "data.eval_size=8"]) == 0

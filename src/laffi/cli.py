@@ -12,7 +12,7 @@
     laffi report RUN_DIR
 
 A stage's settings come from --config, else the run directory's config.yaml (written by
-`laffi run`), else the preset; key=value overrides go last (`train.steps=20`).
+`laffi run` and `laffi prepare`), else the preset; key=value overrides go last (`train.steps=20`).
 
 Each command is one call into the package. The stages and experiments are imported inside their
 command, not at the top: importing them loads torch and transformers, which `laffi --help`,
@@ -233,9 +233,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     layout = RunLayout.of(args.run_dir) if args.command == "prepare" else RunLayout.existing(args.run_dir)
     config = _config(args)
     if args.command == "prepare":
-        from laffi.stages.prepare import prepare
+        from laffi.stages.prepare import prepare, save_run_config
 
         train, held_out = prepare(layout, config.data)
+        save_run_config(layout, config)  # what the later stage commands read
         print(f"{len(train)} train questions, {len(held_out)} held-out questions in {layout.data}")
     elif args.command == "generate":
         from laffi.stages.generate import generate

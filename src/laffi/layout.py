@@ -2,7 +2,7 @@
 
 A run directory reads as the story of the experiment:
 
-    config.yaml                     the resolved config of the whole run (`laffi run`)
+    config.yaml                     the resolved config of the whole run (`laffi run`, `laffi prepare`)
     data/{train,dev,eval,shots}.jsonl  QA examples: training questions, dev set, held-out set, few-shot
                                     pool; data/config.yaml
     answers.jsonl                   the model's answers on the train pool (+ answers.config.yaml)

@@ -248,8 +248,8 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
                 raise
             raise ConfigError(f"{adapter}: the adapter does not fit model.name={config.name}; it was trained on "
                               f"{trained_on(Path(adapter))} (a stage command reads --config, else the run directory's "
-                              "config.yaml, which a run built stage by stage has none of, else the preset: give "
-                              "every stage the same model.name)") from error
+                              "config.yaml, which holds what `laffi prepare` or `laffi run` was given, else the "
+                              "preset: give every stage the same model.name, or give it to `laffi prepare`)") from error
         # Merged into fp32 weights an adapter answers as it does beside them, without its extra matmuls. In 16-bit
         # weights it stays beside them, as in training: a trained update is about 0.25% of a weight, below bf16's
         # rounding step, and merged, half of it was lost (relative norm, the demo's adapters); 4-bit weights would

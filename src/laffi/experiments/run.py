@@ -20,7 +20,7 @@ import functools
 from pathlib import Path
 
 from laffi.backends.answering import load_backend
-from laffi.config import RunConfig, require, save_config
+from laffi.config import RunConfig, require
 from laffi.distributed.launch import Launcher
 from laffi.experiments.clock import StageClock
 from laffi.layout import RunLayout
@@ -30,7 +30,7 @@ from laffi.stages.annotate import annotate, check_annotator
 from laffi.stages.build import build
 from laffi.stages.evaluate import evaluate, evaluate_system
 from laffi.stages.generate import generate
-from laffi.stages.prepare import prepare
+from laffi.stages.prepare import prepare, save_run_config
 from laffi.stages.rounds import RoundFeedback, train_rounds
 from laffi.stages.train import claim_adapter, system_recipe, train_system
 from laffi.systems import load_systems, training_order
@@ -51,13 +51,10 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
                 f"not under --launcher {launcher.name} with several; leave them out (e.g. systems.names=base,sft,laffi)")
         require(not config.train.eval_every, "train.eval_every",
                 "QA evaluation during training runs in one process; set it to 0 under a launcher with several")
-    # the whole run's settings; a launched training reads them from there (`laffi train RUN --system X`)
-    # replaced, not compared, until the model has written something: a mistyped path or model name is fixed
-    # by running again, while data/config.yaml guards the questions already drawn
-    save_config(layout.config, config.sections(), outputs=layout.model_outputs())
     timed = StageClock()
     shared = (config.model, config.data, config.generate, config.eval)
     timed("prepare", prepare, layout, config.data)
+    save_run_config(layout, config)  # a launched training reads them there (`laffi train RUN --system X`)
     # the base model answers the held-out and then the train questions: one load for both, on first
     # use (a resumed run may need none); trainings and adapter evaluations load their own, since
     # LoRA and merging change the model they get

@@ -1,21 +1,31 @@
 """Stage 0: pick the questions of a run and write them into its data/ folder.
 
-    laffi prepare runs/demo [data.source=squad-v2.json] [data.eval_size=200]
+    laffi prepare runs/demo [--config FILE] [data.source=squad-v2.json] [data.eval_size=200]
 
 Splits by article, so no passage is both trained on and evaluated: first the held-out set, then
 the dev set (data.dev_size questions for choosing settings) from the rest; then draws the few-shot
 pool and the training questions from what is left. Files are written whole or not at all.
+`laffi prepare` then saves the whole run's settings as config.yaml (`save_run_config`), which every
+later stage command on the run reads, so a run built stage by stage keeps the settings it began with.
 """
 
 from __future__ import annotations
 
 import random
 
-from laffi.config import DataConfig, save_config
+from laffi.config import DataConfig, RunConfig, save_config
 from laffi.data import load_examples, split_by_title
 from laffi.layout import RunLayout
 from laffi.prompts import shot_pool
 from laffi.records import QAExample, read_records, write_records
+
+
+def save_run_config(layout: RunLayout, config: RunConfig) -> None:
+    """config.yaml: the whole run's settings, which stage commands on the run read (`laffi train RUN`, a launched
+    training). Saved once the questions are drawn, so settings that prepare refused never land there. Replaced,
+    not compared, until the model has written something: a mistyped model name is fixed by running again,
+    while data/config.yaml guards the questions already drawn."""
+    save_config(layout.config, config.sections(), outputs=layout.model_outputs())
 
 
 def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[QAExample]]:

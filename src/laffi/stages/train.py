@@ -313,8 +313,8 @@ def preference_term(layout: RunLayout, system: str, preference: Preference,
 
 def answered_by_another_model(layout: RunLayout, model: ModelConfig) -> str | None:
     """What to say where the run's answers (which its feedback sets are made from) came from another model.name
-    than the one about to train: a stage command reads --config, else RUN/config.yaml, which a run built stage by
-    stage has none of, so a model.name given to `laffi generate` alone is easily left off `laffi train`."""
+    than the one about to train: a stage command reads --config, else RUN/config.yaml, which holds what `laffi prepare`
+    or `laffi run` was given, so a model.name given to `laffi generate` alone is easily left off `laffi train`."""
     saved = sidecar_config(layout.answers)
     answered_by = (read_yaml(saved).get("model") or {}).get("name") if saved.exists() else None
     if answered_by is None or answered_by == model.name:

@@ -132,3 +132,30 @@ def test_an_adapter_trained_on_a_model_of_other_sizes_is_refused_naming_both(tin
     with pytest.raises(ConfigError, match=rf"does not fit model.name={re.escape(str(tmp_path / 'wider'))}; it was "
                                           rf"trained on {re.escape(str(tiny_model_dir))}.*give every stage the same"):
         load_model(ModelConfig(name=str(tmp_path / "wider")), adapter=tmp_path / "adapter")
+
+
+def test_loading_a_model_caps_onednn_kernel_cache_so_new_shapes_evict_old_ones(tiny_model_dir):
+    """300 bf16 matmul shapes, twice: with oneDNN's default cache (1,024) the second pass finds every kernel
+    compiled; capped at 256 by load_model, the first pass's kernels are gone, so every shape compiles again."""
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import torch
+from laffi.config import ModelConfig
+from laffi.models import load_model
+load_model(ModelConfig(name={str(tiny_model_dir)!r}, dtype="bfloat16"))
+weight = torch.randn(64, 64, dtype=torch.bfloat16)
+for _ in range(2):
+    for rows in range(1, 301):
+        torch.nn.functional.linear(torch.randn(rows, 64, dtype=torch.bfloat16), weight)
+"""
+    env = {key: value for key, value in os.environ.items() if key != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    done = subprocess.run([sys.executable, "-c", script], env={**env, "ONEDNN_VERBOSE": "profile_create"},
+                          capture_output=True, text=True, timeout=300, check=True)
+    compiled = done.stdout.count("create:cache_miss")
+    if compiled == 0:
+        pytest.skip("this CPU runs bf16 matmuls without oneDNN")
+    # uncapped: one kernel a shape, at most 300 (a single row takes another path); capped: nearly two
+    assert compiled > 400, f"{compiled} kernels compiled for 300 shapes run twice: the cache kept them"

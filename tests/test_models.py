@@ -1,6 +1,9 @@
 """The embedded model: converted once from its GGUF, then loaded from the cache and used."""
 
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -137,10 +140,6 @@ def test_an_adapter_trained_on_a_model_of_other_sizes_is_refused_naming_both(tin
 def test_loading_a_model_caps_onednn_kernel_cache_so_new_shapes_evict_old_ones(tiny_model_dir):
     """300 bf16 matmul shapes, twice: with oneDNN's default cache (1,024) the second pass finds every kernel
     compiled; capped at 256 by load_model, the first pass's kernels are gone, so every shape compiles again."""
-    import os
-    import subprocess
-    import sys
-
     script = f"""
 import torch
 from laffi.config import ModelConfig

@@ -5,12 +5,14 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from laffi.backends.local import greedy_generate
-from laffi.config import ConfigError, ModelConfig
+from laffi.config import ConfigError, ModelConfig, TrainConfig
 from laffi.models import load_model, pick_attention, pick_device, pick_dtype, resolve_model_path
 from laffi.prompts import extract_answer, prompt_ids, qa_messages
 from laffi.records import QAExample, read_records
@@ -158,3 +160,13 @@ for _ in range(2):
         pytest.skip("this CPU runs bf16 matmuls without oneDNN")
     # uncapped: one kernel a shape, at most 300 (a single row takes another path); capped: nearly two
     assert compiled > 400, f"{compiled} kernels compiled for 300 shapes run twice: the cache kept them"
+
+
+def test_adding_lora_and_loading_an_adapter_print_no_deprecation_notice_of_peft_s_making(tiny_model_dir, tmp_path):
+    from laffi.stages.train import add_lora
+    config = ModelConfig(name=str(tiny_model_dir), dtype="float32")
+    with warnings.catch_warnings(record=True) as caught:  # entering resets the once-per-place registry
+        warnings.simplefilter("always")
+        add_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config, TrainConfig()).save_pretrained(tmp_path)
+        load_model(config, adapter=tmp_path)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

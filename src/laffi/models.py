@@ -14,6 +14,8 @@ import importlib.util
 import json
 import os
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -245,6 +247,16 @@ def trained_on(adapter: Path) -> str:
     return recorded or "a model PEFT did not record"
 
 
+@contextmanager
+def quiet_peft():
+    """Wrap a model in PEFT without its deprecation notice: peft 0.21.2 reads `model.is_gradient_checkpointing`,
+    which transformers 5.23 deprecates with a FutureWarning printed at every training and every evaluation with
+    an adapter; peft's to change, nothing a laffi user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model + tokenizer on the chosen device; with `adapter`, a PEFT adapter on top."""
     cap_onednn_cache()
@@ -258,7 +270,8 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
                                                  attn_implementation=pick_attention(config.attention, path, device, dtype))
     if adapter is not None:
         try:
-            model = PeftModel.from_pretrained(model, str(adapter))
+            with quiet_peft():
+                model = PeftModel.from_pretrained(model, str(adapter))
         except RuntimeError as error:  # PEFT's "size mismatch for ...": trained on a model of other sizes
             if "size mismatch" not in str(error):  # not that (out of memory, a CUDA error): as it is
                 raise

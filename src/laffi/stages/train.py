@@ -54,7 +54,7 @@ from laffi.distributed.checkpoint import (
 )
 from laffi.distributed.shards import Shard
 from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_finished, sidecar_config
-from laffi.models import hold_heap, load_model, pick_device
+from laffi.models import hold_heap, load_model, pick_device, quiet_peft
 from laffi.packing import can_pack
 from laffi.records import (
     LabelledAnswer,
@@ -111,12 +111,13 @@ def add_lora(model, model_config: ModelConfig, config: TrainConfig, autocast: bo
     target = config.target_modules[0] if config.target_modules == ["all-linear"] else config.target_modules
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=target, task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    with quiet_peft():
+        model = get_peft_model(model, lora)
     for module in model.modules() if autocast else ():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = False
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.train()
     return model
@@ -385,7 +386,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     keep_model_weights_out_of_state(accelerator)
     if accelerator.num_processes > 1:
         set_seed(train.seed, device_specific=True)  # but each process its own dropout masks
-    accelerator.print(f"train {system}: {accelerator.distributed_type.value}, {plan.describe()}"
+    # accelerate calls one process "NO" (no distribution); name only a distributed kind (FSDP, DEEPSPEED...)
+    kind = "" if accelerator.distributed_type == DistributedType.NO else f"{accelerator.distributed_type.value}, "
+    accelerator.print(f"train {system}: {kind}{plan.describe()}"
                       + (f", each with its auxiliary example (weight {aux_weight:g})" if aux else "")
                       + (f", and {term.describe(len(first_rows(examples)))}" if term is not None else ""))
 

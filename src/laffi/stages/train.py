@@ -117,7 +117,11 @@ def add_lora(model, model_config: ModelConfig, config: TrainConfig, autocast: bo
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = False
     if config.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        # the pinned transformers renamed it (the old name warns); a GPU machine's older one may have only the old name
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.train()
     return model

@@ -83,13 +83,15 @@ def overrides(tiny_model_dir, *extra):
             "train.checkpoint_every=3", *extra]
 
 
-def test_lora_training_learns_and_saves_a_peft_adapter(tiny_model_dir, tmp_path):
+def test_lora_training_learns_and_saves_a_peft_adapter(tiny_model_dir, tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     make_set(tmp_path)
     config = load_config(overrides=overrides(tiny_model_dir))
     out = train(RunLayout(tmp_path), "sft", config.model, config.train)
+    # one process: no distributed kind named (accelerate calls it "NO")
+    assert "train sft: 1 process(es) x 1 forward pass(es) of up to 4 example(s)" in capsys.readouterr().out
 
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md", "adapter_config.json", "adapter_model.safetensors", "config.yaml", "summary.json",

@@ -133,9 +133,10 @@ def cap_onednn_cache() -> None:
     compiles and caches a kernel per shape; packed rows and the attention's segments bring about 40 new
     shapes a packed row, so the default 1,024 filled with kernels no later step used and a training's
     resident memory rose step after step: 4.28 GB peak over 96 LaFFi steps against 3.15 GB with 256, back
-    to back, the same losses to the digit (2026-12-07, docs/speed.md). A step reuses its own kernels across the layers, which 256 holds
-    (with 8, every step was 45% slower); a new kernel takes about 0.3 ms. oneDNN reads the variable when it
-    first builds the cache, so this runs before a process's first matmul: in `load_model`."""
+    to back, the same losses to the digit (2026-12-07, docs/speed.md). A step reuses its own kernels across
+    the layers, which 256 holds (with 8, the 96 steps took 773 s against 567); a new kernel takes about
+    0.3 ms. oneDNN reads the variable when it first builds the cache, so this runs before a process's first
+    matmul: in `load_model`."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))
 
 

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from laffi.backends.local import greedy_generate
 from laffi.config import ConfigError, ModelConfig, TrainConfig
-from laffi.models import load_model, pick_attention, pick_device, pick_dtype, resolve_model_path
+from laffi.models import load_model, pick_attention, pick_device, pick_dtype, quiet_peft, resolve_model_path
 from laffi.prompts import extract_answer, prompt_ids, qa_messages
 from laffi.records import QAExample, read_records
 
@@ -106,8 +106,9 @@ def test_an_adapter_is_merged_only_into_fp32_weights(tiny_model_dir, tmp_path, d
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with quiet_peft():
+        lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                              LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     for name, p in lora.named_parameters():
         if "lora_B" in name:  # a trained-sized update: about 0.3% of the weights it adds to
             torch.nn.init.normal_(p, std=2e-3)
@@ -115,7 +116,7 @@ def test_an_adapter_is_merged_only_into_fp32_weights(tiny_model_dir, tmp_path, d
     model, _ = load_model(ModelConfig(name=str(tiny_model_dir), dtype=dtype), adapter=tmp_path / "adapter")
     assert isinstance(model, PeftModel) != merged
     ids = torch.tensor([[5, 60, 700, 8000, 90]])
-    with torch.no_grad():
+    with torch.no_grad(), quiet_peft():
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, dtype))
         beside = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
         expected, got = beside(ids).logits.float(), model(ids).logits.float()
@@ -128,8 +129,9 @@ def test_an_adapter_trained_on_a_model_of_other_sizes_is_refused_naming_both(tin
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "adapter")
+    with quiet_peft():
+        get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                       LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "adapter")
     config = AutoConfig.from_pretrained(tiny_model_dir)
     config.hidden_size = 48
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "wider")

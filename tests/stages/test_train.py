@@ -10,7 +10,7 @@ from support.checkpoint_crash import killed_after_a_checkpoint
 
 from laffi.config import load_config
 from laffi.layout import RunLayout
-from laffi.models import load_tokenizer
+from laffi.models import load_tokenizer, quiet_peft
 from laffi.prompts import prompt_ids
 from laffi.records import TrainingExample, TrainLogEntry, read_records, write_records
 from laffi.stages.batches import IGNORE, batch_order, tokenize
@@ -105,7 +105,8 @@ def test_lora_training_learns_and_saves_a_peft_adapter(tiny_model_dir, tmp_path,
     assert lora_b and all(w.abs().sum() > 0 for w in lora_b)  # B starts at zero; training moved it
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    reloaded = PeftModel.from_pretrained(base, out)
+    with quiet_peft():
+        reloaded = PeftModel.from_pretrained(base, out)
     assert reloaded.peft_config["default"].r == config.train.lora_r
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["final_loss"] == log[-1].loss

@@ -1,6 +1,6 @@
 """FLOPs: what one LoRA training step needs, and what this machine can do.
 
-    python benchmarks/flops.py            # prints the measured matmul peaks, fp32 and bf16
+    python benchmarks/flops.py            # prints the measured matmul peaks, fp32 and bf16, and the memory's copy rate
 
 Training FLOPs are counted from the model's shapes and the batch's real (unpadded) lengths, the
 work the step needs whatever the implementation does:
@@ -12,7 +12,9 @@ work the step needs whatever the implementation does:
 - the LM head: forward and input gradient, only at the positions that predict a completion token.
 The peak is measured, not read from a datasheet: the best of a few large matmuls in the training
 dtype with the threads torch uses (on a GPU, on the GPU), which is what a dense training step could
-at most reach here.
+at most reach here. So is the memory's rate, the best copy of a tensor far larger than the caches:
+on a 2-core VM it bounds the elementwise ops and the attention's small matmuls (an Intel Xeon whose
+bf16 matmuls ran at twice an AMD EPYC's trained slower than it; docs/speed.md).
 """
 
 from __future__ import annotations
@@ -82,14 +84,35 @@ def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: f
     return best
 
 
+COPY_BYTES = 256 * 2**20  # far beyond any cache (the Xeon's L3 is 480 MiB, shared: the copy reads and writes 512 MiB)
+
+
+def copy_rate(device: str = "cpu", size: int = COPY_BYTES, repeats: int = 5) -> float:
+    """The best bytes/s of copying a `size`-byte tensor into another, counting what is read and written."""
+    source = torch.ones(size // 4, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)  # warm up: pages faulted in, threads started
+    synchronize(device)
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        target.copy_(source)
+        synchronize(device)
+        best = max(best, 2 * size / (time.perf_counter() - started))
+    return best
+
+
 def peak(device: str = "cpu", training_dtype: str = "fp32") -> dict:
-    """Matmul peaks on `device` in fp32, bf16 and the training dtype; a GPU needs larger matrices."""
+    """Matmul peaks on `device` in fp32, bf16 and the training dtype (a GPU needs larger matrices), and the
+    memory's copy rate."""
     sizes = (1024, 2048) if device == "cpu" else (4096, 8192)
     names = dict.fromkeys(["fp32", "bf16", training_dtype])
     where = f"{torch.get_num_threads()} CPU threads" if device == "cpu" else device
     return {f"{name}_flops": max(matmul_peak(DTYPES[name], size, 2.0, device) for size in sizes) for name in names} | {
-        "device": device, "training_dtype": training_dtype, "threads": torch.get_num_threads(),
-        "how": f"best of repeated {sizes[0]}^2 and {sizes[1]}^2 matmuls (torch.matmul) on {where}"}
+        "copy_bytes_per_s": copy_rate(device), "device": device, "training_dtype": training_dtype,
+        "threads": torch.get_num_threads(),
+        "how": f"best of repeated {sizes[0]}^2 and {sizes[1]}^2 matmuls (torch.matmul) on {where}; "
+               f"the best of 5 copies of {COPY_BYTES // 2**20} MiB, bytes read and written"}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@
   batches (batch 1 is the reference every other row's answers are compared with) and with
   shared-prefix packing, in fp32 and bf16, and llama.cpp on the same GGUF when llama-cpp-python is
   installed;
-- the peak: the best FLOP/s of large matmuls in the training dtype here (benchmarks/flops.py).
+- the peak: the best FLOP/s of large matmuls in the training dtype here, and the memory's copy rate
+  (benchmarks/flops.py).
 Every measurement runs in a process of its own. Prints a table and writes JSON (the machine, the
 load average before and after each measurement, every number). Other work on the machine slows
 everything down: look at the load column before believing a number.
@@ -96,7 +97,8 @@ def table(result: dict) -> str:
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, torch {m['torch']} "
              f"({m['torch_threads']} threads){', ' + m['gpu'] if m['gpu'] else ''}",
              f"peak on {p['device']}, measured: {p['fp32_flops'] / 1e9:.0f} GFLOP/s fp32 matmul, "
-             f"{p['bf16_flops'] / 1e9:.0f} bf16; each row's fraction is of its dtype's peak",
+             f"{p['bf16_flops'] / 1e9:.0f} bf16; each row's fraction is of its dtype's peak"
+             + (f"; memory copies {p['copy_bytes_per_s'] / 1e9:.1f} GB/s" if "copy_bytes_per_s" in p else ""),
              "", f"training: {result['train_setup']}",
              "| set | tool | dtype | batches | rows | examples/s | s/step | tokens/s | peak memory MB | final loss "
              "| GFLOP/s | fraction of peak | load |",

@@ -98,10 +98,12 @@ def test_an_exported_laffi_trains_the_same_batches_beside_this_one_and_the_table
     for row in rows:
         row.update(achieved_flops=1e9, fraction_of_peak=0.1)
     result = {"machine": {"cpu": "x", "cores": 2, "memory_gb": 1, "torch": "t", "torch_threads": 2, "gpu": None},
-              "peak": {"device": "cpu", "fp32_flops": 1e11, "bf16_flops": 2e11}, "train_setup": "tiny",
+              "peak": {"device": "cpu", "fp32_flops": 1e11, "bf16_flops": 2e11, "copy_bytes_per_s": 2.6e10},
+              "train_setup": "tiny",
               "train": rows, "train_comparisons": comparisons, "generate_setup": "none", "generate": []}
     printed = table(result)
     assert f"| laffi-aux-half | laffi {BEFORE} |" in printed and "| laffi-aux-half | laffi default |" in printed
+    assert "200 bf16; each row's fraction is of its dtype's peak; memory copies 26.0 GB/s" in printed
 
 
 @pytest.mark.slow

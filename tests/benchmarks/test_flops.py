@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from flops import linear_params, lora_params, training_flops  # noqa: E402
+from flops import copy_rate, linear_params, lora_params, training_flops  # noqa: E402
 
 from laffi.config import load_config  # noqa: E402
 from laffi.stages.train import add_lora  # noqa: E402
@@ -28,3 +28,9 @@ def test_parameter_counts_match_the_model(tiny_model_dir):
     # more completion tokens, more LM-head work; one more token of context, more attention
     assert training_flops(model.config, [10], 5, trainable) > training_flops(model.config, [10], 4, trainable)
     assert training_flops(model.config, [11], 4, 0) - training_flops(model.config, [10], 4, 0) > 4 * body
+
+
+def test_the_memory_rate_is_measured_on_a_copy_of_the_size_asked():
+    """copy_rate times real copies, counting the bytes read and written: a rate in any machine's range."""
+    rate = copy_rate(size=8 * 2**20, repeats=2)
+    assert 1e8 < rate < 1e13  # between 0.1 GB/s and 10 TB/s: a copy that ran, on any machine

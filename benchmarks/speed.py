@@ -97,8 +97,8 @@ def table(result: dict) -> str:
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, torch {m['torch']} "
              f"({m['torch_threads']} threads){', ' + m['gpu'] if m['gpu'] else ''}",
              f"peak on {p['device']}, measured: {p['fp32_flops'] / 1e9:.0f} GFLOP/s fp32 matmul, "
-             f"{p['bf16_flops'] / 1e9:.0f} bf16; each row's fraction is of its dtype's peak"
-             + (f"; memory copies {p['copy_bytes_per_s'] / 1e9:.1f} GB/s" if "copy_bytes_per_s" in p else ""),
+             f"{p['bf16_flops'] / 1e9:.0f} bf16; each row's fraction is of its dtype's peak; "
+             f"memory copies {p['copy_bytes_per_s'] / 1e9:.1f} GB/s",
              "", f"training: {result['train_setup']}",
              "| set | tool | dtype | batches | rows | examples/s | s/step | tokens/s | peak memory MB | final loss "
              "| GFLOP/s | fraction of peak | load |",

@@ -103,7 +103,6 @@ def test_embedded_model_answers_held_out_prompts_alike_with_and_without_prefix_s
 def test_an_adapter_is_merged_only_into_fp32_weights(tiny_model_dir, tmp_path, dtype, merged):
     """In bf16, adding a small trained update to the weights rounds most of it away; beside them it is kept."""
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     with quiet_peft():
@@ -127,7 +126,7 @@ def test_an_adapter_trained_on_a_model_of_other_sizes_is_refused_naming_both(tin
     """A run built stage by stage keeps no model.name between commands: left off one of them, the adapter meets
     another model, and PEFT's size mismatch becomes an error that says what happened."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     with quiet_peft():
         get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),

@@ -30,7 +30,7 @@ def test_parameter_counts_match_the_model(tiny_model_dir):
     assert training_flops(model.config, [11], 4, 0) - training_flops(model.config, [10], 4, 0) > 4 * body
 
 
-def test_the_memory_rate_is_measured_on_a_copy_of_the_size_asked():
+def test_the_memory_rate_comes_from_a_real_copy():
     """copy_rate times real copies, counting the bytes read and written: a rate in any machine's range."""
     rate = copy_rate(size=8 * 2**20, repeats=2)
     assert 1e8 < rate < 1e13  # between 0.1 GB/s and 10 TB/s: a copy that ran, on any machine

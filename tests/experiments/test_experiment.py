@@ -17,7 +17,8 @@ import laffi.experiments.experiment as experiment_module
 from laffi.annotators.reference import VERDICTS
 from laffi.cli import main
 from laffi.config import AnnotateConfig, ConfigError, ModelConfig, TrainConfig, load_config, non_default
-from laffi.experiments.experiment import estimate, experiment, job_for
+from laffi.experiments.experiment import (SECONDS_PER_QUESTION, SECONDS_PER_STEP, describe_plan, estimate, experiment,
+                                          job_for)
 from laffi.experiments.grid import experiment_config_from
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, sidecar_config
 from laffi.models import ADAPTER_ANSWERING
@@ -167,6 +168,26 @@ def test_a_rerun_trains_nothing_and_reports_the_same(experiment_run, capsys):
     assert main(["experiment", str(again / "plan.yaml"), "--out", str(again), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "at most 16 trainings" in out and "measured here" in out and "estimate:" in out
+
+
+def test_a_plan_s_time_is_a_range_until_this_directory_has_trained_its_systems(experiment_run, tmp_path):
+    root, config, _, _ = experiment_run
+    fresh = estimate(config, ExperimentLayout(tmp_path / "fresh"))
+    assert fresh["measured_here"] == [] and fresh["seconds_per_step"] == {"sft": [1.9, 6.9], "laffi": [1.9, 6.9]}
+    steps, answers = sum(fresh["steps_by_system"].values()), fresh["answers"]
+    assert fresh["estimate_minutes"] == [pytest.approx((steps * SECONDS_PER_STEP[end]
+                                                        + answers * SECONDS_PER_QUESTION[end]) / 60, abs=0.051)
+                                         for end in (0, 1)]
+    assert f"sft {fresh['steps_by_system']['sft']} (1.9-6.9 s/step, assumed)" in describe_plan(fresh)
+
+    done = estimate(config, ExperimentLayout(root))  # the trainings that ran through in one process count
+    assert done["measured_here"] and set(done["measured_here"]) <= {"sft", "laffi"}
+    for name in done["measured_here"]:
+        low, high = done["seconds_per_step"][name]
+        assert low == high > 0
+        assert f"{name} {done['steps_by_system'][name]} ({low} s/step, measured here)" in describe_plan(done)
+    low, high = done["estimate_minutes"]
+    assert low < high  # the answers' time stays assumed
 
 
 def _write(path, config):

@@ -64,11 +64,13 @@ from laffi.stages.rounds import RoundFeedback, train_rounds
 from laffi.stages.train import NUMERICS, train_system
 from laffi.systems import System
 
-# what a step and a question take on the embedded model on 2 CPU cores (bf16; the demo of 2026-12-05,
-# commit 07f5acd: SFT 1.9 s a step of 4, LaFFi 3.0 s, laffi-aux-half 3.2 s; an evaluation about 0.2 s
-# a question), for --dry-run's estimate where the directory has no finished training of that system yet
-SECONDS_PER_STEP = 2.7
-SECONDS_PER_QUESTION = 0.2
+# what a step of 4 and an answer take on the embedded model on 2 CPU cores in bf16, for --dry-run's estimate
+# where this directory has no finished training of a system yet: the ends of what `make demo` measured on the
+# kinds of CPU it ran on (docs/speed.md), which differ by more than 3x: a step from 1.9 s (SFT, the AMD EPYC
+# with 880-980 GFLOP/s of bf16 matmuls) to 6.9 s (laffi-aux-half, the AMD EPYC with 435-443), an answer
+# from 0.2 s to 0.48 s (an evaluation of 200 questions in 40 s and in 95 s)
+SECONDS_PER_STEP = (1.9, 6.9)
+SECONDS_PER_QUESTION = (0.2, 0.48)
 
 
 @dataclass(frozen=True)
@@ -209,8 +211,8 @@ def plan_id(config: ExperimentConfig) -> str:
 
 def estimate(config: ExperimentConfig, experiment: ExperimentLayout) -> dict[str, Any]:
     """The plan before anything runs: how many trainings and evaluations at most (cells with identical
-    inputs share them once their sets exist), and a time: each system's measured seconds a step where this
-    directory has a finished training of it, else SECONDS_PER_STEP; SECONDS_PER_QUESTION per answer."""
+    inputs share them once their sets exist), and a time as a range: each system's measured seconds a step
+    where this directory has a finished training of it, else SECONDS_PER_STEP; SECONDS_PER_QUESTION an answer."""
     measured: dict[str, list[float]] = {}
     for summary in experiment.root.glob("jobs/*/adapters/*/summary.json"):
         done = json.loads(summary.read_text(encoding="utf-8"))
@@ -224,7 +226,7 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout) -> dict[str
     # questions R - 1 times more
     steps = {s.name: cells * len(config.seeds) * sum(b * s.recipe.steps_multiple * s.recipe.rounds
                                                      for b in config.budgets) for s in trained}
-    per_step = {name: (sum(measured[name]) / len(measured[name]) if name in measured else SECONDS_PER_STEP)
+    per_step = {name: ((sum(measured[name]) / len(measured[name]),) * 2 if name in measured else SECONDS_PER_STEP)
                 for name in steps}
     trainings = cells * len(trained) * len(config.budgets) * len(config.seeds)
     data = config.run.data
@@ -233,22 +235,28 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout) -> dict[str
     answers = (trainings * data.dev_size + cells * len(trained) * len(config.seeds) * data.eval_size
                + data.dev_size + data.eval_size + pool  # the trainings', the base model's and the train answers
                + cells * len(config.seeds) * len(config.budgets) * pool * sum(s.recipe.rounds - 1 for s in trained))
-    seconds = sum(steps[n] * per_step[n] for n in steps) + answers * SECONDS_PER_QUESTION
+    minutes = [round((sum(steps[n] * per_step[n][end] for n in steps) + answers * SECONDS_PER_QUESTION[end]) / 60, 1)
+               for end in (0, 1)]
     return {"cells": cells, "systems": config.systems, "seeds": config.seeds, "budgets": config.budgets,
             "trainings_at_most": trainings, "steps_by_system": steps,
-            "seconds_per_step": {n: round(v, 2) for n, v in per_step.items()},
-            "measured_here": sorted(measured), "answers": answers, "estimate_minutes": round(seconds / 60, 1)}
+            "seconds_per_step": {n: [round(v, 2) for v in per_step[n]] for n in steps},
+            "measured_here": sorted(measured), "answers": answers, "estimate_minutes": minutes}
 
 
 def describe_plan(plan: dict[str, Any]) -> str:
-    steps = ", ".join(f"{n} {s} ({plan['seconds_per_step'][n]} s/step"
+    def seconds(low: float, high: float) -> str:
+        return f"{low}" if low == high else f"{low}-{high}"
+
+    steps = ", ".join(f"{n} {s} ({seconds(*plan['seconds_per_step'][n])} s/step"
                       f"{', measured here' if n in plan['measured_here'] else ', assumed'})"
                       for n, s in plan["steps_by_system"].items())
     return (f"plan: {plan['cells']} cell(s) x systems {', '.join(plan['systems'])} x seeds "
             f"{', '.join(map(str, plan['seeds']))} x budgets {', '.join(map(str, plan['budgets']))}: at most "
             f"{plan['trainings_at_most']} trainings; steps: {steps}; about {plan['answers']} answers to generate\n"
-            f"estimate: {plan['estimate_minutes']} min from scratch on this machine's kind of CPU (training steps + "
-            "answers; what this directory has finished is not subtracted; more cores or a GPU take less)")
+            f"estimate: {seconds(*plan['estimate_minutes'])} min from scratch (training steps, and answers at "
+            f"{seconds(*SECONDS_PER_QUESTION)} s each; the assumed times are the embedded model's on the 2-core CPUs "
+            "measured so far, which differ by more than 3x; what this directory has finished is not subtracted; "
+            "more cores or a GPU take less)")
 
 
 def _selections(experiment: ExperimentLayout) -> list[dict]:

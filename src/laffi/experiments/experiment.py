@@ -244,17 +244,17 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout) -> dict[str
 
 
 def describe_plan(plan: dict[str, Any]) -> str:
-    def seconds(low: float, high: float) -> str:
+    def span(low: float, high: float) -> str:  # of seconds or minutes
         return f"{low}" if low == high else f"{low}-{high}"
 
-    steps = ", ".join(f"{n} {s} ({seconds(*plan['seconds_per_step'][n])} s/step"
+    steps = ", ".join(f"{n} {s} ({span(*plan['seconds_per_step'][n])} s/step"
                       f"{', measured here' if n in plan['measured_here'] else ', assumed'})"
                       for n, s in plan["steps_by_system"].items())
     return (f"plan: {plan['cells']} cell(s) x systems {', '.join(plan['systems'])} x seeds "
             f"{', '.join(map(str, plan['seeds']))} x budgets {', '.join(map(str, plan['budgets']))}: at most "
             f"{plan['trainings_at_most']} trainings; steps: {steps}; about {plan['answers']} answers to generate\n"
-            f"estimate: {seconds(*plan['estimate_minutes'])} min from scratch (training steps, and answers at "
-            f"{seconds(*SECONDS_PER_QUESTION)} s each; the assumed times are the embedded model's on the 2-core CPUs "
+            f"estimate: {span(*plan['estimate_minutes'])} min from scratch (training steps, and answers at "
+            f"{span(*SECONDS_PER_QUESTION)} s each; the assumed times are the embedded model's on the 2-core CPUs "
             "measured so far, which differ by more than 3x; what this directory has finished is not subtracted; "
             "more cores or a GPU take less)")
 

@@ -156,6 +156,8 @@ def test_a_train_axis_written_as_other_lists_are():
     ({"run": {"train": {"steps": 0}}}, "run.train.steps"),
     ({"run": {"train": {"steps": 200}}}, "run.train.steps"),  # the budgets are the steps; not read
     ({"run": {"train": {"seed": 5}}}, "run.train.seed"),
+    ({"run": {"annotate": {"annotator": "reference-strict"}}}, "run.annotate.annotator"),  # grid.annotator's
+    ({"run": {"annotate": {"template": "my.yaml"}}}, "run.annotate.template"),
     ({"run": {"systems": {"names": ["base", "sft"]}}}, "run.systems.names"),
     ({"annotators": {"g": {"annotator": "llm", "model": "m"}},  # free text has no parts
       "grid": {"annotator": ["g"], "content": ["verdict+explanation"]}}, "grid.content"),

@@ -41,6 +41,7 @@ from laffi.config import (
     TrainConfig,
     build_section,
     merge_values,
+    non_default,
     parse_overrides,
     read_yaml,
     require,
@@ -125,6 +126,12 @@ class ExperimentConfig:
                 ("run.train.seed", self.run.train.seed, preset.train.seed, "seeds: [...]"),
                 ("run.systems.names", self.run.systems.names, preset.systems.names, "systems: [...]")):
             require(value == default, option, f"an experiment does not read it; set {instead} instead")
+        # the run's annotate section gives the "reference" annotator its seed and nothing else: feedback comes
+        # from the annotators named in grid.annotator, each defined under annotators:
+        ignored = sorted(set(non_default(self.run.annotate)) - {"seed"})
+        require(not ignored, f"run.annotate.{ignored[0] if ignored else ''}",
+                "an experiment does not read it (only run.annotate.seed); define the annotator under "
+                "annotators: and list its name in grid.annotator instead")
         require(self.run.data.dev_size > 0, "run.data.dev_size", "the budgets are chosen on the dev set; must be > 0")
         for system in self.trained():
             require(system.init is None, "systems",

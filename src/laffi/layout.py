@@ -412,3 +412,7 @@ class ExperimentLayout:
     def plan_summary(self, plan: str, suffix: str) -> Path:
         """summaries/PLAN.json or .md: one plan's summary, kept when another plan runs in the directory."""
         return self.root / "summaries" / f"{plan}{suffix}"
+
+    def plan_summaries(self) -> list[Path]:
+        """Every plan's summary as JSON, full (PLAN.json) and dev screens (PLAN.dev.json), in name order."""
+        return sorted((self.root / "summaries").glob("*.json"))

@@ -444,10 +444,32 @@ def write_screen(layout: ExperimentLayout, config: ExperimentConfig, trials: lis
         base = {"system": untrained[0].name, **dev_scores(layout.run, untrained[0].name)}
     screen = dev_screen(trials, choices, config.grid.axes(), config.baseline, base)
     screen.update(plan=plan_id(config), seeds=config.seeds, budgets=config.budgets,
-                  dev_questions=config.run.data.dev_size)
+                  dev_questions=config.run.data.dev_size, jobs=sorted({t.job for t in trials}))
     write_json(layout.plan_summary(screen["plan"], ".dev.json"), screen)
     write_atomic(layout.plan_summary(screen["plan"], ".dev.md"), dev_screen_markdown(screen))
     return screen
+
+
+def planned_jobs(experiment: ExperimentLayout, heldout: bool = False) -> list[Path]:
+    """The job directories of the plans as each last ran here (summaries/PLAN.json and PLAN.dev.json list
+    theirs), in name order; `heldout`: only those whose held-out set a full plan scored (the budgets it chose on
+    dev). What reads every training of an experiment (rerank, the verdict check) reads these, not every folder
+    under jobs/: a job made for the same system, cell, budget and seed by an older laffi or from older inputs
+    (another key) stays on disk, but no plan run since lists it, so it is not averaged with its replacement as
+    another seed. A dev screen summarised by a laffi that did not list its jobs adds none (rerun it)."""
+    found: set[str] = set()
+    for path in experiment.plan_summaries():
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        if summary.get("dev_only"):
+            if heldout:
+                continue
+            if "jobs" not in summary:
+                print(f"note: {path} lists no jobs (an older laffi wrote it); rerun its `laffi experiment ... "
+                      "--dev-only` (nothing is trained again) to include its trainings", flush=True)
+            found.update(summary.get("jobs", ()))
+        else:
+            found.update(j["dir"] for j in summary["jobs"] if j.get("heldout") or not heldout)
+    return sorted(experiment.root / d for d in found)
 
 
 def write_summary(experiment: ExperimentLayout, summary: dict) -> None:

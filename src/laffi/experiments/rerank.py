@@ -19,7 +19,9 @@ vote, first (greedy) and oracle (pass@K, a bound).
 
 Choose a rule on dev (the default split); score the held-out set once, for the rule chosen, with
 --split heldout, which answers with the trainings `laffi experiment` scored on the held-out set (the
-budgets it chose on dev) only. A model's entry records its cell (its variant and train options), and
+budgets it chose on dev, as each plan last chose them) only. The trainings are those of the plans as each last ran
+in the directory (`laffi.experiments.experiment.planned_jobs`): a job an older laffi made for the same training,
+under another key, neither answers nor shows in the table. A model's entry records its cell (its variant and train options), and
 the table's means are over the seeds of one system, cell and budget. Writes ExperimentLayout.rerank
 (rerank.json: each model's EM/F1 per rule and its costs: answers decoded, scoring forward passes and
 seconds per question) after each model, so a rerun does only what is missing; prints a markdown table.
@@ -41,6 +43,7 @@ from laffi.analysis.metrics import score_example
 from laffi.backends.answering import answer_questions
 from laffi.config import RunConfig, load_config, save_config
 from laffi.experiments.aggregate import job_cell
+from laffi.experiments.experiment import planned_jobs
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, sidecar_config
 from laffi.models import answered_as_now, answering_of, load_model, recorded_answering, release_memory
 from laffi.prompts import choose_shots, extract_answer
@@ -125,7 +128,9 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
         raise FileNotFoundError(f"{experiment.root}: not an experiment directory (no {experiment.experiment_config.name})")
     path = experiment.rerank
     results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"models": {}}
-    for root in experiment.job_dirs():
+    current = planned_jobs(experiment)
+    scored_heldout = set(planned_jobs(experiment, heldout=True)) if split == "heldout" else set()
+    for root in current:
         job = RunLayout.of(root)
         for system in job.trained_systems():
             key = f"{os.path.relpath(job.adapter(system), experiment.root)}|{split}|k{k}|t{temperature:g}"
@@ -136,7 +141,7 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
                 continue
             if key in results["models"] and answered_as_now(results["models"][key], config.model):
                 continue
-            if split == "heldout" and not job.predictions(system, "heldout").exists():
+            if split == "heldout" and root not in scored_heldout:
                 print(f"rerank: {root.name}: not scored on the held-out set by `laffi experiment` (its budget was "
                       "not chosen on dev); skipped", flush=True)
                 continue
@@ -146,7 +151,9 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
                                       "split": split, "k": k, "temperature": temperature,
                                       "seed": config.train.seed, "steps": config.train.steps, **numbers}
             write_json(path, results)
-    print(markdown(results))
+    shown = {root.relative_to(experiment.root).as_posix() for root in current}  # not a replaced job's entries
+    print(markdown({"models": {key: e for key, e in results["models"].items()
+                               if "/".join(Path(key.split("|")[0]).parts[:2]) in shown}}))
     print(f"\nwritten to {path}")
     return results
 

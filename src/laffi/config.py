@@ -459,8 +459,8 @@ def save_config(path: str | Path, sections: dict[str, Any], outputs: Iterable[Pa
     `outputs`: the files the settings make; while none holds anything, a config left by an attempt that
     failed before writing any (a mistyped path, a model that would not load) is replaced, not compared.
     `inputs`: fingerprints of the files the artifact is made from (`laffi.records.fingerprint`), saved as
-    the section "inputs" and compared like settings; a config from a laffi that did not record them has
-    none, and is taken to match.
+    the section "inputs" and compared like settings; a config from a laffi that did not record them (all, or
+    one added later) has none, and is taken to match.
     """
     path = Path(path)
     now = {name: plain(s) for name, s in sections.items()}
@@ -475,7 +475,7 @@ def save_config(path: str | Path, sections: dict[str, Any], outputs: Iterable[Pa
         skipped = {name: operational(s) for name, s in sections.items()}
         compared = [name for name in now if name != "inputs" or "inputs" in before]
         changed = [f"{name}.{key}" for name in compared for key in now[name]
-                   if key not in skipped.get(name, ())
+                   if key not in skipped.get(name, ()) and (name != "inputs" or key in before["inputs"])
                    and (before.get(name) or {}).get(key, defaults.get(name, {}).get(key)) != now[name][key]]
         if changed:
             raise ConfigError(

@@ -1,6 +1,7 @@
 """LoRA training on a tiny model: the loss mask, learning, the PEFT format, and resume."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -283,6 +284,16 @@ def test_a_second_stage_continues_the_first_stages_adapter(tiny_model_dir, tmp_p
         train(RunLayout(tmp_path / "other"), "laffi-then-sft", other.model, other.train, init=first)
     with pytest.raises(ConfigError, match="train.init: no finished adapter"):
         train(RunLayout(tmp_path / "other"), "laffi-then-sft", other.model, other.train, init=tmp_path / "none")
+    # the same again: finished, returned as it is
+    assert train_system(layout, systems["laffi-then-sft"], still.model, still.data, still.generate, still.train) == second
+    # the first stage retrained (new feedback, say): the second was made from the old one, and says so
+    shutil.rmtree(first)
+    train(layout, "laffi", config.model, replace(config.train, seed=1))
+    with pytest.raises(ConfigError, match=r"written with different settings \(inputs.init\)"):
+        train_system(layout, systems["laffi-then-sft"], still.model, still.data, still.generate, still.train)
+    # once finished, a second stage no longer needs its first: without it, nothing is checked
+    shutil.rmtree(first)
+    assert train_system(layout, systems["laffi-then-sft"], still.model, still.data, still.generate, still.train) == second
 
 
 def test_a_longer_recipe_trains_its_multiple_of_the_steps(tiny_model_dir, tmp_path):

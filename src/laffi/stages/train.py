@@ -53,7 +53,7 @@ from laffi.distributed.checkpoint import (
     save_checkpoint,
 )
 from laffi.distributed.shards import Shard
-from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_finished, sidecar_config
+from laffi.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RunLayout, adapter_finished, adapter_weights, sidecar_config
 from laffi.models import hold_heap, load_model, pick_device, quiet_peft
 from laffi.packing import can_pack
 from laffi.records import (
@@ -269,9 +269,11 @@ def claim_adapter(layout: RunLayout, system: str, model: ModelConfig, train: Tra
     continuation = Continuation(init.name if init is not None else "", aux_weight or 0.0, preference)
     sets = {"set": layout.training_set(system), "aux": layout.aux_set(system) if aux_weight is not None else None,
             "preference": layout.preference_set(system, preference.loss) if preference is not None else None}
+    inputs = {name: fingerprint(path) for name, path in sets.items() if path is not None}
+    if init is not None and adapter_finished(init):  # retrained since, it makes this one stale (once finished, a
+        inputs["init"] = fingerprint(adapter_weights(init))  # second stage no longer needs its first: then unchecked)
     recover_checkpoint(layout.checkpoint(system))
-    save_train_config(layout, system, model, train, continuation,
-                      inputs={name: fingerprint(path) for name, path in sets.items() if path is not None})
+    save_train_config(layout, system, model, train, continuation, inputs=inputs)
 
 
 def system_recipe(layout: RunLayout, system: System, config: TrainConfig, init: Path | None = None) -> dict:

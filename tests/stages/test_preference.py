@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from laffi.config import load_config
 from laffi.distributed.batching import plan_batches
+from laffi.experiments.experiment import training_cost
 from laffi.layout import RunLayout
 from laffi.packing import pack
 from laffi.records import (
@@ -255,6 +256,10 @@ def test_laffi_train_trains_the_dpo_system_and_resumes_to_the_same_adapter(tiny_
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["preference"] == {"pairs": 7, "loss": "dpo", "weight": 1.0, "beta": 0.1, "length_normalized": False,
                                      "desirable_weight": 0.0}
+    # the reference pass before step 1 is part of the training's cost (laffi experiment's train seconds)
+    assert summary["reference_seconds_this_process"] > 0
+    assert training_cost(RunLayout(tmp_path / "straight"), "laffi-dpo")[0] == pytest.approx(
+        summary["seconds_this_process"] + summary["reference_seconds_this_process"], abs=0.01)
     adapters["straight"] = load_file(out_dir / "adapter_model.safetensors")
 
     with killed_after_a_checkpoint(monkeypatch):  # at step 2
@@ -268,6 +273,7 @@ def test_laffi_train_trains_the_dpo_system_and_resumes_to_the_same_adapter(tiny_
     assert code == 0, err
     crashed = RunLayout(tmp_path / "crashed").adapter("laffi-dpo")
     assert json.loads((crashed / "summary.json").read_text())["resumed_from_step"] == 2
+    assert json.loads((crashed / "summary.json").read_text())["reference_seconds_this_process"] < 1  # read back
     resumed = load_file(crashed / "adapter_model.safetensors")
     assert resumed.keys() == adapters["straight"].keys()
     for name in resumed:

@@ -113,6 +113,17 @@ def test_lora_training_learns_and_saves_a_peft_adapter(tiny_model_dir, tmp_path,
     assert summary["steps"] == 6 and summary["final_loss"] == log[-1].loss
 
 
+def test_the_log_gives_the_learning_rate_each_step_trained_at(tiny_model_dir, tmp_path):
+    make_set(tmp_path)
+    config = load_config(overrides=overrides(tiny_model_dir, "train.steps=4", "train.warmup_steps=2",
+                                             "train.schedule=cosine", "train.checkpoint_every=0"))
+    out = train(RunLayout(tmp_path), "sft", config.model, config.train)
+    # warm-up from 0 over 2 steps, then a cosine to 0 at step 5: step 1 trains at 0 (as transformers' Trainer's
+    # first step does), step 3 at the peak (the rate after step 4, 0, is not one a step trained at)
+    lrs = [e.lr for e in read_records(out / "train_log.jsonl", TrainLogEntry)]
+    assert lrs == pytest.approx([0.0, config.train.lr / 2, config.train.lr, config.train.lr / 2])
+
+
 def test_a_step_cut_into_rows_within_max_row_tokens_trains_the_same_adapter(tiny_model_dir, tmp_path):
     """backward_passes runs a backward per row; with accelerate's scaling the step's gradient is the whole
     row's (in fp32, where sums in another order agree; and no dropout: a cut draws the shared prefix's

@@ -185,15 +185,20 @@ def dev_scores(layout: RunLayout, system: str) -> dict[str, float]:
 
 def training_cost(layout: RunLayout, system: str) -> tuple[float, int]:
     """(seconds, tokens) of a finished training as its summary.json says (what its last session ran: a
-    resumed training counts what it ran after the resume); train.rounds: the sum over every round's training
-    (laffi.stages.rounds lists them in the last round's summary); an older summary without tokens: from its log."""
+    resumed training counts what it ran after the resume); the seconds include a preference term's reference
+    pass (recorded since 2026-12-07), the tokens are those trained on; train.rounds: the sum over every round's
+    training (laffi.stages.rounds lists them in the last round's summary); an older summary without tokens:
+    from its log."""
     summary = json.loads(layout.train_summary(system).read_text(encoding="utf-8"))
+
+    def seconds(entry: dict) -> float:
+        return entry["seconds_this_process"] + (entry.get("reference_seconds_this_process") or 0)
+
     if "rounds" in summary:
         rounds = summary["rounds"]
-        return (round(sum(r["seconds_this_process"] for r in rounds), 2),
-                sum(r["tokens_this_process"] for r in rounds))
+        return round(sum(seconds(r) for r in rounds), 2), sum(r["tokens_this_process"] for r in rounds)
     if "tokens_this_process" in summary:
-        return summary["seconds_this_process"], summary["tokens_this_process"]
+        return round(seconds(summary), 2), summary["tokens_this_process"]
     last = read_records(layout.train_log(system), TrainLogEntry)[-1]
     return summary["seconds_this_process"], round(last.tokens_per_s * last.elapsed_s)
 

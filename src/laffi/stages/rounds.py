@@ -139,5 +139,6 @@ def record_rounds(layout: RunLayout, name: str, rounds: int) -> None:
         done = json.loads(trained.train_summary(name).read_text(encoding="utf-8"))
         summary["rounds"].append({"round": number, "adapter": str(trained.adapter(name).relative_to(layout.root)),
                                   **{k: done[k] for k in ("steps", "resumed_from_step", "seconds_this_process",
-                                                          "tokens_this_process", "final_loss")}})
+                                                          "tokens_this_process", "final_loss")},
+                                  "reference_seconds_this_process": done.get("reference_seconds_this_process")})
     write_json(path, summary)

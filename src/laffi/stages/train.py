@@ -410,10 +410,13 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         aux_of = auxiliary_rows(examples, auxiliary)
         batches = [[*batch, *(j for i in batch for j in aux_of.get(i, ()))] for batch in batches]
     pad_id = tokenizer.pad_token_id
+    reference_seconds = None
     if term is not None:
         batches = [term.with_pairs(batch) for batch in batches]
+        started = time.perf_counter()
         term.reference = reference(layout.reference_logps(system), term, lm, rows, batches, pad_id,
                                    accelerator.device, packed, autocast, train.max_row_tokens)
+        reference_seconds = round(time.perf_counter() - started, 2)  # about 0 where a begun training saved them
     began, tokens_seen, completion_seen = time.perf_counter(), 0, 0
     bar = tqdm(total=train.steps, initial=start, desc=f"train {system}", unit="step", disable=not main)
     if accelerator.device.type == "cpu":
@@ -425,13 +428,14 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
                                 weights, term)
         norm = accelerator.clip_grad_norm_(lm.parameters(), train.max_grad_norm)
         optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # the rate this step trained at (scheduler.step() sets the next one's)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step_loss, step_tokens, step_completion, *pair_stats = totals(accelerator, share)
         tokens_seen += step_tokens
         completion_seen += step_completion
         elapsed = time.perf_counter() - began
-        entry = TrainLogEntry(step, round(step_loss, 5), scheduler.get_last_lr()[0],
+        entry = TrainLogEntry(step, round(step_loss, 5), lr,
                               round(tokens_seen / elapsed, 1), round(completion_seen / elapsed, 1), round(elapsed, 2),
                               grad_norm(norm))
         if pair_stats and pair_stats[2]:  # the DPO loss and reward margin, means over the step's pairs
@@ -471,6 +475,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
                    "first_loss": log[0].loss if log else None, "final_loss": log[-1].loss if log else None,
                    "seconds_this_process": round(time.perf_counter() - began, 2),
                    "tokens_this_process": tokens_seen,  # prompt and completion tokens trained on since it began
+                   # a preference term's reference pass before step 1 (not in the seconds above; no tokens trained)
+                   "reference_seconds_this_process": reference_seconds,
                    "tokens_per_s": log[-1].tokens_per_s if log else None,
                    "completion_tokens_per_s": log[-1].completion_tokens_per_s if log else None,
                    "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),

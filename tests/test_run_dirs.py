@@ -117,6 +117,23 @@ def test_a_mistyped_data_source_is_fixed_by_running_again(tmp_path, capsys):
     assert "different settings (data.eval_size)" in capsys.readouterr().err
 
 
+def test_a_failed_annotate_or_build_is_fixed_by_running_again_with_other_settings(tmp_path, capsys):
+    from support.human_helpers import make_run
+
+    run = make_run(tmp_path / "run", ai_feedback=False)
+    # a local LLM annotator whose model does not load: the stage fails before writing any feedback
+    with pytest.raises(OSError):
+        main(["annotate", str(run), "annotate.annotator=llm", "annotate.backend=transformers",
+              f"annotate.model={tmp_path / 'no-such-model'}"])
+    assert main(["annotate", str(run)]) == 0  # the reference annotator: not refused for "different settings"
+    assert RunLayout(run).feedback.stat().st_size > 0
+    assert main(["build", str(run), "data.num_shots=8"]) != 0  # only 3 few-shot examples
+    assert main(["build", str(run), "data.num_shots=1"]) == 0
+    capsys.readouterr()
+    assert main(["build", str(run), "data.num_shots=2"]) != 0  # once written, the sets keep their settings
+    assert "different settings (data.num_shots)" in capsys.readouterr().err
+
+
 def test_a_run_begun_by_prepare_keeps_its_settings_for_the_later_stage_commands(tmp_path):
     from laffi.cli import _config, build_parser
     from laffi.config import load_config

@@ -79,7 +79,7 @@ def annotate(layout: RunLayout, annotate: AnnotateConfig, out: str | Path | None
     if unknown:
         raise ValueError(f"{layout.answers}: answer to unknown question {unknown[0]!r}")
     annotator = make_annotator(annotate)  # first: a missing API key must not leave a config behind
-    save_config(sidecar_config(out), {"annotate": annotator_settings(annotate)})
+    save_config(sidecar_config(out), {"annotate": annotator_settings(annotate)}, outputs=[out])  # until written: replaced
     size = getattr(annotator, "batch_size", BATCH)
     failures: list[AnnotationFailure] = []
     with RecordWriter(out, Feedback) as writer:

@@ -92,7 +92,7 @@ def build(layout: RunLayout, data: DataConfig, systems: list[System] = ()) -> di
     if failed.exists() and (skipped := len(read_records(failed, AnnotationFailure))):
         print(f"build: {skipped} answers have no feedback because their annotation failed ({failed}); "
               "both sets leave them out")
-    save_config(layout.sets_config, {"data": data})
+    save_config(layout.sets_config, {"data": data}, outputs=[layout.training_set("laffi")])  # until written: replaced
     chosen = by_question(examples, feedback)
     if not chosen:
         raise ValueError(f"{layout.feedback}: no feedback on any train question; run `laffi annotate` first")
@@ -353,7 +353,7 @@ def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig,
     sources = [layout.human_feedback, layout.feedback]
     pool = {e.id for e in examples}
     feedback = [f for f in _read_all(sources) if f.id in pool]
-    save_config(layout.sets_config, {"data": data})
+    save_config(layout.sets_config, {"data": data}, outputs=[layout.training_set("laffi")])  # until written: replaced
 
     # the unit is an answer, (question id, sample): one answer per question is the question itself
     human_by_key: dict[Key, list[Feedback]] = defaultdict(list)

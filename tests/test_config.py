@@ -27,6 +27,10 @@ def test_overrides_are_typed_and_nested():
     ("train.steps=0", "train.steps"),
     ("train.stepz=3", "train.stepz"),
     ("train.lr=fast", "train.lr"),
+    ("train.max_grad_norm=0", "train.max_grad_norm"),  # would zero every gradient (a negative one reverse it)
+    ("train.max_grad_norm=-1", "train.max_grad_norm"),
+    ("train.lora_alpha=0", "train.lora_alpha"),
+    ("train.weight_decay=-5", "train.weight_decay"),
     ("model.dtype=int3", "model.dtype"),
     ("model.attention=flash", "model.attention"),
     ("data.eval_size=0", "data.eval_size"),
@@ -124,3 +128,11 @@ def test_operational_options_may_change_on_a_resume_and_inputs_may_not(tmp_path)
     path.write_text(yaml.safe_dump(older))
     save_config(path, {"model": later.model, "generate": later.generate}, inputs={"set": "bbb"})
     assert yaml.safe_load(path.read_text())["inputs"] == {"set": "bbb"}
+    # an input a later laffi records (here "init") is taken to match where the saved config lacks it
+    save_config(path, {"model": later.model, "generate": later.generate}, inputs={"set": "bbb", "init": "ccc"})
+    with pytest.raises(ConfigError, match=r"different settings \(inputs.init\)"):
+        save_config(path, {"model": later.model, "generate": later.generate}, inputs={"set": "bbb", "init": "ddd"})
+    # the bootstrap's settings give only intervals, which every evaluation computes again from its predictions
+    evaluation = tmp_path / "eval.yaml"
+    save_config(evaluation, {"eval": load_config().eval})
+    save_config(evaluation, {"eval": load_config(overrides=["eval.bootstrap_samples=2000", "eval.seed=3"]).eval})

@@ -229,6 +229,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "max_seq_len", "lora_r", "max_row_tokens"):
             require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         require(self.lr > 0, "train.lr", "must be > 0")
+        # the norm gradients are clipped to: 0 would zero every gradient, a negative one reverse it
+        require(self.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")
+        require(self.lora_alpha > 0, "train.lora_alpha", "must be > 0 (LoRA's scale is lora_alpha / lora_r)")
+        require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps", "must be in [0, train.steps]")
         require(0 <= self.lora_dropout < 1, "train.lora_dropout", "must be in [0, 1)")
         require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
@@ -242,6 +246,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    # the intervals only, computed again from the predictions by every call: a finished evaluation may change them
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("bootstrap_samples", "seed")
     bootstrap_samples: int = 1000
     seed: int = 0
     # heldout: the held-out set (data/eval.jsonl, into eval/SYSTEM/); dev: the dev set (data/dev.jsonl,

@@ -113,6 +113,29 @@ def test_lora_training_learns_and_saves_a_peft_adapter(tiny_model_dir, tmp_path,
     assert summary["steps"] == 6 and summary["final_loss"] == log[-1].loss
 
 
+def test_a_crash_while_the_adapter_is_saved_leaves_it_unfinished_and_a_rerun_finishes_it(tiny_model_dir, tmp_path,
+                                                                                         monkeypatch):
+    import laffi.stages.train as train_module
+    from laffi.layout import adapter_finished
+
+    make_set(tmp_path)
+    config = load_config(overrides=overrides(tiny_model_dir))  # 6 steps, a checkpoint at step 3
+    layout = RunLayout(tmp_path)
+
+    def killed(path, data):  # the adapter's weights are written by now, its summary not
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(train_module, "write_json", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(layout, "sft", config.model, config.train)
+    monkeypatch.undo()
+    assert not adapter_finished(layout.adapter("sft")) and layout.checkpoint("sft").exists()
+    out = train(layout, "sft", config.model, config.train)  # resumed, not taken as finished
+    summary = json.loads(layout.train_summary("sft").read_text())
+    assert adapter_finished(out) and summary["resumed_from_step"] == 3 and summary["steps"] == 6
+    assert not layout.checkpoint("sft").exists() and sorted(p.name for p in out.parent.iterdir()) == ["sft"]
+
+
 def test_the_log_gives_the_learning_rate_each_step_trained_at(tiny_model_dir, tmp_path):
     make_set(tmp_path)
     config = load_config(overrides=overrides(tiny_model_dir, "train.steps=4", "train.warmup_steps=2",

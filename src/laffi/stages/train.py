@@ -25,6 +25,7 @@ whatever the number of processes, so N processes train the adapter that one proc
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import time
@@ -368,8 +369,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     # the main process writes the config; if it differs from the one there, every process stops
     shard = Shard(accelerator.process_index, accelerator.num_processes)
     shard.on_main(lambda: claim_adapter(layout, system, model, train, init, aux_weight, preference))
-    if adapter_finished(out):
-        return out  # finished earlier
+    if adapter_finished(out):  # finished earlier (a crash after its weights may have left its checkpoint)
+        shard.on_main(lambda: shutil.rmtree(layout.checkpoint(system), ignore_errors=True))
+        return out
 
     set_seed(train.seed)  # the same LoRA initialisation on every process
     lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)))
@@ -465,7 +467,12 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     trained = accelerator.unwrap_model(lm)
     if main:
         write_records(log_path, log)
-        trained.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
+        # the weights file marks the training finished (adapter_finished): written aside, with its config, and
+        # renamed into place after summary.json, so a crash leaves either no weights or weights and summary
+        staging = out.with_name(f".{out.name}.saving")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        trained.save_pretrained(staging, **({"state_dict": state_dict} if state_dict is not None else {}))
         summary = {"system": system, "examples": len(examples), "steps": train.steps, "resumed_from_step": start,
                    "init": str(init) if init else None,
                    "aux": {"examples": len(auxiliary), "weight": aux_weight} if aux_weight is not None else None,
@@ -484,6 +491,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
                    "kept": f"step {best.step} (best dev F1)" if train.keep_best and best else "last step",
                    "trainable_parameters": sum(p.numel() for p in trained.parameters() if p.requires_grad)}
         write_json(layout.train_summary(system), summary)
+        for saved in sorted(staging.iterdir(), key=lambda p: p.name == ADAPTER_WEIGHTS):  # the weights last
+            os.replace(saved, out / saved.name)
+        staging.rmdir()
         shutil.rmtree(checkpoint, ignore_errors=True)
         shutil.rmtree(layout.best_adapter(system), ignore_errors=True)
     accelerator.wait_for_everyone()  # no process returns before the adapter is on disk

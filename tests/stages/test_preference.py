@@ -120,22 +120,23 @@ def test_the_loops_loss_is_the_nll_plus_the_hand_computed_dpo_loss(tiny_model_di
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("continued, dropout", [(False, 0.1), (True, 0.0)])
+@pytest.mark.parametrize("continued, dropout, alone", [(False, 0.1, True), (True, 0.0, True), (False, 0.0, False)])
 def test_at_step_one_every_log_ratio_is_exactly_zero_and_every_pair_loss_log_2(tiny_model_dir, tmp_path, continued,
-                                                                             dropout):
+                                                                             dropout, alone):
     """bf16 weights under autocast, rows cut into several packed parts: the reference (the model at step 0, its
     adapter on) and the training's first forward give the very same log-probs, and the saved reference reads
     back as is. A fresh adapter (B = 0) with LoRA dropout on: the reference is the base model's to the bit; a
-    continued one (B moved: train.init, a later round of train.rounds) without dropout: the adapter's own."""
+    continued one (B moved: train.init, a later round of train.rounds) without dropout: the adapter's own.
+    Not `alone` (one process under FSDP or DeepSpeed): a batch is one pass, in training and in the reference."""
     model, config = lora_model(tiny_model_dir, torch.bfloat16, moved=continued, dropout=dropout)
     rows = question_rows(model.config.vocab_size, questions=4)
     term = term_of(4, Preference())
     batches = [term.with_pairs([0, 1, 2, 3])]
-    parts = batch_parts(rows, batches[0], True, True, 40, term.units(batches[0]))
-    assert len(parts) > 1  # the budget cut the batch
+    parts = batch_parts(rows, batches[0], True, alone, 40, term.units(batches[0]))
+    assert len(parts) > 1 if alone else len(parts) == 1  # the budget cut the batch, where it may
     path = tmp_path / "reference_logps.json"
-    term.reference = reference(path, term, model, rows, batches, 0, CPU, True, True, 40)
-    assert reference(path, term, model, rows, batches, 0, CPU, True, True, 40) == term.reference  # as saved
+    term.reference = reference(path, term, model, rows, batches, 0, CPU, True, True, 40, alone)
+    assert reference(path, term, model, rows, batches, 0, CPU, True, True, 40, alone) == term.reference  # as saved
     weights, pair_weight = term.step_weights(rows, batches)
     dpo, pairs = 0.0, 0
     for part in parts:

@@ -235,11 +235,12 @@ def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train:
 
 
 def reference(path: Path, term: PreferenceTerm, lm, rows: list[Row], batches: list[list[int]], pad_id: int,
-              device: torch.device, packed: bool, autocast: bool, max_row_tokens: int) -> dict:
+              device: torch.device, packed: bool, autocast: bool, max_row_tokens: int, alone: bool) -> dict:
     """The pair rows' reference log-probs for every pass the training will run: read from `path` where a
     begun training saved them, else computed now (the model at step 0, under the training's autocast and tree
-    attention, in its passes) and saved there before step 1."""
-    parts = [part for batch in batches for part in batch_parts(rows, batch, packed, True, max_row_tokens,
+    attention, in its passes) and saved there before step 1. `alone`: as `backward_passes` cuts a batch into
+    passes (a plain single process; under FSDP or DeepSpeed a batch is one pass), so the parts are its parts."""
+    parts = [part for batch in batches for part in batch_parts(rows, batch, packed, alone, max_row_tokens,
                                                                  term.units(batch))]
     if path.exists():
         return load_reference(path, term.needed(parts))
@@ -417,7 +418,8 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         batches = [term.with_pairs(batch) for batch in batches]
         started = time.perf_counter()
         term.reference = reference(layout.reference_logps(system), term, lm, rows, batches, pad_id,
-                                   accelerator.device, packed, autocast, train.max_row_tokens)
+                                   accelerator.device, packed, autocast, train.max_row_tokens,
+                                   alone=accelerator.distributed_type == DistributedType.NO)
         reference_seconds = round(time.perf_counter() - started, 2)  # about 0 where a begun training saved them
     began, tokens_seen, completion_seen = time.perf_counter(), 0, 0
     bar = tqdm(total=train.steps, initial=start, desc=f"train {system}", unit="step", disable=not main)

@@ -117,6 +117,20 @@ def test_a_mistyped_data_source_is_fixed_by_running_again(tmp_path, capsys):
     assert "different settings (data.eval_size)" in capsys.readouterr().err
 
 
+def test_a_run_split_by_a_laffi_without_a_dev_set_goes_on_with_data_dev_size_0(tmp_path, capsys):
+    import yaml
+
+    run = tmp_path / "run"
+    assert main(["prepare", str(run), "data.eval_size=4", "data.train_size=4", "data.dev_size=0"]) == 0
+    saved = RunLayout(run).data_config
+    older = yaml.safe_load(saved.read_text())
+    del older["data"]["dev_size"]  # as a laffi before dev sets wrote it
+    saved.write_text(yaml.safe_dump(older))
+    assert main(["prepare", str(run), "data.eval_size=4", "data.train_size=4", "data.dev_size=100"]) != 0
+    assert "data.dev_size=0 to go on without one" in capsys.readouterr().err
+    assert main(["prepare", str(run), "data.eval_size=4", "data.train_size=4", "data.dev_size=0"]) == 0  # the advice
+
+
 def test_a_failed_annotate_or_build_is_fixed_by_running_again_with_other_settings(tmp_path, capsys):
     from support.human_helpers import make_run
 

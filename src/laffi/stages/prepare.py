@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import random
 
-from laffi.config import DataConfig, RunConfig, save_config
+import yaml
+
+from laffi.config import DataConfig, RunConfig, read_yaml, save_config
 from laffi.data import load_examples, split_by_title
 from laffi.layout import RunLayout
 from laffi.prompts import shot_pool
-from laffi.records import QAExample, read_records, write_records
+from laffi.records import QAExample, read_records, write_atomic, write_records
 
 
 def save_run_config(layout: RunLayout, config: RunConfig) -> None:
@@ -29,12 +31,17 @@ def save_run_config(layout: RunLayout, config: RunConfig) -> None:
 
 
 def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[QAExample]]:
-    save_config(layout.data_config, {"data": data}, outputs=[layout.train_examples])  # written last
     written = [p.exists() for p in (layout.train_examples, layout.eval_examples, layout.shots)]
-    if all(written):
-        if data.dev_size and not layout.dev_examples.exists():
+    if all(written) and not layout.dev_examples.exists():  # split by a laffi without a dev set
+        saved = read_yaml(layout.data_config) if layout.data_config.exists() else {}
+        if "dev_size" not in saved.get("data", {}):  # what it had: none (not today's default, which it lacks)
+            write_atomic(layout.data_config, yaml.safe_dump({**saved, "data": {**saved.get("data", {}), "dev_size": 0}},
+                                                            sort_keys=False))
+        if data.dev_size:
             raise ValueError(f"{layout.data}: split by a laffi without a dev set; use a new run directory, "
                              "or data.dev_size=0 to go on without one")
+    save_config(layout.data_config, {"data": data}, outputs=[layout.train_examples])  # written last
+    if all(written):
         return read_records(layout.train_examples, QAExample), read_records(layout.eval_examples, QAExample)
     train_pool, held_out = split_by_title(load_examples(data.source), data.eval_size, data.seed)
     dev: list[QAExample] = []

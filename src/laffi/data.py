@@ -137,15 +137,17 @@ def _embedded_examples() -> tuple[QAExample, ...]:
     return tuple(examples)
 
 
-def split_by_title(examples: list[QAExample], eval_size: int, seed: int) -> tuple[list[QAExample], list[QAExample]]:
+def split_by_title(examples: list[QAExample], eval_size: int, seed: int,
+                   option: str = "data.eval_size") -> tuple[list[QAExample], list[QAExample]]:
     """Split into (train pool, eval set) by article, so no passage is in both.
 
     Whole articles, in a seeded random order, go to eval until it holds `eval_size` questions;
     the eval set is the first `eval_size` of them. The rest of the last eval article is dropped
-    rather than trained on, since it shares that article's passages.
+    rather than trained on, since it shares that article's passages. `option`: the setting an error names
+    (prepare draws the dev set from the train pool the same way, as data.dev_size).
     """
     if eval_size < 1:
-        raise ValueError(f"eval_size must be at least 1, got {eval_size}")
+        raise ValueError(f"{option} must be at least 1, got {eval_size}")
     # Titles in order of first appearance (not a set) so the shuffle is reproducible for a seed.
     counts = collections.Counter(example.title for example in examples)
     titles = list(counts)
@@ -157,8 +159,8 @@ def split_by_title(examples: list[QAExample], eval_size: int, seed: int) -> tupl
         eval_titles.add(title)
         taken += counts[title]
     if len(eval_titles) == len(titles):
-        raise ValueError(f"eval_size={eval_size} leaves no article for training: the data has "
-                         f"{len(examples)} questions in {len(titles)} articles; lower eval_size")
+        raise ValueError(f"{option}={eval_size} leaves no article for training: the data has "
+                         f"{len(examples)} questions in {len(titles)} articles; lower {option}")
     eval_set = [e for e in examples if e.title in eval_titles][:eval_size]
     train = [e for e in examples if e.title not in eval_titles]
     return train, eval_set

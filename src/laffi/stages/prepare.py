@@ -46,10 +46,7 @@ def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[
     train_pool, held_out = split_by_title(load_examples(data.source), data.eval_size, data.seed)
     dev: list[QAExample] = []
     if data.dev_size:
-        try:
-            train_pool, dev = split_by_title(train_pool, data.dev_size, data.seed)
-        except ValueError as error:
-            raise ValueError(f"data.dev_size={data.dev_size}: {error}") from None
+        train_pool, dev = split_by_title(train_pool, data.dev_size, data.seed, option="data.dev_size")
     shots = shot_pool(train_pool, data.seed)
     if len(shots) < data.num_shots + 1:
         raise ValueError(f"data.num_shots={data.num_shots}: the train pool has only {len(shots)} articles")

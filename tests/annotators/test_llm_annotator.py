@@ -222,6 +222,19 @@ def test_a_changed_prompt_is_refused_on_resume_but_operational_options_are_not(t
             annotate(RunLayout(tmp_path), llm_config(server.url, tmp_path / "cache", reference_free=True))
 
 
+def test_a_template_edited_in_place_under_a_new_version_is_refused_on_resume(tmp_path):
+    # the saved settings name the template by its path; the feedback's annotator names its version
+    make_run(tmp_path, 2)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text((TEMPLATES / "feedback-v1.yaml").read_text())
+    with FaultServer(lambda item, n: "ok") as server:
+        annotate(RunLayout(tmp_path), llm_config(server.url, tmp_path / "cache", template=str(mine)))
+        mine.write_text(mine.read_text().replace("version: feedback-v1", "version: mine-v2"))
+        with pytest.raises(ValueError, match="written by llm:fault:feedback-v1, and this annotator is "
+                                             "llm:fault:mine-v2"):
+            annotate(RunLayout(tmp_path), llm_config(server.url, tmp_path / "cache", template=str(mine)))
+
+
 def test_local_transformers_annotator_records_unreadable_replies_and_caches_them(tmp_path, tiny_model_dir):
     # A randomly initialised model writes no verdict: every answer must end up as a recorded failure.
     make_run(tmp_path, 3)

@@ -58,16 +58,21 @@ def annotator_settings(config: AnnotateConfig) -> dict:
     return {"annotator": config.annotator, "seed": config.seed}
 
 
-def check_same_answers(out: Path, answers: list[Answer]) -> None:
+def check_begun_feedback(out: Path, answers: list[Answer], annotator: str) -> None:
     """The feedback already in `out` must be on the answers there are now: answers generated again (another
     model, other settings) would otherwise count as annotated, and `laffi build` would pair the new answers'
-    questions with feedback on the old ones."""
+    questions with feedback on the old ones. And by this annotator (its name holds an LLM template's version,
+    which a template edited in place under the same path changes, and which the saved settings cannot see)."""
     now = {record_key(a): a.prediction for a in answers}
     for note in read_records(out, Feedback) if out.exists() else []:
         if now.get(record_key(note), note.answer) != note.answer:
             raise ValueError(f"{out}: its feedback on {note.id!r} (sample {note.sample}) is about the answer "
                              f"{note.answer!r}, but the answer now is {now[record_key(note)]!r}: the answers were "
                              f"generated again; delete {out.name} and {sidecar_config(out).name} to annotate them anew")
+        if note.source == "ai" and note.annotator != annotator:
+            raise ValueError(f"{out}: its feedback on {note.id!r} (sample {note.sample}) was written by "
+                             f"{note.annotator}, and this annotator is {annotator} (another template version?); "
+                             f"delete {out.name} and {sidecar_config(out).name} to annotate anew")
 
 
 def annotate(layout: RunLayout, annotate: AnnotateConfig, out: str | Path | None = None) -> list[Feedback]:
@@ -83,7 +88,7 @@ def annotate(layout: RunLayout, annotate: AnnotateConfig, out: str | Path | None
     size = getattr(annotator, "batch_size", BATCH)
     failures: list[AnnotationFailure] = []
     with RecordWriter(out, Feedback) as writer:
-        check_same_answers(out, answers)
+        check_begun_feedback(out, answers, annotator.name)
         todo = [a for a in answers if record_key(a) not in writer.done_keys]
         with tqdm(total=len(answers), initial=len(answers) - len(todo), desc="annotate", unit="answer") as bar:
             for start in range(0, len(todo), size):

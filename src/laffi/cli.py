@@ -182,7 +182,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_experiment_config(args.config, args.overrides)
         layout = ExperimentLayout(args.out or Path("runs") / Path(args.config).stem)
         if args.dry_run:
-            print(describe_plan(estimate(config, layout)))
+            print(describe_plan(estimate(config, layout, args.dev_only)))
             return 0
         summary = experiment(config, layout.root, dev_only=args.dev_only)
         if args.dev_only:

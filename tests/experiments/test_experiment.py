@@ -7,6 +7,7 @@ of budgets reads dev scores only; a rerun, more budgets, the human-share axis, `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -22,7 +23,7 @@ from laffi.experiments.experiment import (SECONDS_PER_QUESTION, SECONDS_PER_STEP
 from laffi.experiments.grid import experiment_config_from
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, sidecar_config
 from laffi.models import ADAPTER_ANSWERING
-from laffi.records import Answer, Feedback, Prediction, TrainingExample, TrainLogEntry, read_records, write_records
+from laffi.records import Answer, Feedback, Prediction, QAExample, TrainingExample, TrainLogEntry, read_records, write_records
 from laffi.stages.rounds import RoundFeedback, answer_again
 from laffi.systems import load_system
 
@@ -188,11 +189,16 @@ def test_a_plan_s_time_is_a_range_until_this_directory_has_trained_its_systems(e
         assert f"{name} {done['steps_by_system'][name]} ({low} s/step, measured here)" in describe_plan(done)
     low, high = done["estimate_minutes"]
     assert low < high  # the answers' time stays assumed
+    # a screen answers no held-out question; K answers per training question are K times the train answers
+    data, runs = config.run.data, done["cells"] * len(config.trained()) * len(config.seeds) + 1  # chosen ones, base
+    assert estimate(config, ExperimentLayout(root), dev_only=True)["answers"] == done["answers"] - runs * data.eval_size
+    four = dataclasses.replace(config, run=dataclasses.replace(
+        config.run, generate=dataclasses.replace(config.run.generate, samples=4)))
+    pool = data.train_size or len(read_records(ExperimentLayout(root).run.train_examples, QAExample))
+    assert estimate(four, ExperimentLayout(root))["answers"] == done["answers"] + 3 * pool
 
 
 def _write(path, config):
-    import dataclasses
-
     values = dataclasses.asdict(config)
     values["annotators"] = {}  # the reference annotator is implied
     path.write_text("# laffi experiment plan.yaml\n" + yaml.safe_dump(values), encoding="utf-8")
@@ -397,7 +403,7 @@ def test_a_system_in_rounds_trains_every_round_at_its_budget_and_counts_both_in_
     assert yaml.safe_load(job.config.read_text())["annotate"]["annotator"] == "reference"  # `laffi train` reads it
     cell = next(c for c in summary["cells"] if c["system"] == "laffi-dpo-r2")
     assert cell["cost"]["train_tokens"] == sum(r["tokens_this_process"] for r in rounds)
-    assert cell["cost"]["train_seconds"] == pytest.approx(sum(r["seconds_this_process"] for r in rounds), abs=0.01)
+    assert cell["cost"]["train_seconds"] == pytest.approx(sum(r["seconds_this_process"] + r["reference_seconds_this_process"] for r in rounds), abs=0.01)
     assert cell["budget"] == 2 and job.predictions("laffi-dpo-r2").exists()  # scored with round 2's adapter
 
     # round 2's answers, half made with round 1's adapter merged into bf16 weights (laffi before 53396c9): refused

@@ -214,10 +214,11 @@ def plan_id(config: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def estimate(config: ExperimentConfig, experiment: ExperimentLayout) -> dict[str, Any]:
+def estimate(config: ExperimentConfig, experiment: ExperimentLayout, dev_only: bool = False) -> dict[str, Any]:
     """The plan before anything runs: how many trainings and evaluations at most (cells with identical
     inputs share them once their sets exist), and a time as a range: each system's measured seconds a step
-    where this directory has a finished training of it, else SECONDS_PER_STEP; SECONDS_PER_QUESTION an answer."""
+    where this directory has a finished training of it, else SECONDS_PER_STEP; SECONDS_PER_QUESTION an answer.
+    `dev_only`: the screen's, which answers no held-out question."""
     measured: dict[str, list[float]] = {}
     for summary in experiment.root.glob("jobs/*/adapters/*/summary.json"):
         done = json.loads(summary.read_text(encoding="utf-8"))
@@ -237,9 +238,13 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout) -> dict[str
     data = config.run.data
     pool = data.train_size or (len(read_records(experiment.run.train_examples, QAExample))
                                if experiment.run.train_examples.exists() else 0)  # 0: the whole pool, not split yet
-    answers = (trainings * data.dev_size + cells * len(trained) * len(config.seeds) * data.eval_size
-               + data.dev_size + data.eval_size + pool  # the trainings', the base model's and the train answers
-               + cells * len(config.seeds) * len(config.budgets) * pool * sum(s.recipe.rounds - 1 for s in trained))
+    samples = config.run.generate.samples  # answers per training question, in round 1 and in every later round
+    heldout = 0 if dev_only else data.eval_size
+    # a later round answers its variant's training questions: grid.size's draw (0: the whole pool)
+    drawn = sum(size or pool for size in grid.size) * (cells // len(grid.size))
+    answers = (trainings * data.dev_size + cells * len(trained) * len(config.seeds) * heldout
+               + data.dev_size + heldout + pool * samples  # the trainings', the base model's and the train answers
+               + drawn * samples * len(config.seeds) * len(config.budgets) * sum(s.recipe.rounds - 1 for s in trained))
     minutes = [round((sum(steps[n] * per_step[n][end] for n in steps) + answers * SECONDS_PER_QUESTION[end]) / 60, 1)
                for end in (0, 1)]
     return {"cells": cells, "systems": config.systems, "seeds": config.seeds, "budgets": config.budgets,
@@ -387,7 +392,7 @@ def experiment(config: ExperimentConfig, out: str | Path, dev_only: bool = False
     resolved = yaml.safe_dump(to_dict(config), sort_keys=False)
     write_atomic(layout.experiment_config, resolved)  # the latest invocation's
     write_atomic(layout.plan_summary(plan_id(config), ".yaml"), resolved)  # this plan's, which its summary names
-    print(describe_plan(estimate(config, layout)), flush=True)
+    print(describe_plan(estimate(config, layout, dev_only)), flush=True)
     timed = StageClock()
     shared_stages(layout, config, timed, untrained, ("dev",) if dev_only else ("dev", "heldout"))
     cells, planned, jobs = plan_trainings(layout, config)

@@ -108,6 +108,13 @@ def test_import_feedback_of_a_missing_file_opens_no_database(tmp_path, capsys):
     assert not RunLayout(run_dir).annotations_db.exists()
 
 
+def test_a_model_folder_that_does_not_exist_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["prepare", str(run), "data.eval_size=4", "data.train_size=4", "data.dev_size=0"]) == 0
+    assert main(["generate", str(run), f"model.name={tmp_path / 'typo'}"]) != 0  # not a hub repo id error
+    assert f"model.name: {tmp_path / 'typo'} does not exist" in capsys.readouterr().err
+
+
 def test_a_mistyped_data_source_is_fixed_by_running_again(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["prepare", str(run), "data.source=typo.json", "data.eval_size=8"]) != 0
@@ -136,9 +143,9 @@ def test_a_failed_annotate_or_build_is_fixed_by_running_again_with_other_setting
 
     run = make_run(tmp_path / "run", ai_feedback=False)
     # a local LLM annotator whose model does not load: the stage fails before writing any feedback
-    with pytest.raises(OSError):
-        main(["annotate", str(run), "annotate.annotator=llm", "annotate.backend=transformers",
-              f"annotate.model={tmp_path / 'no-such-model'}"])
+    assert main(["annotate", str(run), "annotate.annotator=llm", "annotate.backend=transformers",
+                 f"annotate.model={tmp_path / 'no-such-model'}"]) != 0
+    assert f"annotate.model: {tmp_path / 'no-such-model'} does not exist" in capsys.readouterr().err
     assert main(["annotate", str(run)]) == 0  # the reference annotator: not refused for "different settings"
     assert RunLayout(run).feedback.stat().st_size > 0
     assert main(["build", str(run), "data.num_shots=8"]) != 0  # only 3 few-shot examples

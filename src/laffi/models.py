@@ -173,8 +173,19 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     return target
 
 
+def missing_local_model(name: str) -> Path | None:
+    """The folder a model name points to where it is written as a path (absolute, ./, ../ or ~/) and does not
+    exist: transformers would take it for a hub id and fail with a message about repo ids."""
+    if not name.startswith(("/", "./", "../", "~")):
+        return None
+    path = Path(name).expanduser().resolve()
+    return None if path.exists() else path
+
+
 def resolve_model_path(name: str) -> str:
     """Map `model.name` to something `from_pretrained` takes, converting GGUFs once."""
+    if (missing := missing_local_model(name)) is not None:
+        raise FileNotFoundError(f"model.name: {missing} does not exist")
     if name == "embedded":
         gguf = embedded_gguf()
         return str(convert_gguf(gguf, cache_dir() / "models" / "SmolLM2-135M-Instruct"))

@@ -21,8 +21,9 @@ from tqdm import tqdm
 from laffi.annotators import llm
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.annotators.template import load_template
-from laffi.config import AnnotateConfig, save_config
+from laffi.config import AnnotateConfig, ConfigError, save_config
 from laffi.layout import RunLayout, failures_file, sidecar_config, summary_file
+from laffi.models import missing_local_model
 from laffi.records import (
     AnnotationFailure,
     Answer,
@@ -40,9 +41,12 @@ BATCH = 32
 
 def check_annotator(config: AnnotateConfig, option: str = "annotate") -> None:
     """What can be checked of an annotator before any work: its prompt template (a ConfigError naming
-    OPTION.template). `laffi run` and `laffi experiment` call it first, not after minutes of answering."""
+    OPTION.template) and a local model's folder (OPTION.model). `laffi run` and `laffi experiment` call it
+    first, not after minutes of answering; `annotate` before it writes anything."""
     if config.annotator == "llm":
         load_template(config.template, option=f"{option}.template")
+        if config.backend == "transformers" and (missing := missing_local_model(config.model)) is not None:
+            raise ConfigError(f"{option}.model: {missing} does not exist")
 
 
 def make_annotator(config: AnnotateConfig):
@@ -83,6 +87,7 @@ def annotate(layout: RunLayout, annotate: AnnotateConfig, out: str | Path | None
     unknown = [a.id for a in answers if a.id not in examples]
     if unknown:
         raise ValueError(f"{layout.answers}: answer to unknown question {unknown[0]!r}")
+    check_annotator(annotate)
     annotator = make_annotator(annotate)  # first: a missing API key must not leave a config behind
     save_config(sidecar_config(out), {"annotate": annotator_settings(annotate)}, outputs=[out])  # until written: replaced
     size = getattr(annotator, "batch_size", BATCH)

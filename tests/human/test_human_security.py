@@ -131,3 +131,25 @@ def test_oversized_and_invalid_input_is_refused_with_a_clear_message(app):
     assert huge.headers["X-Frame-Options"] == "DENY"
     # nothing of it was stored
     assert "You already sent feedback" not in alice.get(url + f"items/{item}").text
+
+
+def test_behind_an_https_proxy_named_by_trusted_proxy_forms_pass_and_the_cookie_is_secure(tmp_path):
+    run = make_run(tmp_path / "run", n_items=2)
+    token = add_annotator(run, "alice")
+    public = "https://annot.example.org"
+    # what nginx forwards: the public scheme and host; the browser's Origin is the public address
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "annot.example.org", "X-Forwarded-Port": "443",
+                 "Origin": public}
+
+    def signs_in(url: str) -> requests.Response:
+        session = requests.Session()
+        page = session.get(url, headers=forwarded)
+        return session.post(url, data={"token": token, "csrf_token": csrf(page.text)}, headers=forwarded,
+                            allow_redirects=False)
+
+    with serve(run) as url:  # not trusted: the app is at http://127.0.0.1, so the public Origin is another site's
+        assert signs_in(url).status_code == 403
+    with serve(run, "--trusted-proxy", "127.0.0.1") as url:  # the test client is the proxy
+        signed = signs_in(url)
+        assert signed.status_code in (200, 303), signed.text[:300]
+        assert "secure" in signed.headers["Set-Cookie"].lower()

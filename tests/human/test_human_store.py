@@ -217,3 +217,13 @@ def test_the_answer_is_marked_where_it_is_in_the_passage():
     assert str(highlight("İstanbul is big", "IS BIG")) == "İstanbul <mark>is big</mark>"
     assert str(highlight("a <b> Paris", "paris")) == "a &lt;b&gt; <mark>Paris</mark>"
     assert str(highlight("Paris", " ")) == "Paris"
+
+
+def test_a_claim_after_the_revocation_its_token_check_missed_takes_no_slot(engine):
+    # the token was checked (before_request), then `laffi annotators revoke` committed, then the claim ran
+    alice, bob = person(engine, "alice"), person(engine, "bob")
+    store.revoke_annotator(engine, "alice")
+    with pytest.raises(store.Forbidden, match="revoked"):
+        store.claim(engine, alice.id, 1)
+    assert store.claim(engine, bob.id, 1) == "q000"  # the first item's one slot is still free
+    assert next(p for p in store.list_annotators(engine) if p["name"] == "alice")["open"] == 0

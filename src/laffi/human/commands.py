@@ -1,6 +1,6 @@
 """The `laffi` subcommands of the human-feedback app; `laffi.cli` registers them.
 
-    laffi serve RUN_DIR [--db URL] [--host 127.0.0.1] [--port 8000] [--per-item K] [--threads 8]
+    laffi serve RUN_DIR [--db URL] [--host 127.0.0.1] [--port 8000] [--per-item K] [--threads 8] [--trusted-proxy ADDR]
     laffi annotators add NAME --run RUN_DIR [--admin] [--db URL]     # prints the token, once
     laffi annotators list --run RUN_DIR [--db URL]
     laffi annotators revoke NAME --run RUN_DIR [--db URL]
@@ -28,6 +28,9 @@ def register(sub) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (0: any free port; the URL is printed)")
     serve.add_argument("--per-item", type=int, default=1, help="K: human annotations wanted per item")
     serve.add_argument("--threads", type=int, default=8, help="server worker threads")
+    serve.add_argument("--trusted-proxy", default="", help="the address of an HTTPS proxy in front of the app, whose "
+                       "X-Forwarded-Proto, -Host and -Port are then trusted (e.g. 127.0.0.1); without it, forms "
+                       "posted through an HTTPS proxy are refused as coming from another site")
 
     people = sub.add_parser("annotators", help="add, list or revoke the people who annotate")
     action = people.add_subparsers(dest="action", required=True)
@@ -84,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         from laffi.human.serve import serve
 
         serve(ServeConfig(run_dir=args.run_dir, db=args.db, host=args.host, port=args.port,
-                          per_item=args.per_item, threads=args.threads))
+                          per_item=args.per_item, threads=args.threads, trusted_proxy=args.trusted_proxy))
         return 0
     if args.command == "import-feedback" and not Path(args.file).is_file():  # before the database is opened
         raise FileNotFoundError(f"{args.file}: no such file of feedback records")

@@ -29,6 +29,9 @@ class ServeConfig:
     db: str = ""  # empty: RUN_DIR/annotations.db
     host: str = "127.0.0.1"  # loopback unless the user asks: the app holds people's work
     port: int = 8000  # 0 picks a free port (the URL is printed)
+    # the address of an HTTPS proxy in front (nginx, Caddy), whose X-Forwarded-Proto/-Host/-Port waitress then
+    # takes as the request's: the browser's Origin is https://PUBLIC-HOST, and forms check it against them
+    trusted_proxy: str = ""
     per_item: int = 1  # K: human annotations wanted per item
     threads: int = 8  # waitress worker threads
     max_feedback_chars: int = 4000

@@ -1,6 +1,7 @@
 """Run the annotation app on waitress, a production WSGI server (threads, no reloader, no debugger).
 
     laffi serve runs/demo [--db postgresql://me@localhost/laffi] [--host 127.0.0.1] [--port 8000] [--per-item 2]
+    laffi serve runs/demo --trusted-proxy 127.0.0.1     # behind an HTTPS proxy on this machine
 
 Opens (creating or upgrading) the database, loads RUN/answers.jsonl as the items to annotate,
 prints the address, and serves until interrupted.
@@ -27,9 +28,12 @@ def serve(config: ServeConfig) -> None:
     app = create_app(config, engine)
     # "Task queue depth is N" on every request that waits for a free thread: load, not trouble.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    proxy = {"trusted_proxy": config.trusted_proxy, "clear_untrusted_proxy_headers": True,
+             "trusted_proxy_headers": {"x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"}}
     server = create_server(app, host=config.host, port=config.port, threads=config.threads,
                            # a backstop only: the app refuses bodies over max_body_bytes with a clear 413
-                           max_request_body_size=4 * config.max_body_bytes, ident="laffi")
+                           max_request_body_size=4 * config.max_body_bytes, ident="laffi",
+                           **(proxy if config.trusted_proxy else {}))
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"laffi serve: {added} new item(s), {updated} updated; database {engine.url.render_as_string()}",
           file=sys.stderr)

@@ -220,7 +220,10 @@ def claim(engine: Engine, person_id: int, per_item: int) -> str | None:
     with write(engine) as conn:
         # Serialises one person's concurrent claims (two tabs) on PostgreSQL; SQLite's
         # BEGIN IMMEDIATE already serialises every writer.
-        conn.execute(select(annotators.c.id).where(annotators.c.id == person_id).with_for_update())
+        revoked = conn.execute(select(annotators.c.revoked_at).where(annotators.c.id == person_id)
+                               .with_for_update()).scalar()
+        if revoked is not None:  # revoked after this request's token was checked: no slot for them
+            raise Forbidden("This token was revoked.")
         held = conn.execute(select(annotations.c.item_id).where(
             annotations.c.annotator_id == person_id, annotations.c.status == "assigned")
             .order_by(annotations.c.id).limit(1)).scalar()

@@ -129,7 +129,8 @@ def expected(device: str):
     from laffi.models import pick_dtype
 
     if device == "cuda":
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        # bf16 units (compute capability 8+): torch's default answer counts emulation (V100, T4), laffi's does not
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
     return "cpu", pick_dtype("auto", torch.device("cpu"))  # bf16 where the CPU has bf16 units
 
 
@@ -270,7 +271,7 @@ def versions() -> dict:
     found["cuda_available"] = torch.cuda.is_available()
     if torch.cuda.is_available():
         found["gpu"] = torch.cuda.get_device_name(0)
-        found["bf16_supported"] = torch.cuda.is_bf16_supported()
+        found["bf16_supported"] = torch.cuda.is_bf16_supported(including_emulation=False)
     return found
 
 

@@ -44,7 +44,7 @@ def version(name):
         return "-"
 print("gpu_check: " + ", ".join(f"{n} {version(n)}" for n in names) + f"; CUDA {torch.version.cuda}")
 gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-print(f"gpu_check: GPUs: {gpus or 'none'}" + (f"; bf16: {torch.cuda.is_bf16_supported()}" if gpus else ""))
+print(f"gpu_check: GPUs: {gpus or 'none'}" + (f"; bf16 units: {torch.cuda.is_bf16_supported(including_emulation=False)}" if gpus else ""))
 EOF
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv
   "$PYTHON" gpu_check/install.py "$WORK/site" || exit 2

@@ -171,3 +171,21 @@ def test_adding_lora_and_loading_an_adapter_print_no_deprecation_notice_of_peft_
         add_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config, TrainConfig()).save_pretrained(tmp_path)
         load_model(config, adapter=tmp_path)
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_under_fsdp_or_deepspeed_the_model_loads_on_the_cpu_but_is_chosen_for_the_process_s_gpu(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from laffi.stages.train import model_device, sharded
+
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MULTI_GPU):
+        process = SimpleNamespace(distributed_type=kind, device=torch.device("cuda", 3))
+        # the dtype and attention kernel follow cuda:3 (bf16, FlashAttention-2), not the host CPU's
+        assert model_device(process, ModelConfig()) == "cuda:3"
+        assert sharded(process) == (kind != DistributedType.MULTI_GPU)
+    with pytest.raises(ConfigError, match="load_in_4bit: QLoRA trains on one GPU or under DDP"):
+        load_model(ModelConfig(name=str(tiny_model_dir), load_in_4bit=True), on_cpu=True)
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir)), on_cpu=True)  # on a CPU: as without it
+    assert next(model.parameters()).device.type == "cpu"

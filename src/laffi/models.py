@@ -269,13 +269,19 @@ def quiet_peft():
         yield
 
 
-def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load model + tokenizer on the chosen device; with `adapter`, a PEFT adapter on top."""
+def load_model(config: ModelConfig, adapter: str | Path | None = None,
+               on_cpu: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model + tokenizer on the chosen device; with `adapter`, a PEFT adapter on top. `on_cpu`: the dtype
+    and attention kernel are chosen for the device, but the weights stay on the CPU, for FSDP or DeepSpeed
+    to shard onto it."""
     cap_onednn_cache()
     if config.threads:
         torch.set_num_threads(config.threads)
     path = resolve_model_path(config.name)
     device = pick_device(config.device)
+    if on_cpu and config.load_in_4bit:
+        raise ConfigError("model.load_in_4bit: QLoRA trains on one GPU or under DDP (configs/accelerate/multi-gpu.yaml), "
+                          "not under FSDP or DeepSpeed, which shard the weights from the CPU")
     four_bit = four_bit_kwargs(config, device)
     dtype = pick_dtype(config.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **four_bit,
@@ -299,12 +305,13 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None) -> tuple[
             model = model.merge_and_unload()
     # from_pretrained loads onto the CPU; a CPU model is left as it is, which also leaves alone
     # weights that FSDP put on the meta device or DeepSpeed ZeRO-3 partitioned while loading
-    if not four_bit and device.type != "cpu":
+    if not four_bit and device.type != "cpu" and not on_cpu:
         model.to(device)
     model.eval()
     why = ""
     if config.dtype == "auto" and device.type == "cpu":
         why = " (model.dtype=auto: this CPU has bf16 units)" if dtype == torch.bfloat16 else \
             " (model.dtype=auto: this CPU has no bf16 units)"
-    print(f"model {config.name}: {str(dtype).removeprefix('torch.')} on {device}{why}", flush=True)
+    where = f"the CPU, to be sharded onto {device}" if on_cpu and device.type != "cpu" else device
+    print(f"model {config.name}: {str(dtype).removeprefix('torch.')} on {where}{why}", flush=True)
     return model, load_tokenizer(config)

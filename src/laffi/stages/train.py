@@ -95,11 +95,16 @@ def grad_norm(norm) -> float | None:
 
 
 def model_device(accelerator: Accelerator, model_config: ModelConfig) -> str:
-    """Where this process loads the base model."""
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        return "cpu"  # they shard it and move each shard to its GPU in prepare()
-    device = accelerator.device  # under a launcher, this process's own GPU (cuda:LOCAL_RANK)
+    """The device this process computes on, which decides the model's dtype and attention kernel: under a
+    launcher its own GPU (cuda:LOCAL_RANK). Under FSDP and DeepSpeed the model still loads on the CPU
+    (`sharded`), and prepare() moves each shard to that GPU."""
+    device = accelerator.device
     return str(device) if device.type == "cuda" else device.type
+
+
+def sharded(accelerator: Accelerator) -> bool:
+    """FSDP or DeepSpeed: the base model is loaded on the CPU and sharded onto the GPUs by prepare()."""
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def add_lora(model, model_config: ModelConfig, config: TrainConfig, autocast: bool = False):
@@ -351,8 +356,11 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         raise ValueError(f"{layout.aux_set(system)}: not the questions of {layout.training_set(system)} in its order; "
                          "run `laffi build` again")
     term = None if preference is None else preference_term(layout, system, preference, examples)
+    wanted = pick_device(model.device)
+    if wanted.type == "cuda" and wanted.index is not None and "LOCAL_RANK" not in os.environ:
+        torch.cuda.set_device(wanted)  # model.device=cuda:N in one process: accelerate's default is the current GPU
     # one process, or one of many under accelerate launch / torchrun (read from the environment)
-    accelerator = Accelerator(cpu=pick_device(model.device).type == "cpu", step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(cpu=wanted.type == "cpu", step_scheduler_with_optimizer=False)
     if (other := answered_by_another_model(layout, model)) and accelerator.is_main_process:
         print(f"train {system}: note: {other}", flush=True)
     plan = plan_batches(train, accelerator.num_processes)
@@ -375,7 +383,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         return out
 
     set_seed(train.seed)  # the same LoRA initialisation on every process
-    lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)))
+    lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)), on_cpu=sharded(accelerator))
     rows = tokenize(tokenizer, examples + auxiliary, train.max_seq_len)
     aux = set(range(len(examples), len(rows)))  # rows n, n + 1, ...: the auxiliary examples
     if term is not None:  # row n + 2k: pair k's chosen completion, n + 2k + 1 its rejected one

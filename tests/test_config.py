@@ -96,6 +96,16 @@ def test_every_shipped_config_parses_and_says_how_to_run_it(path):
     load_config(path)
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if load_config(p).data.source == "embedded"], ids=lambda p: p.name)
+def test_every_shipped_config_on_the_embedded_data_can_split_it(path, tmp_path):
+    from laffi.layout import RunLayout
+    from laffi.stages.prepare import prepare
+
+    data = load_config(path).data
+    train, _ = prepare(RunLayout(tmp_path), data)
+    assert len(train) == data.train_size or not data.train_size
+
+
 def test_a_number_is_not_taken_for_a_name():
     with pytest.raises(ConfigError, match="model.name: expected str, got 5"):
         load_config(overrides=["model.name=5"])

@@ -448,3 +448,10 @@ def test_a_training_on_another_model_than_the_run_answered_with_says_so(tmp_path
     assert answered_by_another_model(layout, ModelConfig(name="Qwen/Qwen2.5-7B-Instruct")) is None
     note = answered_by_another_model(layout, ModelConfig())
     assert "answered by model.name=Qwen/Qwen2.5-7B-Instruct" in note and "loads model.name=embedded" in note
+
+
+def test_a_system_whose_set_build_did_not_write_says_how_to_build_it(tiny_model_dir, tmp_path):
+    config = load_config(overrides=overrides(tiny_model_dir))
+    with pytest.raises(FileNotFoundError, match=r"no training set for laffi-dpo; `laffi build .* "
+                                                r"systems.names=\.\.\.,laffi-dpo` writes it"):
+        train(RunLayout(tmp_path), "laffi-dpo", config.model, config.train)

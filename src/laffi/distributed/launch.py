@@ -1,9 +1,12 @@
 """Hand the training stage of `laffi run` to a distributed launcher.
 
-    laffi run CONFIG.yaml --launcher accelerate --num-processes 8
-    laffi run CONFIG.yaml --launcher accelerate --accelerate-config configs/accelerate/fsdp.yaml
-    laffi run CONFIG.yaml --launcher torchrun --num-processes 8
+    laffi run CONFIG.yaml --launcher accelerate --num-processes 8 systems.names=base,sft,laffi
+    laffi run CONFIG.yaml --launcher accelerate --accelerate-config configs/accelerate/fsdp.yaml systems.names=base,sft,laffi
+    laffi run CONFIG.yaml --launcher torchrun --num-processes 8 systems.names=base,sft,laffi
     laffi run --launcher process      # each training in a process of its own (what `make demo` does)
+
+(Systems with auxiliary examples, preference pairs or rounds, such as the default laffi-aux-half, train in one
+process: a run on several processes names the others.)
 
 The other stages run in this process. Each training runs as a child command on the run's
 config.yaml, `accelerate launch ... -m laffi.cli train RUN --system NAME` (or torchrun), which starts

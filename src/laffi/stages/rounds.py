@@ -1,7 +1,7 @@
 """Iterated rounds (a recipe's train.rounds, e.g. laffi-dpo-r2): round N+1 trains on round N's model's answers.
 
     laffi run systems.names=base,sft,laffi-dpo-r2       # every stage of the run, each round included
-    laffi train runs/demo --system laffi-dpo-r2         # all rounds of one system in a built run (its
+    laffi train runs/demo --system laffi-dpo-r2         # all rounds of one system in a run built with it (its
                                                         # annotate section judges the later rounds' answers,
                                                         # whose sets keep the whole feedback)
     train_rounds(layout, system, model, data, generate, train, RoundFeedback(annotate))

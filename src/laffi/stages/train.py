@@ -347,6 +347,10 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     out = layout.adapter(system)
     if init is not None and not adapter_finished(out):  # a finished second stage no longer needs its first
         check_init(init, train)
+    if not layout.training_set(system).exists():  # `laffi build` writes the sets of systems.names only
+        raise FileNotFoundError(f"{layout.training_set(system)}: no training set for {system}; `laffi build "
+                                f"{layout.root} systems.names=...,{system}` writes it (build writes the sets of the "
+                                "systems in systems.names)")
     examples = read_records(layout.training_set(system), TrainingExample)
     if not examples:
         raise ValueError(f"{layout.training_set(system)}: no training examples; its system's questions got no "

@@ -33,6 +33,7 @@ Outside the switch the model keeps its own attention; inside it, a forward witho
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -115,6 +116,26 @@ class TreeSpans:
         return self._causal[key]
 
 
+# kernels_as_in_training(): a forward without gradients that must give training's numbers bit for bit
+_AS_IN_TRAINING: ContextVar[bool] = ContextVar("laffi_tree_attention_as_in_training", default=False)
+
+
+@contextmanager
+def kernels_as_in_training():
+    """Inside, a forward without gradients (torch.no_grad) runs the kernels a training forward runs (on a
+    CPU: the bf16 matmul kernel, or fp32 SDPA), so its outputs are training's to the bit, without keeping
+    what a backward would need: the reference log-probs of a preference term (laffi.stages.preference)."""
+    token = _AS_IN_TRAINING.set(True)
+    try:
+        yield
+    finally:
+        _AS_IN_TRAINING.reset(token)
+
+
+def _as_in_training() -> bool:
+    return torch.is_grad_enabled() or _AS_IN_TRAINING.get()
+
+
 def _segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                        scaling: float | None = None, packed_tree: TreeSpans | None = None, **kwargs):
     if packed_tree is None:
@@ -122,7 +143,7 @@ def _segment_attention(module, query, key, value, attention_mask, dropout: float
                                       scaling=scaling, **kwargs)
     if query.shape[0] != 1:
         raise ValueError("tree attention: a packed row is a batch of one")
-    if query.device.type == "cpu" and torch.is_grad_enabled() and query.dtype == torch.bfloat16 and not dropout:
+    if query.device.type == "cpu" and _as_in_training() and query.dtype == torch.bfloat16 and not dropout:
         scale = query.shape[3] ** -0.5 if scaling is None else scaling
         return _Bf16MatmulSegments.apply(query, key, value, packed_tree, scale), None
     return _sdpa_segments(query, key, value, packed_tree, dropout, scaling), None
@@ -205,7 +226,7 @@ def _sdpa_segments(query, key, value, tree: TreeSpans, dropout: float, scaling: 
     """(1, tokens, heads, dim) by SDPA, a call per segment; a backward to come on a CPU runs it in fp32
     (the CPU flash kernel's bf16 backward is the slower one)."""
     dtype = query.dtype
-    upcast = query.device.type == "cpu" and torch.is_grad_enabled()
+    upcast = query.device.type == "cpu" and _as_in_training()
     if upcast:
         query, key, value = query.float(), key.float(), value.float()
     gqa = query.shape[1] != key.shape[1]

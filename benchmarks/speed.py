@@ -1,6 +1,6 @@
 """laffi's speed, side by side with its peers, on the embedded model and data: one command.
 
-    python benchmarks/speed.py                      # about 6-10 minutes on 2 CPU cores
+    python benchmarks/speed.py                      # 17-25 minutes on 2 CPU cores (docs/speed.md)
     python benchmarks/speed.py --json benchmarks/results/speed.json --train-steps 8 --questions 32
 
 - training (benchmarks/train_speed.py): laffi's default on the SFT, LaFFi and laffi-aux-half sets,
@@ -167,8 +167,9 @@ def train_comparisons(rows: list[dict]) -> dict:
             f"{dropout['examples_per_s'] / before['examples_per_s']:.2f}x"
     for dtype in ("float32", "bfloat16"):
         trl = next((r for r in rows if r["tool"] == "trl" and r["dtype"] == dtype), None)
+        # laffi's default row is bf16 only where the CPU has bf16 units (model.dtype=auto); else no bf16 pair
         ours = default if dtype == "bfloat16" else find("laffi fp32", "laffi")
-        if trl and ours:
+        if trl and ours and ours["dtype"] == dtype:
             out[f"laffi packed / TRL examples/s, {dtype}"] = f"{ours['examples_per_s'] / trl['examples_per_s']:.2f}x"
     return out
 

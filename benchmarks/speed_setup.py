@@ -42,9 +42,9 @@ def stand_in_answer(index: int, example: QAExample) -> str:
 def setup(run_dir: str | Path, train_size: int = 64) -> RunConfig:
     layout = RunLayout(run_dir)
     run = config(train_size)
+    train, _ = prepare(layout, run.data)  # a directory split with another --train-size is refused, not reused
     if all(layout.training_set(name).exists() for name in SETS):
-        return run
-    train, _ = prepare(layout, run.data)
+        return run  # built before (by this laffi or an older one: delete the directory to build them anew)
     write_records(layout.answers, [Answer(e.id, stand_in_answer(i, e), stand_in_answer(i, e), "stand-in")
                                    for i, e in enumerate(train)])
     annotate(layout, run.annotate)

@@ -106,6 +106,21 @@ def test_an_exported_laffi_trains_the_same_batches_beside_this_one_and_the_table
     assert "200 bf16; each row's fraction is of its dtype's peak; memory copies 26.0 GB/s" in printed
 
 
+def test_the_bf16_comparison_with_trl_pairs_bf16_rows_only():
+    from speed import train_comparisons  # noqa: E402
+
+    def row(tool, label, dtype, examples_per_s):
+        return {"tool": tool, "label": label, "set": "laffi", "dtype": dtype, "examples_per_s": examples_per_s}
+
+    trl = [row("trl", "TRL fp32", "float32", 0.22), row("trl", "TRL bf16", "bfloat16", 0.05)]
+    fp32 = row("laffi", "laffi fp32", "float32", 0.44)
+    # a CPU without bf16 units: laffi's default trains in fp32, so there is no bf16 pair (was 0.45 / 0.05 = 9x)
+    assert train_comparisons([*trl, fp32, row("laffi", "laffi default", "float32", 0.45)]) == {
+        "laffi packed / TRL examples/s, float32": "2.00x"}
+    with_bf16 = train_comparisons([*trl, fp32, row("laffi", "laffi default", "bfloat16", 0.8)])
+    assert with_bf16["laffi packed / TRL examples/s, bfloat16"] == "16.00x"
+
+
 @pytest.mark.slow
 def test_the_profile_of_a_training_names_its_ops(bench_dir, tiny_model_dir):
     printed = bench("profile_train.py", bench_dir, "--set", "sft", "--steps", "2", "--shapes",

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from laffi.analysis.bootstrap import bootstrap_interval, paired_bootstrap_difference, paired_differences_in_points
+from laffi.analysis.bootstrap import (article_interval, bootstrap_interval, paired_bootstrap_difference,
+                                     paired_differences_in_points)
 from laffi.analysis.metrics import (
     exact_match,
     normalize_answer,
@@ -358,3 +359,14 @@ def test_the_answer_is_the_first_line_without_lead_ins(output, answer):
     from laffi.prompts import extract_answer
 
     assert extract_answer(output) == answer
+
+
+@pytest.mark.parametrize("interval", ["questions", "articles"])
+def test_over_seeds_an_interval_resamples_the_seeds_too(interval):
+    # seed 0 got every question wrong, seed 1 every one right: only the seeds vary, so an interval that
+    # averaged the seeds first would be the point 0.5; drawing 2 seeds of 2 gives means 0, 0.5 or 1
+    scores = [[0.0] * 6, [1.0] * 6]
+    articles = ["a", "a", "b", "b", "c", "c"]
+    low, high = (bootstrap_interval(scores, samples=1000, seed=3) if interval == "questions"
+                 else article_interval(scores, articles, samples=1000, seed=3))
+    assert (low, high) == (0.0, 1.0)

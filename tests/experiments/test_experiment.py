@@ -133,15 +133,36 @@ def test_the_choice_is_the_best_mean_dev_f1_and_never_reads_held_out_files(exper
                  if p["system"] == cell["system"] and p["content"] == cell["content"]}
         assert curve[cell["budget"]] == max(curve.values())
         assert cell["dev"]["f1"] == curve[cell["budget"]]
-    # every held-out answer made wrong on disk: the choices stay, the held-out scores follow the files
+    # The tiny model scores 0 everywhere, where ties go to the smallest budget (1). On a copy, the dev scores
+    # on disk now prefer budget 2, and the held-out answers of the budget-1 trainings, scored before, are made
+    # perfect: the choice follows dev alone.
+    assert all(c["budget"] == 1 for c in summary["cells"])
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
-    for predictions in copy.glob("jobs/*/eval/*/predictions.jsonl"):
-        write_records(predictions, [Prediction(p.id, "zzz", "zzz", 0.0, 0.0)
+
+    def rescore(job: dict, split: str, exact: float, f1: float) -> None:
+        """Its answers' scores on disk, and its metrics (the choice reads dev's; the summary the predictions)."""
+        where = RunLayout(copy / job["dir"])
+        predictions = where.predictions(job["system"], split)
+        write_records(predictions, [dataclasses.replace(p, exact=exact, f1=f1)
                                     for p in read_records(predictions, Prediction)])
+        metrics = json.loads(where.metrics(job["system"], split).read_text())
+        where.metrics(job["system"], split).write_text(json.dumps({**metrics, "exact": 100 * exact, "f1": 100 * f1}))
+
+    for job in summary["jobs"]:
+        rescore(job, "dev", 0.0, 0.8 if job["steps"] == 2 else 0.2)
+        if job["heldout"]:
+            rescore(job, "heldout", 1.0, 1.0)
     again = experiment(config, copy)
-    assert [c["budget"] for c in again["cells"]] == [c["budget"] for c in summary["cells"]]
-    assert all(c["f1"] == 0 for c in again["cells"]) and not again["reselected"]
+    assert all(c["budget"] == 2 and c["dev"]["f1"] == 80.0 for c in again["cells"])
+    assert len(again["reselected"]) == len(again["cells"])  # each choice changed since the held-out scoring
+    assert all(c["f1"] == 0 for c in again["cells"])  # the budget-2 trainings' own held-out answers
+    # the held-out scores are the chosen trainings' files: rewritten on disk, the scores follow, the choice stays
+    for job in again["jobs"]:
+        if job["heldout"]:
+            rescore(job, "heldout", 0.0, 0.5)
+    final = experiment(config, copy)
+    assert all(c["budget"] == 2 and c["f1"] == 50.0 and c["exact"] == 0 for c in final["cells"])
 
 
 def test_the_sets_follow_the_grid(experiment_run):

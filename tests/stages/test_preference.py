@@ -117,6 +117,8 @@ def test_the_loops_loss_is_the_nll_plus_the_hand_computed_dpo_loss(tiny_model_di
         accelerator, model, rows, [batch], plan_batches(config.train, 1), 0, packed, False, 4096, preference=term)
     assert pairs == 2 and dpo_sum == pytest.approx(sum(dpo), rel=1e-5)
     assert loss == pytest.approx(expected, rel=1e-5)
+    # the cost counts every row trained on, the pairs' chosen and rejected rows too, each whole (unpacked)
+    assert tokens_seen == sum(len(ids) for ids, _ in rows) and completion == sum(tokens)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 

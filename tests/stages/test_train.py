@@ -258,6 +258,21 @@ def test_qa_evaluation_during_training_logs_dev_scores_at_the_configured_steps(t
     same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert same == (step == 5)  # the best step's adapter, which is the last one only if step 5 was best
 
+    # the tiny model's dev F1 ties (all 0, the first of ties kept); scripted scores tell the best step apart
+    scripted = iter([10.0, 30.0, 20.0])  # at steps 2, 4 and 5
+
+    def scorer(model, tokenizer, label):
+        return {"exact": 0.0, "f1": next(scripted)}
+
+    config = load_config(overrides=[*tiny_overrides, "train.steps=5", "train.eval_every=2", "train.keep_best=true"])
+    chosen = RunLayout(tmp_path / "scripted")
+    make_set(chosen.root)
+    train(chosen, "sft", config.model, config.train, dev=scorer)
+    summary = json.loads(chosen.train_summary("sft").read_text())
+    assert summary["dev_best"] == {"step": 4, "f1": 30.0, "exact": 0.0} and summary["kept"] == "step 4 (best dev F1)"
+    kept = load_file(chosen.adapter("sft") / "adapter_model.safetensors")
+    assert not all(torch.equal(weights[0][k], kept[k]) for k in kept)  # step 4's, not the last step's
+
 
 def test_dev_scoring_during_training_leaves_the_adapter_as_without(tiny_overrides, tmp_path):
     # scoring answers by generation between steps must not draw from the RNG that the LoRA dropout masks

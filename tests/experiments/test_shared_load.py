@@ -16,9 +16,9 @@ def loads(monkeypatch) -> list[tuple[str, bool]]:
     """(stage, with an adapter?) for every model load by generation/evaluation and by training."""
     loads = []
     for module, name in ((answering_module, "answer"), (train_module, "train")):
-        def load(config, adapter=None, real=module.load_model, name=name):
+        def load(config, adapter=None, real=module.load_model, name=name, **options):
             loads.append((name, adapter is not None))
-            return real(config, adapter=adapter)
+            return real(config, adapter=adapter, **options)
 
         monkeypatch.setattr(module, "load_model", load)
     return loads

@@ -1,6 +1,7 @@
 """The stages on a tiny model: resume after a crash, and `laffi run` end to end."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -113,6 +114,16 @@ def test_laffi_run_end_to_end_on_a_tiny_model(tiny_overrides, tmp_path, capsys):
     # a second run finds everything done and gives the same numbers
     assert main(["run", "--preset", "smoke", "--out", str(out), *tiny_overrides]) == 0
     assert json.loads(layout.results_json.read_text()) == results
+    # ...and so does the directory moved elsewhere as a whole (its evaluations named the adapters where they were)
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    assert main(["run", "--preset", "smoke", "--out", str(moved), *tiny_overrides]) == 0, capsys.readouterr().err
+    assert json.loads(RunLayout(moved).results_json.read_text()) == results
+    # an adapter trained again under the same path is another one: its old evaluation is refused, not reused
+    weights = RunLayout(moved).adapter("sft") / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    assert main(["evaluate", str(moved), "--system", "sft", *tiny_overrides]) != 0
+    assert "different settings (inputs.adapter)" in capsys.readouterr().err
 
     # the dev set is scored apart, into eval-dev/, and leaves the held-out results alone
     adapter = str(layout.adapter("sft"))

@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from laffi.analysis.bootstrap import bootstrap_interval
 from laffi.analysis.metrics import score_example, summarize
 from laffi.backends.answering import answer_questions, load_backend
@@ -29,7 +31,7 @@ from laffi.distributed.shards import Collector, Shard
 from laffi.layout import ADAPTER_CONFIG, RunLayout, adapter_weights, is_adapter
 from laffi.models import answered_as_now, answering_of
 from laffi.prompts import extract_answer
-from laffi.records import Prediction, QAExample, Review, fingerprint, read_records, write_json
+from laffi.records import Prediction, QAExample, Review, fingerprint, read_records, write_atomic, write_json
 from laffi.systems import Answering, System
 
 
@@ -72,6 +74,20 @@ def dev_scorer(layout: RunLayout, data: DataConfig, generate: GenerateConfig, tr
     return score
 
 
+def follow_moved_adapters(path: Path, described: dict, weights: dict[str, str]) -> None:
+    """A run directory moved or copied as a whole (layout.json is relative for that): its evaluations' configs
+    name the adapters by their old absolute paths. Where the weights are the same (their fingerprints, saved
+    as the config's inputs), the paths saved are updated instead of refusing the evaluation as made with other
+    settings; an adapter trained again under the path, or a config with no fingerprints, is compared as before."""
+    if not path.exists():
+        return
+    saved = read_yaml(path)
+    before = saved.get("system") or {}
+    moved = {k: described.get(k) for k in ("adapter", "reviewer") if before.get(k) != described.get(k)}
+    if moved and weights and saved.get("inputs") == weights and all(before.get(k) for k in moved):
+        write_atomic(path, yaml.safe_dump({**saved, "system": {**before, **moved}}, sort_keys=False))
+
+
 def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfig,
              generate: GenerateConfig, eval: EvalConfig, adapter: str | Path | None = None,
              backend: Callable[[], tuple] | None = None, answering: Answering | None = None,
@@ -105,6 +121,7 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     def save() -> None:  # with the adapters' weights: one trained again under the same path is not the old one
         weights = {option: fingerprint(adapter_weights(path))
                    for option, path in (("adapter", adapter_path), ("reviewer", reviewer_path)) if path}
+        follow_moved_adapters(layout.eval_config(system, split), described, weights)
         save_config(layout.eval_config(system, split), {
             "model": model, "data": data, "generate": generate, "eval": eval, "system": described},
             outputs=[layout.predictions(system, split)], inputs=weights)

@@ -170,6 +170,19 @@ def test_agreement_report_between_people_and_with_the_ai():
                                                                                    "bob": (2, 50.0)}
     assert "human vs human: 66.7% agree, kappa 0.400 (n=3)" in exchange.format_report(report)
     assert exchange.agreement_report([], [])["human_pooled"] is None
+    # two AI annotators (an experiment's feedback.NAME.jsonl files): each person against each, never merged
+    strict = [fb("1", "strict", "incorrect", "ai"), fb("2", "strict", "incorrect", "ai")]
+    both = exchange.agreement_report(human, ai + strict)
+    assert {(p["annotator"], p["ai"]): p["percent"] for p in both["human_ai"]} == {
+        ("ann", "ref"): 100.0, ("ann", "strict"): 50.0, ("bob", "ref"): 50.0, ("bob", "strict"): 0.0}
+    assert "  ann vs strict: 50.0% agree" in exchange.format_report(both)
+
+
+def test_the_ai_feedback_of_an_experiment_directory_is_its_annotators_files(tmp_path):
+    run = make_run(tmp_path / "x", n_items=3)
+    (run / "feedback.jsonl").rename(run / "feedback.reference.jsonl")  # as `laffi experiment` names it
+    write_records(run / "feedback.human.jsonl", [Feedback("q000", "south", "correct", "t", "human", "ann")])
+    assert [f.id for f in exchange.ai_feedback(run)] == ["q000", "q001", "q002"]  # the people's left out
 
 
 def test_serve_config_is_checked_and_binds_loopback_by_default(run):
@@ -201,7 +214,8 @@ def test_admin_page_shows_progress_and_agreement(run, engine):
     admin = client.get("/admin").text
     assert "2 of 5 items have 2 human annotations (K = 2)" in admin
     assert "All pairs: 50.0% · kappa 0.000 · n=2" in admin  # ann/bob agree on q000 only
-    assert "All: 75.0%" in admin and "ann vs AI</td><td>100.0%" in admin and "bob vs AI</td><td>50.0%" in admin
+    assert ("All: 75.0%" in admin and "ann vs reference</td><td>100.0%" in admin
+            and "bob vs reference</td><td>50.0%" in admin)
     assert "<td>ann</td><td>active</td>" in admin.replace("\n      ", "")
 
 

@@ -76,7 +76,8 @@ def agreement_report(human: list[Feedback], ai: list[Feedback]) -> dict:
     """Verdict agreement among people and between people and the AI annotator.
 
     Returns {"human_pairs": [{"a", "b", "n", "percent", "kappa"}], "human_pooled": {...} | None,
-    "human_ai": [{"annotator", "n", "percent", "kappa"}], "human_ai_pooled": {...} | None}.
+    "human_ai": [{"annotator", "ai", "n", "percent", "kappa"}], "human_ai_pooled": {...} | None}: each person
+    against each AI annotator (an experiment directory may hold several, one feedback file each).
     """
     # Two people agree on an item, one answer (question, sample) (they saw the same answer); a person and
     # the AI only where the AI judged the same answer text the person saw, to the same question.
@@ -85,11 +86,15 @@ def agreement_report(human: list[Feedback], ai: list[Feedback]) -> dict:
     for f in human:
         item_verdicts[f.annotator][record_key(f)] = f.verdict
         answer_verdicts[f.annotator][f.id, f.answer] = f.verdict
-    ai_by_key = {(f.id, f.answer): f.verdict for f in ai if f.source == "ai"}
+    ai_by_key: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)  # AI annotator -> {(question, text): verdict}
+    for f in ai:
+        if f.source == "ai":
+            ai_by_key[f.annotator][f.id, f.answer] = f.verdict
 
     pairs = list(rater_pairs(item_verdicts))
-    with_ai = {name: shared(verdicts, ai_by_key) for name, verdicts in sorted(answer_verdicts.items())}
-    with_ai = {name: labels for name, labels in with_ai.items() if labels[0]}
+    with_ai = {(name, machine): shared(verdicts, ai_by_key[machine])
+               for name, verdicts in sorted(answer_verdicts.items()) for machine in sorted(ai_by_key)}
+    with_ai = {key: labels for key, labels in with_ai.items() if labels[0]}
 
     def pooled(groups: list[tuple[list[str], list[str]]]) -> dict | None:
         a, b = [v for x, _ in groups for v in x], [v for _, y in groups for v in y]
@@ -98,15 +103,15 @@ def agreement_report(human: list[Feedback], ai: list[Feedback]) -> dict:
     return {
         "human_pairs": [{"a": a, "b": b, **scores(x, y)} for a, b, x, y in pairs],
         "human_pooled": pooled([(x, y) for _, _, x, y in pairs]),
-        "human_ai": [{"annotator": name, **scores(*labels)} for name, labels in with_ai.items()],
+        "human_ai": [{"annotator": name, "ai": machine, **scores(*labels)} for (name, machine), labels in with_ai.items()],
         "human_ai_pooled": pooled(list(with_ai.values())),
     }
 
 
 def ai_feedback(run_dir: str | Path) -> list[Feedback]:
-    """The AI feedback of the run, or none yet."""
-    path = RunLayout(run_dir).feedback
-    return [f for f in read_records(path, Feedback) if f.source == "ai"] if path.exists() else []
+    """The AI feedback of the run, or none yet: every feedback*.jsonl's (a run's feedback.jsonl, an experiment
+    directory's feedback.ANNOTATOR.jsonl, a file `laffi annotate --out` wrote)."""
+    return [f for path in RunLayout(run_dir).feedback_files() for f in read_records(path, Feedback) if f.source == "ai"]
 
 
 def format_report(report: dict) -> str:
@@ -122,7 +127,7 @@ def format_report(report: dict) -> str:
         lines.append("human vs human: no item has two human verdicts yet")
     if report["human_ai_pooled"]:
         lines.append(f"human vs AI: {score(report['human_ai_pooled'])}")
-        lines += [f"  {p['annotator']} vs AI: {score(p)}" for p in report["human_ai"]]
+        lines += [f"  {p['annotator']} vs {p['ai']}: {score(p)}" for p in report["human_ai"]]
     else:
         lines.append("human vs AI: no answer has both a human and an AI verdict yet")
     return "\n".join(lines)

@@ -62,6 +62,10 @@ def write_system(tmp_path, name, text):
     ("train:\n  sets: {sft: 1.0}\n  aux: gold\n", "train.aux: unknown set 'gold'"),
     ("train:\n  sets: {sft: 1.0}\n  aux: laffi\n  aux_weight: 0\n", "train.aux_weight: must be > 0"),
     ("family: my family\n", "family: letters, digits, - and _"),
+    ("train:\n  sets: {sft: 1.0}\n  aux_weight: 0.5\n", "train.aux_weight: weighs train.aux's examples"),  # no aux
+    ("train:\n  sets: {sft: 1.0}\n  aux: laffi\n  aux_weight: .inf\n", "train.aux_weight: must be > 0 and finite"),
+    ("answer:\n  reviewer: laffi\n", "answer.reviewer: only feedback-guided answering reads it"),
+    ("answer:\n  rounds: 3\n", "answer.rounds: only feedback-guided answering reads it"),
 ])
 def test_a_bad_system_file_is_named_with_its_option(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -79,6 +83,14 @@ def test_systems_must_name_what_they_answer_and_review_with(tmp_path):
         load_systems(["sft", "laffi", reviewed_by_laffi])
     with pytest.raises(ConfigError, match="names a system twice"):
         load_systems(["sft", "sft"])
+    # the base model reviewing itself never learned the fields it would read
+    alone = write_system(tmp_path, "alone", "answer: {procedure: feedback-guided}\n")
+    with pytest.raises(ConfigError, match="alone is feedback-guided, but no trained adapter reviews its answers"):
+        load_systems(["base", alone])
+    # a reviewer that learned the fields from its auxiliary set is one
+    via_aux = write_system(tmp_path, "via-aux", "adapter_of: sft\nanswer: {procedure: feedback-guided, "
+                                                "reviewer: laffi-aux-refine}\n")
+    assert [s.name for s in load_systems(["sft", "laffi-aux-refine", via_aux])][-1] == "via-aux"
 
 
 @pytest.mark.parametrize("shares, total, expected", [([0.5, 0.5], 8, [4, 4]), ([0.25, 0.75], 12, [3, 9]),

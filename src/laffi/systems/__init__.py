@@ -36,6 +36,8 @@ The packaged systems are in `laffi/systems/definitions/`; each file documents it
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -120,7 +122,8 @@ class Recipe:
         require(self.steps_multiple >= 1, "train.steps_multiple", "must be >= 1")
         require(self.rounds >= 1, "train.rounds", f"must be >= 1, got {self.rounds}")
         require(not self.aux or self.aux in SETS, "train.aux", f"unknown set {self.aux!r}; available: {', '.join(SETS)}")
-        require(self.aux_weight > 0, "train.aux_weight", f"must be > 0, got {self.aux_weight}")
+        require(0 < self.aux_weight < math.inf, "train.aux_weight", f"must be > 0 and finite, got {self.aux_weight}")
+        require(bool(self.aux) or self.aux_weight == 1.0, "train.aux_weight", "weighs train.aux's examples; set train.aux")
         for name, share in self.sets.items():
             require(name in SETS, "train.sets", f"unknown set {name!r}; available: {', '.join(SETS)}")
             require(0 < share <= 1, f"train.sets.{name}", f"a share in (0, 1], got {share}")
@@ -142,6 +145,9 @@ class Answering:
                 f"must be one of {', '.join(PROCEDURES)}, got {self.procedure!r}")
         require(self.rounds >= 1, "answer.rounds", "must be >= 1")
         require(self.review_tokens >= 8, "answer.review_tokens", "must be >= 8")
+        guided = self.procedure == "feedback-guided"  # the options only it reads
+        require(guided or (not self.reviewer and self.rounds == 1), "answer.reviewer" if self.reviewer else "answer.rounds",
+                "only feedback-guided answering reads it; set answer.procedure: feedback-guided")
 
 
 @dataclass
@@ -261,8 +267,12 @@ def load_systems(specs: list[str]) -> list[System]:
             require(not needed or needed in trained, "systems.names",
                     f"{system.name}'s {role} is {needed!r}, which is not a system with a train recipe in the list "
                     f"({', '.join(sorted(trained)) or 'none'}); add it")
+        require(not system.guided or system.reviewer, "systems.names",
+                f"{system.name} is feedback-guided, but no trained adapter reviews its answers (the base model never "
+                "learned the fields it reads): give it adapter_of, answer.reviewer or a train recipe")
         reviewer = next((s for s in systems if s.name == system.reviewer), None)
-        require(reviewer is None or any(name in reviewer.recipe.sets for name in REVIEW_SETS), "systems.names",
+        learned = set(reviewer.recipe.sets) | {reviewer.recipe.aux} if reviewer else set()  # its sets, its aux set too
+        require(reviewer is None or any(name in learned for name in REVIEW_SETS), "systems.names",
                 f"{system.name} is feedback-guided, but its reviewer {reviewer.name if reviewer else ''} never trained "
                 f"on a set whose completions end with the fields it reads ({', '.join(REVIEW_SETS)})")
     for system in systems:

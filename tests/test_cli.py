@@ -97,3 +97,36 @@ def test_run_takes_overrides_after_a_flag(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "train.steps" in error and "unrecognized" not in error
     assert not (tmp_path / "run").exists()
+
+
+def test_user_mistakes_get_one_line_errors_that_name_the_fix(tmp_path, capsys, monkeypatch):
+    from support.human_helpers import make_run
+
+    def refused(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        return capsys.readouterr().err
+
+    not_a_dir = tmp_path / "file.json"
+    not_a_dir.write_text("{}")
+    assert "Not a directory" in refused("prepare", str(not_a_dir))  # an OSError: one line, no traceback
+    assert "an experiment config (it has budgets, seeds); run it with `laffi experiment" in refused(
+        "run", "configs/experiments/budgets.yaml")
+    assert "annotate: a `laffi run` config's section; in an experiment config it goes under run:" in refused(
+        "experiment", "configs/smollm2-cpu.yaml", "--dry-run")
+    assert "run: expected a mapping" in refused("experiment", "configs/experiments/content.yaml", "--dry-run", "run=5")
+    run = make_run(tmp_path / "run", n_items=4)
+    assert "--system: 'laffi-aux-haf' is no system" in refused("train", str(run), "--system", "laffi-aux-haf")
+    # a mistyped --db is not a new, empty database whose export would empty the last one
+    exported = run / "feedback.human.jsonl"
+    exported.write_text('{"keep": 1}\n')
+    assert "--db: no annotation database at" in refused("export-feedback", str(run), "--db",
+                                                        f"sqlite:///{run / 'annotation.db'}")
+    assert exported.read_text() == '{"keep": 1}\n' and not (run / "annotation.db").exists()
+    # an LLM annotator no request reaches: the run stops with the reason, not with 0 feedback and exit 0
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    (run / "feedback.jsonl").unlink()
+    error = refused("annotate", str(run), "annotate.annotator=llm", "annotate.base_url=http://127.0.0.1:9/v1",
+                    "annotate.model=x", "annotate.retries=0", f"annotate.cache_dir={tmp_path / 'cache'}")
+    assert "no answer got feedback; all 4 failed" in error
+    (run / "answers.jsonl").unlink()  # so generate loads the model
+    assert "model.name=nosuch-org/nosuch-model: " in refused("generate", str(run), "model.name=nosuch-org/nosuch-model")

@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _dispatch(args)
-    except (ConfigError, RecordError, FileNotFoundError, ValueError, RequestFailed, LaunchFailed) as error:
+    # OSError: a file or folder where the other is needed, a port in use, a model the hub cannot give; the
+    # message names the path, and a traceback would hide it
+    except (ConfigError, RecordError, OSError, ValueError, RequestFailed, LaunchFailed) as error:
         print(f"laffi {args.command}: error: {error}", file=sys.stderr)
         return 2
     finally:
@@ -292,6 +294,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         elif name in systems:  # its recipe's steps and train.init, as `laffi run` trains it
             out = train_system(layout, systems[name], config.model, config.data, config.generate, config.train)
         else:  # a set of your own in sets/NAME.jsonl
+            if not layout.training_set(args.system).exists():
+                raise ConfigError(f"--system: {args.system!r} is no system (packaged: {', '.join(packaged_systems())}, "
+                                  f"or a .yaml file) and has no set of your own ({layout.training_set(args.system)})")
             out = train(layout, args.system, config.model, config.train,
                         dev=dev_scorer(layout, config.data, config.generate, config.train))
         if Shard.current().is_main:  # under a launcher, one line, not one per process

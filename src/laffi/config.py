@@ -416,7 +416,12 @@ def load_config(path: str | Path | None = None, preset: str = "default",
         raise ConfigError(f"--preset: unknown preset {preset!r}; available: {', '.join(PRESETS)}")
     values = PRESETS[preset]
     if path is not None:
-        values = _merge(values, read_yaml(path))
+        from_file = read_yaml(path)
+        if {"budgets", "seeds", "grid", "run"} & set(from_file):  # an experiment's keys, not a run's sections
+            raise ConfigError(f"{path}: an experiment config (it has "
+                              f"{', '.join(sorted({'budgets', 'seeds', 'grid', 'run'} & set(from_file)))}); "
+                              f"run it with `laffi experiment {path}`")
+        values = _merge(values, from_file)
     values = _merge(values, parse_overrides(overrides or []))
     return _build(RunConfig, values, "")
 

@@ -198,6 +198,10 @@ class ExperimentConfig:
 MOVED = {"system": "systems", "seeds": "seeds"}  # grid keys of `laffi ablate` that are top-level now
 
 
+# a `laffi run` config's sections, given to `laffi experiment` (systems: an experiment's own, top-level list)
+RUN_SECTIONS = {f.name for f in dataclasses.fields(RunConfig)} - {"systems"}
+
+
 def experiment_config_from(values: Any) -> ExperimentConfig:
     if not isinstance(values, dict):
         raise ConfigError("experiment config: expected a YAML mapping with run, systems, seeds, budgets, grid")
@@ -206,6 +210,12 @@ def experiment_config_from(values: Any) -> ExperimentConfig:
     for old, new in MOVED.items():
         if isinstance(grid, dict) and old in grid:
             raise ConfigError(f"grid.{old}: now a top-level `{new}:` (every cell runs every system and seed)")
+    if not isinstance(values.get("run") or {}, dict):
+        raise ConfigError(f"run: expected a mapping of a `laffi run` config's sections (model:, data:, train:, ...), "
+                          f"got {values['run']!r:.80}")
+    if RUN_SECTIONS & set(values):
+        raise ConfigError(f"{sorted(RUN_SECTIONS & set(values))[0]}: a `laffi run` config's section; in an experiment "
+                          "config it goes under run:")
     # the shared run starts from the default preset, as `laffi run` does
     run = merge_values(PRESETS["default"], values.get("run") or {})
     annotators = values.get("annotators") or {}

@@ -75,7 +75,14 @@ def _engine(args: argparse.Namespace):
     from laffi.layout import RunLayout
 
     RunLayout.existing(args.run_dir)  # before the database: a directory that is not a run gets no annotations.db
-    return open_engine(check_db_url(args.db or default_db_url(args.run_dir)), pool_size=2)
+    url = check_db_url(args.db or default_db_url(args.run_dir))
+    # adding people and importing feedback may start a database; listing, revoking and exporting read one, and a
+    # new empty one (a mistyped --db) would export 0 records over the last export
+    starts = args.command == "import-feedback" or (args.command == "annotators" and args.action == "add")
+    if not starts and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(f"--db: no annotation database at {url.removeprefix('sqlite:///')} (`laffi serve` "
+                                "or `laffi annotators add` starts one)")
+    return open_engine(url, pool_size=2)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import sys
 
 from waitress import create_server
 
+from laffi.config import ConfigError
 from laffi.human import store
 from laffi.human.app import create_app
 from laffi.human.config import ServeConfig
@@ -30,10 +31,14 @@ def serve(config: ServeConfig) -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     proxy = {"trusted_proxy": config.trusted_proxy, "clear_untrusted_proxy_headers": True,
              "trusted_proxy_headers": {"x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"}}
-    server = create_server(app, host=config.host, port=config.port, threads=config.threads,
-                           # a backstop only: the app refuses bodies over max_body_bytes with a clear 413
-                           max_request_body_size=4 * config.max_body_bytes, ident="laffi",
-                           **(proxy if config.trusted_proxy else {}))
+    try:
+        server = create_server(app, host=config.host, port=config.port, threads=config.threads,
+                               # a backstop only: the app refuses bodies over max_body_bytes with a clear 413
+                               max_request_body_size=4 * config.max_body_bytes, ident="laffi",
+                               **(proxy if config.trusted_proxy else {}))
+    except (OSError, ValueError) as error:  # the port taken (another serve?), an address this machine lacks
+        engine.dispose()
+        raise ConfigError(f"--host {config.host} --port {config.port}: {error} (--port 0 picks a free port)") from error
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"laffi serve: {added} new item(s), {updated} updated; database {engine.url.render_as_string()}",
           file=sys.stderr)

@@ -113,7 +113,11 @@ def annotate(layout: RunLayout, annotate: AnnotateConfig, out: str | Path | None
         print(f"annotate: {summary['feedback']} feedback, {len(failures)} failed, {summary['cache_hits']} from "
               f"the cache, {summary['requests']} requests ({summary['retries']} retries), "
               f"{summary['prompt_tokens'] + summary['completion_tokens']} tokens; {summary_file(out)}")
+    written = read_records(out, Feedback)
+    if failures and not written:  # every request failed (a wrong base_url, model, key): nothing to build from
+        raise ValueError(f"annotate: no answer got feedback; all {len(failures)} failed ({failures_file(out)}), "
+                         f"the first with: {failures[0].error[:300]}")
     if failures:
         print(f"annotate: {len(failures)} answers got no feedback; they are listed in {failures_file(out)} "
               "and later stages skip them; rerun `laffi annotate` to retry them")
-    return read_records(out, Feedback)
+    return written

@@ -241,8 +241,10 @@ def test_local_transformers_annotator_records_unreadable_replies_and_caches_them
     overrides = {"annotator": "llm", "backend": "transformers", "model": str(tiny_model_dir), "max_tokens": 6,
                  "parse_retries": 1, "concurrency": 2, "cache_dir": str(tmp_path / "cache")}
     config = load_config(overrides=[f"annotate.{k}={v}" for k, v in overrides.items()]).annotate
-    assert annotate(RunLayout(tmp_path), config) == []
+    with pytest.raises(ValueError, match="no answer got feedback; all 3 failed .* no verdict"):  # nothing to build on
+        annotate(RunLayout(tmp_path), config)
     layout = RunLayout(tmp_path)
+    assert read_records(layout.feedback, Feedback) == []
     failed = read_records(failures_file(layout.feedback), AnnotationFailure)
     assert sorted(f.id for f in failed) == ["q0", "q1", "q2"]
     assert all(f.reason == "unparseable" and f.attempts == 2 for f in failed)
@@ -250,7 +252,8 @@ def test_local_transformers_annotator_records_unreadable_replies_and_caches_them
     assert summary["backend"] == f"transformers:{tiny_model_dir}"
     assert summary["requests"] == 6 and summary["completion_tokens"] > 0
 
-    annotate(RunLayout(tmp_path), config)  # a rerun retries the failures, but the cache already has every reply
+    with pytest.raises(ValueError, match="no answer got feedback"):  # a rerun retries the failures, but the cache
+        annotate(RunLayout(tmp_path), config)                           # already has every reply
     summary = json.loads(summary_file(layout.feedback).read_text())
     assert summary["requests"] == 0 and summary["cache_hits"] == 6
 

@@ -76,10 +76,8 @@ def _engine(args: argparse.Namespace):
 
     RunLayout.existing(args.run_dir)  # before the database: a directory that is not a run gets no annotations.db
     url = check_db_url(args.db or default_db_url(args.run_dir))
-    # adding people and importing feedback may start a database; listing, revoking and exporting read one, and a
-    # new empty one (a mistyped --db) would export 0 records over the last export
-    starts = args.command == "import-feedback" or (args.command == "annotators" and args.action == "add")
-    if not starts and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    # exporting reads a database: a new empty one (a mistyped --db) would write 0 records over the last export
+    if args.command == "export-feedback" and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise FileNotFoundError(f"--db: no annotation database at {url.removeprefix('sqlite:///')} (`laffi serve` "
                                 "or `laffi annotators add` starts one)")
     return open_engine(url, pool_size=2)

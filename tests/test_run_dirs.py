@@ -129,10 +129,11 @@ def test_a_run_split_by_a_laffi_without_a_dev_set_goes_on_with_data_dev_size_0(t
 
     run = tmp_path / "run"
     assert main(["prepare", str(run), "data.eval_size=4", "data.train_size=4", "data.dev_size=0"]) == 0
-    saved = RunLayout(run).data_config
-    older = yaml.safe_load(saved.read_text())
-    del older["data"]["dev_size"]  # as a laffi before dev sets wrote it
-    saved.write_text(yaml.safe_dump(older))
+    (run / "answers.jsonl").write_text('{"x": 1}\n')  # the model has answered: the run's config.yaml is compared
+    for saved in (RunLayout(run).data_config, RunLayout(run).config):
+        older = yaml.safe_load(saved.read_text())
+        del older["data"]["dev_size"]  # as a laffi before dev sets wrote them
+        saved.write_text(yaml.safe_dump(older))
     assert main(["prepare", str(run), "data.eval_size=4", "data.train_size=4", "data.dev_size=100"]) != 0
     assert "data.dev_size=0 to go on without one" in capsys.readouterr().err
     assert main(["prepare", str(run), "data.eval_size=4", "data.train_size=4", "data.dev_size=0"]) == 0  # the advice

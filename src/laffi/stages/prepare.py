@@ -33,10 +33,11 @@ def save_run_config(layout: RunLayout, config: RunConfig) -> None:
 def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[QAExample]]:
     written = [p.exists() for p in (layout.train_examples, layout.eval_examples, layout.shots)]
     if all(written) and not layout.dev_examples.exists():  # split by a laffi without a dev set
-        saved = read_yaml(layout.data_config) if layout.data_config.exists() else {}
-        if "dev_size" not in saved.get("data", {}):  # what it had: none (not today's default, which it lacks)
-            write_atomic(layout.data_config, yaml.safe_dump({**saved, "data": {**saved.get("data", {}), "dev_size": 0}},
-                                                            sort_keys=False))
+        for path in (layout.data_config, layout.config):  # the split's settings, and the run's beside its answers
+            saved = read_yaml(path) if path.exists() else {}
+            if saved and "dev_size" not in (saved.get("data") or {}):  # what it had: none (not today's default)
+                write_atomic(path, yaml.safe_dump({**saved, "data": {**(saved.get("data") or {}), "dev_size": 0}},
+                                                  sort_keys=False))
         if data.dev_size:
             raise ValueError(f"{layout.data}: split by a laffi without a dev set; use a new run directory, "
                              "or data.dev_size=0 to go on without one")

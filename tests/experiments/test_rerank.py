@@ -8,13 +8,14 @@ doing nothing twice.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 
 import pytest
 
 from laffi.config import read_yaml
-from laffi.experiments.experiment import experiment, planned_jobs
+from laffi.experiments.experiment import current_jobs, experiment, heldout_jobs
 from laffi.experiments.grid import experiment_config_from
 from laffi.experiments.rerank import main, openings_for
 from laffi.layout import ExperimentLayout, RunLayout, sidecar_config
@@ -117,14 +118,16 @@ def test_steps_and_seeds_pick_the_trainings_that_answer(tiny_experiment, capsys)
     assert "--steps: comma-separated whole numbers" in capsys.readouterr().err
 
 
-def test_a_job_no_plan_lists_neither_answers_nor_shows_in_the_table(tiny_experiment, capsys):
+def test_a_replaced_job_neither_answers_nor_shows_in_the_table(tiny_experiment, capsys):
     # what an older laffi (another key) leaves for the same training: averaging it in would count 2 seeds
     layout = ExperimentLayout(tiny_experiment)
     sft = next(p for p in layout.job_dirs() if p.name.startswith("sft-"))
     replaced = sft.parent / "sft-000000000000"
     shutil.copytree(sft, replaced)
+    weights = replaced / "adapters" / "sft" / "adapter_model.safetensors"
+    os.utime(weights, (weights.stat().st_mtime - 3600,) * 2)  # finished an hour before the current one
     try:
-        assert sft in planned_jobs(layout) and replaced not in planned_jobs(layout)
+        assert sft in current_jobs(layout) and replaced not in current_jobs(layout)
         results = main([str(tiny_experiment), "--systems", "sft", "--candidates", "2"])
         [key] = [k for k, e in results["models"].items() if e["k"] == 2]
         assert key.startswith(f"jobs/{sft.name}/")
@@ -140,13 +143,9 @@ def test_a_job_no_plan_lists_neither_answers_nor_shows_in_the_table(tiny_experim
         shutil.rmtree(replaced)
 
 
-def test_the_planned_jobs_are_those_each_plan_listed_when_it_last_ran(tmp_path, capsys):
+def test_the_held_out_set_is_answered_by_the_budgets_each_plan_last_chose(tmp_path):
     layout = ExperimentLayout(tmp_path)
     write_json(layout.plan_summary("full", ".json"), {"jobs": [{"dir": "jobs/sft-1", "heldout": True},
                                                               {"dir": "jobs/sft-2", "heldout": False}]})
     write_json(layout.plan_summary("screen", ".dev.json"), {"dev_only": True, "jobs": ["jobs/laffi-3"]})
-    write_json(layout.plan_summary("older", ".dev.json"), {"dev_only": True})  # a screen summarised before jobs were
-    assert planned_jobs(layout) == [tmp_path / "jobs/laffi-3", tmp_path / "jobs/sft-1", tmp_path / "jobs/sft-2"]
-    assert "older.dev.json lists no jobs" in capsys.readouterr().out
-    # the held-out set: the budgets a full plan chose on dev, not every job with held-out files
-    assert planned_jobs(layout, heldout=True) == [tmp_path / "jobs/sft-1"]
+    assert heldout_jobs(layout) == {tmp_path / "jobs/sft-1"}  # not every job with held-out files on disk

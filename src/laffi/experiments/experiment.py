@@ -38,11 +38,12 @@ import yaml
 
 from laffi.annotators.content import with_content
 from laffi.backends.answering import load_backend
-from laffi.config import TrainConfig, non_default, save_config
-from laffi.experiments.aggregate import CellRun, Trial, aggregate, cell_key, choose_budgets, dev_screen, label
+from laffi.config import TrainConfig, load_config, non_default, save_config
+from laffi.experiments.aggregate import (CellRun, Trial, aggregate, cell_key, choose_budgets, dev_screen, job_cell,
+                                        label)
 from laffi.experiments.clock import StageClock
 from laffi.experiments.grid import ExperimentConfig, to_dict
-from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
+from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, adapter_weights
 from laffi.records import (
     Feedback,
     Prediction,
@@ -223,7 +224,8 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout, dev_only: b
     for summary in experiment.root.glob("jobs/*/adapters/*/summary.json"):
         done = json.loads(summary.read_text(encoding="utf-8"))
         if done.get("steps") and done.get("seconds_this_process") and not done.get("resumed_from_step"):
-            measured.setdefault(done["system"], []).append(done["seconds_this_process"] / done["steps"])
+            seconds = done["seconds_this_process"] + (done.get("reference_seconds_this_process") or 0)
+            measured.setdefault(done["system"], []).append(seconds / done["steps"])  # a preference term's pass too
     grid = config.grid
     variants = len(grid.size) * len(grid.annotator) * len(grid.human_ratio) * len(grid.content)
     cells = variants * len(config.train_cells())
@@ -460,26 +462,35 @@ def write_screen(layout: ExperimentLayout, config: ExperimentConfig, trials: lis
     return screen
 
 
-def planned_jobs(experiment: ExperimentLayout, heldout: bool = False) -> list[Path]:
-    """The job directories of the plans as each last ran here (summaries/PLAN.json and PLAN.dev.json list
-    theirs), in name order; `heldout`: only those whose held-out set a full plan scored (the budgets it chose on
-    dev). What reads every training of an experiment (rerank, the verdict check) reads these, not every folder
-    under jobs/: a job made for the same system, cell, budget and seed by an older laffi or from older inputs
-    (another key) stays on disk, but no plan run since lists it, so it is not averaged with its replacement as
-    another seed. A dev screen summarised by a laffi that did not list its jobs adds none (rerun it)."""
-    found: set[str] = set()
+def heldout_jobs(experiment: ExperimentLayout) -> set[Path]:
+    """The jobs whose held-out set a full plan scored: the budgets each plan chose on dev when it last ran (its
+    summaries/PLAN.json lists them), not every job with held-out files on disk."""
+    found: set[Path] = set()
     for path in experiment.plan_summaries():
         summary = json.loads(path.read_text(encoding="utf-8"))
-        if summary.get("dev_only"):
-            if heldout:
-                continue
-            if "jobs" not in summary:
-                print(f"note: {path} lists no jobs (an older laffi wrote it); rerun its `laffi experiment ... "
-                      "--dev-only` (nothing is trained again) to include its trainings", flush=True)
-            found.update(summary.get("jobs", ()))
-        else:
-            found.update(j["dir"] for j in summary["jobs"] if j.get("heldout") or not heldout)
-    return sorted(experiment.root / d for d in found)
+        if not summary.get("dev_only"):
+            found.update(experiment.root / job["dir"] for job in summary["jobs"] if job.get("heldout"))
+    return found
+
+
+def current_jobs(experiment: ExperimentLayout) -> list[Path]:
+    """Every job directory, one per training: where two jobs trained a system on the same cell, budget and seed
+    (a job an older laffi or older inputs made under another key stays on disk beside the one made since), the
+    one whose adapter finished last. What reads every training of an experiment (rerank, the verdict check) reads
+    these, so a replaced job is not averaged with its replacement as another seed."""
+    latest: dict[tuple, tuple[float, Path]] = {}
+    for root in experiment.job_dirs():
+        job = RunLayout.of(root)
+        if not job.config.exists():
+            continue
+        train = load_config(job.config).train
+        for system in job.trained_systems():
+            weights = adapter_weights(job.adapter(system))
+            finished = weights.stat().st_mtime if weights.exists() else float("-inf")
+            key = (system, job_cell(experiment.variant_of(job), train), train.steps, train.seed)
+            if key not in latest or finished > latest[key][0]:
+                latest[key] = (finished, root)
+    return sorted({root for _, root in latest.values()})
 
 
 def write_summary(experiment: ExperimentLayout, summary: dict) -> None:

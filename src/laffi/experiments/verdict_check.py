@@ -4,8 +4,8 @@ cheap check, on an experiment directory made by `laffi experiment`:
     python -m laffi.experiments.verdict_check runs/experiment-n2
     python -m laffi.experiments.verdict_check runs/experiment-n2 --systems laffi,sft --limit 20
 
-For every finished training of the plans as each last ran in the experiment (jobs/SYSTEM-KEY/adapters/SYSTEM,
-each system and seed; or those of --systems; `laffi.experiments.experiment.planned_jobs`) and for the base model (the experiment's untrained system, no adapter), it scores the
+For every finished training in the experiment (jobs/SYSTEM-KEY/adapters/SYSTEM, each system and seed, one job per
+training: `laffi.experiments.experiment.current_jobs`; or those of --systems) and for the base model (the experiment's untrained system, no adapter), it scores the
 dev candidates: the model's own dev answers (eval-dev/SYSTEM/predictions.jsonl of its job) and the base
 model's (eval-dev/BASE/predictions.jsonl), each distinct (question, answer) once. A candidate's score is
 P(verdict) (laffi.stages.verdicts: the 12 verdict sentences of the reference annotator, teacher-forced
@@ -40,7 +40,7 @@ from laffi.analysis.auroc import auroc
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import DataConfig, load_config, read_yaml
 from laffi.experiments.aggregate import job_cell
-from laffi.experiments.experiment import planned_jobs
+from laffi.experiments.experiment import current_jobs
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
 from laffi.models import answered_as_now, answering_of, load_model, release_memory
 from laffi.prompts import choose_shots
@@ -139,7 +139,7 @@ def models(experiment: ExperimentLayout, untrained: str, systems: list[str] | No
     """The base model, then every job's finished adapter with dev answers (of `systems` if given)."""
     shared = experiment.run
     found = [Model(untrained, untrained, None, shared.predictions(untrained, "dev"), None, None)]
-    for root in planned_jobs(experiment):  # not a job replaced by another for the same training
+    for root in current_jobs(experiment):  # not a job replaced by another for the same training
         job = RunLayout.of(root)
         for system in job.trained_systems():
             if systems is not None and system not in systems:
@@ -203,7 +203,7 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
             **(answering_of(config.model) if model.adapter is not None else {}),
             "metrics": metrics(scored), "candidates": scored}
         write_json(path, results)
-    shown = {root.relative_to(experiment.root).as_posix() for root in planned_jobs(experiment)}
+    shown = {root.relative_to(experiment.root).as_posix() for root in current_jobs(experiment)}
     print(markdown({**results, "models": {k: e for k, e in results["models"].items()  # not a replaced job's
                                           if e["adapter"] is None or "/".join(Path(k).parts[:2]) in shown}}))
     print(f"\nwritten to {path}")

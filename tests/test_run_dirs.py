@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from laffi.cli import main
-from laffi.layout import NotARun, RunLayout
+from laffi.layout import NotARun, RunLayout, sidecar_config
 
 # every command that reads a run; RUN stands for the directory under test
 READERS = {
@@ -139,14 +139,19 @@ def test_a_run_split_by_a_laffi_without_a_dev_set_goes_on_with_data_dev_size_0(t
     assert main(["prepare", str(run), "data.eval_size=4", "data.train_size=4", "data.dev_size=0"]) == 0  # the advice
 
 
-def test_a_failed_annotate_or_build_is_fixed_by_running_again_with_other_settings(tmp_path, capsys):
+def test_a_failed_annotate_or_build_is_fixed_by_running_again_with_other_settings(tmp_path, capsys, monkeypatch):
     from support.human_helpers import make_run
 
     run = make_run(tmp_path / "run", ai_feedback=False)
-    # a local LLM annotator whose model does not load: the stage fails before writing any feedback
+    # a local LLM annotator whose model does not exist is refused before anything is saved
     assert main(["annotate", str(run), "annotate.annotator=llm", "annotate.backend=transformers",
                  f"annotate.model={tmp_path / 'no-such-model'}"]) != 0
     assert f"annotate.model: {tmp_path / 'no-such-model'} does not exist" in capsys.readouterr().err
+    # an LLM server no request reaches: its settings are saved, and the stage fails having written no feedback
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    assert main(["annotate", str(run), "annotate.annotator=llm", "annotate.base_url=http://127.0.0.1:9/v1",
+                 "annotate.model=x", "annotate.retries=0", f"annotate.cache_dir={tmp_path / 'cache'}"]) != 0
+    assert "annotator: llm" in sidecar_config(RunLayout(run).feedback).read_text()
     assert main(["annotate", str(run)]) == 0  # the reference annotator: not refused for "different settings"
     assert RunLayout(run).feedback.stat().st_size > 0
     assert main(["build", str(run), "data.num_shots=8"]) != 0  # only 3 few-shot examples

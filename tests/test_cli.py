@@ -129,4 +129,10 @@ def test_user_mistakes_get_one_line_errors_that_name_the_fix(tmp_path, capsys, m
                     "annotate.model=x", "annotate.retries=0", f"annotate.cache_dir={tmp_path / 'cache'}")
     assert "no answer got feedback; all 4 failed" in error
     (run / "answers.jsonl").unlink()  # so generate loads the model
-    assert "model.name=nosuch-org/nosuch-model: " in refused("generate", str(run), "model.name=nosuch-org/nosuch-model")
+    # offline, the hub's answer comes at once (asked over a network that blocks it, after about 50 s of retries);
+    # the hub library reads the setting when it is imported, hence a process of its own
+    import os
+
+    offline = subprocess.run([sys.executable, "-m", "laffi.cli", "generate", str(run), "model.name=nosuch-org/nosuch-model"],
+                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert offline.returncode == 2 and "model.name=nosuch-org/nosuch-model: " in offline.stderr

@@ -410,6 +410,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+EXPERIMENT_KEYS = {"budgets", "seeds", "grid", "run"}  # top-level keys of `laffi experiment`'s config, none a run's
+
+
 def load_config(path: str | Path | None = None, preset: str = "default",
                 overrides: list[str] | None = None) -> RunConfig:
     if preset not in PRESETS:
@@ -417,9 +420,8 @@ def load_config(path: str | Path | None = None, preset: str = "default",
     values = PRESETS[preset]
     if path is not None:
         from_file = read_yaml(path)
-        if {"budgets", "seeds", "grid", "run"} & set(from_file):  # an experiment's keys, not a run's sections
-            raise ConfigError(f"{path}: an experiment config (it has "
-                              f"{', '.join(sorted({'budgets', 'seeds', 'grid', 'run'} & set(from_file)))}); "
+        if found := sorted(EXPERIMENT_KEYS & set(from_file)):  # an experiment's keys, not a run's sections
+            raise ConfigError(f"{path}: an experiment config (it has {', '.join(found)}); "
                               f"run it with `laffi experiment {path}`")
         values = _merge(values, from_file)
     values = _merge(values, parse_overrides(overrides or []))

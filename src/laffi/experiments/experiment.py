@@ -184,6 +184,12 @@ def dev_scores(layout: RunLayout, system: str) -> dict[str, float]:
     return {"exact": dev["exact"], "f1": dev["f1"]}
 
 
+def training_seconds(summary: dict) -> float:
+    """A training's seconds as its summary.json (or a round's entry in it) says: the steps, and a preference
+    term's reference pass before step 1 (recorded since 2026-12-07)."""
+    return summary["seconds_this_process"] + (summary.get("reference_seconds_this_process") or 0)
+
+
 def training_cost(layout: RunLayout, system: str) -> tuple[float, int]:
     """(seconds, tokens) of a finished training as its summary.json says (what its last session ran: a
     resumed training counts what it ran after the resume); the seconds include a preference term's reference
@@ -191,15 +197,11 @@ def training_cost(layout: RunLayout, system: str) -> tuple[float, int]:
     training (laffi.stages.rounds lists them in the last round's summary); an older summary without tokens:
     from its log."""
     summary = json.loads(layout.train_summary(system).read_text(encoding="utf-8"))
-
-    def seconds(entry: dict) -> float:
-        return entry["seconds_this_process"] + (entry.get("reference_seconds_this_process") or 0)
-
     if "rounds" in summary:
         rounds = summary["rounds"]
-        return round(sum(seconds(r) for r in rounds), 2), sum(r["tokens_this_process"] for r in rounds)
+        return round(sum(training_seconds(r) for r in rounds), 2), sum(r["tokens_this_process"] for r in rounds)
     if "tokens_this_process" in summary:
-        return round(seconds(summary), 2), summary["tokens_this_process"]
+        return round(training_seconds(summary), 2), summary["tokens_this_process"]
     last = read_records(layout.train_log(system), TrainLogEntry)[-1]
     return summary["seconds_this_process"], round(last.tokens_per_s * last.elapsed_s)
 
@@ -224,8 +226,7 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout, dev_only: b
     for summary in experiment.root.glob("jobs/*/adapters/*/summary.json"):
         done = json.loads(summary.read_text(encoding="utf-8"))
         if done.get("steps") and done.get("seconds_this_process") and not done.get("resumed_from_step"):
-            seconds = done["seconds_this_process"] + (done.get("reference_seconds_this_process") or 0)
-            measured.setdefault(done["system"], []).append(seconds / done["steps"])  # a preference term's pass too
+            measured.setdefault(done["system"], []).append(training_seconds(done) / done["steps"])
     grid = config.grid
     variants = len(grid.size) * len(grid.annotator) * len(grid.human_ratio) * len(grid.content)
     cells = variants * len(config.train_cells())
@@ -491,6 +492,14 @@ def current_jobs(experiment: ExperimentLayout) -> list[Path]:
             if key not in latest or finished > latest[key][0]:
                 latest[key] = (finished, root)
     return sorted({root for _, root in latest.values()})
+
+
+def of_jobs(entries: dict[str, dict], experiment: ExperimentLayout, jobs: list[Path]) -> dict[str, dict]:
+    """The entries of a results file keyed by an adapter's path (jobs/JOB/adapters/SYSTEM, maybe followed by
+    |...) whose job is one of `jobs`; an entry of no job (the base model's, keyed by its name) stays."""
+    kept = {root.relative_to(experiment.root).parts for root in jobs}
+    return {key: entry for key, entry in entries.items()
+            if (parts := Path(key.split("|")[0]).parts)[0] != "jobs" or parts[:2] in kept}
 
 
 def write_summary(experiment: ExperimentLayout, summary: dict) -> None:

@@ -43,7 +43,7 @@ from laffi.analysis.metrics import score_example
 from laffi.backends.answering import answer_questions
 from laffi.config import RunConfig, load_config, save_config
 from laffi.experiments.aggregate import job_cell
-from laffi.experiments.experiment import current_jobs, heldout_jobs
+from laffi.experiments.experiment import current_jobs, heldout_jobs, of_jobs
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, sidecar_config
 from laffi.models import answered_as_now, answering_of, load_model, recorded_answering, release_memory
 from laffi.prompts import choose_shots, extract_answer
@@ -151,9 +151,7 @@ def rerank(experiment_dir: str | Path, systems: list[str], k: int = 4, temperatu
                                       "split": split, "k": k, "temperature": temperature,
                                       "seed": config.train.seed, "steps": config.train.steps, **numbers}
             write_json(path, results)
-    shown = {root.relative_to(experiment.root).as_posix() for root in current}  # not a replaced job's entries
-    print(markdown({"models": {key: e for key, e in results["models"].items()
-                               if "/".join(Path(key.split("|")[0]).parts[:2]) in shown}}))
+    print(markdown({"models": of_jobs(results["models"], experiment, current)}))  # not a replaced job's entries
     print(f"\nwritten to {path}")
     return results
 

@@ -40,7 +40,7 @@ from laffi.analysis.auroc import auroc
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import DataConfig, load_config, read_yaml
 from laffi.experiments.aggregate import job_cell
-from laffi.experiments.experiment import current_jobs
+from laffi.experiments.experiment import current_jobs, of_jobs
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
 from laffi.models import answered_as_now, answering_of, load_model, release_memory
 from laffi.prompts import choose_shots
@@ -135,11 +135,12 @@ class Model:
     cell: str | None = None  # its variant and train options (laffi.experiments.aggregate.job_cell)
 
 
-def models(experiment: ExperimentLayout, untrained: str, systems: list[str] | None) -> list[Model]:
-    """The base model, then every job's finished adapter with dev answers (of `systems` if given)."""
+def models(experiment: ExperimentLayout, untrained: str, systems: list[str] | None, jobs: list[Path]) -> list[Model]:
+    """The base model, then the finished adapters with dev answers of `jobs` (`current_jobs`; of `systems` if
+    given)."""
     shared = experiment.run
     found = [Model(untrained, untrained, None, shared.predictions(untrained, "dev"), None, None)]
-    for root in current_jobs(experiment):  # not a job replaced by another for the same training
+    for root in jobs:
         job = RunLayout.of(root)
         for system in job.trained_systems():
             if systems is not None and system not in systems:
@@ -185,7 +186,8 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
                          f"sentences): {', '.join(k for k, v in header.items() if results.get(k) != v)}; "
                          "rerun with the same --limit, or delete it to start over")
     done = results["models"]  # an adapter's entry made as an older laffi applied it (models.ADAPTER_ANSWERING): again
-    todo = [m for m in models(experiment, untrained, systems)
+    jobs = current_jobs(experiment)  # not a job replaced by another for the same training
+    todo = [m for m in models(experiment, untrained, systems, jobs)
             if m.key not in done or m.adapter is not None and not answered_as_now(done[m.key], config.model)]
     for number, model in enumerate(todo, start=1):
         own = read_records(model.predictions, Prediction)
@@ -203,9 +205,7 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
             **(answering_of(config.model) if model.adapter is not None else {}),
             "metrics": metrics(scored), "candidates": scored}
         write_json(path, results)
-    shown = {root.relative_to(experiment.root).as_posix() for root in current_jobs(experiment)}
-    print(markdown({**results, "models": {k: e for k, e in results["models"].items()  # not a replaced job's
-                                          if e["adapter"] is None or "/".join(Path(k).parts[:2]) in shown}}))
+    print(markdown({**results, "models": of_jobs(results["models"], experiment, jobs)}))  # not a replaced job's
     print(f"\nwritten to {path}")
     return results
 

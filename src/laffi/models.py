@@ -197,11 +197,19 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+@contextmanager
+def named_by_model_name(config: ModelConfig):
+    """transformers' OSError for a name that is not a folder here, and not a model the hub (or its cache) has,
+    as an error naming model.name."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.name))
-    except OSError as error:  # not a folder here, and not a model the hub (or its cache) has
+        yield
+    except OSError as error:
         raise ConfigError(f"model.name={config.name}: {error}") from error
+
+
+def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    with named_by_model_name(config):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.name))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.prompt_format == "plain":
@@ -287,11 +295,9 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None,
                           "not under FSDP or DeepSpeed, which shard the weights from the CPU")
     four_bit = four_bit_kwargs(config, device)
     dtype = pick_dtype(config.dtype, device)
-    try:
+    with named_by_model_name(config):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **four_bit,
                                                      attn_implementation=pick_attention(config.attention, path, device, dtype))
-    except OSError as error:  # not a folder here, and not a model the hub (or its cache) has
-        raise ConfigError(f"model.name={config.name}: {error}") from error
     if adapter is not None:
         try:
             with quiet_peft():

@@ -31,6 +31,7 @@ def test_overrides_are_typed_and_nested():
     ("train.max_grad_norm=-1", "train.max_grad_norm"),
     ("train.lora_alpha=0", "train.lora_alpha"),
     ("train.weight_decay=-5", "train.weight_decay"),
+    ("train.max_seq_len=1", "train.max_seq_len"),  # a row of one token has no target to learn
     ("model.dtype=int3", "model.dtype"),
     ("model.attention=flash", "model.attention"),
     ("data.eval_size=0", "data.eval_size"),

@@ -226,8 +226,10 @@ class TrainConfig:
         require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = no evaluation during training)")
         require(self.eval_questions >= 1, "train.eval_questions", "must be >= 1")
         require(not self.keep_best or self.eval_every, "train.keep_best", "needs train.eval_every > 0")
-        for name in ("steps", "batch_size", "grad_accum", "max_seq_len", "lora_r", "max_row_tokens"):
+        for name in ("steps", "batch_size", "grad_accum", "lora_r", "max_row_tokens"):
             require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        # a completion's first token is predicted from the prompt's last: one of each at least
+        require(self.max_seq_len >= 2, "train.max_seq_len", "must be >= 2 (a prompt token and a completion token)")
         require(self.lr > 0, "train.lr", "must be > 0")
         # the norm gradients are clipped to: 0 would zero every gradient, a negative one reverse it
         require(self.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")

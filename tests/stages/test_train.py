@@ -53,6 +53,24 @@ def test_truncation_keeps_the_completion(tiny_model_dir, tmp_path):
     assert sum(label != IGNORE for label in labels) < 12  # some prompt is kept, masked
 
 
+def test_the_shortest_rows_keep_one_prompt_token_so_their_completion_token_is_a_target(tiny_model_dir, tmp_path):
+    tokenizer = load_tokenizer(load_config(overrides=[f"model.name={tiny_model_dir}"]).model)
+    examples = make_set(tmp_path)
+    for (ids, labels), example in zip(tokenize(tokenizer, examples, max_seq_len=2), examples):
+        prompt = prompt_ids(tokenizer, example.prompt)
+        # the model predicts label i from ids[:i]: label 0 is never a target, so it must be the prompt's
+        assert ids == [prompt[-1], labels[1]] and labels[0] == IGNORE
+    with pytest.raises(ValueError, match="max_seq_len must be >= 2"):
+        tokenize(tokenizer, examples, max_seq_len=1)
+
+
+def test_a_training_says_how_many_examples_reach_max_seq_len(tiny_model_dir, tmp_path, capsys):
+    make_set(tmp_path)
+    config = load_config(overrides=overrides(tiny_model_dir, "train.steps=1", "train.max_seq_len=2"))
+    train(RunLayout(tmp_path), "sft", config.model, config.train)
+    assert "train sft: 4 of 4 examples reach train.max_seq_len=2" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("group_by", ["length", "prefix"])
 def test_batch_order_is_deterministic_and_covers_every_example(group_by):
     rows = [([n % 3, 7, n], [IGNORE, IGNORE, n]) for n in (5, 50, 7, 48, 6, 49, 8, 47, 9, 46)]

@@ -31,12 +31,16 @@ Row = tuple[list[int], list[int]]  # input ids, labels (IGNORE on the prompt)
 def tokenize(tokenizer, examples: list[TrainingExample], max_seq_len: int) -> list[Row]:
     """(input_ids, labels) per example; prompt positions are masked by count, not by text search.
 
-    Too-long examples lose prompt tokens from the left, so the completion is always trained on.
+    Too-long examples lose prompt tokens from the left, so the completion is trained on, all of it unless it
+    alone is longer than max_seq_len - 1: at least one prompt token stays, since a completion's first token
+    is predicted from the token before it (without one, a row of max_seq_len=1 had nothing to learn).
     """
+    if max_seq_len < 2:
+        raise ValueError(f"max_seq_len must be >= 2 (a prompt token and a completion token), got {max_seq_len}")
     rows = []
     for example in examples:
         prompt, completion = prompt_completion_ids(tokenizer, example.prompt, example.completion)
-        completion = completion[:max_seq_len]
+        completion = completion[:max_seq_len - 1]
         prompt = prompt[len(prompt) - (max_seq_len - len(completion)):] if len(prompt) + len(completion) > max_seq_len else prompt
         rows.append((prompt + completion, [IGNORE] * len(prompt) + completion))
     return rows

@@ -389,6 +389,9 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
     set_seed(train.seed)  # the same LoRA initialisation on every process
     lm, tokenizer = load_model(replace(model, device=model_device(accelerator, model)), on_cpu=sharded(accelerator))
     rows = tokenize(tokenizer, examples + auxiliary, train.max_seq_len)
+    if at_limit := sum(len(ids) == train.max_seq_len for ids, _ in rows):
+        accelerator.print(f"train {system}: {at_limit} of {len(rows)} examples reach train.max_seq_len="
+                          f"{train.max_seq_len} (longer ones lost prompt tokens from the left)")
     aux = set(range(len(examples), len(rows)))  # rows n, n + 1, ...: the auxiliary examples
     if term is not None:  # row n + 2k: pair k's chosen completion, n + 2k + 1 its rejected one
         rows += tokenize(tokenizer, term.pair_examples, train.max_seq_len)

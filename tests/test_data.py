@@ -243,6 +243,13 @@ def test_unknown_suffix(tmp_path):
         load_examples(str(path))
 
 
+@pytest.mark.parametrize("name, text", [("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("empty.json", '{"data": []}')])
+def test_a_data_file_without_questions_says_so(tmp_path, name, text):
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(RecordError, match=rf"{name.replace('.', '[.]')}: no questions in it"):
+        load_examples(str(tmp_path / name))
+
+
 @pytest.mark.parametrize("name", ["nope.json", "nope.jsonl", "nope.jsonl.gz"])
 def test_missing_file(tmp_path, name):
     with pytest.raises(FileNotFoundError, match=name.replace(".", r"\.")):
@@ -307,11 +314,11 @@ def test_split_needs_a_train_article(embedded, eval_size):
         split_by_title(embedded, eval_size, seed=0)
 
 
-def test_split_single_article_or_empty():
-    with pytest.raises(ValueError, match="leaves no article for training"):
-        split_by_title(EXAMPLES[1:], 1, seed=0)
-    with pytest.raises(ValueError, match="leaves no article for training"):
-        split_by_title([], 1, seed=0)
+def test_split_single_article_or_empty_says_no_eval_size_can_help():
+    for examples in (EXAMPLES[1:], []):
+        with pytest.raises(ValueError, match="needs questions from 2 articles") as error:
+            split_by_title(examples, 1, seed=0)
+        assert "lower" not in str(error.value)
 
 
 def test_prepare_splits_held_out_dev_and_train_by_article_and_gives_one_article_one_set_of_shots(tmp_path):

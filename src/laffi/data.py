@@ -35,7 +35,9 @@ def load_examples(source: str) -> list[QAExample]:
         raise ValueError(f"{path}: unknown data format; expected {FORMATS}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
-    return reader(path)
+    if not (examples := reader(path)):
+        raise RecordError(f"{path}: no questions in it")
+    return examples
 
 
 def _json_lines(path: Path):
@@ -158,6 +160,9 @@ def split_by_title(examples: list[QAExample], eval_size: int, seed: int,
             break
         eval_titles.add(title)
         taken += counts[title]
+    if len(titles) < 2:  # no eval size can help: the split is by article
+        raise ValueError(f"{option}: a split by article needs questions from 2 articles (titles) at least; "
+                         f"the data has {len(examples)} question(s) in {len(titles)}")
     if len(eval_titles) == len(titles):
         raise ValueError(f"{option}={eval_size} leaves no article for training: the data has "
                          f"{len(examples)} questions in {len(titles)} articles; lower {option}")

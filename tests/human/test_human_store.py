@@ -224,6 +224,12 @@ def test_a_database_url_of_another_kind_is_refused_by_name():
         db.make_engine("mysql://u@h/x")
 
 
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite:///:memory:"])
+def test_a_sqlite_url_without_a_file_is_refused(url):
+    with pytest.raises(db.SchemaError, match="needs a file path"):
+        db.make_engine(url)
+
+
 def test_the_answer_is_marked_where_it_is_in_the_passage():
     from laffi.human.app import highlight
 

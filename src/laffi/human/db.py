@@ -155,6 +155,8 @@ def upgrade(engine: Engine, to_version: int = SCHEMA_VERSION) -> int:
 def make_engine(url: str, pool_size: int = 8) -> Engine:
     """An engine without touching the schema (see `open_engine`)."""
     if url.startswith("sqlite:///"):
+        if url.removeprefix("sqlite:///") in ("", ":memory:"):  # annotations kept in memory die with the process
+            raise SchemaError(f"--db {url}: needs a file path, e.g. sqlite:///runs/demo/annotations.db")
         engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size,
                                connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_connect)

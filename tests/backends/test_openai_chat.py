@@ -40,3 +40,26 @@ def test_a_caller_that_stops_early_does_not_hang_and_the_rest_are_not_sent():
         replies.close()
         assert time.monotonic() - started < 5
         assert sum(server.requests.values()) <= 3  # the two in flight at most, never the queued ones
+
+
+def test_a_server_no_attempt_reaches_stops_the_run_at_the_first_request_and_an_erring_one_does_not():
+    import socket
+
+    import pytest
+
+    from laffi.backends.chat import RequestFailed
+    from laffi.config import ConfigError
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{free.getsockname()[1]}/v1"
+    client = RetryingClient(base_url=dead, api_key_env="LAFFI_TEST_NO_KEY", timeout=10, retries=2, backoff=0.01)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"annotate\.base_url: cannot connect to .* 3 attempt\(s\)\); is the server"):
+        list(OpenAIChat(client, "fault", concurrency=2).complete_many(requests_for(*(f"q{i}" for i in range(40)))))
+    assert time.monotonic() - started < 5 and client.counters.requests <= 2 * 3  # the two in flight, not all 40
+    with FaultServer(lambda item, n: "500") as server:  # it answers, if badly: that request fails, the run goes on
+        client = RetryingClient(base_url=server.url, api_key_env="LAFFI_TEST_NO_KEY", timeout=10, retries=1,
+                                backoff=0.01)
+        (_, failed), = OpenAIChat(client, "fault", concurrency=1).complete_many(requests_for("q0"))
+        assert isinstance(failed, RequestFailed) and "HTTP 500" in str(failed)

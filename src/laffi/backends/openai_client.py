@@ -9,7 +9,9 @@
 The client's own retries are off (max_retries=0) so that every attempt is counted and the policy is
 ours: 429, 408/409, 5xx, timeouts, connection errors and malformed replies are retried with
 exponential backoff and jitter (a Retry-After header wins); 400/413/422 fail that request at once;
-401/403/404 mean a wrong key, URL or model name, so they stop the run.
+401/403/404 mean a wrong key, URL or model name, so they stop the run. So does a request none of whose
+attempts could connect: a server down (or not started) would otherwise cost every remaining request its
+whole backoff (about 15 s each at retries=5) before the run ended with nothing; what arrived is kept.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class RetryingClient:
               final: tuple[int, ...] = ()) -> Reply:
         openai = self._openai
         retries = self.retries if retries is None else retries
+        unreachable = 0  # attempts that could not connect
         for attempt in range(retries + 1):
             self.counters.add(requests=1, retries=1 if attempt else 0)
             wait = None
@@ -95,6 +98,7 @@ class RetryingClient:
             except openai.APIConnectionError as error:
                 self.counters.error("connection")
                 last = f"connection error: {error.__cause__ or error}"
+                unreachable += 1
             except (Malformed, ValueError) as error:  # json/pydantic errors are ValueErrors too
                 self.counters.error("malformed")
                 last = f"malformed reply: {str(error)[:200]}"
@@ -107,6 +111,9 @@ class RetryingClient:
             if attempt < retries:
                 time.sleep(min(MAX_BACKOFF, wait if wait is not None
                                else self.backoff * 2 ** attempt * random.uniform(0.5, 1.0)))
+        if unreachable == retries + 1:
+            raise ConfigError(f"{self.option}.base_url: cannot connect to {self.base_url} ({last}, {retries + 1} "
+                              f"attempt(s)); is the server running? Rerunning goes on from the replies that arrived")
         raise RequestFailed(f"{last} (after {retries + 1} attempts)", retries + 1)
 
 

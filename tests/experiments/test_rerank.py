@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from dataclasses import replace
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -124,10 +125,19 @@ def test_a_replaced_job_neither_answers_nor_shows_in_the_table(tiny_experiment, 
     sft = next(p for p in layout.job_dirs() if p.name.startswith("sft-"))
     replaced = sft.parent / "sft-000000000000"
     shutil.copytree(sft, replaced)
+    summary_path = replaced / "adapters" / "sft" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    finished = datetime.fromisoformat(summary["finished_at"])
+    summary["finished_at"] = (finished - timedelta(hours=1)).isoformat()  # finished an hour before the current one
+    summary_path.write_text(json.dumps(summary))
     weights = replaced / "adapters" / "sft" / "adapter_model.safetensors"
-    os.utime(weights, (weights.stat().st_mtime - 3600,) * 2)  # finished an hour before the current one
+    os.utime(weights, (weights.stat().st_mtime + 3600,) * 2)  # a copy that kept no file times: not what decides
     try:
         assert sft in current_jobs(layout) and replaced not in current_jobs(layout)
+        del summary["finished_at"]  # as an older laffi wrote it: the weights' file time decides
+        summary_path.write_text(json.dumps(summary))
+        assert replaced in current_jobs(layout) and sft not in current_jobs(layout)
+        os.utime(weights, (weights.stat().st_mtime - 7200,) * 2)
         results = main([str(tiny_experiment), "--systems", "sft", "--candidates", "2"])
         [key] = [k for k, e in results["models"].items() if e["k"] == 2]
         assert key.startswith(f"jobs/{sft.name}/")

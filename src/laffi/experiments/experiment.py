@@ -30,6 +30,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -486,12 +487,23 @@ def current_jobs(experiment: ExperimentLayout) -> list[Path]:
             continue
         train = load_config(job.config).train
         for system in job.trained_systems():
-            weights = adapter_weights(job.adapter(system))
-            finished = weights.stat().st_mtime if weights.exists() else float("-inf")
+            finished = _finished_at(job, system)
             key = (system, job_cell(experiment.variant_of(job), train), train.steps, train.seed)
             if key not in latest or finished > latest[key][0]:
                 latest[key] = (finished, root)
     return sorted({root for _, root in latest.values()})
+
+
+def _finished_at(job: RunLayout, system: str) -> float:
+    """When a training finished, as its summary says (a laffi from before 2026-12-08 wrote no time there: its
+    weights file's time, which a copy that keeps no file times makes arbitrary); -inf when it has not."""
+    weights = adapter_weights(job.adapter(system))
+    if not weights.exists():
+        return float("-inf")
+    try:
+        return datetime.fromisoformat(json.loads(job.train_summary(system).read_text())["finished_at"]).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return weights.stat().st_mtime
 
 
 def of_jobs(entries: dict[str, dict], experiment: ExperimentLayout, jobs: list[Path]) -> dict[str, dict]:

@@ -31,6 +31,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -506,7 +507,10 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
                    "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
                    "dev_best": {"step": best.step, "f1": best.dev_f1, "exact": best.dev_exact} if best else None,
                    "kept": f"step {best.step} (best dev F1)" if train.keep_best and best else "last step",
-                   "trainable_parameters": sum(p.numel() for p in trained.parameters() if p.requires_grad)}
+                   "trainable_parameters": sum(p.numel() for p in trained.parameters() if p.requires_grad),
+                   # which of two trainings of the same system is the later (experiments' `current_jobs`): a
+                   # copy of a directory keeps it where it may not keep file times
+                   "finished_at": datetime.now(timezone.utc).isoformat()}
         write_json(layout.train_summary(system), summary)
         for saved in sorted(staging.iterdir(), key=lambda p: p.name == ADAPTER_WEIGHTS):  # the weights last
             os.replace(saved, out / saved.name)

@@ -115,7 +115,7 @@ def test_cli_add_list_revoke_export_and_import_round_trip(run, tmp_path):
     assert code == 0 and "alice" in out and " 2 " in out
 
     code, out, _ = laffi("export-feedback", str(run))
-    assert code == 0 and "2 human feedback records" in out and "human vs AI: 100.0% agree" in out
+    assert code == 0 and "2 human feedback records" in out and "human vs AI reference: 100.0% agree" in out
     exported = read_records(run / "feedback.human.jsonl", Feedback)
     assert [replace(f, submitted_at=None) for f in exported] == [
         Feedback("q000", "south", "incorrect", "Wrong: it is north.", "human", "alice", "north"),
@@ -176,6 +176,10 @@ def test_agreement_report_between_people_and_with_the_ai():
     assert {(p["annotator"], p["ai"]): p["percent"] for p in both["human_ai"]} == {
         ("ann", "ref"): 100.0, ("ann", "strict"): 50.0, ("bob", "ref"): 50.0, ("bob", "strict"): 0.0}
     assert "  ann vs strict: 50.0% agree" in exchange.format_report(both)
+    # all people against each AI annotator: a person's verdict counts once per line, not once per annotator
+    assert {p["ai"]: (p["n"], p["percent"]) for p in both["human_ai_pooled"]} == {"ref": (4, 75.0),
+                                                                                  "strict": (4, 25.0)}
+    assert "human vs AI strict: 25.0% agree" in exchange.format_report(both)
 
 
 def test_the_ai_feedback_of_an_experiment_directory_is_its_annotators_files(tmp_path):
@@ -214,7 +218,7 @@ def test_admin_page_shows_progress_and_agreement(run, engine):
     admin = client.get("/admin").text
     assert "2 of 5 items have 2 human annotations (K = 2)" in admin
     assert "All pairs: 50.0% · kappa 0.000 · n=2" in admin  # ann/bob agree on q000 only
-    assert ("All: 75.0%" in admin and "ann vs reference</td><td>100.0%" in admin
+    assert ("All people vs reference: 75.0%" in admin and "ann vs reference</td><td>100.0%" in admin
             and "bob vs reference</td><td>50.0%" in admin)
     assert "<td>ann</td><td>active</td>" in admin.replace("\n      ", "")
 

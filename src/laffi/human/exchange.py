@@ -76,8 +76,10 @@ def agreement_report(human: list[Feedback], ai: list[Feedback]) -> dict:
     """Verdict agreement among people and between people and the AI annotator.
 
     Returns {"human_pairs": [{"a", "b", "n", "percent", "kappa"}], "human_pooled": {...} | None,
-    "human_ai": [{"annotator", "ai", "n", "percent", "kappa"}], "human_ai_pooled": {...} | None}: each person
-    against each AI annotator (an experiment directory may hold several, one feedback file each).
+    "human_ai": [{"annotator", "ai", "n", "percent", "kappa"}], "human_ai_pooled": [{"ai", "n", "percent",
+    "kappa"}]}: each person against each AI annotator (an experiment directory may hold several, one feedback
+    file each), and all people against each AI annotator; never several AI annotators merged, where a person's
+    verdict would count once per annotator.
     """
     # Two people agree on an item, one answer (question, sample) (they saw the same answer); a person and
     # the AI only where the AI judged the same answer text the person saw, to the same question.
@@ -104,7 +106,8 @@ def agreement_report(human: list[Feedback], ai: list[Feedback]) -> dict:
         "human_pairs": [{"a": a, "b": b, **scores(x, y)} for a, b, x, y in pairs],
         "human_pooled": pooled([(x, y) for _, _, x, y in pairs]),
         "human_ai": [{"annotator": name, "ai": machine, **scores(*labels)} for (name, machine), labels in with_ai.items()],
-        "human_ai_pooled": pooled(list(with_ai.values())),
+        "human_ai_pooled": [{"ai": machine, **pooled([labels for (_, m), labels in with_ai.items() if m == machine])}
+                            for machine in sorted({m for _, m in with_ai})],
     }
 
 
@@ -125,9 +128,9 @@ def format_report(report: dict) -> str:
         lines += [f"  {p['a']} vs {p['b']}: {score(p)}" for p in report["human_pairs"]]
     else:
         lines.append("human vs human: no item has two human verdicts yet")
-    if report["human_ai_pooled"]:
-        lines.append(f"human vs AI: {score(report['human_ai_pooled'])}")
-        lines += [f"  {p['annotator']} vs {p['ai']}: {score(p)}" for p in report["human_ai"]]
-    else:
+    for pooled in report["human_ai_pooled"]:
+        lines.append(f"human vs AI {pooled['ai']}: {score(pooled)}")
+        lines += [f"  {p['annotator']} vs {p['ai']}: {score(p)}" for p in report["human_ai"] if p["ai"] == pooled["ai"]]
+    if not report["human_ai_pooled"]:
         lines.append("human vs AI: no answer has both a human and an AI verdict yet")
     return "\n".join(lines)

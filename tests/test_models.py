@@ -189,3 +189,18 @@ def test_under_fsdp_or_deepspeed_the_model_loads_on_the_cpu_but_is_chosen_for_th
         load_model(ModelConfig(name=str(tiny_model_dir), load_in_4bit=True), on_cpu=True)
     model, _ = load_model(ModelConfig(name=str(tiny_model_dir)), on_cpu=True)  # on a CPU: as without it
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_a_name_transformers_cannot_find_is_named_but_a_system_error_is_not_called_a_wrong_name():
+    import errno
+
+    from laffi.models import named_by_model_name
+
+    config = ModelConfig(name="nosuch-org/nosuch-model")
+    with pytest.raises(ConfigError, match="model.name=nosuch-org/nosuch-model: not a valid model identifier"):
+        with named_by_model_name(config):
+            raise OSError("not a valid model identifier")  # how transformers says it: no errno
+    with pytest.raises(OSError, match="No space left") as raised:
+        with named_by_model_name(config):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert not isinstance(raised.value, ConfigError)

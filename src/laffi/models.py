@@ -200,10 +200,13 @@ def resolve_model_path(name: str) -> str:
 @contextmanager
 def named_by_model_name(config: ModelConfig):
     """transformers' OSError for a name that is not a folder here, and not a model the hub (or its cache) has,
-    as an error naming model.name."""
+    as an error naming model.name. An error of the system's own (a full disk, a file it may not read: it has an
+    errno, transformers' do not) is not a wrong name, and goes on as it is."""
     try:
         yield
     except OSError as error:
+        if error.errno is not None:
+            raise
         raise ConfigError(f"model.name={config.name}: {error}") from error
 
 

@@ -223,18 +223,20 @@ def _adapter(cls: type) -> pydantic.TypeAdapter:
 
 
 def _problem(error: pydantic.ValidationError, cls: type) -> str:
-    """The first thing wrong with a record, named by its field: `field 'answers'[1]: Input should be ...`."""
+    """The first thing wrong with a record, named by its field, nested ones by their path:
+    `field 'answers'[1]: Input should be ...`, `missing field 'reviews'[0]['verdict'] for Prediction`."""
     first = error.errors(include_url=False)[0]
-    field_name, *rest = first["loc"] or ("",)
-    where = f"field {field_name!r}" + "".join(f"[{part!r}]" for part in rest) if field_name != "" else ""
+    loc = first["loc"]
+    path = repr(loc[0]) + "".join(f"[{part!r}]" for part in loc[1:]) if loc else ""
+    where = f"field {path}" if loc else ""
     if first["type"] == "missing":
-        return f"missing field {field_name!r} for {cls.__name__}"
+        return f"missing field {path} for {cls.__name__}"
     if first["type"] == "unexpected_keyword_argument":
-        return f"unknown field {field_name!r} for {cls.__name__}"
+        return f"unknown field {path} for {cls.__name__}"
     if first["type"] == "json_invalid":
         return f"not valid JSON ({first['ctx']['error']})"
-    if first["type"] == "value_error":  # the record's own check (__post_init__)
-        return str(first["ctx"]["error"])
+    if first["type"] == "value_error":  # the record's own check (__post_init__), or a nested record's
+        return f"{where}: {first['ctx']['error']}" if loc else str(first["ctx"]["error"])
     if first["type"] == "dataclass_type":
         return f"expected a JSON object for {cls.__name__}, got {first['input']!r:.80}"
     return f"{where} of {cls.__name__}: {first['msg']}, got {first['input']!r:.80}"
@@ -242,10 +244,32 @@ def _problem(error: pydantic.ValidationError, cls: type) -> str:
 
 def parse_record(cls: type[R], line: str | bytes, where: str = "") -> R:
     """One JSON line as a `cls` record, every field checked against its type; errors name `where`."""
+    prefix = f"{where}: " if where else ""
+    try:
+        json.loads(line, object_pairs_hook=_once_each)
+    except _DuplicateKey as error:
+        raise RecordError(f"{prefix}field {error.args[0]!r} given twice") from None
+    except ValueError:  # not JSON: pydantic's parser below says where, as for every record
+        pass
     try:
         return _adapter(cls).validate_json(line, strict=True)
     except pydantic.ValidationError as error:
-        raise RecordError(f"{where + ': ' if where else ''}{_problem(error, cls)}") from None
+        raise RecordError(f"{prefix}{_problem(error, cls)}") from None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict:
+    # JSON parsers keep a repeated key's last value ({"verdict": "correct", ..., "verdict": "incorrect"} would
+    # read as incorrect): a hand-edited line with one is refused, not read one way
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+    return dict(pairs)
 
 
 def from_dict(cls: type[R], data: Any, where: str = "") -> R:

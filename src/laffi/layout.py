@@ -290,6 +290,11 @@ class RunLayout:
         `sample` 0 greedy), one file per K and temperature, since they decide the sampled answers."""
         return self.root / "rerank" / system / f"{split}.k{k}.t{temperature:g}.jsonl"
 
+    def rerank_decoding(self, system: str, split: str, k: int, temperature: float) -> Path:
+        """The seconds decoding those candidates took and the answers they decoded, summed over the calls that
+        decoded some (a call resumed after a crash decodes only the rest)."""
+        return self.rerank_candidates(system, split, k, temperature).with_suffix(".decoding.json")
+
     # the outcome
     @property
     def results_json(self) -> Path:

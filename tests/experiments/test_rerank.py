@@ -96,6 +96,26 @@ def test_every_rule_on_k_answers_and_a_rerun_does_nothing_twice(tiny_experiment,
     resumed = main([str(tiny_experiment), "--systems", "laffi-verify,sft", "--candidates", "3"])
     assert resumed["models"][key]["methods"]["first"]["f1"] == 0 and read_records(stale, Answer)[0].prediction == "zzz"
 
+    # decoding is costed at the rate of every call that decoded: a call resumed after a crash that had decoded
+    # 3 of 5 questions (9 answers, in 27 s) decodes 6 answers, and the cost is the rate over all 15
+    timing = job.rerank_decoding("laffi-verify", "dev", 3, 0.7)
+    first = sorted({a.id for a in answers})[:3]
+    path.write_text(json.dumps({"models": {k: e for k, e in saved["models"].items() if k != key}}))
+    write_records(stale, [a for a in answers if a.id in first])
+    write_json(timing, {"seconds": 27.0, "answers": 9})
+    costed = main([str(tiny_experiment), "--systems", "laffi-verify", "--candidates", "3"])["models"][key]["cost"]
+    spent = json.loads(timing.read_text())
+    assert spent["answers"] == 15 and spent["seconds"] > 27
+    assert costed["decode_seconds_per_question"] == round(3 * spent["seconds"] / 15, 3)
+    # candidates whose decoding time nobody recorded (an older laffi's): unknown, not 0
+    path.write_text(json.dumps({"models": {k: e for k, e in saved["models"].items() if k != key}}))
+    timing.unlink()
+    capsys.readouterr()
+    unknown = main([str(tiny_experiment), "--systems", "laffi-verify", "--candidates", "3"])["models"][key]["cost"]
+    assert unknown["decode_seconds_per_question"] is None
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| laffi-verify |")]
+    assert row.endswith("| n/a |")
+
 
 def test_the_held_out_set_is_answered_only_by_trainings_chosen_on_dev(tiny_experiment, capsys):
     results = main([str(tiny_experiment), "--systems", "sft", "--candidates", "2", "--split", "heldout"])

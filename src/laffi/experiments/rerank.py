@@ -61,25 +61,35 @@ def openings_for(system: str) -> tuple[tuple[str, str], ...]:
 
 
 def candidates(lm, tokenizer, job: RunLayout, config: RunConfig, system: str, split: str, k: int, temperature: float,
-               examples: list[QAExample], shots: list[QAExample]) -> tuple[dict[str, list[str]], float]:
-    """Each question's K answers in sample order (greedy first), and the seconds decoding took this call."""
+               examples: list[QAExample], shots: list[QAExample]) -> tuple[dict[str, list[str]], float | None]:
+    """Each question's K answers in sample order (greedy first), and the seconds decoding K answers takes, at the
+    rate of every call that decoded some (None where no call that decoded recorded its time: a crash right after
+    decoding, or candidates an older laffi decoded)."""
     generate = replace(config.generate, samples=k, temperature=temperature)
-    path = job.rerank_candidates(system, split, k, temperature)
+    path, timing = job.rerank_candidates(system, split, k, temperature), job.rerank_decoding(system, split, k, temperature)
     # Candidates begun with the adapter applied as an older laffi applied it (merged into 16-bit weights; that
     # laffi wrote no sidecar) are answered again, not resumed: a crash can leave them without a rerank.json entry.
     sidecar = sidecar_config(path)
     if path.exists() and not answered_as_now(recorded_answering(sidecar), config.model):
         path.unlink()
+        timing.unlink(missing_ok=True)
     save_config(sidecar, {"adapter": answering_of(config.model)}, outputs=[path])
     started = time.perf_counter()
     with RecordWriter(path, Answer) as writer:
+        before = len(writer.done_keys)
         answer_questions(lm, tokenizer, examples, shots, config.data, generate, writer,
                          lambda e, g: Answer(e.id, extract_answer(g.text), g.text, system, g.sample),
                          desc=f"rerank: answer {split} x{k}", samples=k)
+        decoded = len(writer.done_keys) - before
+    seconds = time.perf_counter() - started
+    spent = json.loads(timing.read_text()) if timing.exists() else {"seconds": 0.0, "answers": 0}
+    if decoded:
+        spent = {"seconds": round(spent["seconds"] + seconds, 3), "answers": spent["answers"] + decoded}
+        write_json(timing, spent)
     by_question: dict[str, list[str]] = defaultdict(list)
     for answer in sorted(read_records(path, Answer), key=lambda a: a.sample):
         by_question[answer.id].append(answer.prediction)
-    return by_question, time.perf_counter() - started
+    return by_question, k * spent["seconds"] / spent["answers"] if spent["answers"] else None
 
 
 def rerank_model(job: RunLayout, config: RunConfig, system: str, split: str, k: int, temperature: float) -> dict:
@@ -88,6 +98,7 @@ def rerank_model(job: RunLayout, config: RunConfig, system: str, split: str, k: 
     shots = read_records(job.shots, QAExample)
     lm, tokenizer = load_model(config.model, adapter=job.adapter(system))
     answers, decode_seconds = candidates(lm, tokenizer, job, config, system, split, k, temperature, examples, shots)
+    # a question's K answers (decode_seconds) against the seconds of one question's scoring below
     distinct = [(e, choose_shots(e, shots, config.data.num_shots, config.data.seed), c)
                 for e in examples for c in dict.fromkeys(answers[e.id])]
     started = time.perf_counter()
@@ -116,7 +127,7 @@ def rerank_model(job: RunLayout, config: RunConfig, system: str, split: str, k: 
             # how well each score tells exact-match-right distinct candidates from wrong ones (0.5: not at all)
             "auroc_exact": separation, "right_candidates": sum(right), "distinct_candidates": len(right),
             "cost": {"answers_decoded_per_question": k, "scoring_passes_per_question": round(2 * len(distinct) / len(examples), 2),
-                     "decode_seconds_per_question": round(decode_seconds / len(examples), 3),
+                     "decode_seconds_per_question": None if decode_seconds is None else round(decode_seconds, 3),
                      "score_seconds_per_question": round(score_seconds / len(examples), 3)}}
 
 
@@ -177,11 +188,12 @@ def markdown(results: dict) -> str:
             return sum(e["methods"][method][metric] for e in entries) / len(entries)
 
         cost = [e["cost"] for e in entries]
-        seconds = sum(c["decode_seconds_per_question"] + c["score_seconds_per_question"] for c in cost) / len(cost)
+        seconds = ("n/a" if any(c["decode_seconds_per_question"] is None for c in cost) else  # decoding's time unknown
+                   f"{sum(c['decode_seconds_per_question'] + c['score_seconds_per_question'] for c in cost) / len(cost):.2f}")
         lines.append(f"| {system} | {cell} | {split} | {k} | {steps} | {len(entries)} | "
                      + " | ".join(f"{mean(m, 'f1'):.2f} ({mean(m, 'exact'):.1f})" for m in METHODS)
                      + f" | {' / '.join(separation(entries, name) for name in ('verifier', 'likelihood'))}"
-                     + f" | {sum(e['distinct_per_question'] for e in entries) / len(entries):.2f} | {seconds:.2f} |")
+                     + f" | {sum(e['distinct_per_question'] for e in entries) / len(entries):.2f} | {seconds} |")
     return "\n".join(lines)
 
 

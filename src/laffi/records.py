@@ -244,32 +244,31 @@ def _problem(error: pydantic.ValidationError, cls: type) -> str:
 
 def parse_record(cls: type[R], line: str | bytes, where: str = "") -> R:
     """One JSON line as a `cls` record, every field checked against its type; errors name `where`."""
-    prefix = f"{where}: " if where else ""
     try:
-        json.loads(line, object_pairs_hook=_once_each)
-    except _DuplicateKey as error:
-        raise RecordError(f"{prefix}field {error.args[0]!r} given twice") from None
-    except ValueError:  # not JSON: pydantic's parser below says where, as for every record
-        pass
+        json_once_each(line, where)
+    except ValueError as error:
+        if isinstance(error, RecordError):
+            raise
+        # not JSON: pydantic's parser below says where, as for every record
     try:
         return _adapter(cls).validate_json(line, strict=True)
     except pydantic.ValidationError as error:
-        raise RecordError(f"{prefix}{_problem(error, cls)}") from None
+        raise RecordError(f"{where + ': ' if where else ''}{_problem(error, cls)}") from None
 
 
-class _DuplicateKey(ValueError):
-    pass
+def json_once_each(text: str | bytes, where: str = "") -> Any:
+    """`json.loads`, but an object that gives a key twice is a RecordError naming `where`: JSON parsers keep the
+    last value ({"verdict": "correct", ..., "verdict": "incorrect"} reads as incorrect), so a hand-edited line
+    with one is refused rather than read one way."""
+    def once_each(pairs: list[tuple[str, Any]]) -> dict:
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RecordError(f"{where + ': ' if where else ''}field {key!r} given twice")
+            seen.add(key)
+        return dict(pairs)
 
-
-def _once_each(pairs: list[tuple[str, Any]]) -> dict:
-    # JSON parsers keep a repeated key's last value ({"verdict": "correct", ..., "verdict": "incorrect"} would
-    # read as incorrect): a hand-edited line with one is refused, not read one way
-    seen = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _DuplicateKey(key)
-        seen.add(key)
-    return dict(pairs)
+    return json.loads(text, object_pairs_hook=once_each)
 
 
 def from_dict(cls: type[R], data: Any, where: str = "") -> R:

@@ -33,6 +33,15 @@ def test_laffi_help_runs_in_a_fresh_process():
     assert "experiment (ablate)" in done.stdout  # the alias is listed beside its command
 
 
+def test_laffi_version_is_the_installed_package_s(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"laffi {importlib.metadata.version('laffi')}"
+
+
 @pytest.mark.parametrize("command", subcommands())
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exited:

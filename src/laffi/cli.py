@@ -22,6 +22,7 @@ command, not at the top: importing them loads torch and transformers, which `laf
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -63,6 +64,7 @@ def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="laffi", description="Fine-tune LLMs from natural-language feedback (LaFFi).")
+    parser.add_argument("--version", action="version", version=f"laffi {importlib.metadata.version('laffi')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="the whole experiment: base, SFT, LaFFi and the other systems.names, "

@@ -37,13 +37,17 @@ class Crash(Exception):
     pass
 
 
+def settings_for(tiny_model_dir) -> list[str]:
+    return [f"model.name={tiny_model_dir}", "model.threads=2", "model.dtype=float32", "data.num_shots=1",
+            "generate.max_new_tokens=4", "generate.batch_size=4", "train.steps=4", "train.warmup_steps=1",
+            "train.batch_size=2", "train.max_seq_len=256", "train.checkpoint_every=2", "train.lr=5e-3",
+            f"systems.names=base,sft,{SYSTEM}"]
+
+
 @pytest.fixture(scope="module")
 def rounds_run(tiny_model_dir, tmp_path_factory):
     """Round 1, round 2 killed after its step-2 checkpoint, then the same command again; what each call did."""
-    settings = [f"model.name={tiny_model_dir}", "model.threads=2", "model.dtype=float32", "data.num_shots=1",
-                "generate.max_new_tokens=4", "generate.batch_size=4", "train.steps=4", "train.warmup_steps=1",
-                "train.batch_size=2", "train.max_seq_len=256", "train.checkpoint_every=2", "train.lr=5e-3",
-                f"systems.names=base,sft,{SYSTEM}"]
+    settings = settings_for(tiny_model_dir)
     run = make_run(tmp_path_factory.mktemp("rounds") / "run", n_items=8)
     examples = read_records(run / "data" / "train.jsonl", QAExample)
     write_records(run / "feedback.jsonl", [Feedback(e.id, "south", "incorrect", f"feedback {i}", "ai", "reference")
@@ -133,6 +137,35 @@ def test_a_crash_in_round_two_resumes_round_two_only(rounds_run):
     assert summary["rounds"][0]["adapter"] == f"rounds/{SYSTEM}/r1/adapters/{SYSTEM}"
     assert summary["rounds"][1]["resumed_from_step"] == 2
     assert [e.step for e in read_records(layout.train_log(SYSTEM), TrainLogEntry)] == [1, 2, 3, 4]
+
+
+def test_finished_rounds_are_checked_against_todays_settings_sets_and_number_of_rounds(rounds_run, tiny_model_dir):
+    layout, _, _ = rounds_run
+    settings = settings_for(tiny_model_dir)
+    code, _, err = laffi("train", str(layout.root), "--system", SYSTEM, *settings)
+    assert code == 0, err  # finished with these settings: nothing to do
+    # another train section: refused, not answered by the adapters trained before it
+    code, _, err = laffi("train", str(layout.root), "--system", SYSTEM,
+                         *[s.replace("train.lr=5e-3", "train.lr=1e-1") for s in settings])
+    assert code != 0 and "different settings (train.lr)" in err
+    # round 2's pairs rebuilt (here: one fewer): the last round is checked too, not only round 1
+    pairs = layout.round(SYSTEM, 2).pair_set(SYSTEM)
+    summary = layout.train_summary(SYSTEM)
+    kept_pairs, kept_summary = pairs.read_bytes(), summary.read_text()
+    try:
+        pairs.write_bytes(b"".join(kept_pairs.splitlines(keepends=True)[1:]))
+        code, _, err = laffi("train", str(layout.root), "--system", SYSTEM, *settings)
+        assert code != 0 and "different settings (inputs.preference)" in err
+        pairs.write_bytes(kept_pairs)
+        # the last round of 3 (as a system file that said train.rounds 3 left it) is not this training's round 2
+        three = json.loads(kept_summary)
+        three["rounds"].append({**three["rounds"][-1], "round": 3})
+        summary.write_text(json.dumps(three))
+        code, _, err = laffi("train", str(layout.root), "--system", SYSTEM, *settings)
+        assert code != 0 and "is the last of 3 rounds, and this training has 2" in err
+    finally:
+        pairs.write_bytes(kept_pairs)
+        summary.write_text(kept_summary)
 
 
 def test_with_several_samples_a_later_round_answers_each_question_that_many_times(tiny_model_dir, tmp_path):

@@ -22,7 +22,8 @@ answers and their feedback). Every later round N, in its own run directory (laff
 
 The last round trains into adapters/SYSTEM, where evaluation looks, and its summary.json lists every
 round's steps, seconds and tokens (`rounds`), which an experiment's cost adds up. Resumable: a round
-whose adapter is finished is never redone, and in the round that is not each stage resumes (answers and
+whose adapter is finished is never redone (though checked against today's settings and inputs, and refused where
+they differ, as one training is), and in the round that is not each stage resumes (answers and
 feedback are appended to, a training continues from its checkpoint with its saved reference).
 """
 
@@ -72,20 +73,35 @@ def train_rounds(layout: RunLayout, system: System, model: ModelConfig, data: Da
     name, rounds = system.name, system.training_rounds
     if Shard.current(model.device).processes > 1:  # every process would answer and annotate the same questions
         raise ConfigError(f"train.rounds ({name}): rounds run in one process, not under a launcher")
+    refuse_other_rounds(layout, name, rounds)
     previous = layout.adapter(system.init) if system.init else None  # round 1 starts where one training would
     for number in range(1, rounds + 1):
         trained = layout.round_training(name, number, rounds)
-        if not adapter_finished(trained.adapter(name)):  # a finished round is never redone
-            if number > 1:
-                own = layout.round(name, number)
-                answer_again(layout, own, name, previous, model, data, generate)
-                annotate(own, feedback.annotate)
-                build_again(own, system, data, feedback.content)
-            train_system(trained, system, model, data, generate, train, init=previous)
+        if number > 1 and not adapter_finished(trained.adapter(name)):  # a finished round is never redone
+            own = layout.round(name, number)
+            answer_again(layout, own, name, previous, model, data, generate)
+            annotate(own, feedback.annotate)
+            build_again(own, system, data, feedback.content)
+        # a finished round returns at once, but only once its saved settings and inputs (the train section, its
+        # sets, the round before's weights) are found to be today's, as for one training: otherwise another
+        # train section, a rebuilt set or more train.rounds would be scored with the adapter made before them
+        train_system(trained, system, model, data, generate, train, init=previous)
         previous = trained.adapter(name)
     if rounds > 1:
         record_rounds(layout, name, rounds)
     return previous
+
+
+def refuse_other_rounds(layout: RunLayout, name: str, rounds: int) -> None:
+    """A finished last round of another number of rounds would be taken for this one's. Its summary lists its
+    rounds once they are all done (a crash just before leaves no list: those rounds are checked one by one)."""
+    path = layout.train_summary(name)
+    if not (adapter_finished(layout.adapter(name)) and path.exists()):
+        return
+    done = json.loads(path.read_text(encoding="utf-8")).get("rounds")
+    if done is not None and len(done) != rounds:
+        raise ConfigError(f"train.rounds ({name}): {layout.adapter(name)} is the last of {len(done)} rounds, and "
+                          f"this training has {rounds}; delete it (and rounds/{name}/) to train again")
 
 
 def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, model: ModelConfig, data: DataConfig,

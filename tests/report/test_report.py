@@ -233,3 +233,13 @@ def test_the_reports_render_in_chromium_with_their_tables_and_every_image_loaded
         shot = tmp_path / f"{root.name}.png"
         assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert shot.stat().st_size > 10_000  # a page, not a blank
+
+
+def test_a_chart_of_an_interval_of_no_width_around_an_unrounded_mean_is_drawn():
+    # one question answered "Denver" to gold "Denver Broncos": F1 66.666..., its interval stored as [66.67, 66.67]
+    from laffi.report.plots import error_bar, results_chart
+
+    assert error_bar(66.66666666666666, [66.67, 66.67]) == (0.0, pytest.approx(0.0033333, abs=1e-6))
+    png = results_chart({"base": {"exact": 0.0, "exact_ci95": [0.0, 0.0], "f1": 66.66666666666666,
+                                  "f1_ci95": [66.67, 66.67]}})
+    assert png.startswith(b"\x89PNG")

@@ -69,8 +69,9 @@ def bootstrap_interval(scores: Scores, samples: int = 1000, seed: int = 0,
 def article_interval(scores: Scores, articles: Sequence[str], samples: int = 1000, seed: int = 0,
                      confidence: float = 0.95) -> tuple[float, float]:
     """Like `bootstrap_interval`, but a draw takes whole articles (every question of each drawn
-    article) instead of single questions: questions of one passage are not independent, so with few
-    articles (the dev set has 3, the held-out set 9) this interval is the wider, more honest one.
+    article) instead of single questions: questions of one passage are not independent. It is wider where
+    articles differ more than chance spreads their questions (not always: it depends on the scores), and
+    with few articles (the dev set has 3, the held-out set 9) it is itself uncertain.
     Seeds are drawn as there; a draw's mean weighs every drawn question alike."""
     scores = _grid(scores)
     n_seeds, n_questions = scores.shape

@@ -62,6 +62,13 @@ def family_colors(names: list[str], families: Mapping[str, str | None]) -> dict[
     return colors
 
 
+def error_bar(value: float, interval: list[float]) -> tuple[float, float]:
+    """How far an interval reaches below and above its mean. The interval is stored rounded to 2 decimals and
+    the mean may not be: where every draw scores the same (one question, say), the mean 66.666... lies above
+    the interval [66.67, 66.67] by rounding alone, and a negative bar is an error to matplotlib."""
+    return max(0.0, value - interval[0]), max(0.0, interval[1] - value)
+
+
 def results_chart(results: dict[str, dict], families: Mapping[str, str | None] | None = None) -> bytes:
     """EM and F1 per system with their 95% intervals (results.json), coloured by `families` (system ->
     family; default: each system's, laffi.systems.family_of)."""
@@ -70,9 +77,9 @@ def results_chart(results: dict[str, dict], families: Mapping[str, str | None] |
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, metric in zip(axes, ("exact", "f1")):
         values = [results[s][metric] for s in names]
-        low = [v - results[s][f"{metric}_ci95"][0] for s, v in zip(names, values)]
-        high = [results[s][f"{metric}_ci95"][1] - v for s, v in zip(names, values)]
-        ax.bar(names, values, yerr=[low, high], capsize=6, color=[colors[s] for s in names])
+        bars = [error_bar(v, results[s][f"{metric}_ci95"]) for s, v in zip(names, values)]
+        ax.bar(names, values, yerr=[[low for low, _ in bars], [high for _, high in bars]], capsize=6,
+               color=[colors[s] for s in names])
         ax.set_title(METRIC_NAMES[metric])
         ax.grid(axis="y", alpha=0.3)
     return png(fig)
@@ -110,9 +117,9 @@ def experiment_charts(summary: dict) -> list[tuple[str, bytes]]:
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(cells) + 1.3))
     for i, c in enumerate(cells):
         color = shade[c["system"]]
-        ax.errorbar([c["f1"]], [i], xerr=[[c["f1"] - c["f1_ci95_articles"][0]], [c["f1_ci95_articles"][1] - c["f1"]]],
+        ax.errorbar([c["f1"]], [i], xerr=[[side] for side in error_bar(c["f1"], c["f1_ci95_articles"])],
                     fmt="none", capsize=2, color=color, alpha=0.4)
-        ax.errorbar([c["f1"]], [i], xerr=[[c["f1"] - c["f1_ci95"][0]], [c["f1_ci95"][1] - c["f1"]]], fmt="o",
+        ax.errorbar([c["f1"]], [i], xerr=[[side] for side in error_bar(c["f1"], c["f1_ci95"])], fmt="o",
                     capsize=4, color=color)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("held-out F1 (%): 95% interval over questions (dark) and over articles (light)")

@@ -50,6 +50,12 @@ for version in $PY_VERSIONS; do
       || echo "make_wheelhouse: no $name wheel for Python $version on $PLATFORM; the check cannot run there"
   done
 done
+for name in $BINARY; do  # one Python without it is a warning above; none at all (no network, a wrong PLATFORM) fails
+  if ! ls "$WHEELHOUSE"/"${name//-/_}"-*.whl >/dev/null 2>&1; then
+    echo "make_wheelhouse: no $name wheel for any of Python $PY_VERSIONS on $PLATFORM" >&2
+    exit 1
+  fi
+done
 
 echo "gpu_check/wheelhouse: $(ls "$WHEELHOUSE"/*.whl | wc -l) wheels, $(du -sh "$WHEELHOUSE" | cut -f1)"
 ls -1 "$WHEELHOUSE"

@@ -42,6 +42,21 @@ def test_laffi_version_is_the_installed_package_s(capsys):
     assert capsys.readouterr().out.strip() == f"laffi {importlib.metadata.version('laffi')}"
 
 
+def test_the_cli_runs_from_sources_that_are_not_installed(monkeypatch, capsys):
+    # the GPU check puts src/laffi on the path where its wheel is stale: no package metadata there
+    import importlib.metadata
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    for argv in (["--help"], ["--version"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 0
+    assert capsys.readouterr().out.endswith("laffi (sources, not installed)\n")
+
+
 @pytest.mark.parametrize("command", subcommands())
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exited:

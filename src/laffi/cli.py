@@ -62,9 +62,18 @@ def _stage_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     return parser
 
 
+def installed_version() -> str:
+    """The installed package's version; sources on the path without an install (the GPU check's fallback to
+    src/laffi) have none, and must still run."""
+    try:
+        return importlib.metadata.version("laffi")
+    except importlib.metadata.PackageNotFoundError:
+        return "(sources, not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="laffi", description="Fine-tune LLMs from natural-language feedback (LaFFi).")
-    parser.add_argument("--version", action="version", version=f"laffi {importlib.metadata.version('laffi')}")
+    parser.add_argument("--version", action="version", version=f"laffi {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="the whole experiment: base, SFT, LaFFi and the other systems.names, "

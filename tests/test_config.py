@@ -97,6 +97,12 @@ def test_every_shipped_config_parses_and_says_how_to_run_it(path):
     load_config(path)
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "Instruct" in load_config(p).model.name], ids=lambda p: p.name)
+def test_a_shipped_config_of_an_instruction_model_answers_in_its_chat_template(path):
+    # `laffi run` starts from the default preset, whose plain layout is the embedded 135M model's choice
+    assert load_config(path, preset="default").model.prompt_format == "chat"
+
+
 @pytest.mark.parametrize("path", [p for p in CONFIGS if load_config(p).data.source == "embedded"], ids=lambda p: p.name)
 def test_every_shipped_config_on_the_embedded_data_can_split_it(path, tmp_path):
     from laffi.layout import RunLayout

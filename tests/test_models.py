@@ -204,3 +204,18 @@ def test_a_name_transformers_cannot_find_is_named_but_a_system_error_is_not_call
         with named_by_model_name(config):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert not isinstance(raised.value, ConfigError)
+
+
+def test_two_ggufs_of_one_name_or_a_gguf_replaced_in_place_never_share_a_conversion(tmp_path, monkeypatch):
+    from laffi.models import converted_folder
+
+    monkeypatch.setenv("LAFFI_CACHE", str(tmp_path / "cache"))
+    first, second = tmp_path / "a" / "ggml-model-Q4_K_M.gguf", tmp_path / "b" / "ggml-model-Q4_K_M.gguf"
+    for path, content in ((first, b"one model"), (second, b"another one")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    folder = converted_folder(first)
+    assert folder.name.startswith("ggml-model-Q4_K_M-") and folder == converted_folder(first)
+    assert converted_folder(second) != folder
+    first.write_bytes(b"one model, requantised")
+    assert converted_folder(first) != folder

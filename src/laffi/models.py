@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import hashlib
 import importlib.util
 import json
 import os
@@ -193,8 +194,16 @@ def resolve_model_path(name: str) -> str:
         gguf = Path(name).expanduser().resolve()
         if not gguf.exists():
             raise FileNotFoundError(f"model.name: {gguf} does not exist")
-        return str(convert_gguf(gguf, cache_dir() / "models" / gguf.stem))
+        return str(convert_gguf(gguf, converted_folder(gguf)))
     return name
+
+
+def converted_folder(gguf: Path) -> Path:
+    """Where a GGUF's conversion is kept: named by its file and by its path, size and time, so two files of one
+    name (every folder's ggml-model-Q4_K_M.gguf) or a file replaced in place never share a conversion."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
 @contextmanager

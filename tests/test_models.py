@@ -219,3 +219,42 @@ def test_two_ggufs_of_one_name_or_a_gguf_replaced_in_place_never_share_a_convers
     assert converted_folder(second) != folder
     first.write_bytes(b"one model, requantised")
     assert converted_folder(first) != folder
+
+
+MISTRAL_V03_LIKE = (  # the system message goes into the last user turn only, as Mistral-7B-Instruct-v0.3's does
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{{- bos_token }}{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
+    "{%- if loop.last and system_message is defined %}{{- '[INST] ' + system_message + '\n\n' + message['content'] + '[/INST]' }}"
+    "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}{%- endif %}{%- endfor %}"
+)
+
+
+def test_a_chat_template_that_renders_a_prompt_otherwise_in_the_conversation_is_refused_at_load(tiny_model_dir, tmp_path):
+    import shutil
+
+    from laffi.models import load_tokenizer
+
+    model = tmp_path / "mistral-like"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").write_text(MISTRAL_V03_LIKE)
+    with pytest.raises(ConfigError, match="model.prompt_format=chat: the chat template of .* cannot be trained on"):
+        load_tokenizer(ModelConfig(name=str(model), prompt_format="chat"))
+    assert load_tokenizer(ModelConfig(name=str(model), prompt_format="plain"))  # laffi's own layout serves
+
+
+def test_the_plain_layout_begins_with_bos_where_the_tokenizer_begins_every_text_with_one(tiny_model_dir):
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from laffi.prompts import PLAIN_CHAT_TEMPLATE, plain_template
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert plain_template(tokenizer) == PLAIN_CHAT_TEMPLATE  # SmolLM2's tokenizer adds no BOS: the layout as it was
+    tokenizer.add_special_tokens({"bos_token": "<s>"})
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    tokenizer.chat_template = plain_template(tokenizer)  # as Llama-2's or Mistral's tokenizer: BOS on every text
+    messages = qa_messages(QAExample("q", "T", "Paris is in France.", "Where is Paris?", ["France"]), [])
+    assert prompt_ids(tokenizer, messages)[0] == bos

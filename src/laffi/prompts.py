@@ -124,8 +124,26 @@ def read_review(text: str) -> tuple[str, str] | None:
 
 def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if not tokenizer.chat_template:
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        tokenizer.chat_template = plain_template(tokenizer)
     return tokenizer
+
+
+def plain_template(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The plain layout, led by the BOS token where the tokenizer begins every text with one (Llama-2's,
+    Mistral's): prompts are tokenized without special tokens, so a model trained with a BOS would otherwise
+    never see it. SmolLM2's tokenizer adds none, and gets the layout as it is."""
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [bos]
+    return ("{{ bos_token }}" if adds_bos else "") + PLAIN_CHAT_TEMPLATE
+
+
+def check_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Training tells a prompt from its completion by rendering the prompt alone and the whole conversation:
+    a template that renders the prompt differently inside the conversation (Mistral v0.3's puts the system
+    message in the last user turn only) would fail only at training, after answering and feedback. Raises
+    ValueError at once instead."""
+    prompt_completion_ids(tokenizer, [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+                          [{"role": "assistant", "content": "A"}])
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> list[int]:

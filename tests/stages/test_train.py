@@ -71,6 +71,21 @@ def test_a_training_says_how_many_examples_reach_max_seq_len(tiny_model_dir, tmp
     assert "train sft: 4 of 4 examples reach train.max_seq_len=2" in capsys.readouterr().out
 
 
+def test_a_target_module_the_model_lacks_is_refused_though_another_matches(tiny_model_dir):
+    # Phi-3 fuses q, k and v into qkv_proj: PEFT would adapt o_proj alone and say nothing
+    from transformers import AutoModelForCausalLM
+
+    from laffi.config import ConfigError
+    from laffi.stages.train import add_lora
+
+    config = load_config(overrides=[f"model.name={tiny_model_dir}", "train.target_modules=qkv_proj,o_proj"])
+    with pytest.raises(ConfigError, match="train.target_modules: .* has no module named qkv_proj; its linear layers "
+                                          "are down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"):
+        add_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config.model, config.train)
+    dotted = load_config(overrides=[f"model.name={tiny_model_dir}", "train.target_modules=self_attn.q_proj"])
+    assert add_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), dotted.model, dotted.train)
+
+
 @pytest.mark.parametrize("group_by", ["length", "prefix"])
 def test_batch_order_is_deterministic_and_covers_every_example(group_by):
     rows = [([n % 3, 7, n], [IGNORE, IGNORE, n]) for n in (5, 50, 7, 48, 6, 49, 8, 47, 9, 46)]

@@ -116,6 +116,16 @@ def add_lora(model, model_config: ModelConfig, config: TrainConfig, autocast: bo
     if model_config.load_in_4bit:  # QLoRA: fp32 norms, input grads for the frozen 4-bit base
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     target = config.target_modules[0] if config.target_modules == ["all-linear"] else config.target_modules
+    if target != "all-linear":
+        # PEFT refuses only a list none of whose names match: Phi-3's fused qkv_proj would leave q, k and v
+        # unadapted and train o_proj alone, silently
+        names = [name for name, _ in model.named_modules()]
+        # a target matches a module whose name is it or ends with "." and it, as PEFT matches a list's names
+        if missing := [t for t in target if not any(n == t or n.endswith(f".{t}") for n in names)]:
+            linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                             if isinstance(module, torch.nn.Linear)} - {"lm_head"})
+            raise ConfigError(f"train.target_modules: {model_config.name} has no module named {', '.join(missing)}; "
+                              f"its linear layers are {', '.join(linear)} (or give all-linear)")
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=target, task_type="CAUSAL_LM")
     with quiet_peft():

@@ -135,6 +135,34 @@ def test_laffi_run_end_to_end_on_a_tiny_model(tiny_overrides, tmp_path, capsys):
     assert json.loads(layout.results_json.read_text()) == results
 
 
+def test_a_resumed_run_does_not_retry_failed_annotations_under_trainings_begun_without_them(tiny_overrides, tmp_path,
+                                                                                             capsys, monkeypatch):
+    import laffi.stages.annotate as annotate_module
+    from laffi.annotators.reference import ReferenceAnnotator
+    from laffi.records import AnnotationFailure
+
+    class FailsOnce(ReferenceAnnotator):  # the first question's request fails, as a server's 500s can
+        def annotate(self, pairs):
+            results = super().annotate(pairs)
+            return [AnnotationFailure(r.id, r.answer, self.name, "request", "HTTP 500", 1) if i == 0 else r
+                    for i, r in enumerate(results)]
+
+    out, args = tmp_path / "run", ["run", "--preset", "smoke", *tiny_overrides, "systems.names=base,sft"]
+    with monkeypatch.context() as patch:
+        patch.setattr(annotate_module, "make_annotator", lambda config: FailsOnce())
+        assert main([*args, "--out", str(out)]) == 0
+    layout = RunLayout(out)
+    trained = read_records(layout.training_set("sft"), TrainingExample)
+    assert len(trained) == 7
+    results = json.loads(layout.results_json.read_text())
+    capsys.readouterr()
+    # the server answers now; a rerun that asked again would rebuild the set the adapter was trained on, and stop
+    assert main([*args, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert "annotate: 1 answers without feedback" in capsys.readouterr().out
+    assert read_records(layout.training_set("sft"), TrainingExample) == trained
+    assert json.loads(layout.results_json.read_text())["sft"] == results["sft"]
+
+
 def test_training_sets_load_with_datasets(tiny_overrides, tmp_path):
     from datasets import load_dataset
 

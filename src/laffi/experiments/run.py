@@ -23,7 +23,8 @@ from laffi.backends.answering import load_backend
 from laffi.config import RunConfig, require
 from laffi.distributed.launch import Launcher
 from laffi.experiments.clock import StageClock
-from laffi.layout import RunLayout
+from laffi.layout import RunLayout, failures_file
+from laffi.records import AnnotationFailure, read_records
 from laffi.report.html import write_report
 from laffi.report.results import write_results
 from laffi.stages.annotate import annotate, check_annotator
@@ -64,7 +65,18 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
         metrics[system.name] = timed(f"evaluate {system.name}", evaluate, layout, system.name, *shared, backend=base)
     timed("generate", generate, layout, config.model, config.data, config.generate, backend=base)
     base.cache_clear()  # free it before training
-    timed("annotate", annotate, layout, config.annotate)
+    if begun := [s.name for s in systems  # a system of rounds begins in its first round's directory
+                 if layout.round_training(s.name, 1, s.training_rounds).train_config(s.name).exists()]:
+        # the answers an annotation failed on are left as they are: feedback got now would change the sets the
+        # trainings were begun on, and a resumed run would refuse each of them (`laffi annotate` retries them,
+        # for trainings begun afresh)
+        unjudged = failures_file(layout.feedback)
+        if unjudged.exists() and (left := len(read_records(unjudged, AnnotationFailure))):
+            print(f"annotate: {left} answers without feedback ({unjudged}) are not retried: {', '.join(begun)} began "
+                  "training on sets without them; `laffi annotate` retries them, and `laffi build` then makes new "
+                  "sets, which adapters begun on the old ones refuse")
+    else:
+        timed("annotate", annotate, layout, config.annotate)
     timed("build", build, layout, config.data, systems)
     for system in training_order(systems):
         if system.training_rounds > 1:  # its later rounds answer, annotate and build again (one process)

@@ -267,3 +267,19 @@ def test_sentences_are_the_reference_annotators():
     from laffi.annotators.reference import VERDICTS as WORDINGS
 
     assert [s for _, s in SENTENCES] == list(itertools.chain.from_iterable(WORDINGS[v] for v in VERDICTS))
+
+
+def test_a_dev_evaluation_cut_short_by_a_crash_is_skipped_not_scored_for_good(tiny_experiment, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_experiment, copy)
+    layout = ExperimentLayout(copy)
+    layout.verdict_check.unlink(missing_ok=True)
+    job = next(RunLayout.of(root) for root in layout.job_dirs() if RunLayout.of(root).adapter("sft").exists())
+    # what a kill mid dev-evaluation leaves: the answers written so far, no metrics.json
+    lines = job.predictions("sft", "dev").read_text().splitlines(keepends=True)
+    job.predictions("sft", "dev").write_text("".join(lines[:2]))
+    job.metrics("sft", "dev").unlink()
+    assert "sft" not in {e["system"] for e in check(copy, systems=["sft"])["models"].values()}
+    assert "sft is not trained and scored on dev yet; skipped" in capsys.readouterr().out

@@ -145,7 +145,8 @@ def models(experiment: ExperimentLayout, untrained: str, systems: list[str] | No
         for system in job.trained_systems():
             if systems is not None and system not in systems:
                 continue
-            if not (adapter_finished(job.adapter(system)) and job.predictions(system, "dev").exists()):
+            # metrics.json is written once every dev question is answered; predictions.jsonl grows as they are
+            if not (adapter_finished(job.adapter(system)) and job.metrics(system, "dev").exists()):
                 print(f"verdict check: {root.name}: {system} is not trained and scored on dev yet; skipped", flush=True)
                 continue
             config = load_config(job.config) if job.config.exists() else None
@@ -171,8 +172,9 @@ def check(experiment_dir: str | Path, systems: list[str] | None = None, limit: i
                                 "make one with `laffi experiment`")
     config = load_config(shared.config)
     untrained = untrained_system(experiment)
-    if not shared.predictions(untrained, "dev").exists():
-        raise FileNotFoundError(f"{shared.predictions(untrained, 'dev')}: the base model's dev answers are missing")
+    if not shared.metrics(untrained, "dev").exists():  # written once every answer is (predictions.jsonl grows)
+        raise FileNotFoundError(f"{shared.metrics(untrained, 'dev')}: the base model's dev answers are missing or "
+                                "unfinished; rerun `laffi experiment` first")
     examples = read_records(shared.dev_examples, QAExample)
     examples = examples[:limit] if limit else examples
     shots = read_records(shared.shots, QAExample)

@@ -365,3 +365,17 @@ def test_prepare_names_a_dev_size_the_data_cannot_give(tmp_path):
 
     with pytest.raises(ValueError, match="data.dev_size=900 leaves no article.*; lower data.dev_size$"):
         prepare(RunLayout(tmp_path), DataConfig(eval_size=100, dev_size=900))  # not eval_size, which fits
+
+
+def test_a_split_without_a_dev_set_removes_the_one_a_killed_attempt_left(tmp_path):
+    from laffi.config import DataConfig
+    from laffi.layout import RunLayout
+    from laffi.records import read_records
+    from laffi.stages.prepare import prepare
+
+    layout = RunLayout(tmp_path)
+    prepare(layout, DataConfig(eval_size=100, dev_size=60, train_size=0))
+    layout.train_examples.unlink()  # killed before train.jsonl, the last file written
+    train, _ = prepare(layout, DataConfig(eval_size=100, dev_size=0, train_size=0))
+    assert not layout.dev_examples.exists()  # its articles are in the train pool now
+    assert len(train) == len(read_records(layout.train_examples, QAExample)) > 700

@@ -60,6 +60,8 @@ def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[
     write_records(layout.shots, shots)
     if data.dev_size:
         write_records(layout.dev_examples, dev)
+    else:  # one that an attempt killed before train.jsonl left (with another data.dev_size) would overlap train
+        layout.dev_examples.unlink(missing_ok=True)
     write_records(layout.eval_examples, held_out)
     write_records(layout.train_examples, train)
     return train, held_out

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from laffi.cli import main
-from laffi.layout import NotARun, RunLayout, sidecar_config
+from laffi.layout import NotARun, RunLayout, failures_file, sidecar_config
 
 # every command that reads a run; RUN stands for the directory under test
 READERS = {
@@ -182,3 +182,23 @@ def test_evaluate_refuses_a_name_that_is_neither_a_system_nor_a_trained_adapter(
     assert main(["prepare", str(run), "data.eval_size=8"]) == 0
     assert main(["evaluate", str(run), "--system", "lafi"]) == 2  # a typo, not the base model under that name
     assert "--system lafi: not a system" in capsys.readouterr().err
+
+
+def test_build_refuses_feedback_an_annotation_stopped_short_left(tmp_path):
+    from support.human_helpers import laffi, make_run
+
+    from laffi.records import AnnotationFailure, Feedback, read_records, write_records
+
+    run = make_run(tmp_path / "run", n_items=6)
+    layout = RunLayout(run)
+    feedback = read_records(layout.feedback, Feedback)
+    write_records(layout.feedback, feedback[:3])  # a kill writes no failures file
+    code, _, err = laffi("build", str(run))
+    assert code != 0 and "3 of the answers in" in err and f"run `laffi annotate {run}` to finish it" in err
+    assert not layout.training_set("sft").exists()
+    # answers whose annotation failed are left out, as before, with a word
+    write_records(failures_file(layout.feedback), [AnnotationFailure(f.id, f.answer, f.annotator, "request", "HTTP 500", 1)
+                                                   for f in feedback[3:]])
+    code, out, err = laffi("build", str(run))
+    assert code == 0, err
+    assert "build: 3 answers have no feedback because their annotation failed" in out

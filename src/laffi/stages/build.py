@@ -58,6 +58,7 @@ from laffi.prompts import (
 from laffi.records import (
     VERDICTS,
     AnnotationFailure,
+    Answer,
     Feedback,
     Key,
     LabelledAnswer,
@@ -89,9 +90,16 @@ def build(layout: RunLayout, data: DataConfig, systems: list[System] = ()) -> di
     shots = read_records(layout.shots, QAExample)
     feedback = {record_key(f): f for f in read_records(layout.feedback, Feedback)}  # one per answer
     failed = failures_file(layout.feedback)  # answers the annotator could not give feedback on
-    if failed.exists() and (skipped := len(read_records(failed, AnnotationFailure))):
-        print(f"build: {skipped} answers have no feedback because their annotation failed ({failed}); "
+    failures = {record_key(f) for f in read_records(failed, AnnotationFailure)} if failed.exists() else set()
+    if failures:
+        print(f"build: {len(failures)} answers have no feedback because their annotation failed ({failed}); "
               "both sets leave them out")
+    if layout.answers.exists() and (unjudged := [record_key(a) for a in read_records(layout.answers, Answer)
+                                                 if record_key(a) not in feedback and record_key(a) not in failures]):
+        # neither feedback nor a failure: an annotation stopped before it was through (a kill writes no failures)
+        raise ValueError(f"build: {len(unjudged)} of the answers in {layout.answers} have no feedback in "
+                         f"{layout.feedback} yet (annotation stopped before it was through?); run `laffi annotate "
+                         f"{layout.root}` to finish it")
     save_config(layout.sets_config, {"data": data}, outputs=[layout.training_set("laffi")])  # until written: replaced
     chosen = by_question(examples, feedback)
     if not chosen:

@@ -231,17 +231,25 @@ MISTRAL_V03_LIKE = (  # the system message goes into the last user turn only, as
 )
 
 
-def test_a_chat_template_that_renders_a_prompt_otherwise_in_the_conversation_is_refused_at_load(tiny_model_dir, tmp_path):
+def test_a_chat_template_training_cannot_use_is_refused_before_answering_for_training(tiny_model_dir, tmp_path):
     import shutil
 
-    from laffi.models import load_tokenizer
+    from laffi.cli import main
+    from laffi.models import check_trainable, load_tokenizer
 
     model = tmp_path / "mistral-like"
     shutil.copytree(tiny_model_dir, model)
     (model / "chat_template.jinja").write_text(MISTRAL_V03_LIKE)
+    chat = ModelConfig(name=str(model), prompt_format="chat")
     with pytest.raises(ConfigError, match="model.prompt_format=chat: the chat template of .* cannot be trained on"):
-        load_tokenizer(ModelConfig(name=str(model), prompt_format="chat"))
-    assert load_tokenizer(ModelConfig(name=str(model), prompt_format="plain"))  # laffi's own layout serves
+        check_trainable(chat)
+    check_trainable(ModelConfig(name=str(model), prompt_format="plain"))  # laffi's own layout serves
+    assert load_tokenizer(chat).chat_template == MISTRAL_V03_LIKE  # answering alone (evaluation, an annotator) may
+    # `laffi run` stops before the base model answers anything
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), f"model.name={model}", "model.prompt_format=chat", "data.eval_size=4",
+                 "data.train_size=4"]) == 2
+    assert not (out / "eval").exists() and not (out / "answers.jsonl").exists()
 
 
 def test_the_plain_layout_begins_with_bos_where_the_tokenizer_begins_every_text_with_one(tiny_model_dir):

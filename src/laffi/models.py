@@ -227,13 +227,19 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
         tokenizer.pad_token = tokenizer.eos_token
     if config.prompt_format == "plain":
         tokenizer.chat_template = plain_template(tokenizer)
-    tokenizer = ensure_chat_template(tokenizer)
+    return ensure_chat_template(tokenizer)
+
+
+def check_trainable(config: ModelConfig) -> None:
+    """Before answering that is meant to be trained on (`laffi run`, `laffi experiment` and `laffi generate` call
+    it; evaluation and annotators need not): a chat template training cannot tell a prompt from a completion in
+    (laffi.prompts.check_chat_template) fails here, from the tokenizer alone, not at training after the
+    answers and their feedback."""
     try:
-        check_chat_template(tokenizer)
+        check_chat_template(load_tokenizer(config))
     except (ValueError, TemplateError) as error:
         raise ConfigError(f"model.prompt_format={config.prompt_format}: the chat template of {config.name} cannot "
                           f"be trained on ({error}); model.prompt_format=plain uses laffi's own layout") from error
-    return tokenizer
 
 
 def four_bit_kwargs(config: ModelConfig, device: torch.device) -> dict:

@@ -42,7 +42,7 @@ def test_a_caller_that_stops_early_does_not_hang_and_the_rest_are_not_sent():
         assert sum(server.requests.values()) <= 3  # the two in flight at most, never the queued ones
 
 
-def test_a_server_no_attempt_reaches_stops_the_run_at_the_first_request_and_an_erring_one_does_not():
+def test_a_server_no_attempt_connects_to_stops_the_run_at_the_first_request_and_an_erring_one_does_not():
     import socket
 
     import pytest
@@ -58,8 +58,12 @@ def test_a_server_no_attempt_reaches_stops_the_run_at_the_first_request_and_an_e
     with pytest.raises(ConfigError, match=r"annotate\.base_url: cannot connect to .* 3 attempt\(s\)\); is the server"):
         list(OpenAIChat(client, "fault", concurrency=2).complete_many(requests_for(*(f"q{i}" for i in range(40)))))
     assert time.monotonic() - started < 5 and client.counters.requests <= 2 * 3  # the two in flight, not all 40
-    with FaultServer(lambda item, n: "500") as server:  # it answers, if badly: that request fails, the run goes on
-        client = RetryingClient(base_url=server.url, api_key_env="LAFFI_TEST_NO_KEY", timeout=10, retries=1,
-                                backoff=0.01)
-        (_, failed), = OpenAIChat(client, "fault", concurrency=1).complete_many(requests_for("q0"))
-        assert isinstance(failed, RequestFailed) and "HTTP 500" in str(failed)
+    # a server that answers, if badly (a 500; a connection it takes and closes with no reply): that request
+    # fails, and the run goes on
+    for action, said in (("500", "HTTP 500"), ("drop", "connection error")):
+        with FaultServer(lambda item, n: action if item == "q0" else "ok") as server:
+            client = RetryingClient(base_url=server.url, api_key_env="LAFFI_TEST_NO_KEY", timeout=10, retries=1,
+                                    backoff=0.01)
+            results = dict(OpenAIChat(client, "fault", concurrency=1).complete_many(requests_for("q0", "q1", "q2")))
+            assert isinstance(results[0], RequestFailed) and said in str(results[0])
+            assert isinstance(results[1], Reply) and isinstance(results[2], Reply)

@@ -2,8 +2,8 @@
 
 Only for fault injection (the real-server tests use llama.cpp's server): per item, a script says
 what the n-th request gets: a good reply, 429, 500, 400, a garbage body, an HTML page, a reply too
-slow for the client's timeout, a reply the annotator cannot parse, or no reply at all until the
-server is released (to kill a client while requests are in flight). It counts every request per
+slow for the client's timeout, a reply the annotator cannot parse, a connection closed with no reply,
+or no reply at all until the server is released (to kill a client while requests are in flight). It counts every request per
 item and every good reply it delivered, which is what a paid API would bill.
 
     with FaultServer(lambda item, n: "500" if n == 0 else "ok") as server:
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -76,6 +77,10 @@ class FaultServer:
             with self._lock:
                 self.held[item] += 1
             self.release.wait()
+            return
+        if action == "drop":  # the connection closed with no reply (a worker crashing on a prompt, a proxy reset)
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
             return
         if action == "slow":
             time.sleep(self.slow_seconds)

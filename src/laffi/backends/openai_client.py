@@ -10,8 +10,9 @@ The client's own retries are off (max_retries=0) so that every attempt is counte
 ours: 429, 408/409, 5xx, timeouts, connection errors and malformed replies are retried with
 exponential backoff and jitter (a Retry-After header wins); 400/413/422 fail that request at once;
 401/403/404 mean a wrong key, URL or model name, so they stop the run. So does a request none of whose
-attempts could connect: a server down (or not started) would otherwise cost every remaining request its
-whole backoff (about 15 s each at retries=5) before the run ended with nothing; what arrived is kept.
+attempts could connect (refused, no such host: a server down or not started), which would otherwise cost
+every remaining request its whole backoff (about 15 s each at retries=5) before the run ended with nothing;
+what arrived is kept. A server that takes a request and drops it fails that request only.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class RetryingClient:
             except openai.APIConnectionError as error:
                 self.counters.error("connection")
                 last = f"connection error: {error.__cause__ or error}"
-                unreachable += 1
+                unreachable += _could_not_connect(error)
             except (Malformed, ValueError) as error:  # json/pydantic errors are ValueErrors too
                 self.counters.error("malformed")
                 last = f"malformed reply: {str(error)[:200]}"
@@ -176,6 +177,12 @@ def _completion_text(response: Any) -> str:
     if not choices or not isinstance(getattr(choices[0], "text", None), str):
         raise Malformed(f"no completion text in {str(response)[:120]!r}")
     return choices[0].text
+
+
+def _could_not_connect(error: Exception) -> bool:
+    """No connection was made (refused, no such host): not a server that took the request and dropped it, which
+    fails that answer only. By the class's name: openai raises it from httpx or, in newer versions, httpx2."""
+    return any(cls.__name__ == "ConnectError" for cls in type(error.__cause__).__mro__)
 
 
 def _retry_after(response: Any) -> float | None:

@@ -45,6 +45,7 @@ from laffi.experiments.aggregate import (CellRun, Trial, aggregate, cell_key, ch
 from laffi.experiments.clock import StageClock
 from laffi.experiments.grid import ExperimentConfig, to_dict
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, adapter_weights
+from laffi.models import check_trainable
 from laffi.records import (
     Feedback,
     Prediction,
@@ -390,6 +391,8 @@ def experiment(config: ExperimentConfig, out: str | Path, dev_only: bool = False
     for name in config.grid.annotator:
         check_annotator(config.annotate_config(name), option=f"annotators.{name}")
     untrained = [s for s in systems if not s.recipe]
+    if len(untrained) < len(systems):  # a chat template training cannot use fails now, not after the answers
+        check_trainable(run.model)
     # the shared run's settings may not change under existing artifacts (until the model has written any, a
     # mistyped option is fixed by running again); train and the grid may
     save_config(shared.config, run.sections("model", "data", "generate", "eval"), outputs=shared.model_outputs())

@@ -24,6 +24,7 @@ from laffi.config import RunConfig, require
 from laffi.distributed.launch import Launcher
 from laffi.experiments.clock import StageClock
 from laffi.layout import RunLayout, failures_file
+from laffi.models import check_trainable
 from laffi.records import AnnotationFailure, read_records
 from laffi.report.html import write_report
 from laffi.report.results import write_results
@@ -33,7 +34,7 @@ from laffi.stages.evaluate import evaluate, evaluate_system
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare, save_run_config
 from laffi.stages.rounds import RoundFeedback, train_rounds
-from laffi.stages.train import claim_adapter, system_recipe, train_system
+from laffi.stages.train import claim_adapter, system_recipe, train_system, training_begun
 from laffi.systems import load_systems, training_order
 
 
@@ -44,6 +45,8 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
             "with `laffi evaluate RUN --system NAME eval.split=dev`")
     check_annotator(config.annotate)  # a bad template fails now, not after the answers
     systems = load_systems(config.systems.names)  # and a bad system file
+    if training_order(systems):  # and a chat template training cannot use, before the base model's evaluation
+        check_trainable(config.model)
     if launcher is not None and launcher.processes > 1:  # refused now, not hours later at that training
         one_process_only = [s.name for s in systems if s.aux or s.preference or s.training_rounds > 1]
         require(not one_process_only, "systems.names",
@@ -66,7 +69,7 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
     timed("generate", generate, layout, config.model, config.data, config.generate, backend=base)
     base.cache_clear()  # free it before training
     if begun := [s.name for s in systems  # a system of rounds begins in its first round's directory
-                 if layout.round_training(s.name, 1, s.training_rounds).train_config(s.name).exists()]:
+                 if training_begun(layout.round_training(s.name, 1, s.training_rounds), s.name)]:
         # the answers an annotation failed on are left as they are: feedback got now would change the sets the
         # trainings were begun on, and a resumed run would refuse each of them (`laffi annotate` retries them,
         # for trainings begun afresh)

@@ -53,7 +53,7 @@ from laffi.records import (
 )
 from laffi.stages.annotate import annotate
 from laffi.stages.build import by_question, write_sets
-from laffi.stages.train import train_system
+from laffi.stages.train import train_system, training_begun
 from laffi.systems import System
 
 
@@ -77,7 +77,9 @@ def train_rounds(layout: RunLayout, system: System, model: ModelConfig, data: Da
     previous = layout.adapter(system.init) if system.init else None  # round 1 starts where one training would
     for number in range(1, rounds + 1):
         trained = layout.round_training(name, number, rounds)
-        if number > 1 and not adapter_finished(trained.adapter(name)):  # a finished round is never redone
+        # a finished round is never redone; nor are the answers, feedback and sets of one whose training has
+        # begun (annotating again would retry its failed answers and change the sets it resumes on)
+        if number > 1 and not training_begun(trained, name):
             own = layout.round(name, number)
             answer_again(layout, own, name, previous, model, data, generate)
             annotate(own, feedback.annotate)

@@ -245,9 +245,20 @@ def save_train_config(layout: RunLayout, system: str, model: ModelConfig, train:
         layout.old_train_config(system).rename(path)
     if path.exists() and "recipe" not in (saved := yaml.safe_load(path.read_text(encoding="utf-8")) or {}):
         write_atomic(path, yaml.safe_dump({**saved, "recipe": asdict(continuation)}, sort_keys=False))
-    begun = [layout.checkpoint(system), layout.train_log(system), layout.adapter(system) / ADAPTER_WEIGHTS,
-             layout.reference_logps(system)]
-    save_config(path, {"model": model, "train": train, "recipe": continuation}, outputs=begun, inputs=inputs)
+    save_config(path, {"model": model, "train": train, "recipe": continuation}, outputs=training_outputs(layout, system),
+                inputs=inputs)
+
+
+def training_outputs(layout: RunLayout, system: str) -> list[Path]:
+    """What a training writes once it has begun in earnest: until one of them holds something, its saved config is
+    replaced, not compared, and the sets it was claimed on may still change (`training_begun`)."""
+    return [layout.checkpoint(system), layout.train_log(system), layout.adapter(system) / ADAPTER_WEIGHTS,
+            layout.reference_logps(system)]
+
+
+def training_begun(layout: RunLayout, system: str) -> bool:
+    return any(p.is_file() and p.stat().st_size > 0 or p.is_dir() and any(p.iterdir())
+               for p in training_outputs(layout, system))
 
 
 def reference(path: Path, term: PreferenceTerm, lm, rows: list[Row], batches: list[list[int]], pad_id: int,

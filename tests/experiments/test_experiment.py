@@ -436,3 +436,30 @@ def test_a_system_in_rounds_trains_every_round_at_its_budget_and_counts_both_in_
     run = load_config(job.config)
     with pytest.raises(ConfigError, match=r"merged into the bf16 weights, as laffi before commit 53396c9"):
         answer_again(job, round2, "laffi-dpo-r2", first, run.model, run.data, run.generate)
+
+
+def test_a_rerun_leaves_failed_annotations_alone_once_jobs_began_on_their_sets(tiny_model_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    import laffi.stages.annotate as annotate_module
+    from laffi.annotators.reference import ReferenceAnnotator
+    from laffi.records import AnnotationFailure
+
+    class FailsOnce(ReferenceAnnotator):  # the first question's request fails, as a server's 500s can
+        def annotate(self, pairs):
+            return [AnnotationFailure(r.id, r.answer, self.name, "request", "HTTP 500", 1) if i == 0 else r
+                    for i, r in enumerate(super().annotate(pairs))]
+
+    config = experiment_config_from({"run": tiny_run(tiny_model_dir), "systems": ["base", "sft"], "seeds": [0],
+                                     "budgets": [1]})
+    root = tmp_path / "x"
+    with monkeypatch.context() as patch:
+        patch.setattr(annotate_module, "make_annotator", lambda config: FailsOnce())
+        experiment(config, root, dev_only=True)
+    jobs = ExperimentLayout(root).job_dirs()
+    finished = [(root / "adapters" / "sft" / "summary.json").read_text() for root in jobs]
+    capsys.readouterr()
+    # the annotator answers now: asking again would change the sets, and the job would be trained again anew
+    experiment(config, root, dev_only=True)
+    assert "annotate reference: 1 answers without feedback" in capsys.readouterr().out
+    assert ExperimentLayout(root).job_dirs() == jobs
+    assert [(root / "adapters" / "sft" / "summary.json").read_text() for root in jobs] == finished

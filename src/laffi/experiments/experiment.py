@@ -44,9 +44,10 @@ from laffi.experiments.aggregate import (CellRun, Trial, aggregate, cell_key, ch
                                         label)
 from laffi.experiments.clock import StageClock
 from laffi.experiments.grid import ExperimentConfig, to_dict
-from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, adapter_weights
+from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, adapter_weights, failures_file
 from laffi.models import check_trainable
 from laffi.records import (
+    AnnotationFailure,
     Feedback,
     Prediction,
     QAExample,
@@ -64,7 +65,7 @@ from laffi.stages.evaluate import evaluate, evaluate_system, older_adapter_answe
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.rounds import RoundFeedback, train_rounds
-from laffi.stages.train import NUMERICS, train_system
+from laffi.stages.train import NUMERICS, train_system, training_begun
 from laffi.systems import System
 
 # what a step of 4 and an answer take on the embedded model on 2 CPU cores in bf16, for --dry-run's estimate
@@ -307,13 +308,37 @@ def shared_stages(layout: ExperimentLayout, config: ExperimentConfig, timed: Sta
                   run.generate, replace(run.eval, split=split), backend=base_backend)
     timed("generate", generate, shared, run.model, run.data, run.generate, backend=base_backend)
     base_backend.cache_clear()  # free it before training
+    begun = begun_variants(layout)
     for name in grid.annotator:
+        unjudged = failures_file(layout.feedback(name))
+        if (trained := [v for v in begun if v.startswith(f"{name}.")]) and unjudged.exists() and \
+                (left := len(read_records(unjudged, AnnotationFailure))):
+            # as in `laffi run`: feedback got now would change these sets, and every job on them would be trained
+            # again under a new key
+            print(f"annotate {name}: {left} answers without feedback ({unjudged}) are not retried: jobs began "
+                  f"training on {', '.join(sorted(trained))} without them; `laffi annotate {layout.root} --out "
+                  f"{layout.feedback(name).name}` with this annotator's settings retries them, for jobs begun afresh",
+                  flush=True)
+            continue
         timed(f"annotate {name}", annotate, shared, config.annotate_config(name), out=layout.feedback(name).name)
     if any(grid.human_ratio) and not shared.human_feedback.exists():
         raise FileNotFoundError(
             f"grid.human_ratio: {shared.human_feedback} is missing. The answers are ready: let people annotate "
             f"them (`laffi annotators add NAME --run {layout.root}`, `laffi serve {layout.root}`), run `laffi "
             f"export-feedback {layout.root}`, then this command again")
+
+
+def begun_variants(layout: ExperimentLayout) -> set[str]:
+    """The variants (ANNOTATOR.CONTENT.hRATIO.nSIZE) some job has begun training on (`training_begun`; a system
+    of rounds begins in its first round's directory)."""
+    variants = set()
+    for root in layout.job_dirs():
+        job = RunLayout.of(root)
+        trainings = [(job, p.name) for p in (root / "adapters").glob("*")]
+        trainings += [(job.round_training(p.name, 1, 2), p.name) for p in (root / "rounds").glob("*")]
+        if any(training_begun(where, system) for where, system in trainings):
+            variants.add(layout.variant_of(job))
+    return variants
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from laffi.config import read_yaml
-from laffi.experiments.experiment import current_jobs, experiment, heldout_jobs
+from laffi.experiments.experiment import experiment
 from laffi.experiments.grid import experiment_config_from
+from laffi.experiments.jobs import current_jobs, heldout_jobs
 from laffi.experiments.rerank import main, openings_for
 from laffi.layout import ExperimentLayout, RunLayout, sidecar_config
 from laffi.models import ADAPTER_ANSWERING

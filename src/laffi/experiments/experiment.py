@@ -30,7 +30,6 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,12 @@ import yaml
 
 from laffi.annotators.content import with_content
 from laffi.backends.answering import load_backend
-from laffi.config import TrainConfig, load_config, non_default, save_config
-from laffi.experiments.aggregate import (CellRun, Trial, aggregate, cell_key, choose_budgets, dev_screen, job_cell,
-                                        label)
+from laffi.config import TrainConfig, non_default, save_config
+from laffi.experiments.aggregate import CellRun, Trial, aggregate, cell_key, choose_budgets, dev_screen, label
 from laffi.experiments.clock import StageClock
 from laffi.experiments.grid import ExperimentConfig, to_dict
-from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, adapter_weights, failures_file
+from laffi.experiments.jobs import begun_variants
+from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, failures_file
 from laffi.models import check_trainable
 from laffi.records import (
     AnnotationFailure,
@@ -65,7 +64,7 @@ from laffi.stages.evaluate import evaluate, evaluate_system, older_adapter_answe
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare
 from laffi.stages.rounds import RoundFeedback, train_rounds
-from laffi.stages.train import NUMERICS, train_system, training_begun
+from laffi.stages.train import NUMERICS, train_system
 from laffi.systems import System
 
 # what a step of 4 and an answer take on the embedded model on 2 CPU cores in bf16, for --dry-run's estimate
@@ -328,19 +327,6 @@ def shared_stages(layout: ExperimentLayout, config: ExperimentConfig, timed: Sta
             f"export-feedback {layout.root}`, then this command again")
 
 
-def begun_variants(layout: ExperimentLayout) -> set[str]:
-    """The variants (ANNOTATOR.CONTENT.hRATIO.nSIZE) some job has begun training on (`training_begun`; a system
-    of rounds begins in its first round's directory)."""
-    variants = set()
-    for root in layout.job_dirs():
-        job = RunLayout.of(root)
-        trainings = [(job, p.name) for p in (root / "adapters").glob("*")]
-        trainings += [(job.round_training(p.name, 1, 2), p.name) for p in (root / "rounds").glob("*")]
-        if any(training_begun(where, system) for where, system in trainings):
-            variants.add(layout.variant_of(job))
-    return variants
-
-
 @dataclass(frozen=True)
 class Planned:
     """One training asked for: a system in a cell at a budget and a seed, and the job that makes it."""
@@ -490,56 +476,6 @@ def write_screen(layout: ExperimentLayout, config: ExperimentConfig, trials: lis
     write_json(layout.plan_summary(screen["plan"], ".dev.json"), screen)
     write_atomic(layout.plan_summary(screen["plan"], ".dev.md"), dev_screen_markdown(screen))
     return screen
-
-
-def heldout_jobs(experiment: ExperimentLayout) -> set[Path]:
-    """The jobs whose held-out set a full plan scored: the budgets each plan chose on dev when it last ran (its
-    summaries/PLAN.json lists them), not every job with held-out files on disk."""
-    found: set[Path] = set()
-    for path in experiment.plan_summaries():
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        if not summary.get("dev_only"):
-            found.update(experiment.root / job["dir"] for job in summary["jobs"] if job.get("heldout"))
-    return found
-
-
-def current_jobs(experiment: ExperimentLayout) -> list[Path]:
-    """Every job directory, one per training: where two jobs trained a system on the same cell, budget and seed
-    (a job an older laffi or older inputs made under another key stays on disk beside the one made since), the
-    one whose adapter finished last. What reads every training of an experiment (rerank, the verdict check) reads
-    these, so a replaced job is not averaged with its replacement as another seed."""
-    latest: dict[tuple, tuple[float, Path]] = {}
-    for root in experiment.job_dirs():
-        job = RunLayout.of(root)
-        if not job.config.exists():
-            continue
-        train = load_config(job.config).train
-        for system in job.trained_systems():
-            finished = _finished_at(job, system)
-            key = (system, job_cell(experiment.variant_of(job), train), train.steps, train.seed)
-            if key not in latest or finished > latest[key][0]:
-                latest[key] = (finished, root)
-    return sorted({root for _, root in latest.values()})
-
-
-def _finished_at(job: RunLayout, system: str) -> float:
-    """When a training finished, as its summary says (a laffi from before 2026-12-08 wrote no time there: its
-    weights file's time, which a copy that keeps no file times makes arbitrary); -inf when it has not."""
-    weights = adapter_weights(job.adapter(system))
-    if not weights.exists():
-        return float("-inf")
-    try:
-        return datetime.fromisoformat(json.loads(job.train_summary(system).read_text())["finished_at"]).timestamp()
-    except (OSError, ValueError, KeyError, TypeError):
-        return weights.stat().st_mtime
-
-
-def of_jobs(entries: dict[str, dict], experiment: ExperimentLayout, jobs: list[Path]) -> dict[str, dict]:
-    """The entries of a results file keyed by an adapter's path (jobs/JOB/adapters/SYSTEM, maybe followed by
-    |...) whose job is one of `jobs`; an entry of no job (the base model's, keyed by its name) stays."""
-    kept = {root.relative_to(experiment.root).parts for root in jobs}
-    return {key: entry for key, entry in entries.items()
-            if (parts := Path(key.split("|")[0]).parts)[0] != "jobs" or parts[:2] in kept}
 
 
 def write_summary(experiment: ExperimentLayout, summary: dict) -> None:

@@ -20,7 +20,7 @@ vote, first (greedy) and oracle (pass@K, a bound).
 Choose a rule on dev (the default split); score the held-out set once, for the rule chosen, with
 --split heldout, which answers with the trainings `laffi experiment` scored on the held-out set (the
 budgets it chose on dev, as each plan last chose them) only. One job per training
-(`laffi.experiments.experiment.current_jobs`): a job an older laffi made for the same training, under another key,
+(`laffi.experiments.jobs.current_jobs`): a job an older laffi made for the same training, under another key,
 neither answers nor shows in the table beside the one made since. A model's entry records its cell (its variant and train options), and
 the table's means are over the seeds of one system, cell and budget. Writes ExperimentLayout.rerank
 (rerank.json: each model's EM/F1 per rule and its costs: answers decoded, scoring forward passes and
@@ -43,7 +43,7 @@ from laffi.analysis.metrics import score_example
 from laffi.backends.answering import answer_questions
 from laffi.config import RunConfig, load_config, save_config
 from laffi.experiments.aggregate import job_cell
-from laffi.experiments.experiment import current_jobs, heldout_jobs, of_jobs
+from laffi.experiments.jobs import current_jobs, heldout_jobs, of_jobs
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, sidecar_config
 from laffi.models import answered_as_now, answering_of, load_model, recorded_answering, release_memory
 from laffi.prompts import choose_shots, extract_answer

@@ -5,7 +5,7 @@ cheap check, on an experiment directory made by `laffi experiment`:
     python -m laffi.experiments.verdict_check runs/experiment-n2 --systems laffi,sft --limit 20
 
 For every finished training in the experiment (jobs/SYSTEM-KEY/adapters/SYSTEM, each system and seed, one job per
-training: `laffi.experiments.experiment.current_jobs`; or those of --systems) and for the base model (the experiment's untrained system, no adapter), it scores the
+training: `laffi.experiments.jobs.current_jobs`; or those of --systems) and for the base model (the experiment's untrained system, no adapter), it scores the
 dev candidates: the model's own dev answers (eval-dev/SYSTEM/predictions.jsonl of its job) and the base
 model's (eval-dev/BASE/predictions.jsonl), each distinct (question, answer) once. A candidate's score is
 P(verdict) (laffi.stages.verdicts: the 12 verdict sentences of the reference annotator, teacher-forced
@@ -40,7 +40,7 @@ from laffi.analysis.auroc import auroc
 from laffi.annotators.reference import ReferenceAnnotator
 from laffi.config import DataConfig, load_config, read_yaml
 from laffi.experiments.aggregate import job_cell
-from laffi.experiments.experiment import current_jobs, of_jobs
+from laffi.experiments.jobs import current_jobs, of_jobs
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished
 from laffi.models import answered_as_now, answering_of, load_model, release_memory
 from laffi.prompts import choose_shots

@@ -67,3 +67,20 @@ def test_a_server_no_attempt_connects_to_stops_the_run_at_the_first_request_and_
             results = dict(OpenAIChat(client, "fault", concurrency=1).complete_many(requests_for("q0", "q1", "q2")))
             assert isinstance(results[0], RequestFailed) and said in str(results[0])
             assert isinstance(results[1], Reply) and isinstance(results[2], Reply)
+
+
+def test_a_request_that_stops_the_run_lets_the_replies_in_flight_arrive_and_sends_nothing_after(monkeypatch):
+    import pytest
+
+    from laffi.config import ConfigError
+
+    # q0 is refused (a wrong key); q1, already in flight, is answered after it: paid for, so it must reach the caller
+    with FaultServer(lambda item, n: {"q0": "401", "q1": "slow"}.get(item, "ok"), slow_seconds=0.5) as server:
+        client = RetryingClient(base_url=server.url, api_key_env="LAFFI_TEST_NO_KEY", timeout=10, retries=0)
+        got = []
+        with pytest.raises(ConfigError, match="answered 401"):
+            for index, reply in OpenAIChat(client, "fault", concurrency=2).complete_many(
+                    requests_for(*(f"q{i}" for i in range(10)))):
+                got.append(index)
+        assert got == [1]
+        assert sum(server.requests.values()) == 2  # q0 and q1: none sent after the refusal

@@ -1,7 +1,7 @@
 """A small HTTP server on 127.0.0.1 that answers OpenAI-style chat requests badly on purpose.
 
 Only for fault injection (the real-server tests use llama.cpp's server): per item, a script says
-what the n-th request gets: a good reply, 429, 500, 400, a garbage body, an HTML page, a reply too
+what the n-th request gets: a good reply, 429, 500, 400, 401, a garbage body, an HTML page, a reply too
 slow for the client's timeout, a reply the annotator cannot parse, a connection closed with no reply,
 or no reply at all until the server is released (to kill a client while requests are in flight). It counts every request per
 item and every good reply it delivered, which is what a paid API would bill.
@@ -96,7 +96,7 @@ class FaultServer:
                     self.served[item] += 1
         elif action == "429":
             self._send(handler, 429, b'{"error": {"message": "slow down"}}', "application/json", {"Retry-After": "0"})
-        elif action in ("500", "400"):
+        elif action in ("500", "400", "401"):
             self._send(handler, int(action), b'{"error": {"message": "injected"}}', "application/json")
         elif action == "garbage":
             self._send(handler, 200, b'{"choices": [{"message": {"content": "trunc', "application/json")

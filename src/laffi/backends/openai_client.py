@@ -129,16 +129,22 @@ class OpenAIChat:
     def complete_many(self, requests: list[ChatRequest]) -> Iterator[tuple[int, Reply | RequestFailed]]:
         """Each reply as it arrives. A worker takes its next request only once the caller has handled
         (cached) the reply it yielded: a kill at any moment loses at most the replies still in flight,
-        never one that arrived while its worker had already moved on."""
+        never one that arrived while its worker had already moved on. An error that stops the run (a wrong
+        key or URL, a server nothing connects to) is raised once the requests in flight have come back and
+        been handled, and no request is sent after it: replies already paid for are kept."""
         arrived: queue.Queue = queue.Queue()
         abandoned = threading.Event()  # the caller stopped iterating: no worker waits on it any more
+        stopped = threading.Event()  # a request stopped the run: the ones not yet sent are not
 
         def one(index: int) -> None:
+            result: Any = (index, None)  # not sent
             try:
-                result: Any = (index, self.client.chat(self.model, requests[index]))
+                if not stopped.is_set():
+                    result = (index, self.client.chat(self.model, requests[index]))
             except RequestFailed as error:
                 result = (index, error)
-            except BaseException as error:  # a wrong key or URL stops the run: raised in the caller
+            except BaseException as error:  # raised in the caller, after the replies in flight
+                stopped.set()
                 result = error
             handled = threading.Event()
             arrived.put((result, handled))
@@ -149,14 +155,18 @@ class OpenAIChat:
         try:
             for i in range(len(requests)):
                 pool.submit(one, i)
+            failure = None
             for _ in range(len(requests)):
                 result, handled = arrived.get()
                 try:
                     if isinstance(result, BaseException):
-                        raise result
-                    yield result
+                        failure = failure or result
+                    elif result[1] is not None:
+                        yield result
                 finally:
                     handled.set()
+            if failure is not None:
+                raise failure
         finally:
             abandoned.set()
             pool.shutdown(wait=True, cancel_futures=True)

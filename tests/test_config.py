@@ -32,6 +32,8 @@ def test_overrides_are_typed_and_nested():
     ("train.lora_alpha=0", "train.lora_alpha"),
     ("train.weight_decay=-5", "train.weight_decay"),
     ("train.max_seq_len=1", "train.max_seq_len"),  # a row of one token has no target to learn
+    ("train.lr=.inf", "train.lr"),  # YAML reads .inf and 1e400 as infinity
+    ("train.weight_decay=1e400", "train.weight_decay"),
     ("model.dtype=int3", "model.dtype"),
     ("model.attention=flash", "model.attention"),
     ("data.eval_size=0", "data.eval_size"),
@@ -153,3 +155,50 @@ def test_operational_options_may_change_on_a_resume_and_inputs_may_not(tmp_path)
     evaluation = tmp_path / "eval.yaml"
     save_config(evaluation, {"eval": load_config().eval})
     save_config(evaluation, {"eval": load_config(overrides=["eval.bootstrap_samples=2000", "eval.seed=3"]).eval})
+
+
+def test_a_section_whose_lines_are_all_commented_out_changes_nothing(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  # name: Qwen/Qwen2.5-7B-Instruct\ntrain:\n  steps: 8\n")
+    for overrides in ([], ["model.threads=2"]):  # with an override it replaced the preset's section by the defaults
+        config = load_config(path, preset="default", overrides=overrides)
+        assert config.model.prompt_format == "plain" and config.train.steps == 8
+
+
+def test_override_values_yaml_would_misread_are_taken_as_written():
+    from laffi.config import parse_overrides
+
+    assert parse_overrides(["data.source=runs/a #2/train.jsonl", "model.name=*model", "data.seed=3"]) == {
+        "data": {"source": "runs/a #2/train.jsonl", "seed": 3}, "model": {"name": "*model"}}
+
+
+def test_saved_settings_compare_older_nested_options_at_their_defaults_and_numbers_written_by_hand(tmp_path):
+    from laffi.stages.train import Continuation
+    from laffi.systems import Preference
+
+    config = load_config(overrides=["train.lr=3e-4"])
+    path, output = tmp_path / "config.yaml", tmp_path / "out.jsonl"
+    output.write_text("begun\n")
+    recipe = Continuation(preference=Preference())
+    save_config(path, {"train": config.train, "recipe": recipe}, outputs=[output])
+    saved = yaml.safe_load(path.read_text())
+    del saved["recipe"]["preference"]["loss"], saved["recipe"]["preference"]["desirable_weight"]  # as before kto
+    path.write_text(yaml.safe_dump(saved).replace("lr: 0.0003", "lr: 3e-4"))  # YAML 1.1: the string '3e-4'
+    assert "3e-4" in path.read_text()
+    save_config(path, {"train": config.train, "recipe": recipe}, outputs=[output])
+    with pytest.raises(ConfigError, match=r"different settings \(recipe.preference\)"):
+        save_config(path, {"train": config.train, "recipe": Continuation(preference=Preference(beta=0.5))},
+                    outputs=[output])
+
+
+def test_a_run_may_change_its_systems_but_not_how_its_model_answers(tmp_path):
+    from laffi.layout import RunLayout
+    from laffi.stages.prepare import save_run_config
+
+    layout = RunLayout(tmp_path)
+    save_run_config(layout, load_config())
+    layout.answers.write_text("{}\n")  # the model has written something
+    save_run_config(layout, load_config(overrides=["systems.names=base,sft,laffi-dpo", "systems.compare_with=laffi"]))
+    with pytest.raises(ConfigError, match=r"\(model.prompt_format\); use a new run directory, or delete what the model"):
+        save_run_config(layout, load_config(preset="default", overrides=["model.prompt_format=chat"]))
+

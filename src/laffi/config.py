@@ -9,6 +9,7 @@ how each artifact was made.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -230,6 +231,8 @@ class TrainConfig:
             require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         # a completion's first token is predicted from the prompt's last: one of each at least
         require(self.max_seq_len >= 2, "train.max_seq_len", "must be >= 2 (a prompt token and a completion token)")
+        for name in ("lr", "max_grad_norm", "lora_alpha", "weight_decay"):  # YAML reads .inf and 1e400 as infinity
+            require(math.isfinite(getattr(self, name)), f"train.{name}", f"must be finite, got {getattr(self, name)}")
         require(self.lr > 0, "train.lr", "must be > 0")
         # the norm gradients are clipped to: 0 would zero every gradient, a negative one reverse it
         require(self.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")
@@ -263,6 +266,9 @@ class EvalConfig:
 
 @dataclass
 class SystemsConfig:
+    # which systems a run trains and pairs may change when it resumes: each adapter and evaluation checks its
+    # own settings, and results.md is made again from the systems named
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("names", "compare_with")
     # what `laffi run` trains and evaluates (laffi.systems): packaged names (see `src/laffi/systems/
     # definitions/`) or .yaml paths. The default: the base model, SFT, the paper's LaFFi, and the LaFFi
     # variant that scored best on the dev set at SFT's steps (laffi-aux-half, 2026-12-04: F1 39.60 over
@@ -371,6 +377,8 @@ def _coerce(value: Any, hint: Any, option: str, in_list: bool = False) -> Any:
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
+        if value is None and isinstance(merged.get(key), dict):  # a section whose lines are all commented out
+            continue
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _merge(merged[key], value)
         else:
@@ -394,8 +402,22 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
                                   "override, so it has no options to set")
         if isinstance(node.get(leaf), dict):
             raise ConfigError(f"{pair!r}: {key} is a section, set its options ({key}.OPTION=value)")
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        node[leaf] = _scalar(raw)
     return nested
+
+
+def _scalar(raw: str) -> Any:
+    """An override's value read as YAML (numbers, lists, booleans), but taken as the string written where YAML
+    would see a comment in it (`runs/a #2/x.jsonl` read as `runs/a`) or cannot read it (`*.jsonl`: an alias to
+    YAML; `!x`, `%x`, `@x`): the option's own check then says what is wrong with it."""
+    if not raw:
+        return ""
+    if " #" in raw:
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -465,7 +487,7 @@ def non_default(section: Any) -> dict[str, Any]:
 
 
 def save_config(path: str | Path, sections: dict[str, Any], outputs: Iterable[Path] = (),
-                inputs: dict[str, str] | None = None) -> None:
+                inputs: dict[str, str] | None = None, redo: str = "delete this stage's output to redo it") -> None:
     """Write the settings an artifact is made with, e.g. {"model": ..., "train": ...}, beside it.
 
     If the artifact was begun with other settings, refuse instead (ConfigError): a resumed stage must
@@ -475,7 +497,7 @@ def save_config(path: str | Path, sections: dict[str, Any], outputs: Iterable[Pa
     failed before writing any (a mistyped path, a model that would not load) is replaced, not compared.
     `inputs`: fingerprints of the files the artifact is made from (`laffi.records.fingerprint`), saved as
     the section "inputs" and compared like settings; a config from a laffi that did not record them (all, or
-    one added later) has none, and is taken to match.
+    one added later) has none, and is taken to match. `redo`: what the refusal advises besides a new run directory.
     """
     path = Path(path)
     now = {name: plain(s) for name, s in sections.items()}
@@ -491,9 +513,26 @@ def save_config(path: str | Path, sections: dict[str, Any], outputs: Iterable[Pa
         compared = [name for name in now if name != "inputs" or "inputs" in before]
         changed = [f"{name}.{key}" for name in compared for key in now[name]
                    if key not in skipped.get(name, ()) and (name != "inputs" or key in before["inputs"])
-                   and (before.get(name) or {}).get(key, defaults.get(name, {}).get(key)) != now[name][key]]
+                   and not _same((before.get(name) or {}).get(key, defaults.get(name, {}).get(key)), now[name][key],
+                                 getattr(sections.get(name), key, None))]
         if changed:
             raise ConfigError(
-                f"{path} was written with different settings ({', '.join(changed)}); "
-                "use a new run directory, or delete this stage's output to redo it")
+                f"{path} was written with different settings ({', '.join(changed)}); use a new run directory, or {redo}")
     write_atomic(path, yaml.safe_dump(now, sort_keys=False))
+
+
+def _same(saved: Any, now: Any, value: Any) -> bool:
+    """Whether a saved option is the one given now (`value`: the option itself). A nested section saved by an older
+    laffi, without the options added since (a preference term's loss), takes them at their defaults, as a missing
+    option does; a number written by hand as 3e-4 reads as a string in YAML 1.1, and is compared as the number."""
+    if isinstance(saved, dict) and isinstance(now, dict) and dataclasses.is_dataclass(value):
+        try:
+            saved = {**dataclasses.asdict(type(value)()), **saved}
+        except TypeError:  # a section that cannot be built without arguments
+            pass
+    if isinstance(saved, str) and isinstance(now, float):
+        try:
+            return float(saved) == now
+        except ValueError:
+            return False
+    return saved == now

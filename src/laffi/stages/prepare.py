@@ -27,7 +27,8 @@ def save_run_config(layout: RunLayout, config: RunConfig) -> None:
     training). Saved once the questions are drawn, so settings that prepare refused never land there. Replaced,
     not compared, until the model has written something: a mistyped model name is fixed by running again,
     while data/config.yaml guards the questions already drawn."""
-    save_config(layout.config, config.sections(), outputs=layout.model_outputs())
+    save_config(layout.config, config.sections(), outputs=layout.model_outputs(),
+                redo="delete what the model wrote with them (answers.jsonl, eval*/) to make it again")
 
 
 def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[QAExample]]:

@@ -93,8 +93,10 @@ class Preference:
                 f"must be >= 0 (0: balanced from the set), got {self.desirable_weight}")
         require(self.loss == "kto" or self.desirable_weight == 0, "train.preference.desirable_weight",
                 "is a kto option; DPO's pairs have no desirable side of their own")
-        require(self.weight > 0, "train.preference.weight", f"must be > 0, got {self.weight}")
-        require(self.beta > 0, "train.preference.beta", f"must be > 0, got {self.beta}")
+        require(self.weight > 0 and math.isfinite(self.weight), "train.preference.weight",
+                f"must be > 0 and finite, got {self.weight}")
+        require(self.beta > 0 and math.isfinite(self.beta), "train.preference.beta",
+                f"must be > 0 and finite, got {self.beta}")
 
 
 @dataclass

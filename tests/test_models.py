@@ -244,6 +244,9 @@ def test_a_chat_template_training_cannot_use_is_refused_before_answering_for_tra
     with pytest.raises(ConfigError, match="model.prompt_format=chat: the chat template of .* cannot be trained on"):
         check_trainable(chat)
     check_trainable(ModelConfig(name=str(model), prompt_format="plain"))  # laffi's own layout serves
+    with pytest.raises(ConfigError, match="does not exist") as missing:  # a mistyped name is named as such
+        check_trainable(ModelConfig(name=str(tmp_path / "mistyped"), prompt_format="chat"))
+    assert "chat template" not in str(missing.value)
     assert load_tokenizer(chat).chat_template == MISTRAL_V03_LIKE  # answering alone (evaluation, an annotator) may
     # `laffi run` stops before the base model answers anything
     out = tmp_path / "run"

@@ -202,3 +202,17 @@ def test_build_refuses_feedback_an_annotation_stopped_short_left(tmp_path):
     code, out, err = laffi("build", str(run))
     assert code == 0, err
     assert "build: 3 answers have no feedback because their annotation failed" in out
+
+
+def test_evaluating_a_system_not_trained_yet_says_how_to_train_it(tmp_path):
+    from support.human_helpers import laffi, make_run
+
+    from laffi.records import QAExample, read_records, write_records
+
+    run = make_run(tmp_path / "run", n_items=4)
+    layout = RunLayout(run)
+    write_records(layout.eval_examples, read_records(layout.train_examples, QAExample)[:2])
+    code, _, err = laffi("evaluate", str(run), "--system", "laffi-mix")
+    assert code != 0 and "laffi-mix's adapter:" in err
+    assert f"train it first (`laffi train {run} --system laffi-mix`" in err and "--adapter:" not in err
+

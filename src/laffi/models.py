@@ -235,8 +235,9 @@ def check_trainable(config: ModelConfig) -> None:
     it; evaluation and annotators need not): a chat template training cannot tell a prompt from a completion in
     (laffi.prompts.check_chat_template) fails here, from the tokenizer alone, not at training after the
     answers and their feedback."""
+    tokenizer = load_tokenizer(config)  # a wrong model.name says so itself
     try:
-        check_chat_template(load_tokenizer(config))
+        check_chat_template(tokenizer)
     except (ValueError, TemplateError) as error:
         raise ConfigError(f"model.prompt_format={config.prompt_format}: the chat template of {config.name} cannot "
                           f"be trained on ({error}); model.prompt_format=plain uses laffi's own layout") from error

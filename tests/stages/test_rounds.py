@@ -189,3 +189,23 @@ def test_with_several_samples_a_later_round_answers_each_question_that_many_time
     wrong = {(f.id, f.answer) for f in feedback if f.verdict != "correct" and f.answer != "north"}
     pairs = read_records(second.pair_set(SYSTEM), PreferencePair)
     assert {(p.id, p.rejected[0]["content"]) for p in pairs} == wrong  # one pair per distinct wrong answer
+
+
+def test_later_rounds_answer_as_round_one_was_answered_when_only_generate_was_given_samples(tiny_model_dir, tmp_path):
+    # stage by stage: `laffi generate RUN generate.samples=2` alone; the train command has the run's samples=1
+    settings = [f"model.name={tiny_model_dir}", "model.threads=2", "model.dtype=float32", "data.num_shots=1",
+                "generate.max_new_tokens=4", "generate.batch_size=4", "train.steps=2", "train.warmup_steps=1",
+                "train.batch_size=2", "train.max_seq_len=256", f"systems.names=base,sft,{SYSTEM}"]
+    run = make_run(tmp_path / "run", n_items=4)
+    (run / "answers.jsonl").unlink()
+    assert laffi("generate", str(run), *settings, "generate.samples=2", "generate.temperature=1.5")[0] == 0
+    examples = read_records(run / "data" / "train.jsonl", QAExample)
+    answers = read_records(run / "answers.jsonl", Answer)
+    write_records(run / "feedback.jsonl", [Feedback(a.id, a.prediction, "incorrect", "feedback", "ai", "reference",
+                                                    sample=a.sample) for a in answers])
+    assert laffi("build", str(run), *settings)[0] == 0
+    code, out, err = laffi("train", str(run), "--system", SYSTEM, *settings)
+    assert code == 0, err
+    assert f"train {SYSTEM}: later rounds answer as answers.jsonl was answered" in out
+    second = read_records(RunLayout(run).round(SYSTEM, 2).answers, Answer)
+    assert sorted((a.id, a.sample) for a in second) == sorted((e.id, s) for e in examples for s in (0, 1))

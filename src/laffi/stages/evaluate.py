@@ -108,9 +108,12 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     adapter_path = str(Path(adapter).resolve()) if adapter else None
     guided = answering is not None and answering.procedure == "feedback-guided"
     reviewer_path = str(Path(reviewer).resolve()) if guided and reviewer else None
-    for option, path in (("--adapter", adapter_path), ("reviewer", reviewer_path)):
-        if path and not is_adapter(Path(path)):
-            raise FileNotFoundError(f"{option}: {path} holds no PEFT adapter ({ADAPTER_CONFIG})")
+    for role, path in (("adapter", adapter_path), ("reviewer", reviewer_path)):
+        if path and not is_adapter(Path(path)):  # an untrained system's, or a mistyped --adapter
+            trained = Path(path).name
+            raise FileNotFoundError(f"{system}'s {role}: {path} holds no PEFT adapter ({ADAPTER_CONFIG}); train it "
+                                    f"first (`laffi train {layout.root} --system {trained}`, once `laffi build` has "
+                                    f"made its set with {trained} in systems.names), or give --adapter a trained one")
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
     described = {"name": system, "adapter": adapter_path}  # a direct system's, as before systems had procedures
     if adapter_path:

@@ -35,7 +35,8 @@ from pathlib import Path
 
 from laffi.annotators.content import FULL, with_content
 from laffi.backends.answering import answer_questions, load_backend
-from laffi.config import AnnotateConfig, ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, save_config
+from laffi.config import (AnnotateConfig, ConfigError, DataConfig, GenerateConfig, ModelConfig, TrainConfig, load_config,
+                          save_config)
 from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, adapter_finished, adapter_weights, sidecar_config
 from laffi.models import answered_as_now, answering_of, recorded_answering
@@ -74,6 +75,7 @@ def train_rounds(layout: RunLayout, system: System, model: ModelConfig, data: Da
     if Shard.current(model.device).processes > 1:  # every process would answer and annotate the same questions
         raise ConfigError(f"train.rounds ({name}): rounds run in one process, not under a launcher")
     refuse_other_rounds(layout, name, rounds)
+    generate = as_round_one_answered(layout, name, generate)
     previous = layout.adapter(system.init) if system.init else None  # round 1 starts where one training would
     for number in range(1, rounds + 1):
         trained = layout.round_training(name, number, rounds)
@@ -92,6 +94,21 @@ def train_rounds(layout: RunLayout, system: System, model: ModelConfig, data: Da
     if rounds > 1:
         record_rounds(layout, name, rounds)
     return previous
+
+
+def as_round_one_answered(layout: RunLayout, name: str, generate: GenerateConfig) -> GenerateConfig:
+    """The generate section the later rounds answer with: round 1's answers' (saved beside them), so a run built
+    stage by stage whose `laffi generate` alone was given generate.samples=4 answers 4 times a question every
+    round, not once; this command's own where round 1's answers saved none (an experiment's job, an older laffi)."""
+    saved = sidecar_config(layout.answers)
+    if not saved.exists():
+        return generate
+    answered = load_config(saved).generate
+    if answered != generate:
+        print(f"train {name}: later rounds answer as {layout.answers.name} was answered ({saved.name}: "
+              f"generate.samples={answered.samples}, temperature={answered.temperature:g}), not with this "
+              "command's generate section", flush=True)
+    return answered
 
 
 def refuse_other_rounds(layout: RunLayout, name: str, rounds: int) -> None:

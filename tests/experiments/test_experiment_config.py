@@ -179,6 +179,11 @@ def test_what_a_refused_system_is_told(tmp_path):
         experiment_config_from({"systems": ["base", "sft", "laffi", "laffi-then-sft"]})
     with pytest.raises(ConfigError, match="sft-reviewed answers with sft's adapter and has no train recipe"):
         experiment_config_from({"systems": ["base", "sft", "laffi-refine-mix", "sft-reviewed"]})
+    # without the system they lean on, the same refusal: not an advice to add it, which would then be refused
+    with pytest.raises(ConfigError, match="laffi-then-sft continues laffi's adapter"):
+        experiment_config_from({"systems": ["base", "sft", "laffi-then-sft"]})
+    with pytest.raises(ConfigError, match="sft-reviewed answers with sft's adapter"):
+        experiment_config_from({"systems": ["base", "laffi", "sft-reviewed"]})
     # a system of its own training whose answers another system's adapter reviews
     reviewed = tmp_path / "sft-self-reviewed.yaml"
     reviewed.write_text("description: SFT, its answers reviewed by laffi-refine-mix's adapter.\nfamily: sft\n"

@@ -46,7 +46,7 @@ from laffi.config import (
     read_yaml,
     require,
 )
-from laffi.systems import System, load_systems
+from laffi.systems import System, load_system, load_systems
 
 AXES = ("size", "annotator", "human_ratio", "content")  # a cell's coordinates, then its train.* options
 RESERVED = ("human",)  # feedback.human.jsonl is people's feedback, not an annotator's
@@ -133,23 +133,27 @@ class ExperimentConfig:
                 "an experiment does not read it (only run.annotate.seed); define the annotator under "
                 "annotators: and list its name in grid.annotator instead")
         require(self.run.data.dev_size > 0, "run.data.dev_size", "the budgets are chosen on the dev set; must be > 0")
-        for system in self.trained():
+        # each system alone first: what an experiment refuses of a system itself comes before what the list lacks
+        # (load_systems would advise adding laffi for laffi-then-sft, which is then refused for its train.init)
+        each = [load_system(spec) for spec in self.systems]
+        for system in (s for s in each if s.recipe):
             require(system.init is None, "systems",
                     f"{system.name} continues {system.init}'s adapter (train.init), which a budget cannot hold equal; "
                     "compare it with `laffi run` at equal steps")
             require(system.reviewer in (None, system.name), "systems",
                     f"{system.name} is reviewed by another system's adapter; an experiment answers with its own only")
-        for system in self.trained():
+        for system in (s for s in each if s.recipe):
             require(system.recipe.steps_multiple == 1, "systems",
                     f"{system.name} trains {system.recipe.steps_multiple}x the steps (train.steps_multiple); in an "
                     "experiment the steps are the budgets: list the larger budget for the system it repeats")
-        untrained = [s for s in self.load_systems() if s.recipe is None]
+        untrained = [s for s in each if s.recipe is None]
         for system in untrained:
             require(system.adapter_of == "", "systems",
                     f"{system.name} answers with {system.adapter_of}'s adapter and has no train recipe of its own")
             require(not system.guided, "systems",
                     f"{system.name} has no training and answers feedback-guided; an experiment's untrained system "
                     "answers directly")
+        self.load_systems()  # then the list as a whole: names unique, every adapter one of them
         require(len(untrained) <= 1, "systems",
                 f"at most one untrained system (the base model), got {', '.join(s.name for s in untrained)}")
         require(self.baseline in self.systems, "baseline", f"{self.baseline!r} is not one of systems {self.systems}")

@@ -162,6 +162,19 @@ def test_a_run_report_is_self_contained_and_escaped(run_dir):
     assert "laffi - sft" in page and "+10.00" in page
 
 
+def test_a_run_built_stage_by_stage_reports_each_evaluation_s_scores(run_dir):
+    results = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.json").unlink()  # only `laffi run` writes it
+    (run_dir / "run_info.json").unlink()
+    for system, metrics in results.items():
+        (run_dir / "eval" / system / "metrics.json").write_text(json.dumps({**metrics, "split": "heldout"}))
+    (run_dir / "config.yaml").write_text("systems:\n  names: [base, sft, laffi]\n")
+    assert main(["report", str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "<h2>Results</h2>" in page and "Read from each system&#x27;s eval/SYSTEM/metrics.json" in page
+    assert [row[0] for row in body_rows(page, "results")] == ["base", "sft", "laffi"]  # as systems.names orders them
+
+
 def body_rows(page: str, table: str) -> list[list[str]]:
     body = re.search(rf"<table id={table}>.*?<tbody>(.*?)</tbody>", page).group(1)
     return [re.findall(r"<td(?: class=num)?>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]

@@ -23,6 +23,7 @@ from laffi.config import ConfigError, read_yaml
 from laffi.layout import ExperimentLayout, RunLayout
 from laffi.records import Answer, Feedback, Prediction, QAExample, TrainLogEntry, read_records, record_key, write_atomic
 from laffi.report.plots import experiment_charts, loss_curves, results_chart
+from laffi.report.results import KEYS
 from laffi.report.tables import (
     dev_curve_table,
     experiment_differences_table,
@@ -92,12 +93,19 @@ def _experiment_summary(root: Path) -> dict | None:
 
 
 def results_section(root: Path) -> str:
-    results = _json(RunLayout.of(root).results_json)
+    layout = RunLayout.of(root)
+    results, source = _json(layout.results_json), ""
+    if not results:  # a run built stage by stage: each evaluation's own scores, without the paired differences
+        order = [Path(spec).stem for spec in _configured_systems(root)]
+        evaluated = sorted(layout.evaluated_systems(), key=lambda s: (order.index(s) if s in order else len(order), s))
+        results = {s: {k: m[k] for k in KEYS} for s in evaluated if (m := _json(layout.metrics(s)))}
+        source = (" Read from each system's eval/SYSTEM/metrics.json: the run has no results.json, which `laffi run` "
+                  "writes with the paired differences.")
     if not results:
         return ""
     parts = ["<h2>Results</h2>",
              f'<p class="note">{esc(next(iter(results.values()))["total"])} held-out questions, percent, '
-             "95% bootstrap intervals.</p>",
+             f"95% bootstrap intervals.{esc(source)}</p>",
              table(*results_table(results), id="results")]
     differences = (_json(RunLayout.of(root).run_info) or {}).get("paired_differences") or {}
     if differences:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Iterable
 
 import yaml
 
-from laffi.records import write_atomic
+from laffi.records import holds_something, write_atomic
 
 
 class ConfigError(ValueError):
@@ -504,8 +504,7 @@ def save_config(path: str | Path, sections: dict[str, Any], outputs: Iterable[Pa
     if inputs is not None:
         now["inputs"] = dict(inputs)
     outputs = list(outputs)
-    begun = not outputs or any(p.is_file() and p.stat().st_size > 0 or p.is_dir() and any(p.iterdir())
-                               for p in map(Path, outputs))
+    begun = not outputs or holds_something(outputs)
     if path.exists() and begun:
         before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         defaults = {name: dataclasses.asdict(type(s)()) for name, s in sections.items() if dataclasses.is_dataclass(s)}

@@ -246,10 +246,10 @@ def parse_record(cls: type[R], line: str | bytes, where: str = "") -> R:
     """One JSON line as a `cls` record, every field checked against its type; errors name `where`."""
     try:
         json_once_each(line, where)
-    except ValueError as error:
-        if isinstance(error, RecordError):
-            raise
-        # not JSON: pydantic's parser below says where, as for every record
+    except RecordError:
+        raise
+    except ValueError:  # not JSON: pydantic's parser below says where, as for every record
+        pass
     try:
         return _adapter(cls).validate_json(line, strict=True)
     except pydantic.ValidationError as error:
@@ -295,6 +295,11 @@ def read_records(path: str | Path, cls: type[R]) -> list[R]:
     with path.open(encoding="utf-8") as handle:
         return [parse_record(cls, line, f"{path}:{number}") for number, line in enumerate(handle, start=1)
                 if line.strip()]
+
+
+def holds_something(paths: Iterable[str | Path]) -> bool:
+    """Whether any of `paths` is a file with bytes in it or a folder with entries: an artifact begun."""
+    return any(p.is_file() and p.stat().st_size > 0 or p.is_dir() and any(p.iterdir()) for p in map(Path, paths))
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:

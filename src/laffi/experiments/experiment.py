@@ -46,7 +46,6 @@ from laffi.experiments.jobs import begun_variants
 from laffi.layout import ExperimentLayout, RunLayout, adapter_finished, failures_file
 from laffi.models import check_trainable
 from laffi.records import (
-    AnnotationFailure,
     Feedback,
     Prediction,
     QAExample,
@@ -58,7 +57,7 @@ from laffi.records import (
 )
 from laffi.report.html import write_report
 from laffi.report.tables import dev_screen_markdown, experiment_markdown
-from laffi.stages.annotate import annotate, annotator_settings, check_annotator
+from laffi.stages.annotate import annotate, annotator_settings, check_annotator, failed_answers
 from laffi.stages.build import HybridConfig, build, build_hybrid
 from laffi.stages.evaluate import evaluate, evaluate_system, older_adapter_answers
 from laffi.stages.generate import generate
@@ -309,13 +308,13 @@ def shared_stages(layout: ExperimentLayout, config: ExperimentConfig, timed: Sta
     base_backend.cache_clear()  # free it before training
     begun = begun_variants(layout)
     for name in grid.annotator:
-        unjudged = failures_file(layout.feedback(name))
-        if (trained := [v for v in begun if v.startswith(f"{name}.")]) and unjudged.exists() and \
-                (left := len(read_records(unjudged, AnnotationFailure))):
+        trained = [v for v in begun if v.startswith(f"{name}.")]
+        if trained and (left := len(failed_answers(layout.feedback(name)))):
             # as in `laffi run`: feedback got now would change these sets, and every job on them would be trained
             # again under a new key
-            print(f"annotate {name}: {left} answers without feedback ({unjudged}) are not retried: jobs began "
-                  f"training on {', '.join(sorted(trained))} without them; `laffi annotate {layout.root} --out "
+            print(f"annotate {name}: {left} answers without feedback ({failures_file(layout.feedback(name))}) are "
+                  f"not retried: jobs began training on {', '.join(sorted(trained))} without them; `laffi annotate "
+                  f"{layout.root} --out "
                   f"{layout.feedback(name).name}` with this annotator's settings retries them, for jobs begun afresh",
                   flush=True)
             continue

@@ -25,10 +25,9 @@ from laffi.distributed.launch import Launcher
 from laffi.experiments.clock import StageClock
 from laffi.layout import RunLayout, failures_file
 from laffi.models import check_trainable
-from laffi.records import AnnotationFailure, read_records
 from laffi.report.html import write_report
 from laffi.report.results import write_results
-from laffi.stages.annotate import annotate, check_annotator
+from laffi.stages.annotate import annotate, check_annotator, failed_answers
 from laffi.stages.build import build
 from laffi.stages.evaluate import evaluate, evaluate_system
 from laffi.stages.generate import generate
@@ -73,11 +72,10 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
         # the answers an annotation failed on are left as they are: feedback got now would change the sets the
         # trainings were begun on, and a resumed run would refuse each of them (`laffi annotate` retries them,
         # for trainings begun afresh)
-        unjudged = failures_file(layout.feedback)
-        if unjudged.exists() and (left := len(read_records(unjudged, AnnotationFailure))):
-            print(f"annotate: {left} answers without feedback ({unjudged}) are not retried: {', '.join(begun)} began "
-                  "training on sets without them; `laffi annotate` retries them, and `laffi build` then makes new "
-                  "sets, which adapters begun on the old ones refuse")
+        if left := len(failed_answers(layout.feedback)):
+            print(f"annotate: {left} answers without feedback ({failures_file(layout.feedback)}) are not retried: "
+                  f"{', '.join(begun)} began training on sets without them; `laffi annotate` retries them, and "
+                  "`laffi build` then makes new sets, which adapters begun on the old ones refuse")
     else:
         timed("annotate", annotate, layout, config.annotate)
     timed("build", build, layout, config.data, systems)

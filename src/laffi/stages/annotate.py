@@ -28,6 +28,7 @@ from laffi.records import (
     AnnotationFailure,
     Answer,
     Feedback,
+    Key,
     QAExample,
     RecordWriter,
     read_records,
@@ -37,6 +38,12 @@ from laffi.records import (
 )
 
 BATCH = 32
+
+
+def failed_answers(feedback: Path) -> set[Key]:
+    """The answers whose annotation into `feedback` failed, as its failures file lists them (none without one)."""
+    failed = failures_file(feedback)
+    return {record_key(f) for f in read_records(failed, AnnotationFailure)} if failed.exists() else set()
 
 
 def check_annotator(config: AnnotateConfig, option: str = "annotate") -> None:

@@ -57,7 +57,6 @@ from laffi.prompts import (
 )
 from laffi.records import (
     VERDICTS,
-    AnnotationFailure,
     Answer,
     Feedback,
     Key,
@@ -71,6 +70,7 @@ from laffi.records import (
     write_json,
     write_records,
 )
+from laffi.stages.annotate import failed_answers
 from laffi.systems import REVIEW_SETS, System
 
 
@@ -89,13 +89,12 @@ def build(layout: RunLayout, data: DataConfig, systems: list[System] = ()) -> di
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
     feedback = {record_key(f): f for f in read_records(layout.feedback, Feedback)}  # one per answer
-    failed = failures_file(layout.feedback)  # answers the annotator could not give feedback on
-    failures = {record_key(f) for f in read_records(failed, AnnotationFailure)} if failed.exists() else set()
+    failures = failed_answers(layout.feedback)  # answers the annotator could not give feedback on
     if failures:
-        print(f"build: {len(failures)} answers have no feedback because their annotation failed ({failed}); "
-              "both sets leave them out")
-    if layout.answers.exists() and (unjudged := [record_key(a) for a in read_records(layout.answers, Answer)
-                                                 if record_key(a) not in feedback and record_key(a) not in failures]):
+        print(f"build: {len(failures)} answers have no feedback because their annotation failed "
+              f"({failures_file(layout.feedback)}); both sets leave them out")
+    answered = [record_key(a) for a in read_records(layout.answers, Answer)] if layout.answers.exists() else []
+    if unjudged := [key for key in answered if key not in feedback and key not in failures]:
         # neither feedback nor a failure: an annotation stopped before it was through (a kill writes no failures)
         raise ValueError(f"build: {len(unjudged)} of the answers in {layout.answers} have no feedback in "
                          f"{layout.feedback} yet (annotation stopped before it was through?); run `laffi annotate "

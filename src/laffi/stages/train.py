@@ -64,6 +64,7 @@ from laffi.records import (
     TrainingExample,
     TrainLogEntry,
     fingerprint,
+    holds_something,
     read_records,
     write_atomic,
     write_json,
@@ -257,8 +258,7 @@ def training_outputs(layout: RunLayout, system: str) -> list[Path]:
 
 
 def training_begun(layout: RunLayout, system: str) -> bool:
-    return any(p.is_file() and p.stat().st_size > 0 or p.is_dir() and any(p.iterdir())
-               for p in training_outputs(layout, system))
+    return holds_something(training_outputs(layout, system))
 
 
 def reference(path: Path, term: PreferenceTerm, lm, rows: list[Row], batches: list[list[int]], pad_id: int,

@@ -162,7 +162,7 @@ def test_finished_rounds_are_checked_against_todays_settings_sets_and_number_of_
         three["rounds"].append({**three["rounds"][-1], "round": 3})
         summary.write_text(json.dumps(three))
         code, _, err = laffi("train", str(layout.root), "--system", SYSTEM, *settings)
-        assert code != 0 and "is the last of 3 rounds, and this training has 2" in err
+        assert code != 0 and "was trained in 3 rounds, and this training has 2" in err
     finally:
         pairs.write_bytes(kept_pairs)
         summary.write_text(kept_summary)
@@ -209,3 +209,23 @@ def test_later_rounds_answer_as_round_one_was_answered_when_only_generate_was_gi
     assert f"train {SYSTEM}: later rounds answer as answers.jsonl was answered" in out
     second = read_records(RunLayout(run).round(SYSTEM, 2).answers, Answer)
     assert sorted((a.id, a.sample) for a in second) == sorted((e.id, s) for e in examples for s in (0, 1))
+
+
+def test_a_single_training_is_not_taken_for_the_last_of_more_rounds(tiny_model_dir, tmp_path):
+    # a system file's train.rounds raised from 1 to 2 after its training finished: the adapter is refused by
+    # name, not trained past (round 1 again, then a round 2 that skipped its answers and found no sets)
+    from laffi.systems import DEFINITIONS
+    text = (DEFINITIONS / f"{SYSTEM}.yaml").read_text(encoding="utf-8")
+    system = tmp_path / "mine.yaml"
+    system.write_text(text.replace("rounds: 2", "rounds: 1"), encoding="utf-8")
+    settings = [f"model.name={tiny_model_dir}", "model.threads=2", "model.dtype=float32", "data.num_shots=1",
+                "generate.max_new_tokens=4", "train.steps=2", "train.warmup_steps=1", "train.batch_size=2",
+                "train.max_seq_len=256", f"systems.names=base,sft,{system}"]
+    run = make_run(tmp_path / "run", n_items=4)
+    assert laffi("build", str(run), *settings)[0] == 0
+    code, _, err = laffi("train", str(run), "--system", str(system), *settings)
+    assert code == 0, err
+    system.write_text(text, encoding="utf-8")
+    code, _, err = laffi("train", str(run), "--system", str(system), *settings)
+    assert code != 0 and "was trained in 1 round, and this training has 2" in err
+    assert not (run / "rounds").exists()  # refused before round 1 was trained again

@@ -113,14 +113,23 @@ def as_round_one_answered(layout: RunLayout, name: str, generate: GenerateConfig
 
 def refuse_other_rounds(layout: RunLayout, name: str, rounds: int) -> None:
     """A finished last round of another number of rounds would be taken for this one's. Its summary lists its
-    rounds once they are all done (a crash just before leaves no list: those rounds are checked one by one)."""
+    rounds once they are all done (a crash just before leaves no list: those rounds are checked one by one). A
+    summary without the list whose run has no answers of the last round is a single training's (train.rounds 1):
+    a later round answers in its own directory before it trains."""
     path = layout.train_summary(name)
     if not (adapter_finished(layout.adapter(name)) and path.exists()):
         return
     done = json.loads(path.read_text(encoding="utf-8")).get("rounds")
-    if done is not None and len(done) != rounds:
-        raise ConfigError(f"train.rounds ({name}): {layout.adapter(name)} is the last of {len(done)} rounds, and "
-                          f"this training has {rounds}; delete it (and rounds/{name}/) to train again")
+    if done is not None:
+        trained = len(done)
+    elif rounds > 1 and not layout.round(name, rounds).answers.exists():
+        trained = 1
+    else:
+        return
+    if trained != rounds:
+        raise ConfigError(f"train.rounds ({name}): {layout.adapter(name)} was trained in {trained} "
+                          f"round{'s' if trained > 1 else ''}, and this training has {rounds}; delete it (and "
+                          f"rounds/{name}/) to train again")
 
 
 def answer_again(layout: RunLayout, own: RunLayout, name: str, adapter: Path, model: ModelConfig, data: DataConfig,

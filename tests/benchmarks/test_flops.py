@@ -25,9 +25,16 @@ def test_parameter_counts_match_the_model(tiny_model_dir):
     lora = add_lora(model, config.model, config.train)
     trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert lora_params(model.config, config.train.lora_r, config.train.target_modules) == trainable
-    # more completion tokens, more LM-head work; one more token of context, more attention
-    assert training_flops(model.config, [10], 5, trainable) > training_flops(model.config, [10], 4, trainable)
-    assert training_flops(model.config, [11], 4, 0) - training_flops(model.config, [10], 4, 0) > 4 * body
+    # one more completion token: the LM head's forward and backward on it (2 + 2 FLOPs a weight; frozen, so no
+    # weight gradient); one more token of context: the body's 4 FLOPs a weight, and attention to its 11 keys
+    # (scores and values, 2 x 2 FLOPs a key and dimension, forward and the backward's two products: x3)
+    width = model.config.num_attention_heads * model.config.head_dim
+    layers = model.config.num_hidden_layers
+    assert training_flops(model.config, [10], 5, trainable) - training_flops(model.config, [10], 4, trainable) == 4 * head
+    assert training_flops(model.config, [11], 4, 0) - training_flops(model.config, [10], 4, 0) == \
+        4 * body + 3 * 4 * layers * width * 11
+    assert training_flops(model.config, [10], 4, trainable) - training_flops(model.config, [10], 4, 0) == \
+        6 * trainable * 10  # LoRA's weights are trained: forward, input and weight gradients
 
 
 def test_the_memory_rate_comes_from_a_real_copy():

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import requests
 
+from laffi.config import DataConfig, save_config
+from laffi.layout import RunLayout
 from laffi.records import Answer, QAExample, write_records
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -35,6 +37,7 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 def make_run(root: Path, items: int) -> None:
     examples = [QAExample(f"q{i:05d}", f"Article {i % 50}", f"Passage {i}: the Nile flows north. " * 8,
                           f"Question {i}: where does the Nile flow?", ["north"]) for i in range(items)]
+    save_config(RunLayout(root).data_config, {"data": DataConfig()})  # what `laffi prepare` writes first: a run
     write_records(root / "data" / "train.jsonl", examples)
     write_records(root / "answers.jsonl", [Answer(e.id, "south", "south", "bench") for e in examples])
 

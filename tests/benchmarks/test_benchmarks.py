@@ -137,3 +137,12 @@ def test_the_comparison_gives_each_repeats_ratio_beside_the_best_runs_ratio():
                 "examples_per_s": max(runs), "examples_per_s_each_run": runs}
     value, = train_comparisons([row(f"laffi {BEFORE}", [1.0, 1.2]), row("laffi default", [1.7, 2.3])]).values()
     assert value.startswith("1.92x (repeat by repeat: 1.70x, 1.92x); step losses differ by at most 0.00% (within")
+
+
+def test_the_annotation_app_bench_serves_both_phases_without_errors():
+    # its throwaway run directory must be one `laffi serve` and `laffi annotators add` accept
+    printed = bench("annotation_app.py", "--clients", "2", "--seconds", "1", "--items", "400").stdout
+    phases = dict(line.split(maxsplit=1) for line in printed.splitlines() if line.startswith(("annotate", "submit")))
+    assert phases.keys() == {"annotate", "submit"}
+    for line in phases.values():
+        assert line.endswith("errors 0") and int(line.split(": ")[1].split()[0]) > 0, line

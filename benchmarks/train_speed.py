@@ -11,14 +11,15 @@ Run each tool in a process of its own (benchmarks/speed.py does): peak memory is
 peak resident set (on a GPU: the peak of allocated memory), so tools must not share a process.
 
 Same model (the embedded SmolLM2-135M, in the dtype the overrides name), LoRA settings
-(the run's train section), data (sets/SET.jsonl; with --aux-weight, each batch also trains on its
+(the default preset's train section and the overrides), data (sets/SET.jsonl; with --aux-weight, each batch also trains on its
 questions' sets/SET.aux.jsonl examples, as laffi-aux-half does), learning rate and schedule, batch size,
 sequence lengths and steps. It imports only what laffi has had since 19199e7 (2026-12-04), so an
 older laffi's `src/` on PYTHONPATH runs the same batches: the speed before and after a change in one
-run. Same batches too: TRL gets the examples in the order laffi's length-grouped sampler draws
-them, with its sequential sampler, so both pad the same rows
-together. TRL's defaults that would make it a different experiment are set to laffi's:
-gradient_checkpointing=False (TRL: True) and no bf16 autocast on CPU (TRL: bf16=True).
+run. Same batches too: TRL gets the examples in the order laffi's sampler draws them (train.group_by;
+speed.py gives TRL's rows train.group_by=length, laffi's padded batches), with its sequential sampler, so
+both pad the same rows together. TRL's defaults that would make it a different experiment are set to
+laffi's: gradient_checkpointing=False (TRL: True), and bf16 only where the model's weights are bf16
+(TRL: bf16=True).
 
 The first step is a warm-up (allocator, kernel choice) and is left out: tokens/s is over steps
 2..N, from the end of step 1 to the end of step N.

@@ -9,9 +9,11 @@ the spot, then runs laffi's own code in four parts, each timed and reported PASS
 - setup: the tiny model, tokenizer and data;
 - placement: `load_model` with model.device=auto and model.dtype=auto (cuda and bf16 on an H100):
   where every parameter is, and a forward under bf16 autocast;
-- pipeline: `laffi prepare, generate, annotate, build, train --system sft, evaluate --system base
-  and sft` in this process (decoding with shared-prefix answering, LoRA training under autocast,
-  checkpoints, decoding with the merged adapter);
+- pipeline: `laffi prepare, generate, annotate, build, train --system sft` and `--system laffi-aux-half
+  train.pack=false`, `evaluate --system base and sft` on the held-out questions and sft's on dev in padded
+  batches (`generate.share_prefix=false`), in this process: decoding with shared-prefix answering and with
+  model.generate, packed and padded LoRA training under autocast, an auxiliary loss, checkpoints, and decoding
+  with the adapter beside the bf16 weights (merged into them only in fp32, as on a CPU without bf16 units);
 - accelerate: `accelerate launch --config_file configs/accelerate/one-gpu.yaml -m laffi.cli train
   RUN --system laffi` in a process of its own (on a CPU: --cpu, one process, no mixed precision).
 

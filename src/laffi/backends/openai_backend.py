@@ -11,8 +11,9 @@ tokenized here, by the same code and tokenizer (`model.name`), and sent as token
 *completions* endpoint, so the server sees exactly the tokens the in-process model would. (The chat
 endpoint would apply the server's own chat template, which cannot express `model.prompt_format=plain`
 and may add or drop special tokens.) One probe request (a one-token prompt) tells whether the server
-takes token ids: a refusal (HTTP 4xx other than 408, 409 and 429, or 500 and 501) says no, while a
-busy or unreachable server is retried as every request is. A server that takes only text
+takes token ids: a refusal (HTTP 4xx other than 408, 409 and 429, or 500 and 501) says no, except 401,
+403 and 404, which stop the run as a wrong key, URL or model name would (laffi.backends.openai_client),
+while a busy or unreachable server is retried as every request is (one never reached stops the run). A server that takes only text
 (llama-cpp-python's answers HTTP 500) gets the text those ids decode to, and then every reply's
 prompt token count must equal ours: a different count means the server saw a different prompt (an
 extra BOS, special tokens read as plain text, another split of a rare character). The run stops

@@ -11,7 +11,7 @@ ours: 429, 408/409, 5xx, timeouts, connection errors and malformed replies are r
 exponential backoff and jitter (a Retry-After header wins); 400/413/422 fail that request at once;
 401/403/404 mean a wrong key, URL or model name, so they stop the run. So does a request none of whose
 attempts could connect (refused, no such host: a server down or not started), which would otherwise cost
-every remaining request its whole backoff (about 15 s each at retries=5) before the run ended with nothing;
+every remaining request its whole backoff (15-30 s each at retries=5 and backoff 1 s) before the run ended with nothing;
 what arrived is kept. A server that takes a request and drops it fails that request only.
 """
 

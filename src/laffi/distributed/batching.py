@@ -50,8 +50,9 @@ def plan_batches(config: TrainConfig, processes: int) -> BatchPlan:
 def shard_window(window: list[list[int]], plan: BatchPlan, rank: int) -> list[list[int]]:
     """This process's forward passes for one optimizer step: `plan.per_device_accum` lists of indices.
 
-    `window` is the step's batches as one process would run them (length-grouped, the last one
-    of an epoch may be short). A list may come back empty when the step has fewer examples than
+    `window` is the step's batches as one process would run them (grouped by train.group_by: one
+    article's examples together by default, similar lengths with length; the last one of an epoch may
+    be short). A list may come back empty when the step has fewer examples than
     planned; the caller still runs a pass for it, since every process must join every
     gradient reduction.
     """
@@ -59,8 +60,8 @@ def shard_window(window: list[list[int]], plan: BatchPlan, rank: int) -> list[li
         return [list(batch) for batch in window]  # exactly the single-process batches
     flat = [i for batch in window for i in batch]
     size, n = plan.per_device_batch, plan.processes
-    # consecutive examples have similar lengths; pass k of every process comes from the same
-    # stretch, so processes wait little for each other at the gradient reduction
+    # consecutive examples are alike (one article's, or of similar lengths); pass k of every process comes
+    # from the same stretch, so processes wait little for each other at the gradient reduction
     return [flat[(k * n + rank) * size:(k * n + rank + 1) * size] for k in range(plan.per_device_accum)]
 
 

@@ -191,7 +191,7 @@ class TrainConfig:
     batch_size: int = 4  # examples per forward pass
     grad_accum: int = 1  # forward passes per optimizer step
     lr: float = 3e-4
-    schedule: str = "cosine"  # any transformers.get_scheduler name
+    schedule: str = "cosine"  # a transformers.get_scheduler name that needs no more than warm-up and total steps
     warmup_steps: int = 2
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0

@@ -9,7 +9,7 @@ A run directory reads as the story of the experiment:
     feedback.jsonl                  feedback on those answers, source ai (+ .config.yaml, .failed.jsonl,
                                     .summary.json); feedback.human.jsonl: people's (`laffi export-feedback`)
     sets/{laffi,sft}.jsonl          prompt/completion training sets; sets/config.yaml, sets/laffi.meta.json;
-                                    sets/SYSTEM.jsonl (+ .meta.json, .aux.jsonl, .pairs.jsonl): a system's own set
+                                    sets/SYSTEM.jsonl (+ .meta.json, .aux.jsonl, .pairs.jsonl or .labelled.jsonl): a system's own set
     adapters/SYSTEM/                a LoRA adapter in PEFT format, train_log.jsonl, summary.json,
                                     config.yaml, checkpoint/ (and reference_logps.json: train.preference)
     eval/SYSTEM/                    predictions.jsonl, metrics.json, config.yaml (eval-dev/SYSTEM/: the
@@ -244,7 +244,8 @@ class RunLayout:
         return self.adapter(system) / "checkpoint"
 
     def reference_logps(self, system: str) -> Path:
-        """train.preference: the reference policy's log-probs of the pair rows, computed once before step 1."""
+        """train.preference: the reference policy's log-probs of the term's rows (DPO pairs, KTO's labelled answers), computed once
+        before step 1."""
         return self.adapter(system) / "reference_logps.json"
 
     # train.rounds: each round after the first answers, annotates, builds and trains again

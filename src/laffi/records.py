@@ -1,6 +1,6 @@
 """Record types of a laffi run and their JSONL files.
 
-Every artifact a stage writes is a JSONL file of one of these dataclasses. Files are checked
+Every record file (JSONL) a stage writes holds one of these dataclasses. Files are checked
 against the dataclass on load, so a stage never works on a malformed record; errors name the
 file and the line.
 

@@ -166,6 +166,8 @@ def test_a_train_axis_written_as_other_lists_are():
     ({"annotators": {"llm": {"annotator": "llm"}}}, "annotators.llm.model"),
     ({"annotators": {"human": {}}}, "annotators.human"),
     ({"runs": {}}, "runs"),
+    ({"run": {"data": {"train_size": 8}}, "grid": {"size": [9]}}, "grid.size"),  # one answer a question
+    ({"run": {"data": {"train_size": 8}, "generate": {"samples": 2}}, "grid": {"size": [17]}}, "grid.size"),
 ])
 def test_bad_options_are_named(values, option):
     with pytest.raises(ConfigError, match="^" + option.replace(".", r"\.") + ":") as refused:
@@ -198,3 +200,9 @@ def test_what_a_refused_system_is_told(tmp_path):
 def test_a_grid_warmup_below_every_budget_allows_budgets_below_the_runs_warmup():
     config = experiment_config_from({"budgets": [1], "grid": {"train": {"warmup_steps": [0]}}})
     assert config.train_for(config.train_cells()[0], 1, 0).warmup_steps == 0
+
+
+def test_grid_size_counts_answers_so_several_a_question_allow_a_larger_draw():
+    config = experiment_config_from({"run": {"data": {"train_size": 8}, "generate": {"samples": 2}},
+                                     "grid": {"size": [16]}})
+    assert config.grid.size == [16]

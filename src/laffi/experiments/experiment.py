@@ -100,8 +100,9 @@ class Cell:
 
 def build_variant(experiment: ExperimentLayout, config: ExperimentConfig, annotator: str, content: str,
                   ratio: float, size: int) -> RunLayout:
-    """The training sets of one variant, in a run directory of its own (sets/NAME/). `size` questions are
-    drawn by run.data.seed (0: all those with feedback, as `laffi run` builds); `content` cuts the feedback
+    """The training sets of one variant, in a run directory of its own (sets/NAME/). `size` answers are
+    drawn by run.data.seed (questions where there is one answer a question; 0: all those with feedback, as `laffi
+    run` builds); `content` cuts the feedback
     to its parts."""
     variant = experiment.variant(annotator, content, ratio, size)
     variant.record()  # its layout.json: the shared data/
@@ -244,7 +245,7 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout, dev_only: b
                                if experiment.run.train_examples.exists() else 0)  # 0: the whole pool, not split yet
     samples = config.run.generate.samples  # answers per training question, in round 1 and in every later round
     heldout = 0 if dev_only else data.eval_size
-    # a later round answers its variant's training questions: grid.size's draw (0: the whole pool)
+    # a later round answers its variant's training questions: at most grid.size's draw (0: the whole pool)
     drawn = sum(size or pool for size in grid.size) * (cells // len(grid.size))
     answers = (trainings * data.dev_size + cells * len(trained) * len(config.seeds) * heldout
                + data.dev_size + heldout + pool * samples  # the trainings', the base model's and the train answers

@@ -13,8 +13,9 @@ A file has these sections (configs/experiments/ has one per question):
     budgets: [32, 64, 128]  # train.steps, each a training of its own with the whole schedule; each
                           # system's is chosen on the mean dev F1 over seeds
     grid:                 # optional: every combination of these values is a cell, each with its own choice
-      size: [16, 64]                     # training questions drawn (by run.data.seed) from those with
-                                         # feedback; 0: all of them, as `laffi run` trains
+      size: [16, 64]                     # answers drawn (by run.data.seed) from those with feedback: the
+                                         # unit is an answer, so with run.generate.samples 1 these are
+                                         # questions; 0: all of them, as `laffi run` trains
       annotator: [reference]             # names: reference, or one of `annotators`
       human_ratio: [0.0]                 # share of human feedback (feedback.human.jsonl; hybrid build)
       content: [verdict+explanation+answer]   # laffi.annotators.content
@@ -168,10 +169,10 @@ class ExperimentConfig:
         for name in self.annotators:
             require(name not in RESERVED and name.replace("-", "").replace("_", "").isalnum(),
                     f"annotators.{name}", "names are letters, digits, - and _, and not 'human'")
-        pool = self.run.data.train_size
+        pool = self.run.data.train_size * self.run.generate.samples  # answers: the unit the draw counts
         for size in self.grid.size:
-            require(not pool or size <= pool, "grid.size",
-                    f"{size} is more than the train pool, run.data.train_size={pool}")
+            require(not pool or size <= pool, "grid.size", f"{size} is more than the train pool's answers, "
+                    f"run.data.train_size={self.run.data.train_size} x run.generate.samples={self.run.generate.samples}")
         for values in self.train_cells():  # every train axis value, at every budget, builds a valid train section
             for budget in self.budgets:
                 self.train_for(values, budget, self.seeds[0])

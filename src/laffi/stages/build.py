@@ -12,7 +12,7 @@ answers per question (generate.samples=K), a set made from feedback has one exam
 got feedback (the laffi set: up to K per question), while the sft set keeps one per question (the
 gold answer; K answers do not repeat it).
 - sets/SYSTEM.jsonl for every other system with a train recipe (laffi.systems): each question in one
-  set's format, an exact share of the questions in each, drawn by data.seed (with K answers, a question
+  set's format, each set's share of the questions (within one), drawn by data.seed (with K answers, a question
   in a feedback format gives an example per answer); sets/SYSTEM.meta.json says which, and counts.
   The refine format: the LaFFi prompt -> the feedback, then "Verdict: ..." and "Revised answer: ..."
   lines from the Feedback record (its corrected answer; the answer itself when it is correct). The
@@ -243,8 +243,8 @@ SET_FORMATS = {"sft": SetFormat(sft_example, per_answer=False), "laffi": SetForm
 
 def write_system_set(layout: RunLayout, system: System, examples: list[QAExample], shots: list[QAExample],
                      chosen: Notes, data: DataConfig) -> list[TrainingExample]:
-    """A system's own set: every question with feedback in one set's format, round(share x N) of the N questions
-    in each (a feedback format gives the question an example per answer, sft one)."""
+    """A system's own set: every question with feedback in one set's format, share x N of the N questions in each
+    within one (`shares_of`; a feedback format gives the question an example per answer, sft one)."""
     questions = [e for e in examples if e.id in chosen]
 
     def named(question: str) -> bool:  # every answer's feedback names a right answer: a review set can use it

@@ -180,9 +180,10 @@ def backward_passes(accelerator: Accelerator, model, rows: list[Row], window: li
                     weights: dict[int, float] | None = None, preference: PreferenceTerm | None = None) -> list[float]:
     """This process's forward and backward passes for one optimizer step (`window`: the step's
     batches), under bf16 autocast with `autocast`; `weights`: each row's loss weight (`step_weights`),
-    else the mean over the step's completion tokens; `preference`: the DPO term of the window's pairs
-    (one process only). Returns its share of [loss, tokens, completion tokens], for the log, and with
-    `preference` [summed DPO loss, summed reward margin, pairs]."""
+    else the mean over the step's completion tokens; `preference`: the preference term of the window's
+    groups, DPO pairs or KTO's labelled answers (one process only). Returns its share of [loss, tokens,
+    completion tokens], for the log, and with `preference` [summed term loss, summed reward margin (kto: signed
+    reward), groups]."""
     # normalise by the completion tokens of the whole step (all processes), so the gradient
     # is that of one big batch however the step is cut into passes and processes
     window_tokens = sum(completion_tokens(rows[i]) for batch in window for i in batch)
@@ -415,7 +416,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         accelerator.print(f"train {system}: {at_limit} of {len(rows)} examples reach train.max_seq_len="
                           f"{train.max_seq_len} (longer ones lost prompt tokens from the left)")
     aux = set(range(len(examples), len(rows)))  # rows n, n + 1, ...: the auxiliary examples
-    if term is not None:  # row n + 2k: pair k's chosen completion, n + 2k + 1 its rejected one
+    if term is not None:  # dpo: row n + 2k pair k's chosen completion, n + 2k + 1 its rejected one; kto: n + k
         rows += tokenize(tokenizer, term.pair_examples, train.max_seq_len)
     packed = train.pack and can_pack(lm, "train.pack", "its batches run padded", accelerator.print)
     # bf16 base weights: the fp32 adapters run under autocast, as TRL's bf16=True does
@@ -479,7 +480,7 @@ def train(layout: RunLayout, system: str, model: ModelConfig, train: TrainConfig
         entry = TrainLogEntry(step, round(step_loss, 5), lr,
                               round(tokens_seen / elapsed, 1), round(completion_seen / elapsed, 1), round(elapsed, 2),
                               grad_norm(norm))
-        if pair_stats and pair_stats[2]:  # the DPO loss and reward margin, means over the step's pairs
+        if pair_stats and pair_stats[2]:  # the term's loss and reward margin, means over the step's groups
             entry = replace(entry, preference_loss=round(pair_stats[0] / pair_stats[2], 6),
                             reward_margin=round(pair_stats[1] / pair_stats[2], 6))
         if train.eval_every and (step % train.eval_every == 0 or step == train.steps):

@@ -53,7 +53,8 @@ LOSSES = ("dpo", "kto")  # train.preference.loss: pairs, or answers labelled by 
 
 @dataclass
 class Preference:
-    """A DPO term next to the recipe's own loss (train.preference): for every question whose own answer the
+    """A preference term next to the recipe's own loss (train.preference), DPO unless `loss` says kto (below).
+    DPO: for every question whose own answer the
     annotator judged incorrect or partially correct, the gold answer is preferred to that answer
     (sets/SYSTEM.pairs.jsonl); a question whose answer was judged correct gives no pair. "Partially correct"
     is a pair like "incorrect", at the same weight: the gold answer is the better completion either way,
@@ -101,8 +102,9 @@ class Preference:
 
 @dataclass
 class Recipe:
-    # training set -> its share of the system's examples; shares sum to 1. The examples are as many as
-    # the questions with feedback, each question once: a share s of them in that set's format.
+    # training set -> its share of the system's questions; shares sum to 1. Each question with feedback is
+    # drawn into one set, a share s of them (within one) into that set's format, which gives it one example per
+    # answer that got feedback (generate.samples), or one for sft's gold answer.
     sets: dict[str, float] = field(default_factory=dict)
     init: str = ""  # the system whose trained adapter this training continues ("": a new LoRA)
     steps_multiple: int = 1  # train for this many times train.steps (the warm-up steps stay as set)
@@ -111,7 +113,8 @@ class Recipe:
     # over the auxiliary examples' (each question is also in this set, sets/SYSTEM.aux.jsonl)
     aux: str = ""
     aux_weight: float = 1.0
-    # a DPO term on the step's questions' gold answer over the model's own wrong answer (None: none)
+    # a preference term on the step's questions (None: none): DPO pairs, the gold answer over the model's own
+    # wrong answer, or KTO's own answers labelled by their verdicts
     preference: Preference | None = None
     # trainings in a row, each on the sets built from the answers of the model the one before trained
     # (laffi.stages.rounds): 1 is a single training; R trains R x train.steps steps
@@ -199,7 +202,7 @@ class System:
 
     @property
     def preference(self) -> Preference | None:
-        """The DPO term its training adds (train.preference), or None."""
+        """The preference term (DPO or KTO) its training adds (train.preference), or None."""
         return self.recipe.preference if self.recipe else None
 
     @property

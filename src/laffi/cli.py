@@ -288,23 +288,26 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"{pairs['pairs']} preference pairs ({by_verdict}) in {layout.pair_set(name)}")
     elif args.command == "train":
         from laffi.distributed.shards import Shard
+        from laffi.stages.build import refuse_a_systems_set
         from laffi.stages.evaluate import dev_scorer
         from laffi.stages.rounds import RoundFeedback, train_rounds
         from laffi.stages.train import train, train_system
-        from laffi.systems import load_systems, packaged_systems
+        from laffi.systems import load_systems, packaged_systems, spec_for
 
         specs = config.systems.names
-        named = args.system in packaged_systems() or args.system.endswith((".yaml", ".yml"))
-        if named and args.system not in specs:  # a system that systems.names leaves out still trains by its recipe:
-            specs = [*specs, args.system]       # as a set of its own it would lose its aux or preference term
+        spec = spec_for(args.system, specs)  # a file of systems.names by its name, as the run's directories name it
+        named = spec in packaged_systems() or spec.endswith((".yaml", ".yml"))
+        if named and spec not in specs:  # a system that systems.names leaves out still trains by its recipe:
+            specs = [*specs, spec]       # as a set of its own it would lose its aux or preference term
         systems = {s.name: s for s in load_systems(specs)}
-        name = Path(args.system).stem if named else args.system
+        name = Path(spec).stem if named else args.system
         if name in systems and systems[name].training_rounds > 1:  # every round (laffi.stages.rounds), the
             out = train_rounds(layout, systems[name], config.model, config.data,  # later ones judged by the
                                config.generate, config.train, RoundFeedback(config.annotate))  # annotate section
         elif name in systems:  # its recipe's steps and train.init, as `laffi run` trains it
             out = train_system(layout, systems[name], config.model, config.data, config.generate, config.train)
         else:  # a set of your own in sets/NAME.jsonl
+            refuse_a_systems_set(layout, args.system, "train")
             if not layout.training_set(args.system).exists():
                 raise ConfigError(f"--system: {args.system!r} is no system (packaged: {', '.join(packaged_systems())}, "
                                   f"or a .yaml file) and has no set of your own ({layout.training_set(args.system)})")
@@ -314,16 +317,19 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"adapter saved in {out}")
     elif args.command == "evaluate":
         from laffi.distributed.shards import Shard
+        from laffi.stages.build import refuse_a_systems_set
         from laffi.stages.evaluate import evaluate, evaluate_system
-        from laffi.systems import load_system, system_path
+        from laffi.systems import load_system, spec_for, system_path
 
         shared = (config.model, config.data, config.generate, config.eval)
         own = layout.adapter(args.system)
+        spec = spec_for(args.system, config.systems.names)  # a file of systems.names by its name
         if args.adapter:  # an adapter of your own, scored under this name
             metrics = evaluate(layout, args.system, *shared, adapter=args.adapter)
-        elif system_path(args.system).is_file():  # a system (laffi.systems): its adapter, a reviewer's, its procedure
-            metrics = evaluate_system(layout, load_system(args.system), *shared)
+        elif system_path(spec).is_file():  # a system (laffi.systems): its adapter, a reviewer's, its procedure
+            metrics = evaluate_system(layout, load_system(spec), *shared)
         elif is_adapter(own):  # a set of your own, trained by `laffi train RUN --system NAME`
+            refuse_a_systems_set(layout, args.system, "evaluate")
             metrics = evaluate(layout, args.system, *shared, adapter=own)
         elif config.generate.backend == "openai":  # the server's model (generate.served_model) answers
             metrics = evaluate(layout, args.system, *shared)

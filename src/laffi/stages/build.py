@@ -37,6 +37,7 @@ set is made of: the sizes, the ratio, which answers came from people and which f
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -288,6 +289,17 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
         "aux": system.aux, "seed": data.seed, "ids": {name: [e.id for e in questions if assigned[e.id] == name] for name in counts},
         **extra})
     return rows
+
+
+def refuse_a_systems_set(layout: RunLayout, name: str, command: str) -> None:
+    """`laffi train/evaluate --system NAME` on a NAME that is no system of the run's: a set this stage wrote for a
+    system of that name (its .meta.json has the recipe's shares) would be trained as plain examples, or its
+    adapter answer directly, without the recipe's aux, preference or steps and the system's answering."""
+    meta = layout.set_metadata(name)
+    if meta.exists() and "shares" in json.loads(meta.read_text(encoding="utf-8")):
+        raise ConfigError(f"--system {name}: {layout.training_set(name)} was built for a system of that name, and "
+                          f"`laffi {command}` would drop its recipe (train.aux, train.preference, its steps) and how "
+                          f"it answers; give its file (--system PATH/{name}.yaml) or name it in systems.names")
 
 
 def shares_of(shares: list[float], total: int) -> list[int]:

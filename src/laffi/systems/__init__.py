@@ -234,6 +234,15 @@ def system_path(name: str) -> Path:
     return packaged if "/" not in name and packaged.is_file() else Path(name).expanduser()
 
 
+def spec_for(name: str, specs: list[str]) -> str:
+    """What `--system NAME` stands for: a packaged system or a file as given, else the .yaml file in `specs`
+    (systems.names) whose file name is NAME, as the run's directories and reports name it; else NAME itself
+    (a set or an adapter of the user's own)."""
+    if system_path(name).is_file():
+        return name
+    return next((spec for spec in specs if spec.endswith((".yaml", ".yml")) and Path(spec).stem == name), name)
+
+
 def packaged_systems() -> list[str]:
     return sorted(p.stem for p in DEFINITIONS.glob("*.yaml"))
 

@@ -139,6 +139,10 @@ def test_few_shot_examples_are_earlier_chat_turns(tmp_path):
     ("version: 1\nuser: 'x'\nreply: [unclosed\n", r"bad\.yaml:\d+:\d+: not valid YAML: expected"),
     ("version: 1\nuser: 'x'\nreply: 'Verdict: (.*)'\n", "reply must be a mapping"),
     ("version: 1\nuser: 'x'\nreply: {verdict: 3, feedback: '(.*)'}\n", "reply.verdict must be a regular expression"),
+    # a misspelt placeholder: refused on load, before any work, and in the part that has it
+    ("version: 1\nuser: '{{ context }}'\nreply: {verdict: '(.*)', feedback: '(.*)'}\n", "user: 'context' is undefined"),
+    ("version: 1\nsystem: '{{ golds[0] }}'\nuser: 'x'\nreply: {verdict: '(.*)', feedback: '(.*)'}\n",
+     "system: list object has no element 0"),  # reference-free rendering has no golds
 ])
 def test_a_broken_template_file_is_named_with_what_is_wrong(tmp_path, text, message):
     from laffi.annotators.template import TemplateError

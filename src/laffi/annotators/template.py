@@ -140,6 +140,12 @@ def load_template(name: str, option: str = "annotate.template") -> Template:
     template = Template(version=str(data["version"]), system=str(data.get("system") or ""), user=str(data["user"]),
                         verdict_pattern=reply["verdict"], feedback_pattern=reply["feedback"], path=path,
                         shots=tuple(shots), answer_pattern=reply.get("answer") or None)
+    # a misspelt placeholder fails here, when a command that will annotate starts, not at its first answer
+    for golds in (["a gold answer"], []):  # with the reference answers, and reference-free
+        values = {"passage": "A passage.", "question": "A question?", "title": "A title", "answer": "an answer",
+                  "golds": golds}
+        for part in ("system", "user"):
+            _render(getattr(template, part), values, path, part)
     for n, shot in enumerate(shots):  # a template must read its own examples
         try:
             template.parse(shot["reply"])

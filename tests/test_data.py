@@ -205,6 +205,25 @@ def test_jsonl_round_trip(tmp_path, name):
     assert load_examples(str(path)) == EXAMPLES
 
 
+def test_jsonl_with_squad_and_hugging_face_answer_layouts(tmp_path):
+    base = {"title": "T", "context": "Paris is in France.", "question": "Where is Paris?"}
+    rows = [{**base, "id": "squad", "answers": [{"text": "France", "answer_start": 12}, {"text": "in France",
+                                                                                         "answer_start": 9}]},
+            {**base, "id": "hf", "answers": {"text": ["France"], "answer_start": [12]}},
+            {**base, "id": "hf-v2", "answers": {"text": [], "answer_start": []}},  # squad_v2: unanswerable
+            {**base, "id": "plain", "answers": ["France"]}]
+    path = write_jsonl(tmp_path / "qa.jsonl", [json.dumps(r) for r in rows])
+    examples = {e.id: e for e in load_examples(str(path))}
+    assert examples["squad"].answers == ["France", "in France"] and not examples["squad"].is_impossible
+    assert examples["hf"].answers == ["France"] and not examples["hf"].is_impossible
+    assert examples["hf-v2"].answers == [] and examples["hf-v2"].is_impossible
+    assert examples["plain"].answers == ["France"]
+    # a plain empty list is still a mistake, not an unanswerable question
+    path = write_jsonl(tmp_path / "empty.jsonl", [json.dumps({**base, "id": "x", "answers": []})])
+    with pytest.raises(RecordError, match="x"):
+        load_examples(str(path))
+
+
 @pytest.mark.parametrize("name", ["bad.jsonl", "bad.jsonl.gz"])
 def test_jsonl_bad_json_names_file_and_line(tmp_path, name):
     path = write_jsonl(tmp_path / name, [json.dumps(to_dict(EXAMPLES[0])), '{"id": "b1",'])

@@ -65,9 +65,21 @@ def _check_unique(example: QAExample, where: str, seen: dict[str, str]) -> QAExa
 def _read_jsonl(path: Path) -> list[QAExample]:
     seen: dict[str, str] = {}
     return [
-        _check_unique(from_dict(QAExample, data, f"{path}:{n}"), f"{path}:{n}", seen)
+        _check_unique(from_dict(QAExample, _answer_texts(data), f"{path}:{n}"), f"{path}:{n}", seen)
         for n, data in _json_lines(path)
     ]
+
+
+def _answer_texts(data: Any) -> Any:
+    """A line whose answers are laid out as SQuAD's own files or Hugging Face's `squad`/`squad_v2` datasets lay
+    them out, with their answers' texts: [{"text", "answer_start"}, ...] or {"text": [...], "answer_start": [...]}
+    (in squad_v2 an empty list is an unanswerable question, which it marks no other way)."""
+    answers = data.get("answers") if isinstance(data, dict) else None
+    if isinstance(answers, dict) and isinstance(answers.get("text"), list):
+        return {"is_impossible": not answers["text"], **data, "answers": answers["text"]}
+    if isinstance(answers, list) and answers and all(isinstance(a, dict) and "text" in a for a in answers):
+        return {**data, "answers": [a["text"] for a in answers]}
+    return data
 
 
 def _get(obj: Any, key: str, kind: type, where: str, default: Any = ...) -> Any:

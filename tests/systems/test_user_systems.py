@@ -39,3 +39,25 @@ def test_a_system_of_ones_own_is_found_by_its_name_in_systems_names_and_refused_
     code, _, err = laffi("evaluate", str(run), "--system", "mine", *settings, named)
     assert code == 0, err
     assert RunLayout(run).metrics("mine").exists()
+
+
+def test_evaluating_an_adapter_on_another_base_model_says_so(tiny_model_dir, tmp_path):
+    import shutil
+    settings = [f"model.name={tiny_model_dir}", "model.threads=2", "model.dtype=float32", "data.num_shots=1",
+                "generate.max_new_tokens=4", "generate.batch_size=4", "train.steps=2", "train.warmup_steps=1",
+                "train.batch_size=2", "train.max_seq_len=256", "eval.bootstrap_samples=100"]
+    run = make_run(tmp_path / "run", n_items=4)
+    for split in ("eval", "dev"):
+        (run / "data" / f"{split}.jsonl").write_bytes((run / "data" / "train.jsonl").read_bytes())
+    assert laffi("build", str(run), *settings)[0] == 0
+    assert laffi("train", str(run), "--system", "sft", *settings)[0] == 0
+    code, out, err = laffi("evaluate", str(run), "--system", "sft", *settings)
+    assert code == 0, err
+    assert "was trained on model.name" not in out
+    copy = tmp_path / "copy-of-the-model"  # same sizes, so PEFT loads the adapter without a word
+    shutil.copytree(tiny_model_dir, copy)
+    moved = [s.replace(str(tiny_model_dir), str(copy)) for s in settings]
+    code, out, err = laffi("evaluate", str(run), "--system", "sft", *moved, "eval.split=dev")
+    assert code == 0, err
+    assert f"evaluate sft: its adapter was trained on model.name={tiny_model_dir} and answers on " \
+           f"model.name={copy}" in out

@@ -28,7 +28,7 @@ from laffi.backends.feedback_guided import answer_with_feedback
 from laffi.config import (ConfigError, DataConfig, EvalConfig, GenerateConfig, ModelConfig, TrainConfig, plain, read_yaml,
                           save_config)
 from laffi.distributed.shards import Collector, Shard
-from laffi.layout import ADAPTER_CONFIG, RunLayout, adapter_weights, is_adapter
+from laffi.layout import ADAPTER_CONFIG, CONFIG, RunLayout, adapter_weights, is_adapter
 from laffi.models import answered_as_now, answering_of
 from laffi.prompts import extract_answer
 from laffi.records import Prediction, QAExample, Review, fingerprint, read_records, write_atomic, write_json
@@ -114,6 +114,9 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
             raise FileNotFoundError(f"{system}'s {role}: {path} holds no PEFT adapter ({ADAPTER_CONFIG}); train it "
                                     f"first (`laffi train {layout.root} --system {trained}`, once `laffi build` has "
                                     f"made its set with {trained} in systems.names), or give --adapter a trained one")
+    for role, path in (("adapter", adapter_path), ("reviewer", reviewer_path)):
+        if path and (note := other_base_model(Path(path), model)):
+            print(f"evaluate {system}: its {role} {note}", flush=True)
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
     described = {"name": system, "adapter": adapter_path}  # a direct system's, as before systems had procedures
     if adapter_path:
@@ -165,6 +168,19 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     if shard.is_main:
         write_json(metrics_file, metrics)
     return metrics
+
+
+def other_base_model(adapter: Path, model: ModelConfig) -> str | None:
+    """What to say where `adapter` was trained on another model.name than the one it answers on here (its saved
+    train config says; an adapter of the user's own without one says nothing). PEFT loads it onto any model whose
+    layers have its sizes, so a base model for its Instruct version, or another model of one family, answer
+    without a word."""
+    saved = adapter / CONFIG
+    trained = (read_yaml(saved).get("model") or {}).get("name") if saved.exists() else None
+    if trained is None or trained == model.name:
+        return None
+    return (f"was trained on model.name={trained} and answers on model.name={model.name} (a stage command reads "
+            "--config, else the run directory's config.yaml)")
 
 
 def older_adapter_answers(layout: RunLayout, system: str, split: str, model: ModelConfig) -> bool:

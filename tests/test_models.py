@@ -255,6 +255,25 @@ def test_a_chat_template_training_cannot_use_is_refused_before_answering_for_tra
     assert not (out / "eval").exists() and not (out / "answers.jsonl").exists()
 
 
+def test_a_model_without_a_chat_template_is_said_to_take_the_plain_layout(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from laffi.models import check_trainable, load_tokenizer
+    from laffi.prompts import plain_template
+
+    model = tmp_path / "base-model"  # a base model: no chat template
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").unlink()
+    chat = ModelConfig(name=str(model), prompt_format="chat")
+    tokenizer = load_tokenizer(chat)
+    assert tokenizer.chat_template == plain_template(tokenizer)
+    check_trainable(chat)
+    assert f"model.prompt_format=chat: {model} has no chat template" in capsys.readouterr().out
+    check_trainable(ModelConfig(name=str(tiny_model_dir), prompt_format="chat"))  # one that has a template
+    check_trainable(ModelConfig(name=str(model), prompt_format="plain"))  # the layout asked for
+    assert "no chat template" not in capsys.readouterr().out
+
+
 def test_the_plain_layout_begins_with_bos_where_the_tokenizer_begins_every_text_with_one(tiny_model_dir):
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoTokenizer

@@ -236,6 +236,9 @@ def check_trainable(config: ModelConfig) -> None:
     (laffi.prompts.check_chat_template) fails here, from the tokenizer alone, not at training after the
     answers and their feedback."""
     tokenizer = load_tokenizer(config)  # a wrong model.name says so itself
+    if config.prompt_format == "chat" and tokenizer.chat_template == plain_template(tokenizer):
+        print(f"model.prompt_format=chat: {config.name} has no chat template (a base model), so its prompts take "
+              "laffi's plain layout", flush=True)
     try:
         check_chat_template(tokenizer)
     except (ValueError, TemplateError) as error:

@@ -161,3 +161,13 @@ def test_user_mistakes_get_one_line_errors_that_name_the_fix(tmp_path, capsys, m
     offline = subprocess.run([sys.executable, "-m", "laffi.cli", "generate", str(run), "model.name=nosuch-org/nosuch-model"],
                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert offline.returncode == 2 and "model.name=nosuch-org/nosuch-model: " in offline.stderr
+
+
+def test_run_on_a_directory_begun_with_other_settings_names_its_saved_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["prepare", str(run), "data.eval_size=8", "data.train_size=8", "data.dev_size=4"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--out", str(run)]) == 2  # the default preset's sizes: not what the questions were drawn with
+    err = capsys.readouterr().err
+    assert "was written with different settings (data.eval_size" in err
+    assert f"`laffi run {run / 'config.yaml'} --out {run}` goes on with them" in err

@@ -237,7 +237,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not args.launcher and (args.num_processes or args.accelerate_config):
             raise ConfigError("--num-processes and --accelerate-config go with --launcher accelerate|torchrun")
         launcher = Launcher(args.launcher, args.num_processes, args.accelerate_config) if args.launcher else None
-        results = run(config, out, launcher=launcher)
+        try:
+            results = run(config, out, launcher=launcher)
+        except ConfigError as error:  # begun by another command (stage by stage, another config or preset)
+            saved = RunLayout(out).config
+            if files or not saved.exists() or "was written with different settings" not in str(error):
+                raise
+            raise ConfigError(f"{error}. {saved} holds the settings {out} was begun with: `laffi run {saved} "
+                              f"--out {out}` goes on with them") from error
         print(markdown_table(results))
         print(f"\nfull results: {RunLayout(out).results_md}")
         return 0

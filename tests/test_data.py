@@ -386,6 +386,24 @@ def test_prepare_names_a_dev_size_the_data_cannot_give(tmp_path):
         prepare(RunLayout(tmp_path), DataConfig(eval_size=100, dev_size=900))  # not eval_size, which fits
 
 
+def test_prepare_says_what_to_lower_for_a_train_size_or_shots_the_pool_cannot_give(tmp_path):
+    from laffi.config import DataConfig
+    from laffi.layout import RunLayout
+    from laffi.stages.prepare import prepare
+
+    with pytest.raises(ValueError, match=r"data.train_size=5000: the train pool has \d+ questions .*; lower "
+                                         "data.train_size, or 0 for all"):
+        prepare(RunLayout(tmp_path / "a"), DataConfig(train_size=5000))
+    examples = [QAExample(f"q{i}", f"Article {i % 3}", "Paris is in France.", "Where is Paris?", ["France"])
+                for i in range(12)]
+    source = tmp_path / "three-articles.jsonl"
+    source.write_text("".join(json.dumps(to_dict(e)) + "\n" for e in examples))
+    with pytest.raises(ValueError, match=r"data.num_shots=3: the train pool has only 2 articles.*lower "
+                                         "data.num_shots"):
+        prepare(RunLayout(tmp_path / "b"), DataConfig(source=str(source), eval_size=4, dev_size=0, train_size=0,
+                                                      num_shots=3))
+
+
 def test_a_split_without_a_dev_set_removes_the_one_a_killed_attempt_left(tmp_path):
     from laffi.config import DataConfig
     from laffi.layout import RunLayout

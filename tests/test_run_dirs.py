@@ -81,6 +81,14 @@ def test_what_laffi_writes_first_makes_a_run_directory(tmp_path):
     (prepared / "data").mkdir(parents=True)
     (prepared / "data" / "config.yaml").write_text("")
     assert RunLayout.existing(prepared) == RunLayout(prepared)
+    (prepared / "data" / "train.jsonl").write_text("")
+    with pytest.raises(NotARun, match="the data folder of the run .*; give the run directory"):
+        RunLayout.existing(prepared / "data")  # its config.yaml is the split's
+    named_data = tmp_path / "runs" / "data"  # a run directory that happens to be called data: a data/ of its own
+    (named_data / "data").mkdir(parents=True)
+    for path in (named_data / "config.yaml", named_data / "data" / "config.yaml", named_data / "train.jsonl"):
+        path.write_text("")
+    assert RunLayout.existing(named_data) == RunLayout(named_data)
     job = prepared / "jobs" / "sft-1"
     job.mkdir(parents=True)
     (job / "layout.json").write_text(json.dumps({"data": "../../data"}))

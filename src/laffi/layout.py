@@ -111,6 +111,9 @@ class RunLayout:
         if not root.is_dir():
             reason = "not a directory" if root.exists() else "no such directory"
             raise NotARun(f"{root}: not a run directory ({reason}); {start}")
+        # a run's data/ has a config.yaml too (the split's), and its questions, but no data/ of its own
+        if root.resolve().name == "data" and (root / "train.jsonl").is_file() and not (root / "data").exists():
+            raise NotARun(f"{root}: the data folder of the run {root.resolve().parent}; give the run directory")
         layout = cls.of(root)
         if not any(p.is_file() for p in (layout.config, layout.data_config, root / LAYOUT_FILE)):
             raise NotARun(f"{root}: not a run directory (it has no {CONFIG}, data/{CONFIG} or {LAYOUT_FILE}); {start}")

@@ -68,8 +68,10 @@ def write_system(tmp_path, name, text):
     ("answer:\n  rounds: 3\n", "answer.rounds: only feedback-guided answering reads it"),
 ])
 def test_a_bad_system_file_is_named_with_its_option(tmp_path, text, message):
-    with pytest.raises(ConfigError, match=message):
-        load_system(write_system(tmp_path, "mine", text))
+    path = write_system(tmp_path, "mine", text)
+    with pytest.raises(ConfigError, match=message) as refused:
+        load_system(path)
+    assert str(refused.value).startswith(f"{path}: ")  # the file too, whichever check refused it
 
 
 def test_systems_must_name_what_they_answer_and_review_with(tmp_path):

@@ -51,12 +51,15 @@ def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[
         train_pool, dev = split_by_title(train_pool, data.dev_size, data.seed, option="data.dev_size")
     shots = shot_pool(train_pool, data.seed)
     if len(shots) < data.num_shots + 1:
-        raise ValueError(f"data.num_shots={data.num_shots}: the train pool has only {len(shots)} articles")
+        raise ValueError(f"data.num_shots={data.num_shots}: the train pool has only {len(shots)} articles, and a "
+                         f"question's shots come from {data.num_shots} others; lower data.num_shots, or data.eval_size "
+                         "or data.dev_size (they take whole articles from the pool)")
     train = list(train_pool)
     random.Random(data.seed).shuffle(train)  # a train_size subset then spans many articles
     if data.train_size:
         if data.train_size > len(train):
-            raise ValueError(f"data.train_size={data.train_size}: the train pool has {len(train)} questions")
+            raise ValueError(f"data.train_size={data.train_size}: the train pool has {len(train)} questions (those of "
+                             f"{data.source} left after the held-out and dev sets); lower data.train_size, or 0 for all")
         train = train[: data.train_size]
     write_records(layout.shots, shots)
     if data.dev_size:

@@ -256,7 +256,12 @@ def load_system(spec: str, option: str = "systems.names") -> System:
     name = path.stem
     require(_is_name(name), option,
             f"{path}: a system's name (its file name) is letters, digits, - and _")
-    parsed = build_section(SystemFile, read_yaml(path), f"{path}: ")
+    try:
+        parsed = build_section(SystemFile, read_yaml(path), f"{path}: ")
+    except ConfigError as error:  # a section's own check (shares that do not sum to 1) names its option alone
+        if str(error).startswith(f"{path}: "):
+            raise
+        raise ConfigError(f"{path}: {error}") from None
     return System(name, parsed.description, parsed.train, parsed.adapter_of, parsed.answer, parsed.family or name)
 
 

@@ -64,6 +64,7 @@ def test_not_enough_feedback_or_an_inexact_ratio_is_a_clear_error(run):
     assert code == 2 and "--human-ratio 0.5 of --size 15 is 7.5 examples" in err
     code, _, err = build(run, "--human-ratio", "0.25", "--size", "16")
     assert code == 2 and "needs AI feedback on 12 other answers" in err
+    assert "every answer of the train pool has it; lower --size" in err  # annotating more cannot help
     code, _, err = build(run, "--human-ratio", "1.5", "--size", "2")
     assert code == 2 and "--human-ratio: must be in [0, 1]" in err
     code, _, err = build(run, "--size", "4")
@@ -76,3 +77,25 @@ def test_a_plain_build_records_its_mix_too(run):
     assert code == 0, err
     meta = json.loads((run / "sets" / "laffi.meta.json").read_text())
     assert meta["size"] == 12 and meta["human"] == 0 and meta["ai"] == 12 and meta["human_ratio"] is None
+
+
+def test_an_experiment_is_told_its_own_options_and_where_people_annotate(run, tmp_path):
+    from laffi.config import DataConfig
+    from laffi.layout import RunLayout
+    from laffi.stages.build import HybridConfig, build_hybrid
+
+    shared = RunLayout(tmp_path / "experiment")
+    with pytest.raises(ValueError) as refused:
+        build_hybrid(RunLayout(run), DataConfig(num_shots=1), HybridConfig(0.7, 10),
+                     options=("grid.human_ratio", "grid.size"), people=shared)
+    assert str(refused.value).startswith("grid.human_ratio 0.7 of grid.size 10 needs human feedback on 7 answers")
+    assert f"`laffi export-feedback {shared.root}`" in str(refused.value) and "--size" not in str(refused.value)
+
+
+def test_laffi_run_does_not_build_over_a_hybrid_build(run, tmp_path):
+    code, _, err = build(run, "--human-ratio", "0.5", "--size", "10")
+    assert code == 0, err
+    kept = (run / "sets" / "laffi.jsonl").read_bytes()
+    code, _, err = laffi("run", "--out", str(run), "data.num_shots=1", "systems.names=base,laffi")
+    assert code == 2 and "built with people's feedback (`laffi build --human-ratio 0.5 --size 10`)" in err
+    assert (run / "sets" / "laffi.jsonl").read_bytes() == kept and not (run / "eval").exists()

@@ -113,7 +113,8 @@ def build_variant(experiment: ExperimentLayout, config: ExperimentConfig, annota
         write_records(variant.human_feedback, [with_content(n, content) for n in people])
     systems = config.trained()
     if size:
-        build_hybrid(variant, config.run.data, HybridConfig(ratio, size), systems)
+        build_hybrid(variant, config.run.data, HybridConfig(ratio, size), systems,
+                     options=("grid.human_ratio", "grid.size"), people=experiment.run)
     else:
         build(variant, config.run.data, systems)
     return variant

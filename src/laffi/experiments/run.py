@@ -28,7 +28,7 @@ from laffi.models import check_trainable
 from laffi.report.html import write_report
 from laffi.report.results import write_results
 from laffi.stages.annotate import annotate, check_annotator, failed_answers
-from laffi.stages.build import build
+from laffi.stages.build import build, refuse_a_hybrid_build
 from laffi.stages.evaluate import evaluate, evaluate_system
 from laffi.stages.generate import generate
 from laffi.stages.prepare import prepare, save_run_config
@@ -44,6 +44,7 @@ def run(config: RunConfig, out: str | Path, launcher: Launcher | None = None) ->
             "with `laffi evaluate RUN --system NAME eval.split=dev`")
     check_annotator(config.annotate)  # a bad template fails now, not after the answers
     systems = load_systems(config.systems.names)  # and a bad system file
+    refuse_a_hybrid_build(layout)  # and sets it would build again without the people's feedback drawn into them
     if training_order(systems):  # and a chat template training cannot use, before the base model's evaluation
         check_trainable(config.model)
     if launcher is not None and launcher.processes > 1:  # refused now, not hours later at that training

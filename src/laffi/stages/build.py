@@ -302,6 +302,18 @@ def refuse_a_systems_set(layout: RunLayout, name: str, command: str) -> None:
                           f"it answers; give its file (--system PATH/{name}.yaml) or name it in systems.names")
 
 
+def refuse_a_hybrid_build(layout: RunLayout) -> None:
+    """`laffi run` builds from feedback.jsonl alone: sets a hybrid build drew people's feedback into would be built
+    again without it, and trained on, without a word."""
+    meta = layout.set_metadata("laffi")
+    mix = json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else {}
+    if mix.get("human_ratio") is not None:
+        raise ConfigError(f"{layout.sets}: built with people's feedback (`laffi build --human-ratio "
+                          f"{mix['human_ratio']:g} --size {mix['size']}`), and `laffi run` builds from feedback.jsonl "
+                          f"alone; train and evaluate them stage by stage (`laffi train {layout.root} --system NAME`), "
+                          f"or delete {layout.sets} for laffi run to build its own")
+
+
 def shares_of(shares: list[float], total: int) -> list[int]:
     """Whole counts for `shares` of `total` that sum to it, none negative: the running sums of the shares are
     rounded, so each count is within one of its share (with two sets: the first rounded, the second the rest)."""
@@ -365,8 +377,13 @@ def _read_all(paths: list[Path]) -> list[Feedback]:
     return [f for path in paths if path.exists() for f in read_records(path, Feedback)]
 
 
-def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig,
-                 systems: list[System] = ()) -> dict[str, list[TrainingExample]]:
+def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig, systems: list[System] = (),
+                 options: tuple[str, str] = ("--human-ratio", "--size"),
+                 people: RunLayout | None = None) -> dict[str, list[TrainingExample]]:
+    """`options`: what the share and the size are called where they were set (an experiment's grid.human_ratio
+    and grid.size); `people`: the run whose annotation database the people's feedback is exported from."""
+    ratio, size = options
+    people = people or layout
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
     sources = [layout.human_feedback, layout.feedback]
@@ -385,9 +402,10 @@ def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig,
     n_human, n_ai = hybrid.human, hybrid.size - hybrid.human
     if len(human_by_key) < n_human:
         raise ValueError(
-            f"--human-ratio {hybrid.human_ratio} --size {hybrid.size} needs human feedback on {n_human} "
+            f"{ratio} {hybrid.human_ratio:g} of {size} {hybrid.size} needs human feedback on {n_human} "
             f"answers; {sources[0]} and {sources[1]} have it on {len(human_by_key)}. Annotate more "
-            f"(`laffi serve`), export it (`laffi export-feedback {layout.root}`), or lower --human-ratio or --size")
+            f"(`laffi serve {people.root}`), export it (`laffi export-feedback {people.root}`), or lower {ratio} or "
+            f"{size}")
 
     rng = random.Random(data.seed)
     order = {e.id: position for position, e in enumerate(examples)}
@@ -399,9 +417,12 @@ def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig,
     chosen = {key: rng.choice(sorted(human_by_key[key], key=lambda f: f.annotator)) for key in human_keys}
     ai_pool = [key for key in in_order(ai_by_key) if key not in chosen]
     if len(ai_pool) < n_ai:
+        answers = len(read_records(layout.answers, Answer)) if layout.answers.exists() else None
+        more = (f"every answer of the train pool has it; lower {size}" if answers is not None and
+                len(ai_by_key) >= answers else f"run `laffi annotate` on more answers, or lower {size}")
         raise ValueError(
-            f"--size {hybrid.size} with {n_human} human examples needs AI feedback on {n_ai} other answers; "
-            f"{layout.feedback} has it on {len(ai_pool)}. Run `laffi annotate` on more answers or lower --size")
+            f"{size} {hybrid.size} with {n_human} human examples needs AI feedback on {n_ai} other answers; "
+            f"{layout.feedback} has it on {len(ai_pool)}: {more}")
     chosen.update({key: ai_by_key[key] for key in rng.sample(ai_pool, n_ai)})
 
     return write_sets(layout, examples, shots, by_question(examples, chosen), data, hybrid.human_ratio, systems)

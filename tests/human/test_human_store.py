@@ -140,7 +140,14 @@ def test_cli_add_list_revoke_export_and_import_round_trip(run, tmp_path):
     changed = [Feedback("q002", "south", "correct", "Changed my mind.", "human", "bob")]
     write_records(tmp_path / "conflict.jsonl", changed)
     code, _, err = laffi("import-feedback", str(run), str(tmp_path / "conflict.jsonl"), "--db", other)
-    assert code == 2 and "different feedback" in err
+    assert code == 2 and "different feedback" in err and "leave the record out of the file" in err
+    # feedback on an answer this run's model did not give (another model's, on the same questions), or none at all
+    for bad, message in ((Feedback("q002", "Paris", "incorrect", "No.", "human", "carol"),
+                          "is on the answer 'Paris', and this run's answer is 'south'"),
+                         (Feedback("q002", "south", "incorrect", " ", "human", "carol"), "has no text")):
+        write_records(tmp_path / "bad.jsonl", [bad])
+        code, _, err = laffi("import-feedback", str(run), str(tmp_path / "bad.jsonl"), "--db", other)
+        assert code == 2 and message in err, err
     write_records(tmp_path / "ai.jsonl", [Feedback("q003", "north", "correct", "AI.", "ai", "reference")])
     code, _, err = laffi("import-feedback", str(run), str(tmp_path / "ai.jsonl"), "--db", other)
     assert code == 2 and "only human feedback" in err
@@ -251,3 +258,15 @@ def test_a_claim_after_the_revocation_its_token_check_missed_takes_no_slot(engin
         store.claim(engine, alice.id, 1)
     assert store.claim(engine, bob.id, 1) == "q000"  # the first item's one slot is still free
     assert next(p for p in store.list_annotators(engine) if p["name"] == "alice")["open"] == 0
+
+
+def test_a_database_of_another_run_is_refused_not_mixed_in(engine, tmp_path):
+    other = make_run(tmp_path / "other", n_items=3, context="Another passage.")
+    for path in (other / "data" / "train.jsonl", other / "answers.jsonl"):  # other questions: ids of its own
+        path.write_text(path.read_text().replace('"q00', '"other-q00'))
+    with pytest.raises(store.StoreError, match="holds items of 5 questions this run does not have .*another run's"):
+        exchange.sync_run_items(engine, other)
+    with db.read(engine) as conn:
+        assert conn.execute(select(db.items.c.question_id)).scalars().all() == [f"q{i:03d}" for i in range(5)]
+    code, _, err = laffi("export-feedback", str(other), "--db", str(engine.url))
+    assert code == 2 and "another run's" in err and not (other / "feedback.human.jsonl").exists()

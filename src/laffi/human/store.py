@@ -178,6 +178,9 @@ def sync_items(engine: Engine, examples: Iterable[QAExample], answers: Iterable[
         known = {(r.question_id, r.sample): r for r in conn.execute(
             select(items.c.id, items.c.question_id, items.c.sample, items.c.answer, items.c.position))}
         taken = {r.id for r in known.values()}
+        if foreign := sorted({r.question_id for r in known.values() if r.question_id not in by_id}):
+            raise StoreError(f"the database holds items of {len(foreign)} questions this run does not have (e.g. "
+                             f"{foreign[0]!r}): it is another run's; give each run a database of its own (--db)")
         for answer in answers:
             if answer.id not in by_id:
                 raise StoreError(f"answer to unknown question {answer.id!r}")
@@ -358,11 +361,18 @@ def import_annotations(engine: Engine, records: list[Annotation]) -> tuple[int, 
             name = answer_name((record.question_id, record.sample))
             if not NAME.match(record.annotator):
                 raise StoreError(f"{name}: annotator name {record.annotator!r} is not a valid name")
-            item_id = conn.execute(select(items.c.id).where(items.c.question_id == record.question_id,
-                                                            items.c.sample == record.sample)).scalar()
-            if item_id is None:
+            item = conn.execute(select(items.c.id, items.c.answer).where(items.c.question_id == record.question_id,
+                                                                         items.c.sample == record.sample)).first()
+            if item is None:
                 raise NotFound(f"{name}: no such item in this run's answers")
-            record = replace(record, item_id=item_id)
+            # feedback on another answer (another model's, or this one's before it answered again) would train
+            # as if this run's model had given that answer
+            if record.answer != item.answer:
+                raise StoreError(f"{name}: the feedback of {record.annotator} is on the answer {record.answer!r}, and "
+                                 f"this run's answer is {item.answer!r}; only feedback on this run's answers is imported")
+            if not record.text.strip():  # as the app refuses it
+                raise StoreError(f"{name}: the feedback of {record.annotator} has no text; the app asks for one")
+            record = replace(record, item_id=item.id)
             if record.annotator not in people:
                 people[record.annotator] = conn.execute(insert(annotators).values(
                     name=record.annotator, is_admin=False, created_at=time.time())).inserted_primary_key[0]
@@ -374,7 +384,8 @@ def import_annotations(engine: Engine, records: list[Annotation]) -> tuple[int, 
             if row is not None and row.status == "done":
                 if (row.answer, row.verdict, row.text, row.corrected_answer) != (
                         record.answer, record.verdict, record.text, record.corrected_answer):
-                    raise Conflict(f"{record.item_id}: {record.annotator} already has different feedback here")
+                    raise Conflict(f"{record.item_id}: {record.annotator} already has different feedback here; "
+                                   "leave the record out of the file, or revise the feedback in the app")
                 same += 1
                 continue
             if row is None:

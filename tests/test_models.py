@@ -49,6 +49,18 @@ def test_device_and_dtype_choice(monkeypatch):
     assert pick_dtype("bfloat16", cpu) == torch.bfloat16 and pick_dtype("float32", cpu) == torch.float32
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with a CUDA GPU")
+def test_a_device_this_machine_lacks_is_named():
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=f"model.device={device}: torch sees no CUDA GPUs here"):
+            pick_device(device)
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ConfigError, match="model.device=mps: torch has no MPS device here"):
+            pick_device("mps")
+    with pytest.raises(ConfigError, match="model.device: must be auto, cpu, cuda"):
+        ModelConfig(device="cuda:x")
+
+
 def test_attention_kernel_choice(tiny_model_dir):
     cpu = pick_device("cpu")
     path = str(tiny_model_dir)

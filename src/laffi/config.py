@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class ModelConfig:
                 f"must be auto, sdpa, flash_attention_2 or eager, got {self.attention!r}")
         require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
                 f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+        require(self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", self.device) is not None,
                 "model.device", f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         require(self.threads >= 0, "model.threads", "must be >= 0")
         require(self.prompt_format in ("chat", "plain"), "model.prompt_format",

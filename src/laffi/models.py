@@ -41,7 +41,14 @@ def cache_dir() -> Path:
 
 def pick_device(requested: str = "auto") -> torch.device:
     if requested != "auto":
-        return torch.device(requested)
+        device = torch.device(requested)
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            seen = torch.cuda.device_count()
+            raise ConfigError(f"model.device={requested}: torch sees {seen or 'no'} CUDA GPU{'s' if seen != 1 else ''} "
+                              "here; use model.device=auto or cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("model.device=mps: torch has no MPS device here; use model.device=auto or cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

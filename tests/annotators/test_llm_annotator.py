@@ -143,6 +143,9 @@ def test_few_shot_examples_are_earlier_chat_turns(tmp_path):
     ("version: 1\nuser: '{{ context }}'\nreply: {verdict: '(.*)', feedback: '(.*)'}\n", "user: 'context' is undefined"),
     ("version: 1\nsystem: '{{ golds[0] }}'\nuser: 'x'\nreply: {verdict: '(.*)', feedback: '(.*)'}\n",
      "system: list object has no element 0"),  # reference-free rendering has no golds
+    ("version: 1\nuser: '{{ answer + 1 }}'\nreply: {verdict: '(.*)', feedback: '(.*)'}\n", "user: can only concatenate"),
+    ("version: 1\nuser: [1]\nreply: {verdict: '(.*)', feedback: '(.*)'}\n", "user must be text"),
+    ("version: 1\nuser: 'x'\nshots: 3\nreply: {verdict: '(.*)', feedback: '(.*)'}\n", "shots must be a list"),
 ])
 def test_a_broken_template_file_is_named_with_what_is_wrong(tmp_path, text, message):
     from laffi.annotators.template import TemplateError

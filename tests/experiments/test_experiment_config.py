@@ -166,6 +166,7 @@ def test_a_train_axis_written_as_other_lists_are():
     ({"annotators": {"llm": {"annotator": "llm"}}}, "annotators.llm.model"),
     ({"annotators": {"human": {}}}, "annotators.human"),
     ({"runs": {}}, "runs"),
+    ({"run": {"annotate": 3}}, "run.annotate"),  # not a mapping: named, not an AttributeError
     ({"run": {"data": {"train_size": 8}}, "grid": {"size": [9]}}, "grid.size"),  # one answer a question
     ({"run": {"data": {"train_size": 8}, "generate": {"samples": 2}}, "grid": {"size": [17]}}, "grid.size"),
 ])

@@ -91,7 +91,8 @@ def _render(source: str, values: dict, path: Path, part: str) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
     try:
         text = env.from_string(source).render(**values)
-    except jinja2.TemplateError as error:
+    except (jinja2.TemplateError, TypeError, ValueError, AttributeError, IndexError, KeyError) as error:
+        # an undefined name, or an expression the values cannot take (`answer + 1`)
         raise TemplateError(f"{path}: {part}: {error}") from error
     # the YAML block keeps the blank lines that {% if %} lines leave; collapse runs of them
     return re.sub(r"\n{3,}", "\n\n", text).strip()
@@ -126,11 +127,15 @@ def load_template(name: str, option: str = "annotate.template") -> Template:
         except re.error as error:
             raise TemplateError(f"{path}: reply.{key} is not a regular expression: {error}") from error
     for part in ("system", "user"):
+        if not isinstance(data.get(part) or "", str):
+            raise TemplateError(f"{path}: {part} must be text (a Jinja template), got {data[part]!r:.60}")
         try:
             jinja2.Environment().parse(data.get(part) or "")
         except jinja2.TemplateSyntaxError as error:
             raise TemplateError(f"{path}: {part}: line {error.lineno}: {error.message}") from error
     shots = data.get("shots") or []
+    if not isinstance(shots, list):
+        raise TemplateError(f"{path}: shots must be a list of worked examples, got {shots!r:.60}")
     fields = {"passage", "question", "golds", "answer", "reply"}
     for n, shot in enumerate(shots):
         if not isinstance(shot, dict) or set(shot) != fields or not isinstance(shot["golds"], list):

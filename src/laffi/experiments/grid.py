@@ -225,7 +225,8 @@ def experiment_config_from(values: Any) -> ExperimentConfig:
     run = merge_values(PRESETS["default"], values.get("run") or {})
     annotators = values.get("annotators") or {}
     if isinstance(annotators, dict):  # each draws with the run's annotate.seed, as reference does, unless it sets one
-        seed = (run.get("annotate") or {}).get("seed", AnnotateConfig.seed)
+        annotate = run.get("annotate") or {}  # not a mapping: refused as run.annotate when the run section is built
+        seed = annotate.get("seed", AnnotateConfig.seed) if isinstance(annotate, dict) else AnnotateConfig.seed
         annotators = {name: {"seed": seed, **a} if isinstance(a, dict) else a for name, a in annotators.items()}
     return build_section(ExperimentConfig, {**values, "run": run, "grid": grid, "annotators": annotators})
 

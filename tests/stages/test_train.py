@@ -334,8 +334,12 @@ def test_qa_evaluation_during_training_needs_a_dev_set(tiny_overrides, tmp_path)
     from laffi.stages.evaluate import dev_scorer
 
     config = load_config(overrides=[*tiny_overrides, "train.eval_every=2"])
-    with pytest.raises(ConfigError, match="train.eval_every: .*dev.jsonl is missing"):
+    with pytest.raises(ConfigError, match="train.eval_every: .*dev.jsonl is missing; run `laffi prepare"):
         dev_scorer(RunLayout(tmp_path), config.data, config.generate, config.train)
+    from laffi.stages.prepare import prepare  # split without one: no `laffi prepare` can add it afterwards
+    prepare(RunLayout(tmp_path / "no-dev"), replace(config.data, dev_size=0))
+    with pytest.raises(ConfigError, match="was split without a dev set .*; prepare a new run directory"):
+        dev_scorer(RunLayout(tmp_path / "no-dev"), config.data, config.generate, config.train)
     with pytest.raises(ConfigError, match="train.keep_best: needs train.eval_every > 0"):
         load_config(overrides=["train.keep_best=true"])
 

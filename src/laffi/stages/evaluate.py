@@ -52,6 +52,15 @@ def metrics_for(examples: list[QAExample], predictions: list[Prediction], config
 DevScorer = Callable[[object, object, str], dict]
 
 
+def missing_questions(layout: RunLayout, split: str) -> str:
+    """Why a split's questions are not there, and what to do: not prepared yet, or split without a dev set (which a
+    split made cannot be given afterwards: its articles are in the train pool)."""
+    if split == "dev" and layout.data_config.exists():
+        return (f"{layout.root} was split without a dev set (data.dev_size=0 in {layout.data_config}); prepare a new "
+                "run directory with data.dev_size > 0")
+    return f"{layout.questions(split)} is missing; run `laffi prepare {layout.root}` first"
+
+
 def dev_scorer(layout: RunLayout, data: DataConfig, generate: GenerateConfig, train: TrainConfig) -> DevScorer | None:
     """What training calls every train.eval_every steps: (model, tokenizer, label) -> {"exact", "f1"} in
     percent, answering the first train.eval_questions dev questions directly. None when it is off."""
@@ -59,8 +68,8 @@ def dev_scorer(layout: RunLayout, data: DataConfig, generate: GenerateConfig, tr
         return None
     generate = generate.for_evaluation()
     if not layout.questions("dev").exists():
-        raise ConfigError(f"train.eval_every: {layout.questions('dev')} is missing; QA evaluation during training "
-                          "answers the dev set (data.dev_size > 0, then `laffi prepare`)")
+        raise ConfigError(f"train.eval_every: QA evaluation during training answers the dev set, and "
+                          f"{missing_questions(layout, 'dev')}")
     examples = read_records(layout.questions("dev"), QAExample)[:train.eval_questions]
     shots = read_records(layout.shots, QAExample)
 
@@ -101,8 +110,7 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     generate = generate.for_evaluation()
     split = eval.split
     if not layout.questions(split).exists():
-        raise FileNotFoundError(f"eval.split={split}: {layout.questions(split)} is missing; run `laffi prepare` "
-                                "(with data.dev_size > 0 for a dev set)")
+        raise FileNotFoundError(f"eval.split={split}: {missing_questions(layout, split)}")
     examples = read_records(layout.questions(split), QAExample)
     shots = read_records(layout.shots, QAExample)
     adapter_path = str(Path(adapter).resolve()) if adapter else None

@@ -33,13 +33,15 @@ def save_run_config(layout: RunLayout, config: RunConfig) -> None:
 
 def prepare(layout: RunLayout, data: DataConfig) -> tuple[list[QAExample], list[QAExample]]:
     written = [p.exists() for p in (layout.train_examples, layout.eval_examples, layout.shots)]
-    if all(written) and not layout.dev_examples.exists():  # split by a laffi without a dev set
+    if all(written) and not layout.dev_examples.exists():  # split without a dev set: by data.dev_size=0, or
+        older = False                                       # by a laffi that had none
         for path in (layout.data_config, layout.config):  # the split's settings, and the run's beside its answers
             saved = read_yaml(path) if path.exists() else {}
             if saved and "dev_size" not in (saved.get("data") or {}):  # what it had: none (not today's default)
+                older = True
                 write_atomic(path, yaml.safe_dump({**saved, "data": {**(saved.get("data") or {}), "dev_size": 0}},
                                                   sort_keys=False))
-        if data.dev_size:
+        if older and data.dev_size:
             raise ValueError(f"{layout.data}: split by a laffi without a dev set; use a new run directory, "
                              "or data.dev_size=0 to go on without one")
     save_config(layout.data_config, {"data": data}, outputs=[layout.train_examples])  # written last

@@ -87,6 +87,16 @@ def test_missing_gguf_is_named(tmp_path):
         resolve_model_path(str(tmp_path / "nothing.gguf"))
 
 
+def test_a_folder_or_file_that_is_no_model_is_named_once(tmp_path):
+    from laffi.models import load_tokenizer
+
+    (tmp_path / "notes.json").write_text("{}")
+    for name, what in ((tmp_path, "a folder without config.json"), (tmp_path / "notes.json", "a file")):
+        with pytest.raises(ConfigError, match=f"^model.name: {name} is {what}; give a model's folder") as refused:
+            load_tokenizer(ModelConfig(name=str(name)))  # not transformers' advice to install sentencepiece
+        assert str(refused.value).count("model.name") == 1
+
+
 @pytest.mark.slow
 def test_embedded_model_answers_held_out_prompts_alike_with_and_without_prefix_sharing(tmp_path):
     """24 held-out questions of 2 articles, with the default preset's prompts: in fp32 the shared-prefix

@@ -203,6 +203,10 @@ def resolve_model_path(name: str) -> str:
         if not gguf.exists():
             raise FileNotFoundError(f"model.name: {gguf} does not exist")
         return str(convert_gguf(gguf, converted_folder(gguf)))
+    local = Path(name).expanduser()
+    if local.is_file() or (local.is_dir() and not (local / "config.json").is_file()):  # transformers' errors mislead
+        raise FileNotFoundError(f"model.name: {local} is {'a file' if local.is_file() else 'a folder without config.json'}; "
+                                "give a model's folder (as save_pretrained writes it), a .gguf file or a hub id")
     return name
 
 
@@ -224,7 +228,8 @@ def named_by_model_name(config: ModelConfig):
     except OSError as error:
         if error.errno is not None:
             raise
-        raise ConfigError(f"model.name={config.name}: {error}") from error
+        named = str(error) if str(error).startswith("model.name:") else f"model.name={config.name}: {error}"
+        raise ConfigError(named) from error
 
 
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:

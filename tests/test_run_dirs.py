@@ -224,3 +224,9 @@ def test_evaluating_a_system_not_trained_yet_says_how_to_train_it(tmp_path):
     assert code != 0 and "laffi-mix's adapter:" in err
     assert f"train it first (`laffi train {run} --system laffi-mix`" in err and "--adapter:" not in err
 
+    # an --adapter folder of the user's own is not called a system to train
+    code, _, err = laffi("evaluate", str(run), "--system", "mine", "--adapter", str(tmp_path / "nonexist"))
+    assert code != 0 and "give a folder a training saved (RUN/adapters/NAME)" in err and "laffi train" not in err
+    code, _, err = laffi("attention", str(run), "--system", "laffi")
+    assert code != 0 and f"--system laffi: {layout.adapter('laffi')} holds no PEFT adapter" in err
+    assert f"`laffi train {run} --system laffi`" in err and "--adapter:" not in err

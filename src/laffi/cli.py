@@ -299,11 +299,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from laffi.stages.evaluate import dev_scorer
         from laffi.stages.rounds import RoundFeedback, train_rounds
         from laffi.stages.train import train, train_system
-        from laffi.systems import load_systems, packaged_systems, spec_for
+        from laffi.systems import load_system, load_systems, packaged_systems, spec_for
 
         specs = config.systems.names
         spec = spec_for(args.system, specs)  # a file of systems.names by its name, as the run's directories name it
         named = spec in packaged_systems() or spec.endswith((".yaml", ".yml"))
+        if named:
+            load_system(spec, "--system")  # its own mistakes named as this option's, before the list's
         if named and spec not in specs:  # a system that systems.names leaves out still trains by its recipe:
             specs = [*specs, spec]       # as a set of its own it would lose its aux or preference term
         systems = {s.name: s for s in load_systems(specs)}
@@ -334,7 +336,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.adapter:  # an adapter of your own, scored under this name
             metrics = evaluate(layout, args.system, *shared, adapter=args.adapter)
         elif system_path(spec).is_file():  # a system (laffi.systems): its adapter, a reviewer's, its procedure
-            metrics = evaluate_system(layout, load_system(spec), *shared)
+            metrics = evaluate_system(layout, load_system(spec, "--system"), *shared)
         elif is_adapter(own):  # a set of your own, trained by `laffi train RUN --system NAME`
             refuse_a_systems_set(layout, args.system, "evaluate")
             metrics = evaluate(layout, args.system, *shared, adapter=own)

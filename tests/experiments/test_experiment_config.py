@@ -144,7 +144,7 @@ def test_a_train_axis_written_as_other_lists_are():
     ({"grid": {"train": {"lr": []}}}, "grid.train.lr"),
     ({"grid": {"train": {"batch_size": [4, 0]}}}, "grid.train.batch_size"),  # each value builds a train section
     ({"grid": {"epochs": [1]}}, "grid.epochs"),
-    ({"systems": ["base", "sft", "dpo"]}, "systems.names"),
+    ({"systems": ["base", "sft", "dpo"]}, "systems"),  # the experiment's own key
     ({"systems": ["base", "sft", "laffi", "laffi-then-sft"]}, "systems"),  # train.init: no equal budget
     ({"systems": ["base", "sft", "laffi-refine-mix", "sft-reviewed"]}, "systems"),  # answers with sft's adapter
     ({"systems": ["base", "sft", "sft-long"]}, "systems"),  # steps_multiple: the budgets are the steps
@@ -167,6 +167,7 @@ def test_a_train_axis_written_as_other_lists_are():
     ({"annotators": {"human": {}}}, "annotators.human"),
     ({"runs": {}}, "runs"),
     ({"run": {"annotate": 3}}, "run.annotate"),  # not a mapping: named, not an AttributeError
+    ({"run": {"annotate": {"annotator": "llm"}}}, "run.annotate.annotator"),  # not "run.annotate.model: required"
     ({"run": {"data": {"train_size": 8}}, "grid": {"size": [9]}}, "grid.size"),  # one answer a question
     ({"run": {"data": {"train_size": 8}, "generate": {"samples": 2}}, "grid": {"size": [17]}}, "grid.size"),
 ])

@@ -120,9 +120,13 @@ def analyse(layout: RunLayout, model_config: ModelConfig, data: DataConfig, syst
     """Base model vs `adapter` (default RUN/adapters/SYSTEM) on held-out prompts; writes attention.json."""
     if limit < 1 or window < 1:
         raise ValueError(f"--limit and --window must be >= 1, got {limit} and {window}")
+    if adapter and not is_adapter(Path(adapter)):
+        raise FileNotFoundError(f"--adapter: {adapter} holds no PEFT adapter ({ADAPTER_CONFIG}); give a folder a "
+                                "training saved (RUN/adapters/NAME)")
     adapter = Path(adapter) if adapter else layout.adapter(system)
     if not is_adapter(adapter):
-        raise FileNotFoundError(f"--adapter: {adapter} holds no PEFT adapter ({ADAPTER_CONFIG}); train one first")
+        raise FileNotFoundError(f"--system {system}: {adapter} holds no PEFT adapter ({ADAPTER_CONFIG}); train it "
+                                f"(`laffi train {layout.root} --system {system}`), or pass --adapter DIR")
     results: dict = {"system": system, "adapter": str(adapter), "window": window}
     for name, path in (("base", None), (system, adapter)):
         model, tokenizer = load_eager(model_config, path)

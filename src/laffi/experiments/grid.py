@@ -28,8 +28,7 @@ Everything is checked when the config is built, and errors name the option (`gri
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -129,14 +128,11 @@ class ExperimentConfig:
             require(value == default, option, f"an experiment does not read it; set {instead} instead")
         # the run's annotate section gives the "reference" annotator its seed and nothing else: feedback comes
         # from the annotators named in grid.annotator, each defined under annotators:
-        ignored = sorted(set(non_default(self.run.annotate)) - {"seed"})
-        require(not ignored, f"run.annotate.{ignored[0] if ignored else ''}",
-                "an experiment does not read it (only run.annotate.seed); define the annotator under "
-                "annotators: and list its name in grid.annotator instead")
+        refuse_annotate_options(sorted(set(non_default(self.run.annotate)) - {"seed"}))
         require(self.run.data.dev_size > 0, "run.data.dev_size", "the budgets are chosen on the dev set; must be > 0")
         # each system alone first: what an experiment refuses of a system itself comes before what the list lacks
         # (load_systems would advise adding laffi for laffi-then-sft, which is then refused for its train.init)
-        each = [load_system(spec) for spec in self.systems]
+        each = [load_system(spec, "systems") for spec in self.systems]
         for system in (s for s in each if s.recipe):
             require(system.init is None, "systems",
                     f"{system.name} continues {system.init}'s adapter (train.init), which a budget cannot hold equal; "
@@ -218,6 +214,11 @@ def experiment_config_from(values: Any) -> ExperimentConfig:
     if not isinstance(values.get("run") or {}, dict):
         raise ConfigError(f"run: expected a mapping of a `laffi run` config's sections (model:, data:, train:, ...), "
                           f"got {values['run']!r:.80}")
+    annotate = (values.get("run") or {}).get("annotate")
+    if isinstance(annotate, dict):  # before the section's own checks, which would ask for what is not read
+        defaults = {f.name: f.default for f in fields(AnnotateConfig)}
+        refuse_annotate_options(sorted(k for k, v in annotate.items() if k in defaults and k != "seed"
+                                       and v != defaults[k]))
     if RUN_SECTIONS & set(values):
         raise ConfigError(f"{sorted(RUN_SECTIONS & set(values))[0]}: a `laffi run` config's section; in an experiment "
                           "config it goes under run:")
@@ -229,6 +230,13 @@ def experiment_config_from(values: Any) -> ExperimentConfig:
         seed = annotate.get("seed", AnnotateConfig.seed) if isinstance(annotate, dict) else AnnotateConfig.seed
         annotators = {name: {"seed": seed, **a} if isinstance(a, dict) else a for name, a in annotators.items()}
     return build_section(ExperimentConfig, {**values, "run": run, "grid": grid, "annotators": annotators})
+
+
+def refuse_annotate_options(ignored: list[str]) -> None:
+    """The run's annotate section gives the "reference" annotator its seed and nothing else."""
+    require(not ignored, f"run.annotate.{ignored[0] if ignored else ''}",
+            "an experiment does not read it (only run.annotate.seed); define the annotator under "
+            "annotators: and list its name in grid.annotator instead")
 
 
 def load_experiment_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

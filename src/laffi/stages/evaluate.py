@@ -119,6 +119,9 @@ def evaluate(layout: RunLayout, system: str, model: ModelConfig, data: DataConfi
     for role, path in (("adapter", adapter_path), ("reviewer", reviewer_path)):
         if path and not is_adapter(Path(path)):  # an untrained system's, or a mistyped --adapter
             trained = Path(path).name
+            if Path(path) != layout.adapter(trained).resolve():  # a folder of the user's own
+                raise FileNotFoundError(f"{system}'s {role}: {path} holds no PEFT adapter ({ADAPTER_CONFIG}); give "
+                                        "a folder a training saved (RUN/adapters/NAME)")
             raise FileNotFoundError(f"{system}'s {role}: {path} holds no PEFT adapter ({ADAPTER_CONFIG}); train it "
                                     f"first (`laffi train {layout.root} --system {trained}`, once `laffi build` has "
                                     f"made its set with {trained} in systems.names), or give --adapter a trained one")

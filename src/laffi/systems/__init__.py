@@ -255,7 +255,7 @@ def load_system(spec: str, option: str = "systems.names") -> System:
                           "or the path of a .yaml file")
     name = path.stem
     require(_is_name(name), option,
-            f"{path}: a system's name (its file name) is letters, digits, - and _")
+            f"{path}: a system's name (its file name) is letters, digits, - and _; rename the file")
     try:
         parsed = build_section(SystemFile, read_yaml(path), f"{path}: ")
     except ConfigError as error:  # a section's own check (shares that do not sum to 1) names its option alone

@@ -82,7 +82,7 @@ class GridConfig:
         if any(self.human_ratio) and "verdict+explanation" in self.content:
             raise ConfigError("grid.content: verdict+explanation needs feedback recorded in parts, and human feedback "
                               "is free text; with grid.human_ratio > 0 use verdict or verdict+explanation+answer")
-        options = {f.name for f in dataclasses.fields(TrainConfig)}
+        options = {f.name for f in fields(TrainConfig)}
         for key, values in self.train.items():
             require(key in options, f"grid.train.{key}", f"unknown train option; known: {', '.join(sorted(options))}")
             require(key not in NOT_AXES, f"grid.train.{key}", "train.steps are the budgets and train.seed the seeds")
@@ -200,7 +200,7 @@ MOVED = {"system": "systems", "seeds": "seeds"}  # grid keys of `laffi ablate` t
 
 
 # a `laffi run` config's sections, given to `laffi experiment` (systems: an experiment's own, top-level list)
-RUN_SECTIONS = {f.name for f in dataclasses.fields(RunConfig)} - {"systems"}
+RUN_SECTIONS = {f.name for f in fields(RunConfig)} - {"systems"}
 
 
 def experiment_config_from(values: Any) -> ExperimentConfig:

@@ -28,7 +28,7 @@ Everything is checked when the config is built, and errors name the option (`gri
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,7 @@ class ExperimentConfig:
 
     def train_for(self, options: dict[str, Any], budget: int, seed: int) -> TrainConfig:
         """The run's train section with a cell's train options, a budget and a seed."""
-        values = {**dataclasses.asdict(self.run.train), **options, "steps": budget, "seed": seed}
+        values = {**asdict(self.run.train), **options, "steps": budget, "seed": seed}
         return build_section(TrainConfig, values, "grid.train.")
 
     def annotate_config(self, name: str) -> AnnotateConfig:
@@ -245,4 +245,4 @@ def load_experiment_config(path: str | Path, overrides: list[str] | None = None)
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    return asdict(config)

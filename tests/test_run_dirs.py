@@ -230,3 +230,13 @@ def test_evaluating_a_system_not_trained_yet_says_how_to_train_it(tmp_path):
     code, _, err = laffi("attention", str(run), "--system", "laffi")
     assert code != 0 and f"--system laffi: {layout.adapter('laffi')} holds no PEFT adapter" in err
     assert f"`laffi train {run} --system laffi`" in err and "--adapter:" not in err
+
+
+def test_annotating_an_empty_answers_file_says_to_generate(tmp_path):
+    from support.human_helpers import laffi, make_run
+
+    run = make_run(tmp_path / "run", n_items=4, ai_feedback=False)
+    (run / "answers.jsonl").write_text("")  # what a generate stopped before its first batch leaves
+    code, _, err = laffi("annotate", str(run))
+    assert code == 2 and "holds no answers; run `laffi generate" in err
+    assert not (run / "feedback.jsonl").exists()

@@ -183,7 +183,8 @@ def sync_items(engine: Engine, examples: Iterable[QAExample], answers: Iterable[
                              f"{foreign[0]!r}): it is another run's; give each run a database of its own (--db)")
         for answer in answers:
             if answer.id not in by_id:
-                raise StoreError(f"answer to unknown question {answer.id!r}")
+                raise StoreError(f"answers.jsonl: answer to unknown question {answer.id!r}, which data/train.jsonl "
+                                 "does not have; delete answers.jsonl and run `laffi generate` again")
             key, name = record_key(answer), answer_name(record_key(answer))
             position, example = by_id[answer.id]
             values = dict(position=position, title=example.title, context=example.context,

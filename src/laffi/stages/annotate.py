@@ -91,9 +91,12 @@ def annotate(layout: RunLayout, annotate: AnnotateConfig, out: str | Path | None
     out = layout.root / out if out else layout.feedback
     examples = {e.id: e for e in read_records(layout.train_examples, QAExample)}
     answers = read_records(layout.answers, Answer)
+    if not answers:  # a generate stopped before its first batch leaves the file empty
+        raise ValueError(f"{layout.answers} holds no answers; run `laffi generate {layout.root}` first")
     unknown = [a.id for a in answers if a.id not in examples]
     if unknown:
-        raise ValueError(f"{layout.answers}: answer to unknown question {unknown[0]!r}")
+        raise ValueError(f"{layout.answers}: answer to unknown question {unknown[0]!r}, which "
+                         f"{layout.train_examples} does not have; delete {layout.answers.name} and generate again")
     check_annotator(annotate)
     annotator = make_annotator(annotate)  # first: a missing API key must not leave a config behind
     save_config(sidecar_config(out), {"annotate": annotator_settings(annotate)}, outputs=[out])  # until written: replaced

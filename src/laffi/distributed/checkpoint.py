@@ -113,7 +113,9 @@ def load_checkpoint(directory: Path, accelerator: Accelerator, model) -> int:
     if info["processes"] != accelerator.num_processes:
         # each process's RNG and (under FSDP/DeepSpeed) its shard were saved per process
         raise ConfigError(f"{directory} was written by {info['processes']} processes, this run has "
-                          f"{accelerator.num_processes}; resume with --num_processes {info['processes']}")
+                          f"{accelerator.num_processes}; resume with {info['processes']} (laffi run --num-processes, "
+                          f"accelerate launch --num_processes, torchrun --nproc_per_node), or delete {directory} "
+                          "to train from step 0")
     accelerator.load_state(str(directory / "state"), **deepspeed_kwargs(accelerator, saving=False))
     if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):  # they load their own
         set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(directory / "adapter.safetensors"))

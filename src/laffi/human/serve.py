@@ -9,6 +9,7 @@ prints the address, and serves until interrupted.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -38,7 +39,9 @@ def serve(config: ServeConfig) -> None:
                                **(proxy if config.trusted_proxy else {}))
     except (OSError, ValueError) as error:  # the port taken (another serve?), an address this machine lacks
         engine.dispose()
-        raise ConfigError(f"--host {config.host} --port {config.port}: {error} (--port 0 picks a free port)") from error
+        taken = isinstance(error, OSError) and error.errno == errno.EADDRINUSE
+        raise ConfigError(f"--host {config.host} --port {config.port}: {error}"
+                          + (" (another laffi serve? --port 0 picks a free port)" if taken else "")) from error
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"laffi serve: {added} new item(s), {updated} updated; database {engine.url.render_as_string()}",
           file=sys.stderr)

@@ -32,3 +32,15 @@ def test_an_error_inside_a_nested_record_names_its_path():
 def test_a_line_that_is_not_json_says_so():
     with pytest.raises(RecordError, match="x:1: not valid JSON"):
         parse_record(Feedback, '{"id": "q1", oops', "x:1")
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    from laffi.config import ConfigError, read_yaml
+    from laffi.records import Feedback, RecordError, read_records
+
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\n")
+    with pytest.raises(RecordError, match=r"bin\.jsonl: not a text file in UTF-8"):
+        read_records(tmp_path / "bin.jsonl", Feedback)
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match=r"bin\.yaml: not a text file in UTF-8"):
+        read_yaml(tmp_path / "bin.yaml")

@@ -125,6 +125,8 @@ class GenerateConfig:
                 f"must be transformers or openai, got {self.backend!r}")
         require(self.backend != "openai" or bool(self.base_url), "generate.base_url",
                 "required with generate.backend=openai (e.g. http://localhost:8000/v1)")
+        require(not self.base_url or self.base_url.startswith(("http://", "https://")), "generate.base_url",
+                f"expected http(s)://HOST:PORT/v1, got {self.base_url!r}")
         require(self.timeout > 0, "generate.timeout", "must be > 0")
         require(self.retries >= 0, "generate.retries", "must be >= 0")
 
@@ -174,6 +176,8 @@ class AnnotateConfig:
         require(self.backend in ("openai", "transformers"), "annotate.backend",
                 f"must be openai or transformers, got {self.backend!r}")
         require(bool(self.model), "annotate.model", "required with annotate.annotator=llm (e.g. gpt-4o)")
+        require(not self.base_url or self.base_url.startswith(("http://", "https://")), "annotate.base_url",
+                f"expected http(s)://HOST:PORT/v1, got {self.base_url!r}")
         # annotate.template is checked where templates live (laffi.annotators.template.load_template),
         # by every command that will annotate, before it starts
         require(0 <= self.temperature <= 2, "annotate.temperature", "must be in [0, 2]")
@@ -425,6 +429,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file of sections; a syntax error is one line naming the file, line and column."""
     try:
         values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a text file in UTF-8 ({error.reason} at byte {error.start})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -26,7 +26,7 @@ def load_examples(source: str) -> list[QAExample]:
     """Read the questions of `source` (see the module docstring); ids are unique."""
     if str(source) == "embedded":
         return list(_embedded_examples())  # a copy, so callers cannot alter the cache
-    path = Path(source)
+    path = Path(source).expanduser()  # ~/ as model.name, system and template paths take it
     if path.name.endswith((".jsonl", ".jsonl.gz")):
         reader = _read_jsonl
     elif path.suffix == ".json":

@@ -74,7 +74,8 @@ def choose_shots(example: QAExample, pool: list[QAExample], k: int, seed: int) -
     shots (and, on one passage, the passage), which answering and training compute once."""
     candidates = [shot for shot in pool if shot.title != example.title]
     if len(candidates) < k:
-        raise ValueError(f"only {len(candidates)} few-shot examples from other articles; need {k}")
+        raise ValueError(f"data.num_shots={k}: only {len(candidates)} shots (data/shots.jsonl) come from other "
+                         f"articles than {example.title!r}'s; lower data.num_shots")
     return random.Random(f"{seed}:{example.title}").sample(candidates, k)
 
 

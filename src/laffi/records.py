@@ -292,9 +292,12 @@ def read_records(path: str | Path, cls: type[R]) -> list[R]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file (has the stage that writes it run?)")
-    with path.open(encoding="utf-8") as handle:
-        return [parse_record(cls, line, f"{path}:{number}") for number, line in enumerate(handle, start=1)
-                if line.strip()]
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return [parse_record(cls, line, f"{path}:{number}") for number, line in enumerate(handle, start=1)
+                    if line.strip()]
+    except UnicodeDecodeError as error:
+        raise RecordError(f"{path}: not a text file in UTF-8 ({error.reason} at byte {error.start})") from None
 
 
 def holds_something(paths: Iterable[str | Path]) -> bool:

@@ -113,6 +113,8 @@ def _load_json(path: Path) -> Any:
             return json.load(handle)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from error
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text file in UTF-8 ({error.reason} at byte {error.start})") from None
 
 
 def _read_mapping(path: Path, what: str, ok: Any) -> dict[str, Any]:

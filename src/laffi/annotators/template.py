@@ -102,7 +102,8 @@ def load_template(name: str, option: str = "annotate.template") -> Template:
     """The template `name`; if there is none, a ConfigError naming `option`, where the name was set."""
     path = template_path(name)
     if not path.is_file():
-        raise ConfigError(f"{option}: {name!r} is neither a packaged template nor a file")
+        packaged = ", ".join(sorted(t.stem for t in TEMPLATES.glob("*.yaml")))
+        raise ConfigError(f"{option}: {name!r} is neither a packaged template ({packaged}) nor a file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:

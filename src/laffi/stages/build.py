@@ -242,6 +242,11 @@ SET_FORMATS = {"sft": SetFormat(sft_example, per_answer=False), "laffi": SetForm
                "answer-feedback": SetFormat(answer_feedback_example), "verify": SetFormat(verify_example)}
 
 
+# what gives feedback a right answer that a review set can use
+NAMES_A_RIGHT_ANSWER = ("annotate with the reference annotator or an LLM with annotate.template=feedback-v2, or leave "
+                        "this system out of systems.names")
+
+
 def write_system_set(layout: RunLayout, system: System, examples: list[QAExample], shots: list[QAExample],
                      chosen: Notes, data: DataConfig) -> list[TrainingExample]:
     """A system's own set: every question with feedback in one set's format, share x N of the N questions in each
@@ -253,7 +258,7 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
 
     if system.aux in REVIEW_SETS and (missing := [e for e in questions if not named(e.id)]):
         raise ValueError(f"{system.name}: train.aux {system.aux} needs a right answer in every question's feedback; "
-                         f"{len(missing)} have none (a corrected answer, or verdict correct)")
+                         f"{len(missing)} have none (a corrected answer, or verdict correct): {NAMES_A_RIGHT_ANSWER}")
     counts = dict(zip(system.recipe.sets, shares_of(list(system.recipe.sets.values()), len(questions))))
     rng = random.Random(f"{data.seed}:{system.name}")
     left = [e.id for e in questions]
@@ -263,7 +268,8 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
         usable = [q for q in left if name not in REVIEW_SETS or named(q)]
         if len(usable) < counts[name]:
             raise ValueError(f"{system.name}: {counts[name]} {name} examples asked for, but only {len(usable)} questions "
-                             "have feedback that names a right answer (a corrected answer, or verdict correct)")
+                             "have feedback that names a right answer (a corrected answer, or verdict correct): "
+                             f"{NAMES_A_RIGHT_ANSWER}")
         assigned.update({q: name for q in usable[:counts[name]]})
         left = [q for q in left if q not in assigned]
     drawn = [(e, choose_shots(e, shots, data.num_shots, data.seed), chosen[e.id]) for e in questions]

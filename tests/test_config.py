@@ -39,6 +39,8 @@ def test_overrides_are_typed_and_nested():
     ("data.eval_size=0", "data.eval_size"),
     ("annotate.annotator=oracle", "annotate.annotator"),
     ("nonsense", "nonsense"),
+    ("generate.base_url=localhost:8000", "generate.base_url: expected http"),  # the client would read localhost://
+    ("model.device=cuda:x", "model.device"),
 ])
 def test_bad_options_are_named(override, option):
     with pytest.raises(ConfigError, match=option.replace(".", r"\.")):

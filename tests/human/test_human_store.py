@@ -241,6 +241,13 @@ def test_a_sqlite_url_without_a_file_is_refused(url):
         db.make_engine(url)
 
 
+def test_a_sqlite_file_where_none_can_be_is_named(tmp_path):
+    with pytest.raises(db.SchemaError, match="no folder .*nowhere to keep x.db in"):
+        db.make_engine(f"sqlite:///{tmp_path / 'nowhere' / 'x.db'}")
+    with pytest.raises(db.SchemaError, match="is a folder"):
+        db.make_engine(f"sqlite:///{tmp_path}")
+
+
 def test_the_answer_is_marked_where_it_is_in_the_passage():
     from laffi.human.app import highlight
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 from sqlalchemy import (
@@ -157,6 +158,11 @@ def make_engine(url: str, pool_size: int = 8) -> Engine:
     if url.startswith("sqlite:///"):
         if url.removeprefix("sqlite:///") in ("", ":memory:"):  # annotations kept in memory die with the process
             raise SchemaError(f"--db {url}: needs a file path, e.g. sqlite:///runs/demo/annotations.db")
+        file = Path(url.removeprefix("sqlite:///").split("?")[0])  # sqlite:////abs/path is /abs/path
+        if file.is_dir() or not file.parent.is_dir():
+            raise SchemaError(f"--db {url}: {file} is a folder" if file.is_dir() else
+                              f"--db {url}: no folder {file.parent} to keep {file.name} in (sqlite:///REL/PATH is "
+                              "relative to here, sqlite:////ABS/PATH absolute)")
         engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size,
                                connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_connect)

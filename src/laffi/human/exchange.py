@@ -67,9 +67,12 @@ def import_feedback(engine: Engine, run_dir: str | Path, path: str | Path) -> tu
             raise RecordError(f"{path}: record {number} ({record.id}) has source {record.source!r}; "
                               "only human feedback is imported (AI feedback lives in feedback.jsonl)")
     sync_run_items(engine, run_dir)
-    return store.import_annotations(engine, [
-        store.Annotation(answer_name(record_key(r)), r.annotator, "done", r.answer, r.verdict, r.text,
-                         r.corrected_answer, r.submitted_at, r.id, r.sample) for r in records])
+    try:
+        return store.import_annotations(engine, [
+            store.Annotation(answer_name(record_key(r)), r.annotator, "done", r.answer, r.verdict, r.text,
+                             r.corrected_answer, r.submitted_at, r.id, r.sample) for r in records])
+    except store.StoreError as error:  # the item named, and the file it came from; nothing was imported
+        raise type(error)(f"{path}: {error}; nothing was imported") from error
 
 
 def agreement_report(human: list[Feedback], ai: list[Feedback]) -> dict:

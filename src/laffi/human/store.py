@@ -361,7 +361,8 @@ def import_annotations(engine: Engine, records: list[Annotation]) -> tuple[int, 
         for record in records:
             name = answer_name((record.question_id, record.sample))
             if not NAME.match(record.annotator):
-                raise StoreError(f"{name}: annotator name {record.annotator!r} is not a valid name")
+                raise StoreError(f"{name}: annotator name {record.annotator!r}: use 1-64 letters, digits, '.', '_', "
+                                 "'@' or '-'")
             item = conn.execute(select(items.c.id, items.c.answer).where(items.c.question_id == record.question_id,
                                                                          items.c.sample == record.sample)).first()
             if item is None:

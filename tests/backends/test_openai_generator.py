@@ -26,7 +26,8 @@ def test_answers_that_arrived_before_a_failure_are_yielded_then_the_failure_rais
                                         "generate.retries=0"])
         generator = OpenAIGenerator.from_config(config.model, config.generate,
                                                 AutoTokenizer.from_pretrained(tiny_model_dir))
-        with pytest.raises(RequestFailed, match="bad prompt"):
+        with pytest.raises(RequestFailed, match=r"generate.base_url http://.*, question 'q3' \(3 prompt tokens, "
+                                                r"generate.max_new_tokens 4\): HTTP 400: .*bad prompt"):
             for batch in generator.greedy_batches(prompts, 8, 4, ["\n"]):  # a batch the five never fill
                 received.extend(g.id for g in batch)
     assert sorted(received) == ["q0", "q1", "q2", "q4"]

@@ -111,7 +111,12 @@ class OpenAIGenerator:
         def one(question_id: Hashable) -> Generation:
             sampled = {"temperature": sampling.temperature, "seed": seeds[question_id] % 2**31} \
                 if question_id in seeds else {}
-            reply = self.complete(question_id, prompts[question_id], max_new_tokens, stop_strings, **sampled)
+            try:
+                reply = self.complete(question_id, prompts[question_id], max_new_tokens, stop_strings, **sampled)
+            except RequestFailed as error:  # which question, and which server, for a reply such as a 400
+                raise RequestFailed(f"generate.base_url {self.client.base_url}, question {question_id!r} "
+                                    f"({len(prompts[question_id])} prompt tokens, generate.max_new_tokens "
+                                    f"{max_new_tokens}): {error}", error.attempts, error.status) from error
             return Generation(question_id, reply.text, reply.completion_tokens)
 
         batch: list[Generation] = []

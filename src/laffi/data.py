@@ -172,11 +172,14 @@ def split_by_title(examples: list[QAExample], eval_size: int, seed: int,
             break
         eval_titles.add(title)
         taken += counts[title]
+    # the dev set is split from what the held-out set left
+    what = "the data" if option == "data.eval_size" else "the train pool (the data less the held-out set)"
     if len(titles) < 2:  # no eval size can help: the split is by article
         raise ValueError(f"{option}: a split by article needs questions from 2 articles (titles) at least; "
-                         f"the data has {len(examples)} question(s) in {len(titles)}")
+                         f"{what} has {len(examples)} question(s) in {len(titles)}"
+                         + ("; data.dev_size=0 makes no dev set" if option == "data.dev_size" else ""))
     if len(eval_titles) == len(titles):
-        raise ValueError(f"{option}={eval_size} leaves no article for training: the data has "
+        raise ValueError(f"{option}={eval_size} leaves no article for training: {what} has "
                          f"{len(examples)} questions in {len(titles)} articles; lower {option}")
     eval_set = [e for e in examples if e.title in eval_titles][:eval_size]
     train = [e for e in examples if e.title not in eval_titles]

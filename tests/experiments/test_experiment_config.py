@@ -208,3 +208,12 @@ def test_grid_size_counts_answers_so_several_a_question_allow_a_larger_draw():
     config = experiment_config_from({"run": {"data": {"train_size": 8}, "generate": {"samples": 2}},
                                      "grid": {"size": [16]}})
     assert config.grid.size == [16]
+
+
+def test_a_dry_run_refuses_an_annotator_template_the_run_would_refuse(tmp_path, capsys):
+    from laffi.cli import main
+
+    annotator = CONFIGS[0].parent / "annotator.yaml"
+    assert main(["experiment", str(annotator), "--out", str(tmp_path / "x"), "--dry-run",
+                 "annotators.llm.template=nosuch"]) == 2
+    assert "annotators.llm.template: 'nosuch' is neither a packaged template" in capsys.readouterr().err

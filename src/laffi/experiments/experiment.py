@@ -225,6 +225,8 @@ def estimate(config: ExperimentConfig, experiment: ExperimentLayout, dev_only: b
     inputs share them once their sets exist), and a time as a range: each system's measured seconds a step
     where this directory has a finished training of it, else SECONDS_PER_STEP; SECONDS_PER_QUESTION an answer.
     `dev_only`: the screen's, which answers no held-out question."""
+    for name in config.grid.annotator:  # what the run would refuse first, a dry run refuses too
+        check_annotator(config.annotate_config(name), option=f"annotators.{name}")
     measured: dict[str, list[float]] = {}
     for summary in experiment.root.glob("jobs/*/adapters/*/summary.json"):
         done = json.loads(summary.read_text(encoding="utf-8"))

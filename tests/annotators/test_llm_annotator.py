@@ -274,7 +274,7 @@ def test_runs_made_before_the_new_options_still_resume(tmp_path):
     save_config(tmp_path / "answers.config.yaml", {"generate": old})
     with pytest.raises(ConfigError, match="generate.backend"):
         save_config(tmp_path / "answers.config.yaml",
-                     {"generate": load_config(overrides=["generate.backend=openai", "generate.base_url=x"]).generate})
+                     {"generate": load_config(overrides=["generate.backend=openai", "generate.base_url=http://x"]).generate})
 
 
 @pytest.mark.parametrize("takes_ids, refusal, extra_tokens, exact", [

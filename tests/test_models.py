@@ -50,13 +50,17 @@ def test_device_and_dtype_choice(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with a CUDA GPU")
-def test_a_device_this_machine_lacks_is_named():
+def test_a_device_this_machine_lacks_is_named(tiny_model_dir):
+    from laffi.models import answered_as_now
+
     for device in ("cuda", "cuda:1"):
         with pytest.raises(ConfigError, match=f"model.device={device}: torch sees no CUDA GPUs here"):
-            pick_device(device)
+            load_model(ModelConfig(name=str(tiny_model_dir), device=device))
     if not torch.backends.mps.is_available():
         with pytest.raises(ConfigError, match="model.device=mps: torch has no MPS device here"):
-            pick_device("mps")
+            load_model(ModelConfig(name=str(tiny_model_dir), device="mps"))
+    # what answers made on a GPU say is read without one (an experiment's summary rebuilt on a CPU)
+    assert answered_as_now({"adapter": "x", "answering": 2}, ModelConfig(device="cuda", dtype="bfloat16"))
     with pytest.raises(ConfigError, match="model.device: must be auto, cpu, cuda"):
         ModelConfig(device="cuda:x")
 
@@ -87,14 +91,17 @@ def test_missing_gguf_is_named(tmp_path):
         resolve_model_path(str(tmp_path / "nothing.gguf"))
 
 
-def test_a_folder_or_file_that_is_no_model_is_named_once(tmp_path):
+def test_a_folder_or_file_that_is_no_model_is_named_once(tiny_model_dir, tmp_path):
     from laffi.models import load_tokenizer
 
     (tmp_path / "notes.json").write_text("{}")
-    for name, what in ((tmp_path, "a folder without config.json"), (tmp_path / "notes.json", "a file")):
-        with pytest.raises(ConfigError, match=f"^model.name: {name} is {what}; give a model's folder") as refused:
+    for name, what in ((tmp_path, "a folder without a model"), (tmp_path / "notes.json", "a file")):
+        with pytest.raises(ConfigError, match=f"^model.name: {name} is {what}.*; give a model's folder") as refused:
             load_tokenizer(ModelConfig(name=str(name)))  # not transformers' advice to install sentencepiece
         assert str(refused.value).count("model.name") == 1
+    tokenizer_only = tmp_path / "tokenizer"  # generate.backend=openai: the model is the server's, the tokenizer here
+    load_tokenizer(ModelConfig(name=str(tiny_model_dir))).save_pretrained(tokenizer_only)
+    assert load_tokenizer(ModelConfig(name=str(tokenizer_only))).chat_template
 
 
 @pytest.mark.slow

@@ -240,8 +240,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             results = run(config, out, launcher=launcher)
         except ConfigError as error:  # begun by another command (stage by stage, another config or preset)
-            saved = RunLayout(out).config
-            if files or not saved.exists() or "was written with different settings" not in str(error):
+            saved = RunLayout(out).config  # what it and the split (data/config.yaml) were begun with; a stage's
+            begun = (saved, RunLayout(out).data_config)  # own sidecar may hold what its command was given besides
+            if files or not saved.exists() or not str(error).startswith(tuple(f"{p} was written" for p in begun)):
                 raise
             raise ConfigError(f"{error}. {saved} holds the settings {out} was begun with: `laffi run {saved} "
                               f"--out {out}` goes on with them") from error

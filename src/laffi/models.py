@@ -40,20 +40,24 @@ def cache_dir() -> Path:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
+    """The device model.device names (auto: cuda, then mps, then cpu); what it says of answers made on it needs no
+    such device here (`check_device` is for loading a model onto it)."""
     if requested != "auto":
-        device = torch.device(requested)
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            seen = torch.cuda.device_count()
-            raise ConfigError(f"model.device={requested}: torch sees {seen or 'no'} CUDA GPU{'s' if seen != 1 else ''} "
-                              "here; use model.device=auto or cpu")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError("model.device=mps: torch has no MPS device here; use model.device=auto or cpu")
-        return device
+        return torch.device(requested)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_device(device: torch.device) -> None:
+    """A model.device this machine has: torch's own errors for one it lacks are tracebacks (AssertionError)."""
+    if device.type == "cuda" and (device.index or 0) >= (seen := torch.cuda.device_count()):
+        raise ConfigError(f"model.device={device}: torch sees {seen or 'no'} CUDA GPU{'s' if seen != 1 else ''} here; "
+                          "use model.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("model.device=mps: torch has no MPS device here; use model.device=auto or cpu")
 
 
 def cpu_has_bf16() -> bool:
@@ -191,6 +195,9 @@ def missing_local_model(name: str) -> Path | None:
     return None if path.exists() else path
 
 
+MODEL_FILES = ("config.json", "tokenizer_config.json")  # a model's folder, or a tokenizer's (generate.backend=openai)
+
+
 def resolve_model_path(name: str) -> str:
     """Map `model.name` to something `from_pretrained` takes, converting GGUFs once."""
     if (missing := missing_local_model(name)) is not None:
@@ -204,9 +211,11 @@ def resolve_model_path(name: str) -> str:
             raise FileNotFoundError(f"model.name: {gguf} does not exist")
         return str(convert_gguf(gguf, converted_folder(gguf)))
     local = Path(name).expanduser()
-    if local.is_file() or (local.is_dir() and not (local / "config.json").is_file()):  # transformers' errors mislead
-        raise FileNotFoundError(f"model.name: {local} is {'a file' if local.is_file() else 'a folder without config.json'}; "
-                                "give a model's folder (as save_pretrained writes it), a .gguf file or a hub id")
+    # transformers' errors mislead here (install sentencepiece); a folder of a tokenizer alone serves a server's model
+    if local.is_file() or (local.is_dir() and not any((local / f).is_file() for f in MODEL_FILES)):
+        raise FileNotFoundError(f"model.name: {local} is {'a file' if local.is_file() else 'a folder without a model'} "
+                                f"({' or '.join(MODEL_FILES)}); give a model's folder (as save_pretrained writes it), "
+                                "a .gguf file or a hub id")
     return name
 
 
@@ -331,6 +340,7 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None,
         torch.set_num_threads(config.threads)
     path = resolve_model_path(config.name)
     device = pick_device(config.device)
+    check_device(device)
     if on_cpu and config.load_in_4bit:
         raise ConfigError("model.load_in_4bit: QLoRA trains on one GPU or under DDP (configs/accelerate/multi-gpu.yaml), "
                           "not under FSDP or DeepSpeed, which shard the weights from the CPU")

@@ -217,3 +217,10 @@ def test_a_dry_run_refuses_an_annotator_template_the_run_would_refuse(tmp_path, 
     assert main(["experiment", str(annotator), "--out", str(tmp_path / "x"), "--dry-run",
                  "annotators.llm.template=nosuch"]) == 2
     assert "annotators.llm.template: 'nosuch' is neither a packaged template" in capsys.readouterr().err
+
+
+def test_the_run_annotate_section_may_say_how_servers_are_reached():
+    # how replies are fetched (annotate's OPERATIONAL options) is not what an experiment refuses of run.annotate
+    config = experiment_config_from({"run": {"annotate": {"cache_dir": "/tmp/cache", "concurrency": 4,
+                                                          "base_url": "http://localhost:8080/v1", "seed": 3}}})
+    assert config.run.annotate.concurrency == 4 and config.annotators["reference"].seed == 3

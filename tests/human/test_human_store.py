@@ -277,3 +277,12 @@ def test_a_database_of_another_run_is_refused_not_mixed_in(engine, tmp_path):
         assert conn.execute(select(db.items.c.question_id)).scalars().all() == [f"q{i:03d}" for i in range(5)]
     code, _, err = laffi("export-feedback", str(other), "--db", str(engine.url))
     assert code == 2 and "another run's" in err and not (other / "feedback.human.jsonl").exists()
+
+
+def test_export_reads_the_database_alone_while_the_answers_are_made_again(engine, run):
+    alice = person(engine, "alice")
+    store.submit(engine, alice.id, store.claim(engine, alice.id, 1), "incorrect", "It flows north.", "north")
+    (run / "answers.jsonl").unlink()  # deleted to generate again
+    code, out, err = laffi("export-feedback", str(run), "--db", str(engine.url))
+    assert code == 0, err
+    assert "1 human feedback records" in out

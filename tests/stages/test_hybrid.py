@@ -90,6 +90,10 @@ def test_an_experiment_is_told_its_own_options_and_where_people_annotate(run, tm
                      options=("grid.human_ratio", "grid.size"), people=shared)
     assert str(refused.value).startswith("grid.human_ratio 0.7 of grid.size 10 needs human feedback on 7 answers")
     assert f"`laffi export-feedback {shared.root}`" in str(refused.value) and "--size" not in str(refused.value)
+    # the experiment's own answers tell whether annotating more could help (a variant's directory has none)
+    with pytest.raises(ValueError, match="every answer of the train pool has it; lower grid.size"):
+        build_hybrid(RunLayout(run), DataConfig(num_shots=1), HybridConfig(0.0, 16),
+                     options=("grid.human_ratio", "grid.size"), people=RunLayout(run))
 
 
 def test_laffi_run_does_not_build_over_a_hybrid_build(run, tmp_path):

@@ -61,3 +61,14 @@ def test_evaluating_an_adapter_on_another_base_model_says_so(tiny_model_dir, tmp
     assert code == 0, err
     assert f"evaluate sft: its adapter was trained on model.name={tiny_model_dir} and answers on " \
            f"model.name={copy}" in out
+
+
+def test_an_adapter_of_ones_own_with_any_config_yaml_is_no_trouble(tmp_path):
+    from laffi.config import ModelConfig
+    from laffi.stages.evaluate import other_base_model
+
+    for text in ("model: llama-7b\n", "- a\n- b\n", "not: [valid\n", ""):
+        (tmp_path / "config.yaml").write_text(text)
+        assert other_base_model(tmp_path, ModelConfig()) is None
+    (tmp_path / "config.yaml").write_text("model:\n  name: other-model\n")
+    assert "was trained on model.name=other-model" in other_base_model(tmp_path, ModelConfig())

@@ -217,8 +217,8 @@ def experiment_config_from(values: Any) -> ExperimentConfig:
     annotate = (values.get("run") or {}).get("annotate")
     if isinstance(annotate, dict):  # before the section's own checks, which would ask for what is not read
         defaults = {f.name: f.default for f in fields(AnnotateConfig)}
-        refuse_annotate_options(sorted(k for k, v in annotate.items() if k in defaults and k != "seed"
-                                       and v != defaults[k]))
+        refuse_annotate_options(sorted(k for k, v in annotate.items() if k in defaults and v != defaults[k]
+                                       and k not in ("seed", *AnnotateConfig.OPERATIONAL)))
     if RUN_SECTIONS & set(values):
         raise ConfigError(f"{sorted(RUN_SECTIONS & set(values))[0]}: a `laffi run` config's section; in an experiment "
                           "config it goes under run:")

@@ -111,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"{p['skipped']:>8} {p['open']:>5}")
     elif args.command == "export-feedback":
         out = args.out or RunLayout(args.run_dir).human_feedback
-        exchange.sync_run_items(engine, args.run_dir)  # and a database of another run's is refused
+        exchange.check_run_items(engine, args.run_dir)  # a database of another run's is refused
         records = exchange.export_feedback(engine, out)
         print(f"{len(records)} human feedback records in {out}")
         print(exchange.format_report(exchange.agreement_report(records, exchange.ai_feedback(args.run_dir))))

@@ -59,6 +59,11 @@ def sync_run_items(engine: Engine, run_dir: str | Path) -> tuple[int, int]:
     return store.sync_items(engine, *read_run_items(run_dir))
 
 
+def check_run_items(engine: Engine, run_dir: str | Path) -> None:
+    """That the database holds items of this run's train questions only (answers.jsonl need not be there)."""
+    store.check_items_of(engine, (e.id for e in read_records(RunLayout.of(run_dir).train_examples, QAExample)))
+
+
 def import_feedback(engine: Engine, run_dir: str | Path, path: str | Path) -> tuple[int, int]:
     """Load human Feedback JSONL into the app's database; returns (added, already there)."""
     records = read_records(path, Feedback)

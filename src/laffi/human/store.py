@@ -178,9 +178,7 @@ def sync_items(engine: Engine, examples: Iterable[QAExample], answers: Iterable[
         known = {(r.question_id, r.sample): r for r in conn.execute(
             select(items.c.id, items.c.question_id, items.c.sample, items.c.answer, items.c.position))}
         taken = {r.id for r in known.values()}
-        if foreign := sorted({r.question_id for r in known.values() if r.question_id not in by_id}):
-            raise StoreError(f"the database holds items of {len(foreign)} questions this run does not have (e.g. "
-                             f"{foreign[0]!r}): it is another run's; give each run a database of its own (--db)")
+        refuse_another_runs({r.question_id for r in known.values()} - by_id.keys())
         for answer in answers:
             if answer.id not in by_id:
                 raise StoreError(f"answers.jsonl: answer to unknown question {answer.id!r}, which data/train.jsonl "
@@ -201,6 +199,19 @@ def sync_items(engine: Engine, examples: Iterable[QAExample], answers: Iterable[
                 conn.execute(update(items).where(items.c.id == known[key].id).values(**values))
                 updated += 1
     return added, updated
+
+
+def refuse_another_runs(foreign: set[str]) -> None:
+    """Items of questions the run does not have: the database was given to another run too."""
+    if foreign:
+        raise StoreError(f"the database holds items of {len(foreign)} questions this run does not have (e.g. "
+                         f"{min(foreign)!r}): it is another run's; give each run a database of its own (--db)")
+
+
+def check_items_of(engine: Engine, questions: Iterable[str]) -> None:
+    """`refuse_another_runs` without loading anything: what reading the database (an export) checks."""
+    with read(engine) as conn:
+        refuse_another_runs(set(conn.execute(select(items.c.question_id).distinct()).scalars()) - set(questions))
 
 
 def _item(row) -> Item:

@@ -423,7 +423,7 @@ def build_hybrid(layout: RunLayout, data: DataConfig, hybrid: HybridConfig, syst
     chosen = {key: rng.choice(sorted(human_by_key[key], key=lambda f: f.annotator)) for key in human_keys}
     ai_pool = [key for key in in_order(ai_by_key) if key not in chosen]
     if len(ai_pool) < n_ai:
-        answers = len(read_records(layout.answers, Answer)) if layout.answers.exists() else None
+        answers = len(read_records(people.answers, Answer)) if people.answers.exists() else None  # an experiment's
         more = (f"every answer of the train pool has it; lower {size}" if answers is not None and
                 len(ai_by_key) >= answers else f"run `laffi annotate` on more answers, or lower {size}")
         raise ValueError(

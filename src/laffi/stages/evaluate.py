@@ -55,7 +55,8 @@ DevScorer = Callable[[object, object, str], dict]
 def missing_questions(layout: RunLayout, split: str) -> str:
     """Why a split's questions are not there, and what to do: not prepared yet, or split without a dev set (which a
     split made cannot be given afterwards: its articles are in the train pool)."""
-    if split == "dev" and layout.data_config.exists():
+    if split == "dev" and layout.train_examples.exists() and layout.data_config.exists() and \
+            not (read_yaml(layout.data_config).get("data") or {}).get("dev_size"):
         return (f"{layout.root} was split without a dev set (data.dev_size=0 in {layout.data_config}); prepare a new "
                 "run directory with data.dev_size > 0")
     return f"{layout.questions(split)} is missing; run `laffi prepare {layout.root}` first"
@@ -186,8 +187,11 @@ def other_base_model(adapter: Path, model: ModelConfig) -> str | None:
     train config says; an adapter of the user's own without one says nothing). PEFT loads it onto any model whose
     layers have its sizes, so a base model for its Instruct version, or another model of one family, answer
     without a word."""
-    saved = adapter / CONFIG
-    trained = (read_yaml(saved).get("model") or {}).get("name") if saved.exists() else None
+    try:  # a training's config.yaml; an adapter of the user's own may hold any file of that name, or none
+        section = read_yaml(adapter / CONFIG).get("model") if (adapter / CONFIG).exists() else None
+    except (ConfigError, OSError):
+        return None
+    trained = section.get("name") if isinstance(section, dict) else None
     if trained is None or trained == model.name:
         return None
     return (f"was trained on model.name={trained} and answers on model.name={model.name} (a stage command reads "

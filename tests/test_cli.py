@@ -171,3 +171,12 @@ def test_run_on_a_directory_begun_with_other_settings_names_its_saved_config(tmp
     err = capsys.readouterr().err
     assert "was written with different settings (data.eval_size" in err
     assert f"`laffi run {run / 'config.yaml'} --out {run}` goes on with them" in err
+
+
+def test_a_closed_pipe_ends_the_command_without_an_error_message():
+    # `laffi export-feedback RUN | head -1`: the reader went away; what was written stays, nothing to report
+    code = ("import sys, laffi.cli as cli\n"
+            "def dispatch(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "cli._dispatch = dispatch\nsys.exit(cli.main(['score', 'data.json', 'pred.json']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr == ""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _dispatch(args)
+    except BrokenPipeError:  # `laffi ... | head` closed the pipe: what was written stays, and nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
+        return 1
     # OSError: a file or folder where the other is needed, a port in use, a model the hub cannot give; the
     # message names the path, and a traceback would hide it
     except (ConfigError, RecordError, OSError, ValueError, RequestFailed, LaunchFailed) as error:

@@ -243,7 +243,7 @@ def test_another_choice_scores_its_held_out_set_and_says_so(experiment_run, tmp_
     assert (copy / "summaries" / f"{summary['plan']}.json").exists()
 
 
-def test_human_share_axis_uses_the_hybrid_build(experiment_run):
+def test_human_share_axis_uses_the_hybrid_build(experiment_run, capsys):
     root, config, _, _ = experiment_run
     human_root = root.parent / "human"
     shutil.copytree(root, human_root)
@@ -262,6 +262,18 @@ def test_human_share_axis_uses_the_hybrid_build(experiment_run):
                        / "laffi.meta.json").read_text())
     assert meta["size"] == 4 and meta["human"] == 2 and meta["ai"] == 2
     assert "human_feedback" in summary["cells"][3]["artifacts"]
+    # the people's feedback exported again with more in it: the variant says its sets are drawn again
+    from laffi.experiments.experiment import build_variant
+    from laffi.layout import ExperimentLayout
+
+    capsys.readouterr()
+    build_variant(ExperimentLayout(human_root), human_config, "reference", "verdict+explanation+answer", 0.5, 4)
+    assert "changed since its sets were built" not in capsys.readouterr().out  # the same file: nothing to say
+    write_records(human_root / "feedback.human.jsonl",
+                  [Feedback(a.id, a.answer, "incorrect", f"Person {i} says no.", "human", "ann") for i, a in
+                   enumerate(answers[:4])])
+    build_variant(ExperimentLayout(human_root), human_config, "reference", "verdict+explanation+answer", 0.5, 4)
+    assert "feedback.human.jsonl changed since its sets were built" in capsys.readouterr().out
 
 
 def test_a_job_is_a_run_directory_that_finds_the_shared_split_and_its_set(experiment_run, monkeypatch):

@@ -110,7 +110,11 @@ def build_variant(experiment: ExperimentLayout, config: ExperimentConfig, annota
     write_records(variant.feedback, [with_content(n, content) for n in notes])
     if ratio > 0:
         people = read_records(experiment.run.human_feedback, Feedback)
+        before = variant.human_feedback.read_bytes() if variant.human_feedback.exists() else None
         write_records(variant.human_feedback, [with_content(n, content) for n in people])
+        if before is not None and before != variant.human_feedback.read_bytes():  # exported again since
+            print(f"{variant.root.name}: {experiment.run.human_feedback.name} changed since its sets were built; they "
+                  "are drawn again, and the jobs on them train anew", flush=True)
     systems = config.trained()
     if size:
         build_hybrid(variant, config.run.data, HybridConfig(ratio, size), systems,

@@ -282,6 +282,11 @@ def test_a_chat_template_training_cannot_use_is_refused_before_answering_for_tra
     assert main(["run", "--out", str(out), f"model.name={model}", "model.prompt_format=chat", "data.eval_size=4",
                  "data.train_size=4"]) == 2
     assert not (out / "eval").exists() and not (out / "answers.jsonl").exists()
+    # and so does `laffi generate` on a run prepared by hand
+    prepared = tmp_path / "prepared"
+    assert main(["prepare", str(prepared), "data.eval_size=4", "data.train_size=4"]) == 0
+    assert main(["generate", str(prepared), f"model.name={model}", "model.prompt_format=chat"]) == 2
+    assert not (prepared / "answers.jsonl").exists()
 
 
 def test_a_model_without_a_chat_template_is_said_to_take_the_plain_layout(tiny_model_dir, tmp_path, capsys):

@@ -264,10 +264,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         save_run_config(layout, config)  # what the later stage commands read
         print(f"{len(train)} train questions, {len(held_out)} held-out questions in {layout.data}")
     elif args.command == "generate":
+        from laffi.distributed.shards import Shard
+        from laffi.models import check_trainable
         from laffi.stages.generate import generate
 
-        from laffi.distributed.shards import Shard
-
+        check_trainable(config.model)  # these answers are trained on (laffi run and experiment check at their start)
         answers = generate(layout, config.model, config.data, config.generate)
         if Shard.current().is_main:  # under a launcher, one line, not one per process
             print(f"{len(answers)} answers in {layout.answers}")

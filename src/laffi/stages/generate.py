@@ -18,7 +18,6 @@ from laffi.backends.answering import answer_questions, load_backend
 from laffi.config import DataConfig, GenerateConfig, ModelConfig, save_config
 from laffi.distributed.shards import Shard
 from laffi.layout import RunLayout, sidecar_config
-from laffi.models import check_trainable
 from laffi.prompts import extract_answer
 from laffi.records import Answer, QAExample, read_records
 
@@ -29,7 +28,6 @@ def generate(layout: RunLayout, model: ModelConfig, data: DataConfig, generate: 
     `laffi experiment` share the base model with the base evaluation); called only if questions are left."""
     examples = read_records(layout.train_examples, QAExample)
     shots = read_records(layout.shots, QAExample)
-    check_trainable(model)  # these answers are trained on: a template training cannot use fails now
     shard = Shard.current(model.device)  # one process, or one of several under accelerate launch / torchrun
     shard.on_main(lambda: save_config(sidecar_config(layout.answers), {"model": model, "data": data,
                                                                        "generate": generate}, outputs=[layout.answers]))

@@ -198,22 +198,23 @@ def missing_local_model(name: str) -> Path | None:
 MODEL_FILES = ("config.json", "tokenizer_config.json")  # a model's folder, or a tokenizer's (generate.backend=openai)
 
 
-def resolve_model_path(name: str) -> str:
-    """Map `model.name` to something `from_pretrained` takes, converting GGUFs once."""
+def resolve_model_path(name: str, option: str = "model.name") -> str:
+    """Map `model.name` (or another option naming a model: `option`) to something `from_pretrained` takes,
+    converting GGUFs once."""
     if (missing := missing_local_model(name)) is not None:
-        raise FileNotFoundError(f"model.name: {missing} does not exist")
+        raise FileNotFoundError(f"{option}: {missing} does not exist")
     if name == "embedded":
         gguf = embedded_gguf()
         return str(convert_gguf(gguf, cache_dir() / "models" / "SmolLM2-135M-Instruct"))
     if name.endswith(".gguf"):
         gguf = Path(name).expanduser().resolve()
         if not gguf.exists():
-            raise FileNotFoundError(f"model.name: {gguf} does not exist")
+            raise FileNotFoundError(f"{option}: {gguf} does not exist")
         return str(convert_gguf(gguf, converted_folder(gguf)))
     local = Path(name).expanduser()
     # transformers' errors mislead here (install sentencepiece); a folder of a tokenizer alone serves a server's model
     if local.is_file() or (local.is_dir() and not any((local / f).is_file() for f in MODEL_FILES)):
-        raise FileNotFoundError(f"model.name: {local} is {'a file' if local.is_file() else 'a folder without a model'} "
+        raise FileNotFoundError(f"{option}: {local} is {'a file' if local.is_file() else 'a folder without a model'} "
                                 f"({' or '.join(MODEL_FILES)}); give a model's folder (as save_pretrained writes it), "
                                 "a .gguf file or a hub id")
     return name
@@ -228,22 +229,23 @@ def converted_folder(gguf: Path) -> Path:
 
 
 @contextmanager
-def named_by_model_name(config: ModelConfig):
+def named_by_model_name(config: ModelConfig, option: str = "model.name"):
     """transformers' OSError for a name that is not a folder here, and not a model the hub (or its cache) has,
-    as an error naming model.name. An error of the system's own (a full disk, a file it may not read: it has an
-    errno, transformers' do not) is not a wrong name, and goes on as it is."""
+    as an error naming `option` (model.name, or annotate.model for a local LLM annotator). An error of the system's
+    own (a full disk, a file it may not read: it has an errno, transformers' do not) is not a wrong name, and goes
+    on as it is; resolve_model_path's errors name the option themselves."""
     try:
         yield
     except OSError as error:
         if error.errno is not None:
             raise
-        named = str(error) if str(error).startswith("model.name:") else f"model.name={config.name}: {error}"
+        named = str(error) if str(error).startswith(f"{option}:") else f"{option}={config.name}: {error}"
         raise ConfigError(named) from error
 
 
-def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
-    with named_by_model_name(config):
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.name))
+def load_tokenizer(config: ModelConfig, option: str = "model.name") -> PreTrainedTokenizerBase:
+    with named_by_model_name(config, option):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.name, option))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.prompt_format == "plain":
@@ -330,15 +332,16 @@ def quiet_peft():
         yield
 
 
-def load_model(config: ModelConfig, adapter: str | Path | None = None,
-               on_cpu: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(config: ModelConfig, adapter: str | Path | None = None, on_cpu: bool = False,
+               option: str = "model.name") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model + tokenizer on the chosen device; with `adapter`, a PEFT adapter on top. `on_cpu`: the dtype
     and attention kernel are chosen for the device, but the weights stay on the CPU, for FSDP or DeepSpeed
-    to shard onto it."""
+    to shard onto it. `option`: the setting that named the model, for errors (annotate.model for a local LLM
+    annotator)."""
     cap_onednn_cache()
     if config.threads:
         torch.set_num_threads(config.threads)
-    path = resolve_model_path(config.name)
+    path = resolve_model_path(config.name, option)
     device = pick_device(config.device)
     check_device(device)
     if on_cpu and config.load_in_4bit:
@@ -346,7 +349,7 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None,
                           "not under FSDP or DeepSpeed, which shard the weights from the CPU")
     four_bit = four_bit_kwargs(config, device)
     dtype = pick_dtype(config.dtype, device)
-    with named_by_model_name(config):
+    with named_by_model_name(config, option):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **four_bit,
                                                      attn_implementation=pick_attention(config.attention, path, device, dtype))
     if adapter is not None:
@@ -377,4 +380,4 @@ def load_model(config: ModelConfig, adapter: str | Path | None = None,
             " (model.dtype=auto: this CPU has no bf16 units)"
     where = f"the CPU, to be sharded onto {device}" if on_cpu and device.type != "cpu" else device
     print(f"model {config.name}: {str(dtype).removeprefix('torch.')} on {where}{why}", flush=True)
-    return model, load_tokenizer(config)
+    return model, load_tokenizer(config, option)

@@ -359,3 +359,12 @@ def test_a_cached_reply_of_another_shape_is_asked_again(tmp_path):
         path.write_text(json.dumps({"request": {}, "reply": {"content": "Verdict: correct"}}))
     again, = LLMAnnotator(config, backend=Backend()).annotate([pair])
     assert len(asked) == 2 and again == first
+
+
+def test_a_local_annotator_model_that_is_not_there_is_named_as_annotate_model(tmp_path):
+    from laffi.backends.local_chat import LocalChat
+
+    with pytest.raises(FileNotFoundError, match=f"^annotate.model: {tmp_path / 'nothing'} does not exist"):
+        LocalChat(str(tmp_path / "nothing"), 1)._load()
+    with pytest.raises(FileNotFoundError, match=f"^annotate.model: {tmp_path} is a folder without a model"):
+        LocalChat(str(tmp_path), 1)._load()

@@ -18,7 +18,7 @@ import torch
 
 from laffi.backends.chat import ChatRequest, Counters, Reply, RequestFailed
 from laffi.backends.local import greedy_generate
-from laffi.config import ConfigError, ModelConfig
+from laffi.config import ModelConfig
 from laffi.models import load_model
 
 
@@ -32,11 +32,7 @@ class LocalChat:
     def _load(self):
         if self._loaded is None:
             # the model's own chat template: the annotator is an instruction model talking to us
-            try:
-                self._loaded = load_model(ModelConfig(name=self.model_name, prompt_format="chat"))
-            except (ConfigError, FileNotFoundError) as error:  # named as the answering model's: this is annotate.model
-                raise ConfigError(str(error).replace(f"model.name={self.model_name}", f"annotate.model={self.model_name}")
-                                  .replace("model.name:", "annotate.model:")) from error
+            self._loaded = load_model(ModelConfig(name=self.model_name, prompt_format="chat"), option="annotate.model")
         return self._loaded
 
     def complete_many(self, requests: list[ChatRequest]) -> Iterator[tuple[int, Reply | RequestFailed]]:

@@ -80,6 +80,12 @@ class DataConfig:
         require(0 <= self.num_shots <= 8, "data.num_shots", "must be between 0 and 8")
 
 
+def require_server_url(url: str, option: str) -> None:
+    """An OpenAI-compatible server's address, or none: without a scheme the client would read `localhost:8000` as
+    the scheme `localhost` and back off through every retry."""
+    require(not url or url.startswith(("http://", "https://")), option, f"expected http(s)://HOST:PORT/v1, got {url!r}")
+
+
 @dataclass
 class GenerateConfig:
     """Decoding, shared by `generate` (train pool) and `evaluate` (held-out set).
@@ -125,8 +131,7 @@ class GenerateConfig:
                 f"must be transformers or openai, got {self.backend!r}")
         require(self.backend != "openai" or bool(self.base_url), "generate.base_url",
                 "required with generate.backend=openai (e.g. http://localhost:8000/v1)")
-        require(not self.base_url or self.base_url.startswith(("http://", "https://")), "generate.base_url",
-                f"expected http(s)://HOST:PORT/v1, got {self.base_url!r}")
+        require_server_url(self.base_url, "generate.base_url")
         require(self.timeout > 0, "generate.timeout", "must be > 0")
         require(self.retries >= 0, "generate.retries", "must be >= 0")
 
@@ -176,8 +181,7 @@ class AnnotateConfig:
         require(self.backend in ("openai", "transformers"), "annotate.backend",
                 f"must be openai or transformers, got {self.backend!r}")
         require(bool(self.model), "annotate.model", "required with annotate.annotator=llm (e.g. gpt-4o)")
-        require(not self.base_url or self.base_url.startswith(("http://", "https://")), "annotate.base_url",
-                f"expected http(s)://HOST:PORT/v1, got {self.base_url!r}")
+        require_server_url(self.base_url, "annotate.base_url")
         # annotate.template is checked where templates live (laffi.annotators.template.load_template),
         # by every command that will annotate, before it starts
         require(0 <= self.temperature <= 2, "annotate.temperature", "must be in [0, 2]")

@@ -193,12 +193,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(text)
         return 0
     if args.command in ("experiment", "ablate"):
-        from laffi.experiments.experiment import describe_plan, estimate, experiment
+        from laffi.experiments.experiment import check_annotators, describe_plan, estimate, experiment
         from laffi.experiments.grid import load_experiment_config
 
         config = load_experiment_config(args.config, args.overrides)
         layout = ExperimentLayout(args.out or Path("runs") / Path(args.config).stem)
         if args.dry_run:
+            check_annotators(config)
             print(describe_plan(estimate(config, layout, args.dev_only)))
             return 0
         summary = experiment(config, layout.root, dev_only=args.dev_only)

@@ -224,13 +224,18 @@ def plan_id(config: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def check_annotators(config: ExperimentConfig) -> None:
+    """What can be checked of the grid's annotators before any work (`check_annotator`): by an experiment first,
+    and by its dry run, which refuses what the experiment would."""
+    for name in config.grid.annotator:
+        check_annotator(config.annotate_config(name), option=f"annotators.{name}")
+
+
 def estimate(config: ExperimentConfig, experiment: ExperimentLayout, dev_only: bool = False) -> dict[str, Any]:
     """The plan before anything runs: how many trainings and evaluations at most (cells with identical
     inputs share them once their sets exist), and a time as a range: each system's measured seconds a step
     where this directory has a finished training of it, else SECONDS_PER_STEP; SECONDS_PER_QUESTION an answer.
     `dev_only`: the screen's, which answers no held-out question."""
-    for name in config.grid.annotator:  # what the run would refuse first, a dry run refuses too
-        check_annotator(config.annotate_config(name), option=f"annotators.{name}")
     measured: dict[str, list[float]] = {}
     for summary in experiment.root.glob("jobs/*/adapters/*/summary.json"):
         done = json.loads(summary.read_text(encoding="utf-8"))
@@ -406,8 +411,7 @@ def experiment(config: ExperimentConfig, out: str | Path, dev_only: bool = False
     shared, run = layout.run, config.run
     systems = config.load_systems()
     by_name = {s.name: s for s in systems}
-    for name in config.grid.annotator:
-        check_annotator(config.annotate_config(name), option=f"annotators.{name}")
+    check_annotators(config)
     untrained = [s for s in systems if not s.recipe]
     if len(untrained) < len(systems):  # a chat template training cannot use fails now, not after the answers
         check_trainable(run.model)

@@ -280,7 +280,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         out = layout.root / args.out if args.out else layout.feedback
         print(f"{len(feedback)} feedback records in {out}")
     elif args.command == "build":
-        from laffi.stages.build import HybridConfig, build, build_hybrid
+        from laffi.stages.build import HybridConfig, build, build_hybrid, set_metadata
         from laffi.systems import load_systems
 
         if args.human_ratio is not None or args.size is not None:
@@ -292,8 +292,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             sets = build(layout, config.data, load_systems(config.systems.names))
         for name, examples in sets.items():
             print(f"{len(examples)} examples in {layout.training_set(name)}")
-            pairs = json.loads(layout.set_metadata(name).read_text(encoding="utf-8")).get("preference") \
-                if layout.set_metadata(name).exists() else None
+            pairs = set_metadata(layout, name).get("preference")
             if pairs and "labelled" in pairs:  # train.preference.loss kto: the answers it labels
                 print(f"{pairs['labelled']} labelled answers ({pairs['desirable']} desirable, "
                       f"{pairs['undesirable']} undesirable) in {layout.labelled_set(name)}")

@@ -297,12 +297,17 @@ def write_system_set(layout: RunLayout, system: System, examples: list[QAExample
     return rows
 
 
+def set_metadata(layout: RunLayout, name: str) -> dict:
+    """What sets/NAME.meta.json says of a set this stage wrote ({} where it wrote none)."""
+    meta = layout.set_metadata(name)
+    return json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else {}
+
+
 def refuse_a_systems_set(layout: RunLayout, name: str, command: str) -> None:
     """`laffi train/evaluate --system NAME` on a NAME that is no system of the run's: a set this stage wrote for a
     system of that name (its .meta.json has the recipe's shares) would be trained as plain examples, or its
     adapter answer directly, without the recipe's aux, preference or steps and the system's answering."""
-    meta = layout.set_metadata(name)
-    if meta.exists() and "shares" in json.loads(meta.read_text(encoding="utf-8")):
+    if "shares" in set_metadata(layout, name):
         raise ConfigError(f"--system {name}: {layout.training_set(name)} was built for a system of that name, and "
                           f"`laffi {command}` would drop its recipe (train.aux, train.preference, its steps) and how "
                           f"it answers; give its file (--system PATH/{name}.yaml) or name it in systems.names")
@@ -311,8 +316,7 @@ def refuse_a_systems_set(layout: RunLayout, name: str, command: str) -> None:
 def refuse_a_hybrid_build(layout: RunLayout) -> None:
     """`laffi run` builds from feedback.jsonl alone: sets a hybrid build drew people's feedback into would be built
     again without it, and trained on, without a word."""
-    meta = layout.set_metadata("laffi")
-    mix = json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else {}
+    mix = set_metadata(layout, "laffi")
     if mix.get("human_ratio") is not None:
         raise ConfigError(f"{layout.sets}: built with people's feedback (`laffi build --human-ratio "
                           f"{mix['human_ratio']:g} --size {mix['size']}`), and `laffi run` builds from feedback.jsonl "
